@@ -1,0 +1,517 @@
+//! The xdt XDP probe: counts every frame, labels IP packets by the first matching rule, samples
+//! metadata of `sample` rules into a ring buffer and drops only for `drop` rules.
+//!
+//! It reads top to bottom like the packet: Ethernet, VLAN tags, IPv4 or IPv6 (extension headers,
+//! fragments), L4 ports, rule match, count, sample, verdict. Any frame the probe cannot follow is
+//! counted for what it is (truncated, malformed, non-IP, ...) and passed: it never drops traffic
+//! by accident. Map layouts come from `xdt-common`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use xdt_common::{
+    config::{Config, Generation},
+    counters::{Counter, Counters},
+    events::{RING_BYTES, SampledEvent},
+    labels::{LabelName, LabelStats, MAX_LABELS},
+    rules::{
+        ACTION_DROP, ACTION_SAMPLE, CandidateList, DEFAULT_MAX_RULES, MATCH_DST, MATCH_PORT,
+        MATCH_PROTOCOL, MATCH_SRC, MAX_CANDIDATES, Rule, max_lists,
+    },
+    trie::{
+        CHILD, DEFAULT_TRIE_NODES, IPV4_CHILD_LEVELS, IPV6_CHILD_LEVELS, NODES_PER_ROOT, Root,
+        TrieNode, nodes_per_generation,
+    },
+};
+
+// Sizes of the rule maps are the defaults; user space sets the real ones before loading.
+#[map]
+static XDT_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static XDT_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static XDT_LABEL_STATS: PerCpuArray<LabelStats> = PerCpuArray::with_max_entries(MAX_LABELS, 0);
+#[map]
+static XDT_LABEL_NAMES: Array<LabelName> = Array::with_max_entries(MAX_LABELS, 0);
+#[map]
+static XDT_RULES: Array<Rule> = Array::with_max_entries(2 * DEFAULT_MAX_RULES, 0);
+#[map]
+static XDT_CANDIDATES: Array<CandidateList> =
+    Array::with_max_entries(2 * max_lists(DEFAULT_MAX_RULES), 0);
+#[map]
+static XDT_TRIE: Array<TrieNode> =
+    Array::with_max_entries(2 * nodes_per_generation(DEFAULT_TRIE_NODES), 0);
+/// Per rule slot, per CPU: matches since the last sampled event.
+#[map]
+static XDT_SAMPLE_HITS: PerCpuArray<u32> = PerCpuArray::with_max_entries(2 * DEFAULT_MAX_RULES, 0);
+#[map]
+static XDT_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// 802.1Q and 802.1ad (QinQ): one outer and one inner tag.
+const MAX_VLAN_TAGS: usize = 2;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// Extension headers walked before giving up on an IPv6 packet's upper-layer protocol.
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// What the probe learnt of an IP packet; everything the rules and events look at.
+#[derive(Default)]
+struct Packet {
+    /// 0 until an IP header was read, then 4 or 6.
+    version: u8,
+    /// Upper-layer protocol; for IPv6 the one after the extension headers.
+    protocol: u8,
+    tcp_flags: u8,
+    /// Ports were read (TCP or UDP, first fragment, header present).
+    has_ports: bool,
+    /// Addresses as raw native-endian loads of the packet's bytes (IPv4 in word 0).
+    src: [u32; 4],
+    dst: [u32; 4],
+    src_port: u16,
+    dst_port: u16,
+    ip_len: u16,
+    payload_len: u16,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Reads a `T` at `offset`, or `None` if the frame ends first.
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: ptr_at checked that the whole T lies inside the packet; packet reads need no
+    // alignment on the targets XDP runs on, and read_unaligned makes no assumption anyway.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+#[inline(always)]
+fn bump(counters: &mut Counters, counter: Counter) {
+    counters.values[counter as usize] += 1;
+}
+
+#[xdp]
+pub fn xdt(ctx: XdpContext) -> u32 {
+    let Some(counters) = XDT_COUNTERS.get_ptr_mut(0) else {
+        return XDP_PASS;
+    };
+    // SAFETY: a per-CPU value, touched only by this CPU while this program runs on it.
+    let counters = unsafe { &mut *counters };
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    bump(counters, Counter::TotalPackets);
+    counters.values[Counter::TotalBytes as usize] += frame_len;
+
+    let mut packet = Packet::default();
+    parse(&ctx, counters, &mut packet);
+    let l4 = match (packet.version, packet.protocol) {
+        (4 | 6, IPPROTO_TCP) => Counter::TcpPackets,
+        (4 | 6, IPPROTO_UDP) => Counter::UdpPackets,
+        (4, IPPROTO_ICMP) | (6, IPPROTO_ICMPV6) => Counter::IcmpPackets,
+        _ => Counter::OtherPackets,
+    };
+    bump(counters, l4);
+    if packet.version == 0 {
+        return XDP_PASS;
+    }
+    match classify(&ctx, counters, &packet, frame_len) {
+        Ok(verdict) => verdict,
+        Err(()) => {
+            bump(counters, Counter::Errors);
+            XDP_PASS
+        }
+    }
+}
+
+/// Ethernet and VLAN tags, then the IP header; fills `packet` as far as the frame allows.
+#[inline(always)]
+fn parse(ctx: &XdpContext, counters: &mut Counters, packet: &mut Packet) {
+    let Some(mut ethertype) = read::<[u8; 2]>(ctx, 12).map(u16::from_be_bytes) else {
+        bump(counters, Counter::NonIpPackets);
+        bump(counters, Counter::TruncatedPackets);
+        return;
+    };
+    let mut offset = ETH_HLEN;
+    let mut tagged = false;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        tagged = true;
+        // The tag is TCI (2 bytes) then the encapsulated ethertype.
+        let Some(inner) = read::<[u8; 2]>(ctx, offset + 2) else {
+            bump(counters, Counter::VlanPackets);
+            bump(counters, Counter::NonIpPackets);
+            bump(counters, Counter::TruncatedPackets);
+            return;
+        };
+        ethertype = u16::from_be_bytes(inner);
+        offset += 4;
+    }
+    if tagged {
+        bump(counters, Counter::VlanPackets);
+    }
+    match ethertype {
+        ETH_P_IP => {
+            bump(counters, Counter::Ipv4Packets);
+            parse_ipv4(ctx, counters, packet, offset);
+        }
+        ETH_P_IPV6 => {
+            bump(counters, Counter::Ipv6Packets);
+            parse_ipv6(ctx, counters, packet, offset);
+        }
+        // Anything else, a third VLAN tag included, is not followed.
+        _ => bump(counters, Counter::NonIpPackets),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, counters: &mut Counters, packet: &mut Packet, offset: usize) {
+    let Some(header) = read::<[u8; 20]>(ctx, offset) else {
+        bump(counters, Counter::TruncatedPackets);
+        return;
+    };
+    let ihl = usize::from(header[0] & 0x0f) * 4;
+    if header[0] >> 4 != 4 || ihl < 20 {
+        bump(counters, Counter::MalformedPackets);
+        return;
+    }
+    if ptr_at::<u8>(ctx, offset + ihl - 1).is_none() {
+        bump(counters, Counter::TruncatedPackets);
+        return;
+    }
+    packet.version = 4;
+    packet.protocol = header[9];
+    packet.ip_len = u16::from_be_bytes([header[2], header[3]]);
+    packet.src[0] = u32::from_ne_bytes([header[12], header[13], header[14], header[15]]);
+    packet.dst[0] = u32::from_ne_bytes([header[16], header[17], header[18], header[19]]);
+    let fragment = u16::from_be_bytes([header[6], header[7]]);
+    let more_fragments = fragment & 0x2000 != 0;
+    let fragment_offset = fragment & 0x1fff;
+    if more_fragments || fragment_offset != 0 {
+        bump(counters, Counter::FragmentPackets);
+    }
+    let l4_len = packet.ip_len.saturating_sub(ihl as u16);
+    packet.payload_len = l4_len;
+    if fragment_offset != 0 {
+        // A later fragment: its bytes are payload, there is no L4 header to read.
+        return;
+    }
+    parse_l4(ctx, counters, packet, offset + ihl, l4_len);
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, counters: &mut Counters, packet: &mut Packet, offset: usize) {
+    let Some(header) = read::<[u32; 10]>(ctx, offset) else {
+        bump(counters, Counter::TruncatedPackets);
+        return;
+    };
+    let first = header[0].to_ne_bytes();
+    if first[0] >> 4 != 6 {
+        bump(counters, Counter::MalformedPackets);
+        return;
+    }
+    let meta = header[1].to_ne_bytes();
+    let payload_len = u16::from_be_bytes([meta[0], meta[1]]);
+    packet.version = 6;
+    packet.ip_len = payload_len.saturating_add(40);
+    packet.src = [header[2], header[3], header[4], header[5]];
+    packet.dst = [header[6], header[7], header[8], header[9]];
+
+    let mut next = meta[2];
+    let mut offset = offset + 40;
+    let mut ext_len: u16 = 0;
+    let mut walked_all = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let Some(ext) = read::<[u8; 2]>(ctx, offset) else {
+                    packet.protocol = next;
+                    bump(counters, Counter::TruncatedPackets);
+                    return;
+                };
+                let len = if next == IPPROTO_AH {
+                    (usize::from(ext[1]) + 2) * 4
+                } else {
+                    (usize::from(ext[1]) + 1) * 8
+                };
+                next = ext[0];
+                len
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(ext) = read::<[u8; 4]>(ctx, offset) else {
+                    packet.protocol = next;
+                    bump(counters, Counter::TruncatedPackets);
+                    return;
+                };
+                bump(counters, Counter::FragmentPackets);
+                next = ext[0];
+                let fragment_offset = u16::from_be_bytes([ext[2], ext[3]]) >> 3;
+                if fragment_offset != 0 {
+                    // A later fragment: no upper-layer header follows.
+                    packet.protocol = next;
+                    packet.payload_len = payload_len.saturating_sub(ext_len + 8);
+                    return;
+                }
+                8
+            }
+            _ => {
+                walked_all = true;
+                break;
+            }
+        };
+        offset += len;
+        ext_len = ext_len.saturating_add(len as u16);
+    }
+    packet.protocol = next;
+    if !walked_all {
+        // Still an extension header after MAX_IPV6_EXT_HEADERS: the protocol stays unknown.
+        if matches!(
+            next,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+        ) {
+            bump(counters, Counter::ExtHeaderLimitPackets);
+            return;
+        }
+    }
+    let l4_len = payload_len.saturating_sub(ext_len);
+    packet.payload_len = l4_len;
+    parse_l4(ctx, counters, packet, offset, l4_len);
+}
+
+/// Ports, TCP flags and the payload length of the first (or only) fragment.
+#[inline(always)]
+fn parse_l4(
+    ctx: &XdpContext,
+    counters: &mut Counters,
+    packet: &mut Packet,
+    offset: usize,
+    l4_len: u16,
+) {
+    match packet.protocol {
+        IPPROTO_TCP => {
+            let Some(tcp) = read::<[u8; 20]>(ctx, offset) else {
+                bump(counters, Counter::TruncatedPackets);
+                return;
+            };
+            packet.has_ports = true;
+            packet.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+            packet.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+            packet.tcp_flags = tcp[13];
+            packet.payload_len = l4_len.saturating_sub(u16::from(tcp[12] >> 4) * 4);
+        }
+        IPPROTO_UDP => {
+            let Some(udp) = read::<[u8; 8]>(ctx, offset) else {
+                bump(counters, Counter::TruncatedPackets);
+                return;
+            };
+            packet.has_ports = true;
+            packet.src_port = u16::from_be_bytes([udp[0], udp[1]]);
+            packet.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+            packet.payload_len = l4_len.saturating_sub(8);
+        }
+        _ => {}
+    }
+}
+
+/// Finds the winning rule, counts it under its label and applies its action.
+#[inline(always)]
+fn classify(
+    ctx: &XdpContext,
+    counters: &mut Counters,
+    packet: &Packet,
+    frame_len: u64,
+) -> Result<u32, ()> {
+    let config = XDT_CONFIG.get(0).ok_or(())?;
+    let generation = if config.active == 0 { &config.generations[0] } else { &config.generations[1] };
+    if generation.rule_count == 0 {
+        return Ok(XDP_PASS);
+    }
+    let (dst_root, src_root, levels) = if packet.version == 4 {
+        (Root::Ipv4Dst, Root::Ipv4Src, IPV4_CHILD_LEVELS)
+    } else {
+        (Root::Ipv6Dst, Root::Ipv6Src, IPV6_CHILD_LEVELS)
+    };
+    let mut best = u32::MAX;
+    let list = lookup(generation, dst_root, &packet.dst, levels)?;
+    best = scan(generation, list, best, packet)?;
+    let list = lookup(generation, src_root, &packet.src, levels)?;
+    best = scan(generation, list, best, packet)?;
+    best = scan(generation, generation.wildcard_list, best, packet)?;
+    if best == u32::MAX {
+        return Ok(XDP_PASS);
+    }
+    let slot = generation.rule_base + best;
+    let rule = XDT_RULES.get(slot).ok_or(())?;
+
+    bump(counters, Counter::MatchedPackets);
+    let stats = XDT_LABEL_STATS.get_ptr_mut(rule.label).ok_or(())?;
+    // SAFETY: per-CPU value, touched only by this CPU while this program runs on it.
+    let stats = unsafe { &mut *stats };
+    stats.packets += 1;
+    stats.bytes += frame_len;
+
+    match rule.action {
+        ACTION_DROP => {
+            bump(counters, Counter::DroppedPackets);
+            Ok(XDP_DROP)
+        }
+        ACTION_SAMPLE => {
+            let hits = XDT_SAMPLE_HITS.get_ptr_mut(slot).ok_or(())?;
+            // SAFETY: per-CPU value, as above.
+            let hits = unsafe { &mut *hits };
+            *hits += 1;
+            if *hits >= rule.sample_every {
+                *hits = 0;
+                emit(ctx, counters, packet, rule);
+            }
+            Ok(XDP_PASS)
+        }
+        _ => Ok(XDP_PASS),
+    }
+}
+
+/// The candidate list of the longest prefixes covering `addr` in one root, 0 for none.
+#[inline(always)]
+fn lookup(generation: &Generation, root: Root, addr: &[u32; 4], levels: u32) -> Result<u32, ()> {
+    // The address as two big-endian halves, so its n-th byte is a shift away.
+    let high = (u64::from(u32::from_be(addr[0])) << 32) | u64::from(u32::from_be(addr[1]));
+    let low = (u64::from(u32::from_be(addr[2])) << 32) | u64::from(u32::from_be(addr[3]));
+    let root_node = generation.node_base + root as u32 * NODES_PER_ROOT + (high >> 56) as u32;
+    let node = XDT_TRIE.get(root_node).ok_or(())?;
+    let mut entry = node.entries[((high >> 48) & 0xff) as usize];
+    for level in 0..IPV6_CHILD_LEVELS {
+        if entry & CHILD == 0 {
+            return Ok(entry);
+        }
+        if level >= levels {
+            // A child below the last byte: the trie is corrupt; treat as no match.
+            return Err(());
+        }
+        // Byte 2 + level of the address.
+        let byte = if level < 6 { high >> (40 - 8 * level) } else { low >> (56 - 8 * (level - 6)) };
+        let node = XDT_TRIE.get(generation.node_base + (entry & !CHILD)).ok_or(())?;
+        entry = node.entries[(byte & 0xff) as usize];
+    }
+    if entry & CHILD == 0 { Ok(entry) } else { Err(()) }
+}
+
+/// The lowest slot in `list` below `best` whose rule matches, or `best`.
+#[inline(always)]
+fn scan(generation: &Generation, list: u32, best: u32, packet: &Packet) -> Result<u32, ()> {
+    if list == 0 {
+        return Ok(best);
+    }
+    let list = XDT_CANDIDATES.get(generation.list_base + list).ok_or(())?;
+    for i in 0..MAX_CANDIDATES {
+        if i as u32 >= list.len {
+            break;
+        }
+        let slot = list.rules[i];
+        if slot >= best {
+            break;
+        }
+        let rule = XDT_RULES.get(generation.rule_base + slot).ok_or(())?;
+        if matches(rule, packet) {
+            return Ok(slot);
+        }
+    }
+    Ok(best)
+}
+
+#[inline(always)]
+fn matches(rule: &Rule, packet: &Packet) -> bool {
+    if rule.family != 0 && rule.family != packet.version {
+        return false;
+    }
+    if rule.match_flags & MATCH_PROTOCOL != 0 && rule.protocol != packet.protocol {
+        return false;
+    }
+    if rule.match_flags & MATCH_PORT != 0
+        && (!packet.has_ports || packet.dst_port < rule.port_lo || packet.dst_port > rule.port_hi)
+    {
+        return false;
+    }
+    if rule.match_flags & MATCH_DST != 0 && !in_prefix(&packet.dst, &rule.dst_net, &rule.dst_mask) {
+        return false;
+    }
+    if rule.match_flags & MATCH_SRC != 0 && !in_prefix(&packet.src, &rule.src_net, &rule.src_mask) {
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+fn in_prefix(addr: &[u32; 4], net: &[u32; 4], mask: &[u32; 4]) -> bool {
+    (addr[0] & mask[0]) == net[0]
+        && (addr[1] & mask[1]) == net[1]
+        && (addr[2] & mask[2]) == net[2]
+        && (addr[3] & mask[3]) == net[3]
+}
+
+#[inline(always)]
+fn emit(ctx: &XdpContext, counters: &mut Counters, packet: &Packet, rule: &Rule) {
+    let Some(mut entry) = XDT_EVENTS.reserve::<SampledEvent>(0) else {
+        bump(counters, Counter::LostEvents);
+        return;
+    };
+    let mut src_addr = [0u8; 16];
+    let mut dst_addr = [0u8; 16];
+    for i in 0..4 {
+        src_addr[i * 4..i * 4 + 4].copy_from_slice(&packet.src[i].to_ne_bytes());
+        dst_addr[i * 4..i * 4 + 4].copy_from_slice(&packet.dst[i].to_ne_bytes());
+    }
+    entry.write(SampledEvent {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex: ctx.ingress_ifindex() as u32,
+        rx_queue: ctx.rx_queue_index(),
+        label: rule.label,
+        rule: rule.id,
+        src_addr,
+        dst_addr,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        ip_len: packet.ip_len,
+        payload_len: packet.payload_len,
+        ip_version: packet.version,
+        protocol: packet.protocol,
+        action: rule.action,
+        tcp_flags: packet.tcp_flags,
+        _pad: [0; 4],
+    });
+    entry.submit(0);
+    bump(counters, Counter::SampledEvents);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,30 @@
+//! The kernel ABI of the xdt XDP probe.
+//!
+//! Every map the probe declares has one module here holding its name, its number of entries and
+//! the `#[repr(C)]` layout of its keys, values or events. The probe (no_std, `bpfel-unknown-none`)
+//! and user space both compile these definitions, and `const` size assertions make a layout drift
+//! fail the build on both sides. Fixed-width integers only, explicit padding, no `bool`.
+#![no_std]
+
+pub mod config;
+pub mod counters;
+pub mod events;
+pub mod labels;
+pub mod rules;
+pub mod trie;
+
+/// Implements `aya::Pod` for a layout (user space only: the probe has no aya).
+macro_rules! user_pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: the type is #[repr(C)], `Copy`, made only of integers and integer arrays,
+            // with explicit padding fields, so every bit pattern is a valid value.
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+pub(crate) use user_pod;
+
+/// Version of this ABI; recorded by `xdt attach` so user space refuses maps of another layout.
+pub const ABI_VERSION: u32 = 1;

@@ -1,0 +1,52 @@
+//! `XDT_TRIE`: multibit tries over IPv4 and IPv6 addresses, compiled in user space from the rule
+//! prefixes (controlled prefix expansion), one node per array entry so that every level costs one
+//! inlined array lookup.
+//!
+//! Each generation starts with four roots of 2^16 entries (256 nodes each) indexed by the first
+//! 16 address bits, followed by child nodes of 2^8 entries for each further byte. An entry is
+//! 0 (no rule), a candidate list id, or [`CHILD`] | node index (relative to the generation).
+//! Child nodes inherit their parent's covering list in every slot no longer prefix fills.
+
+use crate::user_pod;
+
+pub const MAP: &str = "XDT_TRIE";
+pub const NODE_ENTRIES: usize = 256;
+/// Default child nodes per generation (`xdt attach --trie-nodes` changes it).
+pub const DEFAULT_TRIE_NODES: u32 = 2048;
+pub const CHILD: u32 = 1 << 31;
+
+/// The four roots, in the order they sit at the start of a generation.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Root {
+    Ipv4Dst = 0,
+    Ipv4Src = 1,
+    Ipv6Dst = 2,
+    Ipv6Src = 3,
+}
+
+pub const ROOTS: u32 = 4;
+pub const NODES_PER_ROOT: u32 = 256;
+pub const ROOT_NODES: u32 = ROOTS * NODES_PER_ROOT;
+/// Child levels below the 16-bit root: 2 for IPv4, 14 for IPv6.
+pub const IPV4_CHILD_LEVELS: u32 = 2;
+pub const IPV6_CHILD_LEVELS: u32 = 14;
+
+#[must_use]
+pub const fn nodes_per_generation(trie_nodes: u32) -> u32 {
+    ROOT_NODES + trie_nodes
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrieNode {
+    pub entries: [u32; NODE_ENTRIES],
+}
+
+impl TrieNode {
+    pub const EMPTY: Self = Self { entries: [0; NODE_ENTRIES] };
+}
+
+user_pod!(TrieNode);
+
+const _: () = assert!(core::mem::size_of::<TrieNode>() == 1024);

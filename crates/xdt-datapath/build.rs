@@ -1,0 +1,111 @@
+//! Builds the XDP probe (../../bpf) for bpfel-unknown-none and hands the objects to the crate.
+//!
+//! The probe needs a Rust compiler that has its standard library's source (for
+//! `-Z build-std=core`) and bpf-linker. On Debian 12 `bpf/setup-toolchain.sh` installs both
+//! (Debian's rustc-web/rust-web-src 1.96 and bpf-linker 0.10.4); docs/building.md has the
+//! details. Environment overrides:
+//! - `XDT_PROBE_DIR`: a directory with prebuilt `xdt`, `bench-pass` and `bench-lpm` objects
+//!   (packagers, Nix): nothing is compiled.
+//! - `XDT_BPF_RUSTC`, `XDT_BPF_CARGO`: the compiler and cargo to use (default /usr/bin/rustc,
+//!   /usr/bin/cargo).
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, exit},
+};
+
+const OBJECTS: [&str; 3] = ["xdt", "bench-pass", "bench-lpm"];
+const SETUP: &str = "run `sudo bpf/setup-toolchain.sh` (Debian 12) or see docs/building.md";
+
+fn fail(what: &str) -> ! {
+    eprintln!("\nerror: cannot build the xdt XDP probe: {what}\n");
+    exit(1);
+}
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    let bpf = manifest.join("../../bpf");
+    let common = manifest.join("../xdt-common");
+    for path in [bpf.join("src"), bpf.join("Cargo.toml"), bpf.join("Cargo.lock")] {
+        println!("cargo::rerun-if-changed={}", path.display());
+    }
+    println!("cargo::rerun-if-changed={}", common.join("src").display());
+    for var in ["XDT_PROBE_DIR", "XDT_BPF_RUSTC", "XDT_BPF_CARGO"] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+
+    let objects = match env::var_os("XDT_PROBE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => build_probe(&bpf),
+    };
+    for name in OBJECTS {
+        let from = objects.join(name);
+        if let Err(e) = std::fs::copy(&from, out.join(format!("{name}.bpf.o"))) {
+            fail(&format!("probe object {} is missing: {e}", from.display()));
+        }
+    }
+}
+
+fn build_probe(bpf: &Path) -> PathBuf {
+    let rustc = env::var("XDT_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
+    let cargo = env::var("XDT_BPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
+    let sysroot = match Command::new(&rustc).args(["--print", "sysroot"]).output() {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        _ => fail(&format!(
+            "no Rust compiler at {rustc} (it needs one with the standard library source): {SETUP}"
+        )),
+    };
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        fail(&format!(
+            "{rustc} has no standard library source (rust-src), which -Z build-std=core needs: \
+             {SETUP}"
+        ));
+    }
+    if Command::new(&cargo).arg("--version").output().is_err() {
+        fail(&format!("no cargo at {cargo}: {SETUP}"));
+    }
+    if Command::new("bpf-linker").arg("--version").output().is_err() {
+        fail(&format!("bpf-linker is not on PATH: `cargo install bpf-linker@0.10.4 --locked`, or {SETUP}"));
+    }
+    // bpf-linker 0.10 loads the LLVM that the compiler was built with.
+    let llvm_major = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("LLVM version: ").map(|v| v.split('.').next().unwrap_or("").to_owned()))
+        })
+        .unwrap_or_default();
+    let mut library_path = env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    let debian_llvm = format!("/usr/lib/llvm-{llvm_major}/lib");
+    if Path::new(&debian_llvm).is_dir() {
+        library_path = format!("{debian_llvm}:{library_path}");
+    }
+
+    let mut command = Command::new(&cargo);
+    // The outer cargo's settings (compiler wrappers, flags, target dir) are for the host build.
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let keep = matches!(key.as_str(), "CARGO_HOME" | "CARGO_NET_OFFLINE")
+            || key.starts_with("CARGO_REGISTRIES_")
+            || key.starts_with("CARGO_HTTP_");
+        if !keep && (key.starts_with("CARGO") || key.starts_with("RUST")) {
+            command.env_remove(&key);
+        }
+    }
+    let status = command
+        .current_dir(bpf)
+        .env("RUSTC", &rustc)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("LD_LIBRARY_PATH", library_path)
+        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .status();
+    match status {
+        Ok(s) if s.success() => bpf.join("target/bpfel-unknown-none/release"),
+        Ok(s) => fail(&format!("`cargo build` of {} failed ({s}); its output is above", bpf.display())),
+        Err(e) => fail(&format!("cannot run {cargo}: {e}")),
+    }
+}

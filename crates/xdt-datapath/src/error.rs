@@ -1,0 +1,119 @@
+//! The datapath's errors: each says what failed and on what, and keeps the failing call's error.
+
+use std::{io, path::PathBuf};
+
+use crate::rules::{CompileError, RulesError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller lacks the privileges a BPF or netlink call needs.
+    #[error("{call} was refused ({source}): xdt needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")]
+    NotPermitted {
+        call: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// No network interface has that name.
+    #[error("unknown interface {iface:?}")]
+    UnknownInterface { iface: String },
+    /// xdt's pins for the interface already exist.
+    #[error("xdt is already attached to {iface} (pins in {}); run `xdt detach --interface {iface}` first", dir.display())]
+    AlreadyAttached { iface: String, dir: PathBuf },
+    /// Another XDP program holds the interface.
+    #[error("another XDP program is already attached to {iface}; remove it first (`ip link set dev {iface} xdp off`)")]
+    OtherProgramAttached {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+    /// No pins of xdt for the interface.
+    #[error("xdt is not attached to {iface} (no pins in {}); run `xdt attach --interface {iface}`", dir.display())]
+    NotAttached { iface: String, dir: PathBuf },
+    /// bpffs is not mounted and could not be mounted.
+    #[error("bpffs is not mounted at {path} and mounting it failed ({source}); mount it with `mount -t bpf bpf {path}`")]
+    BpffsMount {
+        path: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    /// bpffs is not mounted, so no probe can be attached.
+    #[error("bpffs is not mounted at {path}, so xdt is not attached anywhere (`xdt attach` mounts it)")]
+    BpffsMissing { path: &'static str },
+    /// The running kernel lacks something the probe needs.
+    #[error("the kernel lacks {feature} ({source})")]
+    KernelFeature {
+        feature: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Loading the probe's object or program failed.
+    #[error("loading the XDP probe failed")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The kernel refused the attach in that mode.
+    #[error("attaching to {iface} in {mode} mode failed")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Creating, reading or removing a pin failed.
+    #[error("pin {} failed", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {what} failed")]
+    Map {
+        map: &'static str,
+        what: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The pinned maps were made by another version of the probe.
+    #[error("the pinned maps of {iface} have ABI version {found}, this xdt speaks {expected}; detach and attach again")]
+    AbiMismatch { iface: String, found: u32, expected: u32 },
+    /// A rules file that does not parse.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    /// A rule set the probe cannot hold.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// More distinct labels than the label table has ids.
+    #[error("label table full: {count} labels, at most {capacity} (labels keep their id while attached; detach to reset)")]
+    LabelTableFull { count: usize, capacity: u32 },
+    /// Reading a file failed.
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A system call outside aya failed.
+    #[error("{call} failed")]
+    Sys {
+        call: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Maps an aya map error, naming the map and the operation, and spotting missing privileges.
+pub(crate) fn map_error(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
+    move |source| {
+        if let aya::maps::MapError::SyscallError(e) = &source
+            && is_permission(&e.io_error)
+        {
+            return Error::NotPermitted { call: e.call, source: io::Error::from_raw_os_error(libc::EPERM) };
+        }
+        Error::Map { map, what, source }
+    }
+}
+
+pub(crate) fn is_permission(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+}

@@ -1,0 +1,140 @@
+//! Sampled packet metadata from the probe's ring buffer, decoded for people and JSON.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
+    time::Duration,
+};
+
+use aya::maps::{Map, MapData, RingBuf};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde::Serialize;
+use xdt_common::{
+    events::{self, SampledEvent},
+    rules::{ACTION_DROP, ACTION_SAMPLE},
+};
+
+use crate::{
+    error::{Error, Result, is_permission, map_error},
+    paths,
+};
+
+/// A sampled packet, decoded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    pub rx_queue: u32,
+    pub label: String,
+    pub rule: u32,
+    pub action: &'static str,
+    pub ip_version: u8,
+    pub protocol: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ip_len: u16,
+    pub payload_len: u16,
+    pub tcp_flags: u8,
+}
+
+impl Event {
+    /// Decodes a raw event; `labels` gives names by label id.
+    #[must_use]
+    pub fn decode(raw: &SampledEvent, labels: &[Option<String>]) -> Self {
+        let address = |bytes: [u8; 16]| -> IpAddr {
+            if raw.ip_version == 4 {
+                Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
+            } else {
+                Ipv6Addr::from(bytes).into()
+            }
+        };
+        Self {
+            timestamp_ns: raw.timestamp_ns,
+            ifindex: raw.ifindex,
+            rx_queue: raw.rx_queue,
+            label: labels
+                .get(raw.label as usize)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| format!("label-{}", raw.label)),
+            rule: raw.rule,
+            action: match raw.action {
+                ACTION_SAMPLE => "sample",
+                ACTION_DROP => "drop",
+                _ => "count",
+            },
+            ip_version: raw.ip_version,
+            protocol: raw.protocol,
+            src: address(raw.src_addr),
+            dst: address(raw.dst_addr),
+            src_port: raw.src_port,
+            dst_port: raw.dst_port,
+            ip_len: raw.ip_len,
+            payload_len: raw.payload_len,
+            tcp_flags: raw.tcp_flags,
+        }
+    }
+}
+
+/// Reads raw events from a probe's ring buffer. The ring has one reader at a time: events one
+/// reader takes, another does not see.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl std::fmt::Debug for EventReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventReader").finish_non_exhaustive()
+    }
+}
+
+impl EventReader {
+    /// Opens the ring buffer of the probe attached to `iface`.
+    pub fn open(iface: &str) -> Result<Self> {
+        let path = paths::map_pin(iface, events::MAP);
+        let data = MapData::from_pin(&path).map_err(|e| match e {
+            aya::maps::MapError::SyscallError(s) if is_permission(&s.io_error) => {
+                Error::NotPermitted { call: "BPF_OBJ_GET", source: s.io_error }
+            }
+            e => Error::Pin { path, source: Box::new(e) },
+        })?;
+        Self::from_map_data(data)
+    }
+
+    pub fn from_map_data(data: MapData) -> Result<Self> {
+        let ring = RingBuf::try_from(Map::RingBuf(data)).map_err(map_error(events::MAP, "open"))?;
+        Ok(Self { ring })
+    }
+
+    /// Waits up to `timeout` for events and hands each to `f`; returns how many were read.
+    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&SampledEvent)) -> Result<usize> {
+        let mut read = self.drain(&mut f);
+        if read > 0 {
+            return Ok(read);
+        }
+        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::Sys { call: "poll", source: e.into() }),
+        }
+        read += self.drain(&mut f);
+        Ok(read)
+    }
+
+    fn drain(&mut self, f: &mut impl FnMut(&SampledEvent)) -> usize {
+        let mut read = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<SampledEvent>() {
+                // SAFETY: the probe writes exactly one SampledEvent per record; the length was
+                // checked and read_unaligned makes no alignment assumption.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SampledEvent>()) };
+                f(&event);
+                read += 1;
+            }
+        }
+        read
+    }
+}

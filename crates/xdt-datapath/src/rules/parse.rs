@@ -1,0 +1,326 @@
+//! The rules file: one rule per line, `#` starts a comment.
+//!
+//! ```text
+//! # label  [src CIDR] [dst CIDR] [proto P] [dport N|N-M] [priority N] [action count|drop|sample N]
+//! web      dst 10.0.0.0/8 proto tcp dport 80-443
+//! dns      proto udp dport 53 action sample 10
+//! blocked  src 192.0.2.0/24 action drop priority 1
+//! ```
+//!
+//! A file is parsed completely before anything is applied; the first error names the line.
+
+use std::{net::IpAddr, str::FromStr};
+
+use super::{Action, Cidr, PROTOCOL_NAMES, Rule};
+use xdt_common::labels::MAX_NAME_LEN;
+
+/// Why one rule is invalid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// The label is empty, too long or has characters outside `A-Za-z0-9_.:-`.
+    #[error("bad label {label:?}: use 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . : -")]
+    BadLabel { label: String },
+    /// A word that is not one of the rule's keys.
+    #[error("unknown key {key:?} (expected src, dst, proto, dport, priority or action)")]
+    UnknownKey { key: String },
+    /// A key at the end of the line without its value.
+    #[error("{key} needs a value")]
+    MissingValue { key: &'static str },
+    /// The same key twice in one rule.
+    #[error("{key} given twice")]
+    DuplicateKey { key: &'static str },
+    /// Not an address, or a prefix length out of range.
+    #[error("bad CIDR {text:?}: {reason}")]
+    BadCidr { text: String, reason: &'static str },
+    /// The address has bits set past the prefix length.
+    #[error("bad CIDR {text:?}: host bits are set past /{len} (did you mean {network}?)")]
+    HostBits { text: String, len: u8, network: String },
+    /// Source and destination of different address families.
+    #[error("src is IPv{src} but dst is IPv{dst}")]
+    FamilyMismatch { src: u8, dst: u8 },
+    /// ICMP with an IPv6 address or ICMPv6 with an IPv4 one.
+    #[error("proto {protocol} cannot match IPv{family} addresses")]
+    ProtocolFamily { protocol: &'static str, family: u8 },
+    /// Neither a protocol name nor a number 0-255.
+    #[error("bad protocol {text:?} (expected tcp, udp, icmp, icmpv6 or a number 0-255)")]
+    BadProtocol { text: String },
+    /// Not a port or an ascending range of ports.
+    #[error("bad port {text:?} (expected N or N-M with 0 <= N <= M <= 65535)")]
+    BadPort { text: String },
+    /// dport without a protocol that has ports.
+    #[error("dport needs proto tcp or udp")]
+    PortWithoutProtocol,
+    /// Not a number 0-4294967295.
+    #[error("bad priority {text:?} (expected a number 0-4294967295, lower matches first)")]
+    BadPriority { text: String },
+    /// Not one of the actions.
+    #[error("bad action {text:?} (expected count, drop, or sample N)")]
+    BadAction { text: String },
+    /// `sample` with a rate that is not a number from 1.
+    #[error("bad sample rate {text:?} (expected N >= 1: one event every N packets)")]
+    BadSampleRate { text: String },
+    /// The `steer` action is reserved for AF_XDP steering.
+    #[error("action steer is reserved for AF_XDP steering, which this version does not do yet")]
+    SteerReserved,
+}
+
+/// A rules file that failed to parse: where, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}:{line}: {source}")]
+pub struct RulesError {
+    /// The file name (or `<command line>`).
+    pub origin: String,
+    /// 1-based line number.
+    pub line: usize,
+    #[source]
+    pub source: ParseError,
+}
+
+/// Parses a whole rules file; `origin` names it in errors.
+pub fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RulesError> {
+    let mut rules = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.is_empty() {
+            continue;
+        }
+        let rule = parse_rule(&words).map_err(|source| RulesError {
+            origin: origin.to_owned(),
+            line: index + 1,
+            source,
+        })?;
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+/// Parses one rule from its words: the label, then key/value pairs.
+pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
+    let (label, mut rest) = match words {
+        [label, rest @ ..] => (*label, rest),
+        [] => return Err(ParseError::BadLabel { label: String::new() }),
+    };
+    check_label(label)?;
+    let mut rule = Rule::new(label);
+    let mut seen: Vec<&'static str> = Vec::new();
+    while let [key, tail @ ..] = rest {
+        let key: &'static str = match *key {
+            "src" => "src",
+            "dst" => "dst",
+            "proto" => "proto",
+            "dport" => "dport",
+            "priority" => "priority",
+            "action" => "action",
+            other => return Err(ParseError::UnknownKey { key: other.to_owned() }),
+        };
+        if seen.contains(&key) {
+            return Err(ParseError::DuplicateKey { key });
+        }
+        seen.push(key);
+        let [value, tail @ ..] = tail else {
+            return Err(ParseError::MissingValue { key });
+        };
+        rest = tail;
+        match key {
+            "src" => rule.src = Some(parse_cidr(value)?),
+            "dst" => rule.dst = Some(parse_cidr(value)?),
+            "proto" => rule.protocol = Some(parse_protocol(value)?),
+            "dport" => rule.dst_ports = Some(parse_ports(value)?),
+            "priority" => {
+                rule.priority = value
+                    .parse()
+                    .map_err(|_| ParseError::BadPriority { text: (*value).to_owned() })?;
+            }
+            _ => {
+                rule.action = match *value {
+                    "count" => Action::Count,
+                    "drop" => Action::Drop,
+                    "steer" => return Err(ParseError::SteerReserved),
+                    "sample" => {
+                        let [rate, tail @ ..] = rest else {
+                            return Err(ParseError::BadSampleRate { text: String::new() });
+                        };
+                        rest = tail;
+                        match rate.parse::<u32>() {
+                            Ok(n) if n >= 1 => Action::Sample(n),
+                            _ => return Err(ParseError::BadSampleRate { text: (*rate).to_owned() }),
+                        }
+                    }
+                    other => return Err(ParseError::BadAction { text: other.to_owned() }),
+                };
+            }
+        }
+    }
+    check_consistency(&rule)?;
+    Ok(rule)
+}
+
+fn check_label(label: &str) -> Result<(), ParseError> {
+    let ok = !label.is_empty()
+        && label.len() <= MAX_NAME_LEN
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok { Ok(()) } else { Err(ParseError::BadLabel { label: label.to_owned() }) }
+}
+
+fn check_consistency(rule: &Rule) -> Result<(), ParseError> {
+    if let (Some(src), Some(dst)) = (rule.src, rule.dst)
+        && src.family() != dst.family()
+    {
+        return Err(ParseError::FamilyMismatch { src: src.family(), dst: dst.family() });
+    }
+    let address_family = rule.dst.or(rule.src).map(|c| c.family());
+    match (rule.protocol, address_family) {
+        (Some(1), Some(6)) => {
+            return Err(ParseError::ProtocolFamily { protocol: "icmp", family: 6 });
+        }
+        (Some(58), Some(4)) => {
+            return Err(ParseError::ProtocolFamily { protocol: "icmpv6", family: 4 });
+        }
+        _ => {}
+    }
+    if rule.dst_ports.is_some() && !matches!(rule.protocol, Some(6 | 17)) {
+        return Err(ParseError::PortWithoutProtocol);
+    }
+    Ok(())
+}
+
+/// `ADDR/LEN` or a bare address (a host prefix).
+pub(crate) fn parse_cidr(text: &str) -> Result<Cidr, ParseError> {
+    let bad = |reason| ParseError::BadCidr { text: text.to_owned(), reason };
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (text, None),
+    };
+    let addr = IpAddr::from_str(addr).map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(len) => match len.parse::<u8>() {
+            Ok(len) if len <= max => len,
+            _ if addr.is_ipv4() => return Err(bad("prefix length must be 0-32 for IPv4")),
+            _ => return Err(bad("prefix length must be 0-128 for IPv6")),
+        },
+    };
+    let cidr = Cidr { addr, len };
+    let network = masked(cidr);
+    if network != cidr {
+        return Err(ParseError::HostBits {
+            text: text.to_owned(),
+            len,
+            network: network.to_string(),
+        });
+    }
+    Ok(cidr)
+}
+
+fn masked(cidr: Cidr) -> Cidr {
+    let addr = match cidr.addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(cidr.len)).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(cidr.len)).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    };
+    Cidr { addr, len: cidr.len }
+}
+
+fn parse_protocol(text: &str) -> Result<u8, ParseError> {
+    PROTOCOL_NAMES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(text))
+        .map(|(_, number)| *number)
+        .or_else(|| text.parse().ok())
+        .ok_or_else(|| ParseError::BadProtocol { text: text.to_owned() })
+}
+
+fn parse_ports(text: &str) -> Result<(u16, u16), ParseError> {
+    let bad = || ParseError::BadPort { text: text.to_owned() };
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let lo: u16 = lo.parse().map_err(|_| bad())?;
+    let hi: u16 = hi.parse().map_err(|_| bad())?;
+    if lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(line: &str) -> ParseError {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        parse_rule(&words).expect_err(line)
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let rules = parse_rules(
+            "# comment\n\nweb dst 10.0.0.0/8 proto tcp dport 80-443 priority 5 # trailing\n\
+             dns proto udp dport 53 action sample 10\n\
+             v6 src 2001:db8::/32 dst 2001:db8:1::1 action drop\n",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules[0].dst, Some(parse_cidr("10.0.0.0/8").expect("cidr")));
+        assert_eq!(rules[0].protocol, Some(6));
+        assert_eq!(rules[0].dst_ports, Some((80, 443)));
+        assert_eq!(rules[0].priority, 5);
+        assert_eq!(rules[1].action, Action::Sample(10));
+        assert_eq!(rules[1].priority, super::super::DEFAULT_PRIORITY);
+        assert_eq!(rules[2].dst.map(|c| c.len), Some(128));
+        assert_eq!(rules[2].action, Action::Drop);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let text = "a\nb src 10.1.0.0/16 dst 10.2.0.0/16 proto tcp dport 22 priority 7 action drop\n\
+                    c dst ::/0 proto 47 action sample 3\nd proto icmpv6\ne proto udp dport 1-2\n";
+        let rules = parse_rules(text, "t").expect("valid");
+        let again: String = rules.iter().map(|r| format!("{r}\n")).collect();
+        assert_eq!(parse_rules(&again, "t").expect("valid"), rules);
+        assert_eq!(again, text);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_reason() {
+        let e = parse_rules("ok\nok dst 10.0.0.0/8\nbad dst 10.0.0.0/33\n", "rules.txt")
+            .expect_err("bad CIDR");
+        assert_eq!(e.line, 3);
+        assert_eq!(
+            e.to_string(),
+            "rules.txt:3: bad CIDR \"10.0.0.0/33\": prefix length must be 0-32 for IPv4"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(matches!(err("x dst 10.0.0.1/8"), ParseError::HostBits { len: 8, .. }));
+        assert!(matches!(err("x dst 10.0.0/8"), ParseError::BadCidr { .. }));
+        assert!(matches!(err("x dst fe80::/129"), ParseError::BadCidr { .. }));
+        assert!(matches!(err("x src 10.0.0.0/8 dst ::/0"), ParseError::FamilyMismatch { .. }));
+        assert!(matches!(err("x dst ::/0 proto icmp"), ParseError::ProtocolFamily { .. }));
+        assert!(matches!(err("x dst 1.2.3.4 proto icmpv6"), ParseError::ProtocolFamily { .. }));
+        assert!(matches!(err("x proto gre"), ParseError::BadProtocol { .. }));
+        assert!(matches!(err("x proto 256"), ParseError::BadProtocol { .. }));
+        assert!(matches!(err("x proto tcp dport 70000"), ParseError::BadPort { .. }));
+        assert!(matches!(err("x proto tcp dport 9-1"), ParseError::BadPort { .. }));
+        assert_eq!(err("x dport 80"), ParseError::PortWithoutProtocol);
+        assert_eq!(err("x proto icmp dport 80"), ParseError::PortWithoutProtocol);
+        assert!(matches!(err("x colour red"), ParseError::UnknownKey { .. }));
+        assert_eq!(err("x dst"), ParseError::MissingValue { key: "dst" });
+        assert_eq!(err("x proto tcp proto udp"), ParseError::DuplicateKey { key: "proto" });
+        assert!(matches!(err("x priority -1"), ParseError::BadPriority { .. }));
+        assert!(matches!(err("x action sample 0"), ParseError::BadSampleRate { .. }));
+        assert!(matches!(err("x action sample"), ParseError::BadSampleRate { .. }));
+        assert!(matches!(err("x action reject"), ParseError::BadAction { .. }));
+        assert_eq!(err("x action steer"), ParseError::SteerReserved);
+        assert!(matches!(err("<img> dst 1.2.3.4"), ParseError::BadLabel { .. }));
+        assert!(matches!(err(&"l".repeat(61)), ParseError::BadLabel { .. }));
+    }
+}

@@ -1,0 +1,30 @@
+//! Test support shared by xdt's crates: crafted frames ([`frames`]), network namespaces and veth
+//! pairs that remove themselves on drop ([`net`]), and the root check of root-only tests.
+
+pub mod frames;
+pub mod net;
+
+/// True when the root-only test may run. Outside root it prints why it is skipped; in CI
+/// (`CI` set) a root-only test that cannot run is a failure of the CI setup, so it panics.
+#[must_use]
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces) and CI must run it as root"
+    );
+    eprintln!("{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces); run the tests as root");
+    false
+}
+
+/// A name unique to this process and call, short enough for an interface (15 bytes).
+#[must_use]
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id() % 100_000;
+    format!("{prefix}{pid}{n}")
+}
