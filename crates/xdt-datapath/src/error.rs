@@ -7,7 +7,7 @@ use crate::rules::{CompileError, RulesError};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The caller lacks the privileges a BPF or netlink call needs.
-    #[error("{call} was refused ({source}): xdt needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")]
+    #[error("{call} was refused: xdt needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")]
     NotPermitted {
         call: &'static str,
         #[source]
@@ -30,7 +30,7 @@ pub enum Error {
     #[error("xdt is not attached to {iface} (no pins in {}); run `xdt attach --interface {iface}`", dir.display())]
     NotAttached { iface: String, dir: PathBuf },
     /// bpffs is not mounted and could not be mounted.
-    #[error("bpffs is not mounted at {path} and mounting it failed ({source}); mount it with `mount -t bpf bpf {path}`")]
+    #[error("bpffs is not mounted at {path} and mounting it failed; mount it with `mount -t bpf bpf {path}`")]
     BpffsMount {
         path: &'static str,
         #[source]
@@ -40,7 +40,7 @@ pub enum Error {
     #[error("bpffs is not mounted at {path}, so xdt is not attached anywhere (`xdt attach` mounts it)")]
     BpffsMissing { path: &'static str },
     /// The running kernel lacks something the probe needs.
-    #[error("the kernel lacks {feature} ({source})")]
+    #[error("the kernel lacks {feature}")]
     KernelFeature {
         feature: &'static str,
         #[source]

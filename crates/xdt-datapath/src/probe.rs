@@ -234,9 +234,15 @@ pub struct Installed {
 impl ProbeMaps {
     /// Opens the pinned maps of the probe attached to `iface`.
     pub fn open(iface: &str) -> Result<Self> {
-        if !paths::link_pin(iface).exists() {
-            crate::sys::require_bpffs()?;
-            return Err(Error::NotAttached { iface: iface.to_owned(), dir: paths::pin_dir(iface) });
+        match std::fs::symlink_metadata(paths::link_pin(iface)) {
+            Ok(_) => {}
+            Err(e) if is_permission(&e) => {
+                return Err(Error::NotPermitted { call: "stat /sys/fs/bpf/xdt", source: e });
+            }
+            Err(_) => {
+                crate::sys::require_bpffs()?;
+                return Err(Error::NotAttached { iface: iface.to_owned(), dir: paths::pin_dir(iface) });
+            }
         }
         let maps = Self::from_lookup(|name| {
             let path = paths::map_pin(iface, name);

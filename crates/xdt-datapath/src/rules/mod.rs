@@ -130,3 +130,25 @@ impl fmt::Display for Rule {
         }
     }
 }
+
+/// What [`check`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub labels: usize,
+    pub trie_nodes: u32,
+}
+
+/// Checks that `rules` compile within a capacity, without touching any map.
+pub fn check(rules: &[Rule], max_rules: u32, trie_nodes: u32) -> Result<Checked, crate::Error> {
+    let mut ids = std::collections::HashMap::new();
+    for rule in rules {
+        let next = ids.len() as u32 + 1;
+        ids.entry(rule.label.clone()).or_insert(next);
+    }
+    let capacity = xdt_common::labels::MAX_LABELS - 1;
+    if ids.len() > capacity as usize {
+        return Err(crate::Error::LabelTableFull { count: ids.len(), capacity });
+    }
+    let compiled = compile(rules, &ids, max_rules, trie_nodes)?;
+    Ok(Checked { labels: ids.len(), trie_nodes: compiled.child_nodes() })
+}

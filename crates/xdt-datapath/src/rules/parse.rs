@@ -66,14 +66,13 @@ pub enum ParseError {
 
 /// A rules file that failed to parse: where, and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{origin}:{line}: {source}")]
+#[error("{origin}:{line}: {reason}")]
 pub struct RulesError {
-    /// The file name (or `<command line>`).
+    /// The file name (or `command line`).
     pub origin: String,
     /// 1-based line number.
     pub line: usize,
-    #[source]
-    pub source: ParseError,
+    pub reason: ParseError,
 }
 
 /// Parses a whole rules file; `origin` names it in errors.
@@ -85,10 +84,10 @@ pub fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RulesError> {
         if words.is_empty() {
             continue;
         }
-        let rule = parse_rule(&words).map_err(|source| RulesError {
+        let rule = parse_rule(&words).map_err(|reason| RulesError {
             origin: origin.to_owned(),
             line: index + 1,
-            source,
+            reason,
         })?;
         rules.push(rule);
     }
