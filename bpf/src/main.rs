@@ -345,7 +345,11 @@ fn classify(
     frame_len: u64,
 ) -> Result<u32, ()> {
     let config = XDT_CONFIG.get(0).ok_or(())?;
-    let generation = if config.active == 0 { &config.generations[0] } else { &config.generations[1] };
+    let generation = if config.active == 0 {
+        &config.generations[0]
+    } else {
+        &config.generations[1]
+    };
     if generation.rule_count == 0 {
         return Ok(XDP_PASS);
     }
@@ -354,17 +358,23 @@ fn classify(
     } else {
         (Root::Ipv6Dst, Root::Ipv6Src, IPV6_CHILD_LEVELS)
     };
-    let mut best = u32::MAX;
-    let list = lookup(generation, dst_root, &packet.dst, levels)?;
-    best = scan(generation, list, best, packet)?;
-    let list = lookup(generation, src_root, &packet.src, levels)?;
-    best = scan(generation, list, best, packet)?;
-    best = scan(generation, generation.wildcard_list, best, packet)?;
-    if best == u32::MAX {
-        return Ok(XDP_PASS);
+    let mut best = Best {
+        slot: u32::MAX,
+        rule: None,
+    };
+    if generation.roots_in_use & (1 << dst_root as u32) != 0 {
+        let list = lookup(generation, dst_root, &packet.dst, levels)?;
+        scan(generation, list, &mut best, packet)?;
     }
-    let slot = generation.rule_base + best;
-    let rule = XDT_RULES.get(slot).ok_or(())?;
+    if generation.roots_in_use & (1 << src_root as u32) != 0 {
+        let list = lookup(generation, src_root, &packet.src, levels)?;
+        scan(generation, list, &mut best, packet)?;
+    }
+    scan(generation, generation.wildcard_list, &mut best, packet)?;
+    let Some(rule) = best.rule else {
+        return Ok(XDP_PASS);
+    };
+    let slot = generation.rule_base + best.slot;
 
     bump(counters, Counter::MatchedPackets);
     let stats = XDT_LABEL_STATS.get_ptr_mut(rule.label).ok_or(())?;
@@ -411,18 +421,34 @@ fn lookup(generation: &Generation, root: Root, addr: &[u32; 4], levels: u32) -> 
             return Err(());
         }
         // Byte 2 + level of the address.
-        let byte = if level < 6 { high >> (40 - 8 * level) } else { low >> (56 - 8 * (level - 6)) };
-        let node = XDT_TRIE.get(generation.node_base + (entry & !CHILD)).ok_or(())?;
+        let byte = if level < 6 {
+            high >> (40 - 8 * level)
+        } else {
+            low >> (56 - 8 * (level - 6))
+        };
+        let node = XDT_TRIE
+            .get(generation.node_base + (entry & !CHILD))
+            .ok_or(())?;
         entry = node.entries[(byte & 0xff) as usize];
     }
-    if entry & CHILD == 0 { Ok(entry) } else { Err(()) }
+    if entry & CHILD == 0 {
+        Ok(entry)
+    } else {
+        Err(())
+    }
 }
 
-/// The lowest slot in `list` below `best` whose rule matches, or `best`.
+/// The winning rule so far: the lowest matching slot.
+struct Best {
+    slot: u32,
+    rule: Option<&'static Rule>,
+}
+
+/// Lowers `best` to the first rule of `list` that matches (lists are in slot order).
 #[inline(always)]
-fn scan(generation: &Generation, list: u32, best: u32, packet: &Packet) -> Result<u32, ()> {
+fn scan(generation: &Generation, list: u32, best: &mut Best, packet: &Packet) -> Result<(), ()> {
     if list == 0 {
-        return Ok(best);
+        return Ok(());
     }
     let list = XDT_CANDIDATES.get(generation.list_base + list).ok_or(())?;
     for i in 0..MAX_CANDIDATES {
@@ -430,15 +456,19 @@ fn scan(generation: &Generation, list: u32, best: u32, packet: &Packet) -> Resul
             break;
         }
         let slot = list.rules[i];
-        if slot >= best {
+        if slot >= best.slot {
             break;
         }
         let rule = XDT_RULES.get(generation.rule_base + slot).ok_or(())?;
         if matches(rule, packet) {
-            return Ok(slot);
+            *best = Best {
+                slot,
+                rule: Some(rule),
+            };
+            break;
         }
     }
-    Ok(best)
+    Ok(())
 }
 
 #[inline(always)]
@@ -500,7 +530,7 @@ fn emit(ctx: &XdpContext, counters: &mut Counters, packet: &Packet, rule: &Rule)
         protocol: packet.protocol,
         action: rule.action,
         tcp_flags: packet.tcp_flags,
-        _pad: [0; 4],
+        padding: [0; 4],
     });
     entry.submit(0);
     bump(counters, Counter::SampledEvents);

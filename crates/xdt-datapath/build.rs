@@ -27,7 +27,11 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let bpf = manifest.join("../../bpf");
     let common = manifest.join("../xdt-common");
-    for path in [bpf.join("src"), bpf.join("Cargo.toml"), bpf.join("Cargo.lock")] {
+    for path in [
+        bpf.join("src"),
+        bpf.join("Cargo.toml"),
+        bpf.join("Cargo.lock"),
+    ] {
         println!("cargo::rerun-if-changed={}", path.display());
     }
     println!("cargo::rerun-if-changed={}", common.join("src").display());
@@ -65,8 +69,14 @@ fn build_probe(bpf: &Path) -> PathBuf {
     if Command::new(&cargo).arg("--version").output().is_err() {
         fail(&format!("no cargo at {cargo}: {SETUP}"));
     }
-    if Command::new("bpf-linker").arg("--version").output().is_err() {
-        fail(&format!("bpf-linker is not on PATH: `cargo install bpf-linker@0.10.4 --locked`, or {SETUP}"));
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        fail(&format!(
+            "bpf-linker is not on PATH: `cargo install bpf-linker@0.10.4 --locked`, or {SETUP}"
+        ));
     }
     // bpf-linker 0.10 loads the LLVM that the compiler was built with.
     let llvm_major = Command::new(&rustc)
@@ -74,9 +84,10 @@ fn build_probe(bpf: &Path) -> PathBuf {
         .output()
         .ok()
         .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("LLVM version: ").map(|v| v.split('.').next().unwrap_or("").to_owned()))
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+                l.strip_prefix("LLVM version: ")
+                    .map(|v| v.split('.').next().unwrap_or("").to_owned())
+            })
         })
         .unwrap_or_default();
     let mut library_path = env::var("LD_LIBRARY_PATH").unwrap_or_default();
@@ -101,11 +112,21 @@ fn build_probe(bpf: &Path) -> PathBuf {
         .env("RUSTC", &rustc)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("LD_LIBRARY_PATH", library_path)
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .status();
     match status {
         Ok(s) if s.success() => bpf.join("target/bpfel-unknown-none/release"),
-        Ok(s) => fail(&format!("`cargo build` of {} failed ({s}); its output is above", bpf.display())),
+        Ok(s) => fail(&format!(
+            "`cargo build` of {} failed ({s}); its output is above",
+            bpf.display()
+        )),
         Err(e) => fail(&format!("cannot run {cargo}: {e}")),
     }
 }

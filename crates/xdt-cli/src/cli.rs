@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use xdt_common::{rules::DEFAULT_MAX_RULES, trie::DEFAULT_TRIE_NODES};
 
 #[derive(Debug, Parser)]
-#[command(name = "xdt", version, about = "XDP packet telemetry: attach the probe, manage rules, read counters and sampled events")]
+#[command(
+    name = "xdt",
+    version,
+    about = "XDP packet telemetry: attach the probe, manage rules, read counters and sampled events"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -15,7 +19,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Interface {
     /// Network interface the probe is (or will be) attached to.
-    #[arg(short = 'i', long = "interface", env = "XDT_INTERFACE", value_name = "IF")]
+    #[arg(
+        short = 'i',
+        long = "interface",
+        env = "XDT_INTERFACE",
+        value_name = "IF"
+    )]
     pub name: String,
 }
 
@@ -57,7 +66,12 @@ pub enum Command {
     /// Show where the probe is attached: mode, program, maps, rules.
     Status {
         /// Only this interface (default: every attached one).
-        #[arg(short = 'i', long = "interface", env = "XDT_INTERFACE", value_name = "IF")]
+        #[arg(
+            short = 'i',
+            long = "interface",
+            env = "XDT_INTERFACE",
+            value_name = "IF"
+        )]
         interface: Option<String>,
         #[arg(long)]
         json: bool,
@@ -132,7 +146,12 @@ pub enum RulesCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Also check it fits the capacity of the probe attached here.
-        #[arg(short = 'i', long = "interface", env = "XDT_INTERFACE", value_name = "IF")]
+        #[arg(
+            short = 'i',
+            long = "interface",
+            env = "XDT_INTERFACE",
+            value_name = "IF"
+        )]
         interface: Option<String>,
     },
 }

@@ -35,7 +35,14 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Attach { interface, mode, rules, max_rules, trie_nodes, json } => {
+        Command::Attach {
+            interface,
+            mode,
+            rules,
+            max_rules,
+            trie_nodes,
+            json,
+        } => {
             let rules = match rules {
                 Some(path) => read_rules(&path)?,
                 None => Vec::new(),
@@ -45,12 +52,23 @@ fn run(cli: Cli) -> Result<()> {
                 cli::Mode::Native => Mode::Native,
                 cli::Mode::Generic => Mode::Generic,
             };
-            let attached = attach::attach(&interface.name, mode, &rules, Capacity { max_rules, trie_nodes })?;
+            let attached = attach::attach(
+                &interface.name,
+                mode,
+                &rules,
+                Capacity {
+                    max_rules,
+                    trie_nodes,
+                },
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&attached)?);
             } else {
                 if let Some(reason) = &attached.native_error {
-                    println!("native mode unavailable on {} ({reason}); using generic", attached.interface);
+                    println!(
+                        "native mode unavailable on {} ({reason}); using generic",
+                        attached.interface
+                    );
                 }
                 println!(
                     "attached to {} in {} mode: program {}, link {}, {} rules, pinned in {}",
@@ -69,20 +87,34 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { interface, json } => status(interface, json)?,
         Command::Rules(command) => rules_command(command)?,
-        Command::Stats { interface, json, watch, interval, count } => {
+        Command::Stats {
+            interface,
+            json,
+            watch,
+            interval,
+            count,
+        } => {
             let maps = ProbeMaps::open(&interface.name)?;
             if watch {
                 watch_stats(&maps, &interface.name, json, interval, count)?;
             } else {
                 let snapshot = snapshot(&maps)?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&snapshot.to_json(&interface.name))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&snapshot.to_json(&interface.name))?
+                    );
                 } else {
                     print_stats(&interface.name, &snapshot);
                 }
             }
         }
-        Command::Events { interface, json, count, timeout } => {
+        Command::Events {
+            interface,
+            json,
+            count,
+            timeout,
+        } => {
             events(&interface.name, json, count, timeout)?;
         }
     }
@@ -90,7 +122,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn read_rules(path: &Path) -> Result<Vec<Rule>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read rules file {}", path.display()))?;
     Ok(rules::parse_rules(&text, &path.display().to_string())?)
 }
 
@@ -98,7 +131,8 @@ fn read_rules(path: &Path) -> Result<Vec<Rule>> {
 fn lock(iface: &str) -> Result<Flock<File>> {
     let dir = paths::pin_dir(iface);
     let file = File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", dir.display()))
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", dir.display()))
 }
 
 fn rules_command(command: RulesCommand) -> Result<()> {
@@ -115,14 +149,22 @@ fn rules_command(command: RulesCommand) -> Result<()> {
             let mut current = maps.rules()?;
             current.push(new);
             maps.install(&current)?;
-            println!("added rule {}: {}", current.len(), current[current.len() - 1]);
+            println!(
+                "added rule {}: {}",
+                current.len(),
+                current[current.len() - 1]
+            );
         }
         RulesCommand::Del { interface, id } => {
             let mut maps = ProbeMaps::open(&interface.name)?;
             let _lock = lock(&interface.name)?;
             let mut current = maps.rules()?;
             if id == 0 || id > current.len() {
-                bail!("no rule {id} on {} (it has {} rules; see `xdt rules list`)", interface.name, current.len());
+                bail!(
+                    "no rule {id} on {} (it has {} rules; see `xdt rules list`)",
+                    interface.name,
+                    current.len()
+                );
             }
             let removed = current.remove(id - 1);
             maps.install(&current)?;
@@ -163,7 +205,10 @@ fn rules_command(command: RulesCommand) -> Result<()> {
             let capacity = match interface {
                 Some(iface) => {
                     let a = ProbeMaps::open(&iface)?.config()?.attachment;
-                    Capacity { max_rules: a.max_rules, trie_nodes: a.trie_nodes }
+                    Capacity {
+                        max_rules: a.max_rules,
+                        trie_nodes: a.trie_nodes,
+                    }
                 }
                 None => Capacity::default(),
             };
@@ -181,7 +226,10 @@ fn rules_command(command: RulesCommand) -> Result<()> {
 }
 
 fn snapshot(maps: &ProbeMaps) -> Result<Snapshot> {
-    Ok(Snapshot { counters: maps.counters()?, labels: maps.label_counts()? })
+    Ok(Snapshot {
+        counters: maps.counters()?,
+        labels: maps.label_counts()?,
+    })
 }
 
 fn print_stats(iface: &str, s: &Snapshot) {
@@ -192,12 +240,21 @@ fn print_stats(iface: &str, s: &Snapshot) {
     if !s.labels.is_empty() {
         println!("  labels:");
         for l in &s.labels {
-            println!("    {:<24} {} packets, {} bytes", l.label, l.packets, l.bytes);
+            println!(
+                "    {:<24} {} packets, {} bytes",
+                l.label, l.packets, l.bytes
+            );
         }
     }
 }
 
-fn watch_stats(maps: &ProbeMaps, iface: &str, json: bool, interval: f64, count: Option<u64>) -> Result<()> {
+fn watch_stats(
+    maps: &ProbeMaps,
+    iface: &str,
+    json: bool,
+    interval: f64,
+    count: Option<u64>,
+) -> Result<()> {
     if !(0.05..=3600.0).contains(&interval) {
         bail!("--interval must be between 0.05 and 3600 seconds, not {interval}");
     }
@@ -250,7 +307,8 @@ fn events(iface: &str, json: bool, count: Option<u64>, timeout: Option<f64>) -> 
             break;
         }
         let wait = deadline.map_or(Duration::from_millis(500), |d| {
-            d.saturating_duration_since(Instant::now()).min(Duration::from_millis(500))
+            d.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(500))
         });
         reader.poll(wait, |raw| {
             if count.is_some_and(|c| seen >= c) || failed.is_some() {
@@ -320,7 +378,9 @@ fn status(interface: Option<String>, json: bool) -> Result<()> {
     if all.is_empty() {
         println!("xdt is not attached to any interface");
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     for s in &all {
         println!(
             "{}: {} mode, program {}, link {}, attached {} s ago",
@@ -335,10 +395,20 @@ fn status(interface: Option<String>, json: bool) -> Result<()> {
             s.rules, s.max_rules, s.labels, s.trie_nodes_used, s.trie_nodes
         );
         if s.run_count > 0 {
-            println!("  {} runs, {} ns per packet", s.run_count, s.run_time_ns / s.run_count);
+            println!(
+                "  {} runs, {} ns per packet",
+                s.run_count,
+                s.run_time_ns / s.run_count
+            );
         }
         for m in &s.maps {
-            println!("  map {:<16} id {:<6} entries {:<8} {}", m.name, m.id, m.max_entries, m.pin.display());
+            println!(
+                "  map {:<16} id {:<6} entries {:<8} {}",
+                m.name,
+                m.id,
+                m.max_entries,
+                m.pin.display()
+            );
         }
     }
     Ok(())

@@ -45,7 +45,13 @@ impl Lab {
         quiet_veth(&client, &client_if, &node, &node_if, 1);
         let dir = std::env::temp_dir().join(xdt_testkit::unique_name("xdt-e2e-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        Self { client, node, client_if, node_if, dir }
+        Self {
+            client,
+            node,
+            client_if,
+            node_if,
+            dir,
+        }
     }
 
     /// Runs `xdt ARGS` in the node namespace.
@@ -56,16 +62,27 @@ impl Lab {
     /// Runs `xdt ARGS` and returns its stdout; panics with stderr on failure.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.xdt(args);
-        assert!(out.status.success(), "xdt {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "xdt {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs `xdt ARGS`, expects failure, and returns stderr.
     fn fails(&self, args: &[&str]) -> String {
         let out = self.xdt(args);
-        assert!(!out.status.success(), "xdt {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "xdt {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!stderr.contains("panicked"), "xdt {args:?} panicked: {stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "xdt {args:?} panicked: {stderr}"
+        );
         stderr
     }
 
@@ -77,14 +94,27 @@ impl Lab {
 
     fn attach(&self, mode: &str, rules: &str) -> Attached<'_> {
         let file = self.file("attach.rules", rules);
-        let out = self.ok(&["attach", "-i", &self.node_if, "--mode", mode, "--rules", &file, "--json"]);
+        let out = self.ok(&[
+            "attach",
+            "-i",
+            &self.node_if,
+            "--mode",
+            mode,
+            "--rules",
+            &file,
+            "--json",
+        ]);
         let info: Value = serde_json::from_str(&out).expect("attach json");
         assert_eq!(info["mode"], mode);
-        Attached { lab: self, program_id: info["program_id"].as_u64().expect("id") as u32 }
+        Attached {
+            lab: self,
+            program_id: info["program_id"].as_u64().expect("id") as u32,
+        }
     }
 
     fn stats(&self) -> Value {
-        serde_json::from_str(&self.ok(&["stats", "-i", &self.node_if, "--json"])).expect("stats json")
+        serde_json::from_str(&self.ok(&["stats", "-i", &self.node_if, "--json"]))
+            .expect("stats json")
     }
 
     /// Waits until total_packets reaches `total` (frames cross the veth asynchronously).
@@ -133,13 +163,21 @@ impl Drop for Attached<'_> {
 }
 
 fn program_exists(id: u32) -> bool {
-    aya::programs::loaded_programs().filter_map(Result::ok).any(|p| p.id() == id)
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.id() == id)
 }
 
 fn label(stats: &Value, name: &str) -> (u64, u64) {
     let labels = stats["labels"].as_array().expect("labels");
-    let l = labels.iter().find(|l| l["label"] == name).unwrap_or_else(|| panic!("no label {name}: {stats}"));
-    (l["packets"].as_u64().expect("packets"), l["bytes"].as_u64().expect("bytes"))
+    let l = labels
+        .iter()
+        .find(|l| l["label"] == name)
+        .unwrap_or_else(|| panic!("no label {name}: {stats}"));
+    (
+        l["packets"].as_u64().expect("packets"),
+        l["bytes"].as_u64().expect("bytes"),
+    )
 }
 
 const MIX_RULES: &str = "\
@@ -169,7 +207,10 @@ fn traffic_mix(mode: &str) {
     lab.send(&frames);
 
     let count = |pick: &dyn Fn(&Vec<u8>) -> bool| -> u64 {
-        mix.iter().filter(|(f, _, _)| pick(f)).map(|(_, n, _)| *n as u64).sum()
+        mix.iter()
+            .filter(|(f, _, _)| pick(f))
+            .map(|(_, n, _)| *n as u64)
+            .sum()
     };
     let ethertype = |f: &Vec<u8>| u16::from_be_bytes([f[12], f[13]]);
     let proto = |f: &Vec<u8>| match ethertype(f) {
@@ -180,32 +221,68 @@ fn traffic_mix(mode: &str) {
     let total = count(&|_| true);
     let stats = lab.wait_for_total(total);
     assert_eq!(stats["total_packets"], total, "{stats}");
-    assert_eq!(stats["total_bytes"], mix.iter().map(|(f, n, _)| (f.len() * n) as u64).sum::<u64>());
+    assert_eq!(
+        stats["total_bytes"],
+        mix.iter()
+            .map(|(f, n, _)| (f.len() * n) as u64)
+            .sum::<u64>()
+    );
     assert_eq!(stats["ipv4_packets"], count(&|f| ethertype(f) == 0x0800));
     assert_eq!(stats["ipv6_packets"], count(&|f| ethertype(f) == 0x86dd));
     assert_eq!(stats["non_ip_packets"], 4);
     assert_eq!(stats["tcp_packets"], count(&|f| proto(f) == TCP));
     assert_eq!(stats["udp_packets"], count(&|f| proto(f) == UDP));
-    assert_eq!(stats["icmp_packets"], count(&|f| proto(f) == ICMP || proto(f) == ICMPV6));
+    assert_eq!(
+        stats["icmp_packets"],
+        count(&|f| proto(f) == ICMP || proto(f) == ICMPV6)
+    );
     assert_eq!(stats["other_packets"], 4);
     for name in ["web", "dns", "web6", "ping6"] {
-        let packets: u64 = mix.iter().filter(|(_, _, l)| *l == name).map(|(_, n, _)| *n as u64).sum();
-        let bytes: u64 = mix.iter().filter(|(_, _, l)| *l == name).map(|(f, n, _)| (f.len() * n) as u64).sum();
+        let packets: u64 = mix
+            .iter()
+            .filter(|(_, _, l)| *l == name)
+            .map(|(_, n, _)| *n as u64)
+            .sum();
+        let bytes: u64 = mix
+            .iter()
+            .filter(|(_, _, l)| *l == name)
+            .map(|(f, n, _)| (f.len() * n) as u64)
+            .sum();
         assert_eq!(label(&stats, name), (packets, bytes), "label {name}");
     }
     assert_eq!(stats["matched_packets"], 50 + 30 + 25 + 12 + 5);
-    assert_eq!(stats["sampled_events"], 3, "1 of every 10 of 35 dns packets (one CPU sends)");
+    assert_eq!(
+        stats["sampled_events"], 3,
+        "1 of every 10 of 35 dns packets (one CPU sends)"
+    );
     assert_eq!(stats["lost_events"], 0);
     assert_eq!(stats["errors"], 0);
 
     // The sampled events, through the CLI.
-    let out = lab.ok(&["events", "-i", &lab.node_if, "--json", "--count", "3", "--timeout", "5"]);
-    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("event json")).collect();
+    let out = lab.ok(&[
+        "events",
+        "-i",
+        &lab.node_if,
+        "--json",
+        "--count",
+        "3",
+        "--timeout",
+        "5",
+    ]);
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event json"))
+        .collect();
     assert_eq!(events.len(), 3, "{out}");
-    assert!(events.iter().all(|e| e["label"] == "dns" && e["dst_port"] == 53 && e["action"] == "sample"));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["label"] == "dns" && e["dst_port"] == 53 && e["action"] == "sample")
+    );
 
     // Status shows the attachment.
-    let status: Value = serde_json::from_str(&lab.ok(&["status", "-i", &lab.node_if, "--json"])).expect("status");
+    let status: Value =
+        serde_json::from_str(&lab.ok(&["status", "-i", &lab.node_if, "--json"])).expect("status");
     assert_eq!(status[0]["mode"], mode);
     assert_eq!(status[0]["rules"], 4);
     assert_eq!(status[0]["program_id"], attached.program_id);
@@ -215,14 +292,23 @@ fn traffic_mix(mode: &str) {
     assert!(program_exists(program_id));
     lab.ok(&["detach", "-i", &lab.node_if]);
     std::mem::forget(attached);
-    assert!(!xdt_datapath_pin_dir(&lab.node_if).exists(), "pins left behind");
+    assert!(
+        !xdt_datapath_pin_dir(&lab.node_if).exists(),
+        "pins left behind"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while program_exists(program_id) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!program_exists(program_id), "program {program_id} still loaded after detach");
+    assert!(
+        !program_exists(program_id),
+        "program {program_id} still loaded after detach"
+    );
     let link = lab.node.ip(&["link", "show", &lab.node_if]);
-    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still on the interface");
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP still on the interface"
+    );
 }
 
 fn xdt_datapath_pin_dir(iface: &str) -> PathBuf {
@@ -251,14 +337,26 @@ fn rules_replaced_under_traffic_lose_no_count() {
     let lab = Lab::new();
     let _attached = lab.attach("native", "web dst 10.88.0.0/24\n");
     let a = lab.file("a.rules", "web dst 10.88.0.0/24\n");
-    let b = lab.file("b.rules", "other dst 10.99.0.0/16\nweb dst 10.88.0.5 proto tcp priority 1\nweb proto tcp\n");
-    let frame = ethernet(ETH_P_IP, &ipv4(CLIENT4, NODE4, TCP, &tcp(40000, 80, 0x02, b"")));
+    let b = lab.file(
+        "b.rules",
+        "other dst 10.99.0.0/16\nweb dst 10.88.0.5 proto tcp priority 1\nweb proto tcp\n",
+    );
+    let frame = ethernet(
+        ETH_P_IP,
+        &ipv4(CLIENT4, NODE4, TCP, &tcp(40000, 80, 0x02, b"")),
+    );
     let sent = 30_000;
     let mut loads = 0;
     std::thread::scope(|s| {
         let sender = s.spawn(|| lab.send(&[(frame.clone(), sent)]));
         while !sender.is_finished() || loads < 4 {
-            lab.ok(&["rules", "load", "-i", &lab.node_if, if loads % 2 == 0 { &b } else { &a }]);
+            lab.ok(&[
+                "rules",
+                "load",
+                "-i",
+                &lab.node_if,
+                if loads % 2 == 0 { &b } else { &a },
+            ]);
             loads += 1;
             assert!(loads < 10_000, "sender never finished");
         }
@@ -266,7 +364,11 @@ fn rules_replaced_under_traffic_lose_no_count() {
     let stats = lab.wait_for_total(sent as u64);
     assert!(loads >= 4);
     assert_eq!(stats["total_packets"], sent as u64);
-    assert_eq!(label(&stats, "web").0, sent as u64, "after {loads} rule swaps: {stats}");
+    assert_eq!(
+        label(&stats, "web").0,
+        sent as u64,
+        "after {loads} rule swaps: {stats}"
+    );
     assert_eq!(stats["errors"], 0);
 }
 
@@ -278,25 +380,45 @@ fn clear_errors() {
     let lab = Lab::new();
     let iface = lab.node_if.clone();
 
-    assert!(lab.fails(&["attach", "-i", "xdt-none0"]).contains("unknown interface \"xdt-none0\""));
-    assert!(lab.fails(&["stats", "-i", &iface]).contains("xdt is not attached to"));
-    let bad = lab.file("bad.rules", "ok dst 10.0.0.0/8\nbad proto tcp dport 80-70\n");
+    assert!(
+        lab.fails(&["attach", "-i", "xdt-none0"])
+            .contains("unknown interface \"xdt-none0\"")
+    );
+    assert!(
+        lab.fails(&["stats", "-i", &iface])
+            .contains("xdt is not attached to")
+    );
+    let bad = lab.file(
+        "bad.rules",
+        "ok dst 10.0.0.0/8\nbad proto tcp dport 80-70\n",
+    );
     let e = lab.fails(&["attach", "-i", &iface, "--rules", &bad]);
     assert!(e.contains("bad.rules:2: bad port \"80-70\""), "{e}");
-    assert!(!xdt_datapath_pin_dir(&iface).exists(), "a failed attach left pins");
+    assert!(
+        !xdt_datapath_pin_dir(&iface).exists(),
+        "a failed attach left pins"
+    );
 
     // Another XDP program holds the interface: attached (and held) from a thread inside the
     // node namespace, so the ifindex is the veth's.
     let e = lab.node.enter(|| {
         let mut other = aya::Ebpf::load(xdt_datapath::probe::BENCH_PASS_OBJECT).expect("load");
-        let program: &mut aya::programs::Xdp =
-            other.program_mut("bench_pass").expect("program").try_into().expect("xdp");
+        let program: &mut aya::programs::Xdp = other
+            .program_mut("bench_pass")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
         program.load().expect("load program");
-        program.attach(&iface, aya::programs::XdpMode::Skb).expect("attach other");
+        program
+            .attach(&iface, aya::programs::XdpMode::Skb)
+            .expect("attach other");
         lab.fails(&["attach", "-i", &iface])
     });
     assert!(e.contains("another XDP program is already attached"), "{e}");
-    assert!(!xdt_datapath_pin_dir(&iface).exists(), "a failed attach left pins");
+    assert!(
+        !xdt_datapath_pin_dir(&iface).exists(),
+        "a failed attach left pins"
+    );
 
     let attached = lab.attach("generic", "web dst 10.88.0.0/24\n");
     let e = lab.fails(&["attach", "-i", &iface]);
@@ -318,17 +440,42 @@ fn clear_errors() {
     // Rule table full.
     let _small = {
         let file = lab.file("one.rules", "a dst 10.0.0.0/8\n");
-        lab.ok(&["attach", "-i", &iface, "--mode", "generic", "--max-rules", "2", "--rules", &file]);
-        Attached { lab: &lab, program_id: 0 }
+        lab.ok(&[
+            "attach",
+            "-i",
+            &iface,
+            "--mode",
+            "generic",
+            "--max-rules",
+            "2",
+            "--rules",
+            &file,
+        ]);
+        Attached {
+            lab: &lab,
+            program_id: 0,
+        }
     };
     lab.ok(&["rules", "add", "-i", &iface, "b", "dst", "10.1.0.0/16"]);
     let e = lab.fails(&["rules", "add", "-i", &iface, "c", "dst", "10.2.0.0/16"]);
-    assert!(e.contains("rule table full: 3 rules, the probe has room for 2"), "{e}");
+    assert!(
+        e.contains("rule table full: 3 rules, the probe has room for 2"),
+        "{e}"
+    );
     assert_eq!(lab.ok(&["rules", "list", "-i", &iface]).lines().count(), 2);
 
     // No privileges.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", XDT, "stats", "-i", &iface])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            XDT,
+            "stats",
+            "-i",
+            &iface,
+        ])
         .output()
         .expect("setpriv");
     let e = String::from_utf8_lossy(&out.stderr);
@@ -337,7 +484,14 @@ fn clear_errors() {
 
     // bpffs missing (in a private mount namespace without it).
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &format!("umount /sys/fs/bpf && {XDT} stats -i {iface}")])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &format!("umount /sys/fs/bpf && {XDT} stats -i {iface}"),
+        ])
         .output()
         .expect("unshare");
     let e = String::from_utf8_lossy(&out.stderr);

@@ -25,6 +25,9 @@ pub struct Generation {
     pub node_base: u32,
     /// Child nodes used after the root nodes.
     pub node_count: u32,
+    /// Bit `1 << root` is set when that trie root holds any prefix; the probe skips the rest.
+    pub roots_in_use: u32,
+    pub padding: u32,
 }
 
 /// How the probe is attached; written once by `xdt attach`, never read by the probe.
@@ -53,13 +56,13 @@ pub const MODE_GENERIC: u32 = 2;
 pub struct Config {
     /// The generation (0 or 1) the probe classifies with.
     pub active: u32,
-    pub _pad: u32,
+    pub padding: u32,
     pub generations: [Generation; 2],
     pub attachment: Attachment,
 }
 
 user_pod!(Config);
 
-const _: () = assert!(core::mem::size_of::<Generation>() == 24);
+const _: () = assert!(core::mem::size_of::<Generation>() == 32);
 const _: () = assert!(core::mem::size_of::<Attachment>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<Config>() == 104);

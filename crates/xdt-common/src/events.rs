@@ -33,7 +33,7 @@ pub struct SampledEvent {
     pub action: u8,
     /// TCP flags byte (FIN 0x01 ... CWR 0x80); 0 for other protocols.
     pub tcp_flags: u8,
-    pub _pad: [u8; 4],
+    pub padding: [u8; 4],
 }
 
 user_pod!(SampledEvent);

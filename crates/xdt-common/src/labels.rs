@@ -29,7 +29,10 @@ pub struct LabelName {
 }
 
 impl LabelName {
-    pub const EMPTY: Self = Self { len: 0, bytes: [0; MAX_NAME_LEN] };
+    pub const EMPTY: Self = Self {
+        len: 0,
+        bytes: [0; MAX_NAME_LEN],
+    };
 }
 
 user_pod!(LabelStats, LabelName);

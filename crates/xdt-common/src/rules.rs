@@ -16,12 +16,12 @@ pub const DEFAULT_MAX_RULES: u32 = 4096;
 /// Most rules one address (or the wildcard list) can be a candidate for.
 pub const MAX_CANDIDATES: usize = 32;
 
-/// Candidate lists needed per generation for `max_rules` rules: every prefix adds at most two
-/// distinct covering sets (inside it, and the remainder of its parent), plus the wildcard list
-/// and the unused slot 0.
+/// Candidate lists needed per generation for `max_rules` rules: n prefixes in one trie cut the
+/// address space into at most 2n + 1 ranges of distinct covering sets; four tries, the wildcard
+/// list and the unused slot 0 add at most 6.
 #[must_use]
 pub const fn max_lists(max_rules: u32) -> u32 {
-    max_rules.saturating_mul(2).saturating_add(2)
+    max_rules.saturating_mul(2).saturating_add(8)
 }
 
 pub const MATCH_SRC: u8 = 1;
@@ -70,7 +70,10 @@ pub struct CandidateList {
 }
 
 impl CandidateList {
-    pub const EMPTY: Self = Self { len: 0, rules: [0; MAX_CANDIDATES] };
+    pub const EMPTY: Self = Self {
+        len: 0,
+        rules: [0; MAX_CANDIDATES],
+    };
 }
 
 user_pod!(Rule, CandidateList);

@@ -44,7 +44,9 @@ pub struct TrieNode {
 }
 
 impl TrieNode {
-    pub const EMPTY: Self = Self { entries: [0; NODE_ENTRIES] };
+    pub const EMPTY: Self = Self {
+        entries: [0; NODE_ENTRIES],
+    };
 }
 
 user_pod!(TrieNode);

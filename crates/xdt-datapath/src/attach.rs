@@ -74,7 +74,10 @@ pub fn attach(iface: &str, mode: Mode, rules: &[Rule], capacity: Capacity) -> Re
     sys::ensure_bpffs()?;
     let dir = paths::pin_dir(iface);
     if dir.exists() {
-        return Err(Error::AlreadyAttached { iface: iface.to_owned(), dir });
+        return Err(Error::AlreadyAttached {
+            iface: iface.to_owned(),
+            dir,
+        });
     }
     let mut probe = LoadedProbe::load(capacity)?;
     let mut maps = probe.maps()?;
@@ -82,32 +85,56 @@ pub fn attach(iface: &str, mode: Mode, rules: &[Rule], capacity: Capacity) -> Re
 
     let program = probe.program_mut()?;
     let (link_id, held, native_error) = match mode {
-        Mode::Native => (try_attach(program, iface, ifindex, XdpMode::Driver)?, MODE_NATIVE, None),
-        Mode::Generic => (try_attach(program, iface, ifindex, XdpMode::Skb)?, MODE_GENERIC, None),
+        Mode::Native => (
+            try_attach(program, iface, ifindex, XdpMode::Driver)?,
+            MODE_NATIVE,
+            None,
+        ),
+        Mode::Generic => (
+            try_attach(program, iface, ifindex, XdpMode::Skb)?,
+            MODE_GENERIC,
+            None,
+        ),
         Mode::Auto => match try_attach(program, iface, ifindex, XdpMode::Driver) {
             Ok(id) => (id, MODE_NATIVE, None),
             Err(Error::Attach { source, .. }) => {
                 let reason = error_chain(&source);
-                (try_attach(program, iface, ifindex, XdpMode::Skb)?, MODE_GENERIC, Some(reason))
+                (
+                    try_attach(program, iface, ifindex, XdpMode::Skb)?,
+                    MODE_GENERIC,
+                    Some(reason),
+                )
             }
             Err(e) => return Err(e),
         },
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     maps.record_attachment(held, ifindex, now)?;
 
     fs::create_dir_all(&dir).map_err(|e| pin_error(&dir, e))?;
-    let mut guard = PinDirGuard { dir: dir.clone(), keep: false };
+    let mut guard = PinDirGuard {
+        dir: dir.clone(),
+        keep: false,
+    };
     for name in ALL_MAPS {
         let path = paths::map_pin(iface, name);
-        let map = probe.ebpf.map(name).ok_or_else(|| Error::Load(format!("no map {name}").into()))?;
+        let map = probe
+            .ebpf
+            .map(name)
+            .ok_or_else(|| Error::Load(format!("no map {name}").into()))?;
         map.pin(&path).map_err(|e| pin_error(&path, e))?;
     }
     let program = probe.program_mut()?;
     let program_pin = paths::program_pin(iface);
-    program.pin(&program_pin).map_err(|e| pin_error(&program_pin, e))?;
+    program
+        .pin(&program_pin)
+        .map_err(|e| pin_error(&program_pin, e))?;
     let program_id = program.info().map_err(|e| Error::Load(Box::new(e)))?.id();
-    let link = program.take_link(link_id).map_err(|e| Error::Load(Box::new(e)))?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|e| Error::Load(Box::new(e)))?;
     let link = FdLink::try_from(link).map_err(|e| Error::Load(Box::new(e)))?;
     let link_id = link.info().map_err(|e| Error::Load(Box::new(e)))?.id();
     let link_pin = paths::link_pin(iface);
@@ -130,28 +157,44 @@ fn try_attach(
     ifindex: u32,
     mode: XdpMode,
 ) -> Result<aya::programs::xdp::XdpLinkId> {
-    let mode_name = if mode == XdpMode::Driver { "native" } else { "generic" };
+    let mode_name = if mode == XdpMode::Driver {
+        "native"
+    } else {
+        "generic"
+    };
     program.attach_to_if_index(ifindex, mode).map_err(|source| {
         if let ProgramError::SyscallError(e) = &source {
             match e.io_error.raw_os_error() {
                 Some(libc::EBUSY | libc::EEXIST) => {
                     return Error::OtherProgramAttached {
                         iface: iface.to_owned(),
-                        source: io::Error::from_raw_os_error(e.io_error.raw_os_error().unwrap_or(0)),
+                        source: io::Error::from_raw_os_error(
+                            e.io_error.raw_os_error().unwrap_or(0),
+                        ),
                     };
                 }
                 Some(libc::EPERM | libc::EACCES) => {
-                    return Error::NotPermitted { call: e.call, source: io::Error::from_raw_os_error(libc::EPERM) };
+                    return Error::NotPermitted {
+                        call: e.call,
+                        source: io::Error::from_raw_os_error(libc::EPERM),
+                    };
                 }
                 _ => {}
             }
         }
-        Error::Attach { iface: iface.to_owned(), mode: mode_name, source }
+        Error::Attach {
+            iface: iface.to_owned(),
+            mode: mode_name,
+            source,
+        }
     })
 }
 
 fn pin_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Pin { path: path.to_owned(), source: Box::new(e) }
+    Error::Pin {
+        path: path.to_owned(),
+        source: Box::new(e),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -180,13 +223,19 @@ pub fn detach(iface: &str) -> Result<()> {
     sys::require_bpffs()?;
     let dir = paths::pin_dir(iface);
     if !dir.exists() {
-        return Err(Error::NotAttached { iface: iface.to_owned(), dir });
+        return Err(Error::NotAttached {
+            iface: iface.to_owned(),
+            dir,
+        });
     }
     let link_pin = paths::link_pin(iface);
     if link_pin.exists() {
         let link = PinnedLink::from_pin(&link_pin).map_err(|e| match e {
             aya::programs::links::LinkError::SyscallError(s) if is_permission(&s.io_error) => {
-                Error::NotPermitted { call: s.call, source: s.io_error }
+                Error::NotPermitted {
+                    call: s.call,
+                    source: s.io_error,
+                }
             }
             e => pin_error(&link_pin, e),
         })?;
@@ -207,8 +256,18 @@ pub fn attached_interfaces() -> Result<Vec<String>> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) if is_permission(&e) => return Err(Error::NotPermitted { call: "opendir /sys/fs/bpf/xdt", source: e }),
-        Err(e) => return Err(Error::Read { path: paths::PIN_ROOT.into(), source: e }),
+        Err(e) if is_permission(&e) => {
+            return Err(Error::NotPermitted {
+                call: "opendir /sys/fs/bpf/xdt",
+                source: e,
+            });
+        }
+        Err(e) => {
+            return Err(Error::Read {
+                path: paths::PIN_ROOT.into(),
+                source: e,
+            });
+        }
     }
     names.sort();
     Ok(names)
@@ -258,7 +317,12 @@ pub fn status(iface: &str) -> Result<Status> {
     for name in ALL_MAPS {
         let pin = paths::map_pin(iface, name);
         let map = aya::maps::MapInfo::from_pin(&pin).map_err(|e| pin_error(&pin, e))?;
-        map_status.push(MapStatus { name, id: map.id(), max_entries: map.max_entries(), pin });
+        map_status.push(MapStatus {
+            name,
+            id: map.id(),
+            max_entries: map.max_entries(),
+            pin,
+        });
     }
     Ok(Status {
         interface: iface.to_owned(),
@@ -271,8 +335,12 @@ pub fn status(iface: &str) -> Result<Status> {
         max_rules: config.attachment.max_rules,
         trie_nodes_used: generation.node_count,
         trie_nodes: config.attachment.trie_nodes,
-        run_count: program.as_ref().map_or(0, aya::programs::ProgramInfo::run_count),
-        run_time_ns: program.as_ref().map_or(0, |p| p.run_time().as_nanos() as u64),
+        run_count: program
+            .as_ref()
+            .map_or(0, aya::programs::ProgramInfo::run_count),
+        run_time_ns: program
+            .as_ref()
+            .map_or(0, |p| p.run_time().as_nanos() as u64),
         maps: map_status,
     })
 }

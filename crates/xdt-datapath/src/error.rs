@@ -20,7 +20,9 @@ pub enum Error {
     #[error("xdt is already attached to {iface} (pins in {}); run `xdt detach --interface {iface}` first", dir.display())]
     AlreadyAttached { iface: String, dir: PathBuf },
     /// Another XDP program holds the interface.
-    #[error("another XDP program is already attached to {iface}; remove it first (`ip link set dev {iface} xdp off`)")]
+    #[error(
+        "another XDP program is already attached to {iface}; remove it first (`ip link set dev {iface} xdp off`)"
+    )]
     OtherProgramAttached {
         iface: String,
         #[source]
@@ -30,14 +32,18 @@ pub enum Error {
     #[error("xdt is not attached to {iface} (no pins in {}); run `xdt attach --interface {iface}`", dir.display())]
     NotAttached { iface: String, dir: PathBuf },
     /// bpffs is not mounted and could not be mounted.
-    #[error("bpffs is not mounted at {path} and mounting it failed; mount it with `mount -t bpf bpf {path}`")]
+    #[error(
+        "bpffs is not mounted at {path} and mounting it failed; mount it with `mount -t bpf bpf {path}`"
+    )]
     BpffsMount {
         path: &'static str,
         #[source]
         source: nix::Error,
     },
     /// bpffs is not mounted, so no probe can be attached.
-    #[error("bpffs is not mounted at {path}, so xdt is not attached anywhere (`xdt attach` mounts it)")]
+    #[error(
+        "bpffs is not mounted at {path}, so xdt is not attached anywhere (`xdt attach` mounts it)"
+    )]
     BpffsMissing { path: &'static str },
     /// The running kernel lacks something the probe needs.
     #[error("the kernel lacks {feature}")]
@@ -73,8 +79,14 @@ pub enum Error {
         source: aya::maps::MapError,
     },
     /// The pinned maps were made by another version of the probe.
-    #[error("the pinned maps of {iface} have ABI version {found}, this xdt speaks {expected}; detach and attach again")]
-    AbiMismatch { iface: String, found: u32, expected: u32 },
+    #[error(
+        "the pinned maps of {iface} have ABI version {found}, this xdt speaks {expected}; detach and attach again"
+    )]
+    AbiMismatch {
+        iface: String,
+        found: u32,
+        expected: u32,
+    },
     /// A rules file that does not parse.
     #[error(transparent)]
     Rules(#[from] RulesError),
@@ -82,7 +94,9 @@ pub enum Error {
     #[error(transparent)]
     Compile(#[from] CompileError),
     /// More distinct labels than the label table has ids.
-    #[error("label table full: {count} labels, at most {capacity} (labels keep their id while attached; detach to reset)")]
+    #[error(
+        "label table full: {count} labels, at most {capacity} (labels keep their id while attached; detach to reset)"
+    )]
     LabelTableFull { count: usize, capacity: u32 },
     /// Reading a file failed.
     #[error("cannot read {}", path.display())]
@@ -103,12 +117,18 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Maps an aya map error, naming the map and the operation, and spotting missing privileges.
-pub(crate) fn map_error(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
+pub(crate) fn map_error(
+    map: &'static str,
+    what: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> Error {
     move |source| {
         if let aya::maps::MapError::SyscallError(e) = &source
             && is_permission(&e.io_error)
         {
-            return Error::NotPermitted { call: e.call, source: io::Error::from_raw_os_error(libc::EPERM) };
+            return Error::NotPermitted {
+                call: e.call,
+                source: io::Error::from_raw_os_error(libc::EPERM),
+            };
         }
         Error::Map { map, what, source }
     }

@@ -96,9 +96,15 @@ impl EventReader {
         let path = paths::map_pin(iface, events::MAP);
         let data = MapData::from_pin(&path).map_err(|e| match e {
             aya::maps::MapError::SyscallError(s) if is_permission(&s.io_error) => {
-                Error::NotPermitted { call: "BPF_OBJ_GET", source: s.io_error }
+                Error::NotPermitted {
+                    call: "BPF_OBJ_GET",
+                    source: s.io_error,
+                }
             }
-            e => Error::Pin { path, source: Box::new(e) },
+            e => Error::Pin {
+                path,
+                source: Box::new(e),
+            },
         })?;
         Self::from_map_data(data)
     }
@@ -118,7 +124,12 @@ impl EventReader {
         let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(millis)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::Sys { call: "poll", source: e.into() }),
+            Err(e) => {
+                return Err(Error::Sys {
+                    call: "poll",
+                    source: e.into(),
+                });
+            }
         }
         read += self.drain(&mut f);
         Ok(read)
@@ -130,7 +141,8 @@ impl EventReader {
             if item.len() >= size_of::<SampledEvent>() {
                 // SAFETY: the probe writes exactly one SampledEvent per record; the length was
                 // checked and read_unaligned makes no alignment assumption.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SampledEvent>()) };
+                let event =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SampledEvent>()) };
                 f(&event);
                 read += 1;
             }

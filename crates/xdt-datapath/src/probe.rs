@@ -24,7 +24,8 @@ use crate::{
 };
 
 /// The probe object, built from bpf/ by build.rs.
-pub static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdt.bpf.o"));
+pub static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdt.bpf.o"));
 /// Baselines for the benchmark: an empty XDP_PASS program and a single-LPM-trie labeller.
 pub static BENCH_PASS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-pass.bpf.o"));
@@ -43,7 +44,10 @@ pub struct Capacity {
 
 impl Default for Capacity {
     fn default() -> Self {
-        Self { max_rules: raw::DEFAULT_MAX_RULES, trie_nodes: trie::DEFAULT_TRIE_NODES }
+        Self {
+            max_rules: raw::DEFAULT_MAX_RULES,
+            trie_nodes: trie::DEFAULT_TRIE_NODES,
+        }
     }
 }
 
@@ -73,7 +77,10 @@ impl LoadedProbe {
             .map_max_entries(raw::RULES_MAP, 2 * capacity.max_rules)
             .map_max_entries("XDT_SAMPLE_HITS", 2 * capacity.max_rules)
             .map_max_entries(raw::CANDIDATES_MAP, 2 * capacity.max_lists())
-            .map_max_entries(trie::MAP, 2 * trie::nodes_per_generation(capacity.trie_nodes))
+            .map_max_entries(
+                trie::MAP,
+                2 * trie::nodes_per_generation(capacity.trie_nodes),
+            )
             .load(PROBE_OBJECT)
             .map_err(load_error)?;
         let program: &mut Xdp = ebpf
@@ -83,7 +90,10 @@ impl LoadedProbe {
             .map_err(|e| Error::Load(Box::new(e)))?;
         program.load().map_err(|e| match e {
             aya::programs::ProgramError::LoadError { io_error, .. } if is_permission(&io_error) => {
-                Error::NotPermitted { call: "BPF_PROG_LOAD", source: io_error }
+                Error::NotPermitted {
+                    call: "BPF_PROG_LOAD",
+                    source: io_error,
+                }
             }
             e => Error::Load(Box::new(e)),
         })?;
@@ -93,7 +103,7 @@ impl LoadedProbe {
         let nodes = trie::nodes_per_generation(capacity.trie_nodes);
         let config = Config {
             active: 0,
-            _pad: 0,
+            padding: 0,
             generations: [0, 1].map(|g| Generation {
                 rule_base: g * capacity.max_rules,
                 list_base: g * max_lists,
@@ -134,9 +144,20 @@ impl LoadedProbe {
     /// Handles on the maps (they share the kernel objects with this probe).
     pub fn maps(&mut self) -> Result<ProbeMaps> {
         ProbeMaps::from_lookup(|name| {
-            let map = self.ebpf.map(name).ok_or_else(|| Error::Load(format!("the object has no map {name}").into()))?;
-            let data = map_data(map);
-            let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| Error::Sys { call: "dup", source })?;
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or_else(|| Error::Load(format!("the object has no map {name}").into()))?;
+            let data = map_data(map)
+                .ok_or_else(|| Error::Load(format!("map {name} has an unexpected type").into()))?;
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| Error::Sys {
+                    call: "dup",
+                    source,
+                })?;
             MapData::from_fd(fd).map_err(map_error(leak_name(name), "open"))
         })
     }
@@ -145,22 +166,27 @@ impl LoadedProbe {
 /// Runs `program` `repeat` times on `frame` (BPF_PROG_TEST_RUN, Linux 4.12; XDP frames from
 /// 14 bytes). Returns the verdict and the kernel's mean time per run.
 pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-    let options = TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() };
+    let options = TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::default()
+    };
     let result = program.test_run(options).map_err(|e| match e {
         aya::programs::ProgramError::SyscallError(s) if is_permission(&s.io_error) => {
-            Error::NotPermitted { call: s.call, source: s.io_error }
+            Error::NotPermitted {
+                call: s.call,
+                source: s.io_error,
+            }
         }
         e => Error::Load(Box::new(e)),
     })?;
     Ok((result.return_value, result.duration))
 }
 
-fn map_data(map: &Map) -> &MapData {
+fn map_data(map: &Map) -> Option<&MapData> {
     match map {
-        Map::Array(m) | Map::PerCpuArray(m) | Map::RingBuf(m) | Map::LpmTrie(m) => m,
-        Map::HashMap(m) | Map::PerCpuHashMap(m) | Map::Unsupported(m) => m,
-        // The probe declares only the kinds above.
-        _ => unreachable!("unexpected map kind in the probe object"),
+        Map::Array(m) | Map::PerCpuArray(m) | Map::RingBuf(m) => Some(m),
+        _ => None,
     }
 }
 
@@ -187,11 +213,16 @@ fn load_error(e: aya::EbpfError) -> Error {
         if is_permission(io_error) {
             return Error::NotPermitted {
                 call: "BPF_MAP_CREATE",
-                source: std::io::Error::from_raw_os_error(io_error.raw_os_error().unwrap_or(libc::EPERM)),
+                source: std::io::Error::from_raw_os_error(
+                    io_error.raw_os_error().unwrap_or(libc::EPERM),
+                ),
             };
         }
         if name == xdt_common::events::MAP && io_error.raw_os_error() == Some(libc::EINVAL) {
-            return Error::KernelFeature { feature: "BPF ring buffers (Linux 5.8)", source: Box::new(e) };
+            return Error::KernelFeature {
+                feature: "BPF ring buffers (Linux 5.8)",
+                source: Box::new(e),
+            };
         }
     }
     Error::Load(Box::new(e))
@@ -237,25 +268,41 @@ impl ProbeMaps {
         match std::fs::symlink_metadata(paths::link_pin(iface)) {
             Ok(_) => {}
             Err(e) if is_permission(&e) => {
-                return Err(Error::NotPermitted { call: "stat /sys/fs/bpf/xdt", source: e });
+                return Err(Error::NotPermitted {
+                    call: "stat /sys/fs/bpf/xdt",
+                    source: e,
+                });
             }
             Err(_) => {
                 crate::sys::require_bpffs()?;
-                return Err(Error::NotAttached { iface: iface.to_owned(), dir: paths::pin_dir(iface) });
+                return Err(Error::NotAttached {
+                    iface: iface.to_owned(),
+                    dir: paths::pin_dir(iface),
+                });
             }
         }
         let maps = Self::from_lookup(|name| {
             let path = paths::map_pin(iface, name);
             MapData::from_pin(&path).map_err(|e| match e {
                 aya::maps::MapError::SyscallError(s) if is_permission(&s.io_error) => {
-                    Error::NotPermitted { call: "BPF_OBJ_GET", source: s.io_error }
+                    Error::NotPermitted {
+                        call: "BPF_OBJ_GET",
+                        source: s.io_error,
+                    }
                 }
-                e => Error::Pin { path, source: Box::new(e) },
+                e => Error::Pin {
+                    path,
+                    source: Box::new(e),
+                },
             })
         })?;
         let found = maps.config()?.attachment.abi_version;
         if found != ABI_VERSION {
-            return Err(Error::AbiMismatch { iface: iface.to_owned(), found, expected: ABI_VERSION });
+            return Err(Error::AbiMismatch {
+                iface: iface.to_owned(),
+                found,
+                expected: ABI_VERSION,
+            });
         }
         Ok(maps)
     }
@@ -263,7 +310,9 @@ impl ProbeMaps {
     fn from_lookup(mut open: impl FnMut(&str) -> Result<MapData>) -> Result<Self> {
         macro_rules! typed {
             ($name:expr, $variant:ident) => {
-                Map::$variant(open($name)?).try_into().map_err(map_error(leak_name($name), "open"))?
+                Map::$variant(open($name)?)
+                    .try_into()
+                    .map_err(map_error(leak_name($name), "open"))?
             };
         }
         Ok(Self {
@@ -278,15 +327,24 @@ impl ProbeMaps {
     }
 
     pub fn config(&self) -> Result<Config> {
-        self.config.get(&0, 0).map_err(map_error(config::MAP, "read"))
+        self.config
+            .get(&0, 0)
+            .map_err(map_error(config::MAP, "read"))
     }
 
     fn write_config(&mut self, config: &Config) -> Result<()> {
-        self.config.set(0, config, 0).map_err(map_error(config::MAP, "write"))
+        self.config
+            .set(0, config, 0)
+            .map_err(map_error(config::MAP, "write"))
     }
 
     /// Records how the probe was attached.
-    pub fn record_attachment(&mut self, mode: u32, ifindex: u32, attached_at_ns: u64) -> Result<()> {
+    pub fn record_attachment(
+        &mut self,
+        mode: u32,
+        ifindex: u32,
+        attached_at_ns: u64,
+    ) -> Result<()> {
         let mut config = self.config()?;
         config.attachment.mode = mode;
         config.attachment.ifindex = ifindex;
@@ -296,7 +354,10 @@ impl ProbeMaps {
 
     /// The interface counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let per_cpu = self.counters.get(&0, 0).map_err(map_error(counters::MAP, "read"))?;
+        let per_cpu = self
+            .counters
+            .get(&0, 0)
+            .map_err(map_error(counters::MAP, "read"))?;
         let mut sum = Counters::ZERO;
         for cpu in per_cpu.iter() {
             for i in 0..COUNT {
@@ -310,7 +371,10 @@ impl ProbeMaps {
     pub fn label_names(&self) -> Result<Vec<Option<String>>> {
         let mut names = vec![None; MAX_LABELS as usize];
         for (id, slot) in names.iter_mut().enumerate().skip(1) {
-            let name = self.label_names.get(&(id as u32), 0).map_err(map_error(labels::NAMES_MAP, "read"))?;
+            let name = self
+                .label_names
+                .get(&(id as u32), 0)
+                .map_err(map_error(labels::NAMES_MAP, "read"))?;
             if name.len > 0 {
                 let len = (name.len as usize).min(labels::MAX_NAME_LEN);
                 *slot = Some(String::from_utf8_lossy(&name.bytes[..len]).into_owned());
@@ -325,11 +389,18 @@ impl ProbeMaps {
         let mut counts = Vec::new();
         for (id, name) in names.into_iter().enumerate() {
             let Some(label) = name else { continue };
-            let per_cpu = self.label_stats.get(&(id as u32), 0).map_err(map_error(labels::STATS_MAP, "read"))?;
-            let (packets, bytes) = per_cpu
-                .iter()
-                .fold((0u64, 0u64), |(p, b), s| (p.wrapping_add(s.packets), b.wrapping_add(s.bytes)));
-            counts.push(LabelCount { label, packets, bytes });
+            let per_cpu = self
+                .label_stats
+                .get(&(id as u32), 0)
+                .map_err(map_error(labels::STATS_MAP, "read"))?;
+            let (packets, bytes) = per_cpu.iter().fold((0u64, 0u64), |(p, b), s| {
+                (p.wrapping_add(s.packets), b.wrapping_add(s.bytes))
+            });
+            counts.push(LabelCount {
+                label,
+                packets,
+                bytes,
+            });
         }
         Ok(counts)
     }
@@ -341,7 +412,12 @@ impl ProbeMaps {
         let names = self.label_names()?;
         let (label_ids, new_labels) = assign_label_ids(&names, rules)?;
         let attachment = config.attachment;
-        let compiled = compile(rules, &label_ids, attachment.max_rules, attachment.trie_nodes)?;
+        let compiled = compile(
+            rules,
+            &label_ids,
+            attachment.max_rules,
+            attachment.trie_nodes,
+        )?;
 
         let target = 1 - config.active.min(1);
         let base = config.generations[target as usize];
@@ -349,10 +425,14 @@ impl ProbeMaps {
             let mut entry = LabelName::EMPTY;
             entry.len = name.len() as u32;
             entry.bytes[..name.len()].copy_from_slice(name.as_bytes());
-            self.label_names.set(*id, entry, 0).map_err(map_error(labels::NAMES_MAP, "write"))?;
+            self.label_names
+                .set(*id, entry, 0)
+                .map_err(map_error(labels::NAMES_MAP, "write"))?;
         }
         for (slot, rule) in compiled.rules.iter().enumerate() {
-            self.rules.set(base.rule_base + slot as u32, rule, 0).map_err(map_error(raw::RULES_MAP, "write"))?;
+            self.rules
+                .set(base.rule_base + slot as u32, rule, 0)
+                .map_err(map_error(raw::RULES_MAP, "write"))?;
         }
         for (id, list) in compiled.lists.iter().enumerate().skip(1) {
             self.candidates
@@ -360,7 +440,9 @@ impl ProbeMaps {
                 .map_err(map_error(raw::CANDIDATES_MAP, "write"))?;
         }
         for (index, node) in compiled.nodes.iter().enumerate() {
-            self.trie.set(base.node_base + index as u32, node, 0).map_err(map_error(trie::MAP, "write"))?;
+            self.trie
+                .set(base.node_base + index as u32, node, 0)
+                .map_err(map_error(trie::MAP, "write"))?;
         }
         // Publish the generation first, then switch to it: the probe reads `active`, then the
         // generation it names, so it never sees the new number with the old description.
@@ -369,6 +451,7 @@ impl ProbeMaps {
             rule_count: compiled.rules.len() as u32,
             wildcard_list: compiled.wildcard_list,
             node_count: compiled.child_nodes(),
+            roots_in_use: compiled.roots_in_use,
             ..base
         };
         self.write_config(&next)?;
@@ -389,8 +472,15 @@ impl ProbeMaps {
         let names = self.label_names()?;
         let mut rules = Vec::with_capacity(generation.rule_count as usize);
         for slot in 0..generation.rule_count {
-            let raw = self.rules.get(&(generation.rule_base + slot), 0).map_err(map_error(raw::RULES_MAP, "read"))?;
-            let label = names.get(raw.label as usize).cloned().flatten().unwrap_or_else(|| format!("label-{}", raw.label));
+            let raw = self
+                .rules
+                .get(&(generation.rule_base + slot), 0)
+                .map_err(map_error(raw::RULES_MAP, "read"))?;
+            let label = names
+                .get(raw.label as usize)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| format!("label-{}", raw.label));
             rules.push((raw.id, decode_rule(&raw, label)));
         }
         rules.sort_by_key(|(id, _)| *id);
@@ -398,22 +488,33 @@ impl ProbeMaps {
     }
 }
 
+/// Label ids by name, and the (id, name) pairs that are new.
+type LabelIds = (HashMap<String, u32>, Vec<(u32, String)>);
+
 /// Ids for every label of `rules`: existing labels keep theirs, new ones take free ids.
 /// Returns all ids and the new (id, name) pairs to write.
-fn assign_label_ids(
-    names: &[Option<String>],
-    rules: &[Rule],
-) -> Result<(HashMap<String, u32>, Vec<(u32, String)>)> {
-    let mut ids: HashMap<String, u32> =
-        names.iter().enumerate().filter_map(|(id, n)| n.clone().map(|n| (n, id as u32))).collect();
-    let mut free = names.iter().enumerate().skip(1).filter(|(_, n)| n.is_none()).map(|(id, _)| id as u32);
+fn assign_label_ids(names: &[Option<String>], rules: &[Rule]) -> Result<LabelIds> {
+    let mut ids: HashMap<String, u32> = names
+        .iter()
+        .enumerate()
+        .filter_map(|(id, n)| n.clone().map(|n| (n, id as u32)))
+        .collect();
+    let mut free = names
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, n)| n.is_none())
+        .map(|(id, _)| id as u32);
     let mut new = Vec::new();
     for rule in rules {
         if ids.contains_key(&rule.label) {
             continue;
         }
         let Some(id) = free.next() else {
-            return Err(Error::LabelTableFull { count: ids.len() + 1, capacity: MAX_LABELS - 1 });
+            return Err(Error::LabelTableFull {
+                count: ids.len() + 1,
+                capacity: MAX_LABELS - 1,
+            });
         };
         ids.insert(rule.label.clone(), id);
         new.push((id, rule.label.clone()));
@@ -432,10 +533,16 @@ fn decode_cidr(family: u8, net: &[u32; 4], mask: &[u32; 4]) -> Cidr {
     let (net, mask) = (bytes(net), bytes(mask));
     if family == 4 {
         let len = mask[..4].iter().map(|b| b.count_ones()).sum::<u32>() as u8;
-        Cidr { addr: IpAddr::from([net[0], net[1], net[2], net[3]]), len }
+        Cidr {
+            addr: IpAddr::from([net[0], net[1], net[2], net[3]]),
+            len,
+        }
     } else {
         let len = mask.iter().map(|b| b.count_ones()).sum::<u32>() as u8;
-        Cidr { addr: IpAddr::from(net), len }
+        Cidr {
+            addr: IpAddr::from(net),
+            len,
+        }
     }
 }
 
@@ -443,8 +550,10 @@ fn decode_rule(raw: &raw::Rule, label: String) -> Rule {
     let family = raw.family;
     Rule {
         label,
-        src: (raw.match_flags & MATCH_SRC != 0).then(|| decode_cidr(family, &raw.src_net, &raw.src_mask)),
-        dst: (raw.match_flags & MATCH_DST != 0).then(|| decode_cidr(family, &raw.dst_net, &raw.dst_mask)),
+        src: (raw.match_flags & MATCH_SRC != 0)
+            .then(|| decode_cidr(family, &raw.src_net, &raw.src_mask)),
+        dst: (raw.match_flags & MATCH_DST != 0)
+            .then(|| decode_cidr(family, &raw.dst_net, &raw.dst_mask)),
         protocol: (raw.match_flags & raw::MATCH_PROTOCOL != 0).then_some(raw.protocol),
         dst_ports: (raw.match_flags & raw::MATCH_PORT != 0).then_some((raw.port_lo, raw.port_hi)),
         priority: raw.priority,

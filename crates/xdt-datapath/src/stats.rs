@@ -24,7 +24,10 @@ impl Snapshot {
         for (name, value) in NAMES.iter().zip(self.counters.values) {
             object.insert((*name).into(), value.into());
         }
-        object.insert("labels".into(), serde_json::to_value(&self.labels).unwrap_or_default());
+        object.insert(
+            "labels".into(),
+            serde_json::to_value(&self.labels).unwrap_or_default(),
+        );
         serde_json::Value::Object(object)
     }
 }
@@ -56,7 +59,10 @@ pub fn rates(earlier: &Counters, later: &Counters, elapsed: Duration) -> Rates {
     let d = delta(earlier, later);
     let seconds = elapsed.as_secs_f64();
     if seconds <= 0.0 {
-        return Rates { packets_per_second: 0.0, bits_per_second: 0.0 };
+        return Rates {
+            packets_per_second: 0.0,
+            bits_per_second: 0.0,
+        };
     }
     #[expect(clippy::cast_precision_loss, reason = "rates are shown, not summed")]
     Rates {
@@ -74,7 +80,11 @@ pub fn human(value: f64) -> String {
         v if v >= 1e3 => (v / 1e3, "k"),
         v => (v, ""),
     };
-    if unit.is_empty() { format!("{scaled:.0}") } else { format!("{scaled:.2}{unit}") }
+    if unit.is_empty() {
+        format!("{scaled:.0}")
+    } else {
+        format!("{scaled:.2}{unit}")
+    }
 }
 
 #[cfg(test)]
@@ -90,10 +100,19 @@ mod tests {
 
     #[test]
     fn rates_over_an_interval() {
-        let r = rates(&counters(100, 10_000), &counters(1100, 110_000), Duration::from_millis(500));
+        let r = rates(
+            &counters(100, 10_000),
+            &counters(1100, 110_000),
+            Duration::from_millis(500),
+        );
         assert!((r.packets_per_second - 2000.0).abs() < 1e-9);
         assert!((r.bits_per_second - 1_600_000.0).abs() < 1e-6);
-        assert_eq!(rates(&counters(1, 1), &counters(2, 2), Duration::ZERO).packets_per_second, 0.0);
+        assert!(
+            rates(&counters(1, 1), &counters(2, 2), Duration::ZERO)
+                .packets_per_second
+                .abs()
+                < f64::EPSILON
+        );
     }
 
     #[test]
@@ -107,12 +126,23 @@ mod tests {
     fn json_keeps_the_otel_demo_names() {
         let s = Snapshot {
             counters: counters(7, 700),
-            labels: vec![LabelCount { label: "web".into(), packets: 3, bytes: 300 }],
+            labels: vec![LabelCount {
+                label: "web".into(),
+                packets: 3,
+                bytes: 300,
+            }],
         };
         let v = s.to_json("eth0");
         for name in [
-            "total_packets", "total_bytes", "tcp_packets", "udp_packets", "icmp_packets",
-            "other_packets", "ipv4_packets", "ipv6_packets", "lost_events",
+            "total_packets",
+            "total_bytes",
+            "tcp_packets",
+            "udp_packets",
+            "icmp_packets",
+            "other_packets",
+            "ipv4_packets",
+            "ipv6_packets",
+            "lost_events",
         ] {
             assert!(v.get(name).is_some(), "{name} missing");
         }

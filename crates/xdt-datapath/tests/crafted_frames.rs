@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use xdt_common::counters::{COUNT, Counter, Counters, NAMES};
+use xdt_common::counters::{Counter, Counters, NAMES};
 use xdt_datapath::{
     events::{Event, EventReader},
     probe::{Capacity, LoadedProbe, ProbeMaps},
@@ -32,7 +32,8 @@ impl Lab {
     fn new(rules: &str) -> Self {
         let mut probe = LoadedProbe::load(Capacity::default()).expect("load probe");
         let mut maps = probe.maps().expect("maps");
-        maps.install(&parse_rules(rules, "test").expect("rules")).expect("install");
+        maps.install(&parse_rules(rules, "test").expect("rules"))
+            .expect("install");
         Self { probe, maps }
     }
 
@@ -43,25 +44,51 @@ impl Lab {
     fn counters(&self) -> Counters {
         let c = self.maps.counters().expect("counters");
         let total = c.get(Counter::TotalPackets);
-        let l4 = [Counter::TcpPackets, Counter::UdpPackets, Counter::IcmpPackets, Counter::OtherPackets];
-        assert_eq!(l4.iter().map(|&k| c.get(k)).sum::<u64>(), total, "tcp+udp+icmp+other != total: {c:?}");
-        let l3 = [Counter::Ipv4Packets, Counter::Ipv6Packets, Counter::NonIpPackets];
-        assert_eq!(l3.iter().map(|&k| c.get(k)).sum::<u64>(), total, "ipv4+ipv6+non_ip != total: {c:?}");
+        let l4 = [
+            Counter::TcpPackets,
+            Counter::UdpPackets,
+            Counter::IcmpPackets,
+            Counter::OtherPackets,
+        ];
+        assert_eq!(
+            l4.iter().map(|&k| c.get(k)).sum::<u64>(),
+            total,
+            "tcp+udp+icmp+other != total: {c:?}"
+        );
+        let l3 = [
+            Counter::Ipv4Packets,
+            Counter::Ipv6Packets,
+            Counter::NonIpPackets,
+        ];
+        assert_eq!(
+            l3.iter().map(|&k| c.get(k)).sum::<u64>(),
+            total,
+            "ipv4+ipv6+non_ip != total: {c:?}"
+        );
         c
     }
 
     /// Asserts the counters named in `expected` and that every other counter is zero.
     fn expect(&self, expected: &[(Counter, u64)]) {
         let c = self.counters();
-        for i in 0..COUNT {
-            let want = expected.iter().find(|(k, _)| *k as usize == i).map_or(0, |(_, v)| *v);
-            assert_eq!(c.values[i], want, "{} is {}, expected {want}; all: {c:?}", NAMES[i], c.values[i]);
+        for (i, (name, value)) in NAMES.iter().zip(c.values).enumerate() {
+            let want = expected
+                .iter()
+                .find(|(k, _)| *k as usize == i)
+                .map_or(0, |(_, v)| *v);
+            assert_eq!(
+                value, want,
+                "{name} is {value}, expected {want}; all: {c:?}"
+            );
         }
     }
 
     fn label(&self, name: &str) -> (u64, u64) {
         let counts = self.maps.label_counts().expect("labels");
-        counts.iter().find(|l| l.label == name).map_or((0, 0), |l| (l.packets, l.bytes))
+        counts
+            .iter()
+            .find(|l| l.label == name)
+            .map_or((0, 0), |l| (l.packets, l.bytes))
     }
 }
 
@@ -81,16 +108,46 @@ fn well_formed_protocols() {
     if !root_or_skip("well_formed_protocols") {
         return;
     }
-    single(&ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1000, 80, 0x02, b""))), &[(Ipv4Packets, 1), (TcpPackets, 1)]);
-    single(&ethernet(ETH_P_IP, &ipv4(A4, B4, UDP, &udp(1000, 53, b"q"))), &[(Ipv4Packets, 1), (UdpPackets, 1)]);
-    single(&ethernet(ETH_P_IP, &ipv4(A4, B4, ICMP, &icmp_echo(false, b"x"))), &[(Ipv4Packets, 1), (IcmpPackets, 1)]);
-    single(&ethernet(ETH_P_IP, &ipv4(A4, B4, 47, b"gre")), &[(Ipv4Packets, 1), (OtherPackets, 1)]);
-    single(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), TCP, &tcp(1, 443, 0x10, b"hi"))), &[(Ipv6Packets, 1), (TcpPackets, 1)]);
-    single(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), UDP, &udp(1, 53, b""))), &[(Ipv6Packets, 1), (UdpPackets, 1)]);
-    single(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), ICMPV6, &icmp_echo(true, b""))), &[(Ipv6Packets, 1), (IcmpPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1000, 80, 0x02, b""))),
+        &[(Ipv4Packets, 1), (TcpPackets, 1)],
+    );
+    single(
+        &ethernet(ETH_P_IP, &ipv4(A4, B4, UDP, &udp(1000, 53, b"q"))),
+        &[(Ipv4Packets, 1), (UdpPackets, 1)],
+    );
+    single(
+        &ethernet(ETH_P_IP, &ipv4(A4, B4, ICMP, &icmp_echo(false, b"x"))),
+        &[(Ipv4Packets, 1), (IcmpPackets, 1)],
+    );
+    single(
+        &ethernet(ETH_P_IP, &ipv4(A4, B4, 47, b"gre")),
+        &[(Ipv4Packets, 1), (OtherPackets, 1)],
+    );
+    single(
+        &ethernet(
+            ETH_P_IPV6,
+            &ipv6(a6(), b6(), TCP, &tcp(1, 443, 0x10, b"hi")),
+        ),
+        &[(Ipv6Packets, 1), (TcpPackets, 1)],
+    );
+    single(
+        &ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), UDP, &udp(1, 53, b""))),
+        &[(Ipv6Packets, 1), (UdpPackets, 1)],
+    );
+    single(
+        &ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), ICMPV6, &icmp_echo(true, b""))),
+        &[(Ipv6Packets, 1), (IcmpPackets, 1)],
+    );
     // ICMPv4's number inside IPv6 is not ICMP.
-    single(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), ICMP, &icmp_echo(false, b""))), &[(Ipv6Packets, 1), (OtherPackets, 1)]);
-    single(&ethernet(ETH_P_ARP, &[0; 28]), &[(NonIpPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), ICMP, &icmp_echo(false, b""))),
+        &[(Ipv6Packets, 1), (OtherPackets, 1)],
+    );
+    single(
+        &ethernet(ETH_P_ARP, &[0; 28]),
+        &[(NonIpPackets, 1), (OtherPackets, 1)],
+    );
 }
 
 #[test]
@@ -99,21 +156,40 @@ fn vlan_tags() {
         return;
     }
     let ip = ipv4(A4, B4, TCP, &tcp(1, 80, 0x02, b""));
-    single(&ethernet_vlan(&[(ETH_P_8021Q, 7)], ETH_P_IP, &ip), &[(VlanPackets, 1), (Ipv4Packets, 1), (TcpPackets, 1)]);
+    single(
+        &ethernet_vlan(&[(ETH_P_8021Q, 7)], ETH_P_IP, &ip),
+        &[(VlanPackets, 1), (Ipv4Packets, 1), (TcpPackets, 1)],
+    );
     single(
         &ethernet_vlan(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 7)], ETH_P_IP, &ip),
         &[(VlanPackets, 1), (Ipv4Packets, 1), (TcpPackets, 1)],
     );
     // A third tag is not followed: counted as a tagged non-IP frame.
     single(
-        &ethernet_vlan(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_IP, &ip),
+        &ethernet_vlan(
+            &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)],
+            ETH_P_IP,
+            &ip,
+        ),
         &[(VlanPackets, 1), (NonIpPackets, 1), (OtherPackets, 1)],
     );
     // A tag cut short.
-    single(&ethernet(ETH_P_8021Q, &[0, 7]), &[(VlanPackets, 1), (NonIpPackets, 1), (TruncatedPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_8021Q, &[0, 7]),
+        &[
+            (VlanPackets, 1),
+            (NonIpPackets, 1),
+            (TruncatedPackets, 1),
+            (OtherPackets, 1),
+        ],
+    );
     // The rules see through the tags.
     let lab = Lab::new("web dst 192.0.2.0/24 proto tcp dport 80\n");
-    lab.run(&ethernet_vlan(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 7)], ETH_P_IP, &ip));
+    lab.run(&ethernet_vlan(
+        &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 7)],
+        ETH_P_IP,
+        &ip,
+    ));
     assert_eq!(lab.label("web").0, 1);
 }
 
@@ -124,24 +200,42 @@ fn truncated_and_malformed_ipv4() {
     }
     let good = ipv4(A4, B4, TCP, &tcp(1, 80, 0x02, b""));
     // IPv4 header cut after 10 bytes.
-    single(&ethernet(ETH_P_IP, &good[..10]), &[(Ipv4Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IP, &good[..10]),
+        &[(Ipv4Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)],
+    );
     // IHL 4 (16 bytes): impossible.
     let mut bad = good.clone();
     bad[0] = 0x44;
-    single(&ethernet(ETH_P_IP, &bad), &[(Ipv4Packets, 1), (MalformedPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IP, &bad),
+        &[(Ipv4Packets, 1), (MalformedPackets, 1), (OtherPackets, 1)],
+    );
     // Version 6 under the IPv4 ethertype.
     let mut bad = good.clone();
     bad[0] = 0x65;
-    single(&ethernet(ETH_P_IP, &bad), &[(Ipv4Packets, 1), (MalformedPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IP, &bad),
+        &[(Ipv4Packets, 1), (MalformedPackets, 1), (OtherPackets, 1)],
+    );
     // IHL 15 (60 bytes) in a frame that ends after 40 bytes of IP.
     let mut bad = good.clone();
     bad[0] = 0x4f;
-    single(&ethernet(ETH_P_IP, &bad), &[(Ipv4Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IP, &bad),
+        &[(Ipv4Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)],
+    );
     // TCP header cut: still TCP by the IP header, but no ports.
-    single(&ethernet(ETH_P_IP, &good[..30]), &[(Ipv4Packets, 1), (TruncatedPackets, 1), (TcpPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IP, &good[..30]),
+        &[(Ipv4Packets, 1), (TruncatedPackets, 1), (TcpPackets, 1)],
+    );
     // UDP header cut.
     let udp4 = ipv4(A4, B4, UDP, &udp(1, 53, b""));
-    single(&ethernet(ETH_P_IP, &udp4[..24]), &[(Ipv4Packets, 1), (TruncatedPackets, 1), (UdpPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IP, &udp4[..24]),
+        &[(Ipv4Packets, 1), (TruncatedPackets, 1), (UdpPackets, 1)],
+    );
 }
 
 #[test]
@@ -149,7 +243,8 @@ fn ipv4_options_and_fragments() {
     if !root_or_skip("ipv4_options_and_fragments") {
         return;
     }
-    let lab = Lab::new("dns dst 192.0.2.0/24 proto udp dport 53\nudp-any dst 192.0.2.0/24 proto udp\n");
+    let lab =
+        Lab::new("dns dst 192.0.2.0/24 proto udp dport 53\nudp-any dst 192.0.2.0/24 proto udp\n");
     // IHL 6: one word of options before UDP; ports still found.
     let mut with_options = ipv4(A4, B4, UDP, &[]);
     with_options[0] = 0x46;
@@ -159,9 +254,15 @@ fn ipv4_options_and_fragments() {
     with_options[2..4].copy_from_slice(&total.to_be_bytes());
     assert_eq!(lab.run(&ethernet(ETH_P_IP, &with_options)), XDP_PASS);
     // First fragment (MF set): has the UDP header, so dport matches.
-    lab.run(&ethernet(ETH_P_IP, &ipv4_fragment(A4, B4, UDP, 0x2000, &udp(5000, 53, &[0; 64]))));
+    lab.run(&ethernet(
+        ETH_P_IP,
+        &ipv4_fragment(A4, B4, UDP, 0x2000, &udp(5000, 53, &[0; 64])),
+    ));
     // A later fragment (offset 8): no UDP header, so only the port-less rule matches.
-    lab.run(&ethernet(ETH_P_IP, &ipv4_fragment(A4, B4, UDP, 8, &[0xab; 40])));
+    lab.run(&ethernet(
+        ETH_P_IP,
+        &ipv4_fragment(A4, B4, UDP, 8, &[0xab; 40]),
+    ));
     assert_eq!(lab.label("dns").0, 2);
     assert_eq!(lab.label("udp-any").0, 1);
     let c = lab.counters();
@@ -175,15 +276,22 @@ fn ipv6_extension_headers() {
     if !root_or_skip("ipv6_extension_headers") {
         return;
     }
-    let lab = Lab::new("web dst 2001:db8:beef::/48 proto tcp dport 443\nany6 dst 2001:db8:beef::/48\n");
+    let lab =
+        Lab::new("web dst 2001:db8:beef::/48 proto tcp dport 443\nany6 dst 2001:db8:beef::/48\n");
     let seg = tcp(4000, 443, 0x18, b"GET /");
     // Hop-by-hop, then destination options, then TCP.
     let chain = ipv6_ext(60, &ipv6_ext(TCP, &seg));
     lab.run(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 0, &chain)));
     // First fragment carries TCP.
-    lab.run(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 44, &ipv6_fragment(TCP, 0, true, &seg))));
+    lab.run(&ethernet(
+        ETH_P_IPV6,
+        &ipv6(a6(), b6(), 44, &ipv6_fragment(TCP, 0, true, &seg)),
+    ));
     // A later fragment: TCP by the fragment header's next header, but no ports.
-    lab.run(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 44, &ipv6_fragment(TCP, 100, false, &[0; 16]))));
+    lab.run(&ethernet(
+        ETH_P_IPV6,
+        &ipv6(a6(), b6(), 44, &ipv6_fragment(TCP, 100, false, &[0; 16])),
+    ));
     assert_eq!(lab.label("web").0, 2);
     assert_eq!(lab.label("any6").0, 1);
     let c = lab.counters();
@@ -197,15 +305,31 @@ fn ipv6_extension_headers() {
         chain = ipv6_ext(60, &chain);
     }
     let frame = ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 60, &chain));
-    single(&frame, &[(Ipv6Packets, 1), (ExtHeaderLimitPackets, 1), (OtherPackets, 1)]);
+    single(
+        &frame,
+        &[
+            (Ipv6Packets, 1),
+            (ExtHeaderLimitPackets, 1),
+            (OtherPackets, 1),
+        ],
+    );
     // An extension header cut short.
-    single(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 0, &[])), &[(Ipv6Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 0, &[])),
+        &[(Ipv6Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)],
+    );
     // IPv6 header cut short, and a wrong version.
     let full = ipv6(a6(), b6(), UDP, &udp(1, 2, b""));
-    single(&ethernet(ETH_P_IPV6, &full[..30]), &[(Ipv6Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IPV6, &full[..30]),
+        &[(Ipv6Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)],
+    );
     let mut bad = full.clone();
     bad[0] = 0x40;
-    single(&ethernet(ETH_P_IPV6, &bad), &[(Ipv6Packets, 1), (MalformedPackets, 1), (OtherPackets, 1)]);
+    single(
+        &ethernet(ETH_P_IPV6, &bad),
+        &[(Ipv6Packets, 1), (MalformedPackets, 1), (OtherPackets, 1)],
+    );
 }
 
 #[test]
@@ -224,8 +348,19 @@ fn rule_matching_priority_and_actions() {
     let tcp80 = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 85, 0x02, b"")));
     let tcp22 = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 22, 0x02, b"")));
     let udp9 = ethernet(ETH_P_IP, &ipv4(A4, B4, UDP, &udp(1, 9, b"")));
-    let ping = ethernet(ETH_P_IP, &ipv4([198, 51, 100, 1], [203, 0, 113, 1], ICMP, &icmp_echo(false, b"")));
-    let blocked = ethernet(ETH_P_IP, &ipv4(A4, [192, 0, 2, 99], TCP, &tcp(1, 80, 0x02, b"")));
+    let ping = ethernet(
+        ETH_P_IP,
+        &ipv4(
+            [198, 51, 100, 1],
+            [203, 0, 113, 1],
+            ICMP,
+            &icmp_echo(false, b""),
+        ),
+    );
+    let blocked = ethernet(
+        ETH_P_IP,
+        &ipv4(A4, [192, 0, 2, 99], TCP, &tcp(1, 80, 0x02, b"")),
+    );
     let dns6 = ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), UDP, &udp(9, 53, b"")));
     let other6 = ethernet(ETH_P_IPV6, &ipv6(b6(), a6(), UDP, &udp(9, 53, b"")));
     assert_eq!(lab.run(&tcp80), XDP_PASS);
@@ -237,7 +372,11 @@ fn rule_matching_priority_and_actions() {
     assert_eq!(lab.run(&other6), XDP_PASS);
     assert_eq!(lab.label("narrow"), (1, tcp80.len() as u64));
     assert_eq!(lab.label("broad").0, 1, "tcp/22 falls through to the /24");
-    assert_eq!(lab.label("from-a").0, 1, "src rule of priority 20 beats the dst /24 of 100");
+    assert_eq!(
+        lab.label("from-a").0,
+        1,
+        "src rule of priority 20 beats the dst /24 of 100"
+    );
     assert_eq!(lab.label("icmp-any").0, 1);
     assert_eq!(lab.label("blocked").0, 1);
     assert_eq!(lab.label("six").0, 1);
@@ -253,21 +392,36 @@ fn sampled_events_and_ring_loss() {
         return;
     }
     let mut lab = Lab::new("web dst 192.0.2.0/24 proto tcp action sample 3\n");
-    let frame = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(40000, 8080, 0x18, b"GET / HTTP/1.1\r\n")));
+    let frame = ethernet(
+        ETH_P_IP,
+        &ipv4(A4, B4, TCP, &tcp(40000, 8080, 0x18, b"GET / HTTP/1.1\r\n")),
+    );
     for _ in 0..10 {
         lab.run(&frame);
     }
     let ring = lab.probe.ebpf.take_map("XDT_EVENTS").expect("ring");
-    let aya::maps::Map::RingBuf(data) = ring else { panic!("not a ring buffer") };
+    let aya::maps::Map::RingBuf(data) = ring else {
+        panic!("not a ring buffer")
+    };
     let mut reader = EventReader::from_map_data(data).expect("reader");
     let names = lab.maps.label_names().expect("names");
     let mut events = Vec::new();
-    reader.poll(Duration::from_millis(100), |e| events.push(Event::decode(e, &names))).expect("poll");
+    reader
+        .poll(Duration::from_millis(100), |e| {
+            events.push(Event::decode(e, &names));
+        })
+        .expect("poll");
     assert_eq!(events.len(), 3, "1 of every 3 of 10 packets");
     let e = &events[0];
     assert_eq!((e.label.as_str(), e.rule, e.action), ("web", 1, "sample"));
-    assert_eq!((e.src.to_string().as_str(), e.dst.to_string().as_str()), ("10.1.2.3", "192.0.2.10"));
-    assert_eq!((e.src_port, e.dst_port, e.protocol, e.ip_version), (40000, 8080, TCP, 4));
+    assert_eq!(
+        (e.src.to_string().as_str(), e.dst.to_string().as_str()),
+        ("10.1.2.3", "192.0.2.10")
+    );
+    assert_eq!(
+        (e.src_port, e.dst_port, e.protocol, e.ip_version),
+        (40000, 8080, TCP, 4)
+    );
     assert_eq!((e.ip_len, e.payload_len, e.tcp_flags), (56, 16, 0x18));
     assert!(e.timestamp_ns > 0);
     assert_eq!(lab.counters().get(SampledEvents), 3);
@@ -278,7 +432,10 @@ fn sampled_events_and_ring_loss() {
     lab.probe.test_run(&frame, runs).expect("run");
     let c = lab.counters();
     assert_eq!(c.get(SampledEvents) + c.get(LostEvents), u64::from(runs));
-    assert!(c.get(LostEvents) > 0, "a 256 KiB ring cannot hold {runs} events");
+    assert!(
+        c.get(LostEvents) > 0,
+        "a 256 KiB ring cannot hold {runs} events"
+    );
 }
 
 #[test]
@@ -290,15 +447,26 @@ fn rule_set_switch_keeps_label_counts() {
     let frame = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 80, 0x02, b"")));
     lab.run(&frame);
     lab.maps
-        .install(&parse_rules("other dst 10.0.0.0/8\nweb dst 192.0.2.10 priority 1\n", "t").expect("rules"))
+        .install(
+            &parse_rules("other dst 10.0.0.0/8\nweb dst 192.0.2.10 priority 1\n", "t")
+                .expect("rules"),
+        )
         .expect("install");
     lab.run(&frame);
     assert_eq!(lab.label("web").0, 2, "label ids survive a rule change");
     assert_eq!(lab.maps.rules().expect("rules").len(), 2);
     // A failed install changes nothing.
-    let too_many: String = (0..40).map(|i| format!("r{i} dst 192.0.2.0/24\n")).collect();
-    let err = lab.maps.install(&parse_rules(&too_many, "t").expect("rules")).expect_err("overlap");
-    assert!(err.to_string().contains("more than 32 rules cover 192.0.2.0/24"), "{err}");
+    let too_many: Vec<String> = (0..40).map(|i| format!("r{i} dst 192.0.2.0/24")).collect();
+    let too_many = too_many.join("\n");
+    let err = lab
+        .maps
+        .install(&parse_rules(&too_many, "t").expect("rules"))
+        .expect_err("overlap");
+    assert!(
+        err.to_string()
+            .contains("more than 32 rules cover 192.0.2.0/24"),
+        "{err}"
+    );
     lab.run(&frame);
     assert_eq!(lab.label("web").0, 3);
     assert_eq!(lab.maps.rules().expect("rules")[1].label, "web");

@@ -45,7 +45,13 @@ pub fn ethernet_vlan(tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec
 
 /// IPv4 header (IHL 5, no options) and payload; `fragment` is the flags+offset field.
 #[must_use]
-pub fn ipv4_fragment(src: [u8; 4], dst: [u8; 4], protocol: u8, fragment: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4_fragment(
+    src: [u8; 4],
+    dst: [u8; 4],
+    protocol: u8,
+    fragment: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let total = (20 + payload.len()) as u16;
     let mut p = vec![0x45, 0];
     p.extend_from_slice(&total.to_be_bytes());

@@ -1,5 +1,9 @@
 //! Test support shared by xdt's crates: crafted frames ([`frames`]), network namespaces and veth
 //! pairs that remove themselves on drop ([`net`]), and the root check of root-only tests.
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "test support panics on failure, by design"
+)]
 
 pub mod frames;
 pub mod net;
@@ -15,7 +19,9 @@ pub fn root_or_skip(test: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces) and CI must run it as root"
     );
-    eprintln!("{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces); run the tests as root");
+    eprintln!(
+        "{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces); run the tests as root"
+    );
     false
 }
 

@@ -10,6 +10,10 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 /// Runs a command and panics with its output if it fails.
+#[expect(
+    clippy::must_use_candidate,
+    reason = "callers run it for its effect and may ignore the output"
+)]
 pub fn run(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program)
         .args(args)
@@ -47,6 +51,10 @@ impl Netns {
     }
 
     /// `ip -n NS ARGS...`
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "callers run it for its effect and may ignore the output"
+    )]
     pub fn ip(&self, args: &[&str]) -> Output {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
@@ -58,14 +66,24 @@ impl Netns {
     #[must_use]
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
         c
     }
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
-        let out = self.command("sysctl").args(["-qw", &format!("{key}={value}")]).output().expect("sysctl");
-        assert!(out.status.success(), "sysctl {key}={value}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .command("sysctl")
+            .args(["-qw", &format!("{key}={value}")])
+            .output()
+            .expect("sysctl");
+        assert!(
+            out.status.success(),
+            "sysctl {key}={value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs `f` on a thread whose network namespace is this one.
@@ -84,7 +102,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -92,10 +112,31 @@ impl Drop for Netns {
 /// and ARP off on `a` (the sending side) so that only test frames reach `b`.
 pub fn quiet_veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) {
     let q = queues.to_string();
-    run("ip", &[
-        "link", "add", a, "netns", &ns_a.name, "numtxqueues", &q, "numrxqueues", &q, "type", "veth",
-        "peer", "name", b, "netns", &ns_b.name, "numtxqueues", &q, "numrxqueues", &q,
-    ]);
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            a,
+            "netns",
+            &ns_a.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "netns",
+            &ns_b.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+        ],
+    );
     ns_a.sysctl(&format!("net.ipv6.conf.{a}.disable_ipv6"), "1");
     ns_b.sysctl(&format!("net.ipv6.conf.{b}.disable_ipv6"), "1");
     ns_a.ip(&["link", "set", a, "arp", "off", "up"]);
@@ -115,13 +156,17 @@ impl FrameSender {
         let ifindex = nix::net::if_::if_nametoindex(iface).expect("interface");
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(raw >= 0, "socket(AF_PACKET): {}", std::io::Error::last_os_error());
+        assert!(
+            raw >= 0,
+            "socket(AF_PACKET): {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: sockaddr_ll is plain data; zero is a valid initial value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
+        addr.sll_ifindex = ifindex.cast_signed();
         // SAFETY: addr is a valid sockaddr_ll and its size is passed.
         let rc = unsafe {
             libc::bind(
@@ -130,7 +175,11 @@ impl FrameSender {
                 size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        assert!(rc == 0, "bind(AF_PACKET, {iface}): {}", std::io::Error::last_os_error());
+        assert!(
+            rc == 0,
+            "bind(AF_PACKET, {iface}): {}",
+            std::io::Error::last_os_error()
+        );
         Self { fd }
     }
 
@@ -138,8 +187,9 @@ impl FrameSender {
     pub fn send(&self, frame: &[u8]) {
         for _ in 0..1000 {
             // SAFETY: frame is a valid buffer of frame.len() bytes.
-            let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-            if n == frame.len() as isize {
+            let n =
+                unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            if n == frame.len().cast_signed() {
                 return;
             }
             let e = std::io::Error::last_os_error();

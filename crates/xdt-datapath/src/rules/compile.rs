@@ -54,6 +54,8 @@ pub struct Compiled {
     /// The root nodes (`ROOT_NODES`), then the child nodes.
     pub nodes: Vec<TrieNode>,
     pub wildcard_list: u32,
+    /// Bit `1 << root` for every trie root that holds a prefix.
+    pub roots_in_use: u32,
 }
 
 impl Compiled {
@@ -65,14 +67,17 @@ impl Compiled {
 
 /// Compiles `rules`; `label_ids` must hold every label; `max_rules` and `trie_nodes` are the
 /// capacity of one generation.
-pub fn compile(
+pub fn compile<S: std::hash::BuildHasher>(
     rules: &[Rule],
-    label_ids: &HashMap<String, u32>,
+    label_ids: &HashMap<String, u32, S>,
     max_rules: u32,
     trie_nodes: u32,
 ) -> Result<Compiled, CompileError> {
     if rules.len() > max_rules as usize {
-        return Err(CompileError::TooManyRules { count: rules.len(), capacity: max_rules });
+        return Err(CompileError::TooManyRules {
+            count: rules.len(),
+            capacity: max_rules,
+        });
     }
     let mut order: Vec<usize> = (0..rules.len()).collect();
     order.sort_by_key(|&i| (rules[i].priority, i));
@@ -86,7 +91,9 @@ pub fn compile(
         let rule = &rules[index];
         let label = *label_ids
             .get(&rule.label)
-            .ok_or_else(|| CompileError::UnknownLabel { label: rule.label.clone() })?;
+            .ok_or_else(|| CompileError::UnknownLabel {
+                label: rule.label.clone(),
+            })?;
         raw.push(to_raw(rule, label, index as u32 + 1));
         let slot = slot as u32;
         match (rule.dst, rule.src) {
@@ -96,11 +103,16 @@ pub fn compile(
         }
     }
     keyed.sort_by_key(|(_, cidr, slot)| (cidr.len, *slot));
+    let roots_in_use = keyed
+        .iter()
+        .fold(0, |bits, (root, _, _)| bits | 1 << *root as u32);
     for (root, cidr, slot) in keyed {
-        builder.insert(root, cidr, slot).map_err(|set| CompileError::TooManyCandidates {
-            prefix: cidr.to_string(),
-            rule_ids: set.iter().map(|&s| raw[s as usize].id).collect(),
-        })?;
+        builder
+            .insert(root, cidr, slot)
+            .map_err(|set| CompileError::TooManyCandidates {
+                prefix: cidr.to_string(),
+                rule_ids: set.iter().map(|&s| raw[s as usize].id).collect(),
+            })?;
     }
     if wildcard.len() > MAX_CANDIDATES {
         return Err(CompileError::TooManyCandidates {
@@ -110,9 +122,15 @@ pub fn compile(
     }
     let needed = builder.nodes.len() as u32 - ROOT_NODES;
     if needed > trie_nodes {
-        return Err(CompileError::TrieFull { needed, capacity: trie_nodes });
+        return Err(CompileError::TrieFull {
+            needed,
+            capacity: trie_nodes,
+        });
     }
-    Ok(builder.finish(raw, &wildcard))
+    let compiled = builder.finish(raw, &wildcard, roots_in_use);
+    // Guaranteed by the bound in `max_lists`; checked so a wrong bound fails here, not in a map.
+    debug_assert!(compiled.lists.len() <= xdt_common::rules::max_lists(max_rules) as usize);
+    Ok(compiled)
 }
 
 fn root(cidr: Cidr, dst: bool) -> Root {
@@ -127,7 +145,9 @@ fn root(cidr: Cidr, dst: bool) -> Root {
 /// The prefix as the probe compares it: network and mask as native-endian words of the
 /// address bytes (what a raw load of the packet gives).
 fn words(cidr: Option<Cidr>) -> ([u32; 4], [u32; 4]) {
-    let Some(cidr) = cidr else { return ([0; 4], [0; 4]) };
+    let Some(cidr) = cidr else {
+        return ([0; 4], [0; 4]);
+    };
     let (bytes, mask): ([u8; 16], [u8; 16]) = match cidr.addr {
         std::net::IpAddr::V4(a) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(cidr.len)).unwrap_or(0);
@@ -138,14 +158,26 @@ fn words(cidr: Option<Cidr>) -> ([u32; 4], [u32; 4]) {
             (b, m)
         }
         std::net::IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(cidr.len)).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(cidr.len))
+                .unwrap_or(0);
             (a.octets(), mask.to_be_bytes())
         }
     };
     let word = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     (
-        [word(&bytes, 0), word(&bytes, 4), word(&bytes, 8), word(&bytes, 12)],
-        [word(&mask, 0), word(&mask, 4), word(&mask, 8), word(&mask, 12)],
+        [
+            word(&bytes, 0),
+            word(&bytes, 4),
+            word(&bytes, 8),
+            word(&bytes, 12),
+        ],
+        [
+            word(&mask, 0),
+            word(&mask, 4),
+            word(&mask, 8),
+            word(&mask, 12),
+        ],
     )
 }
 
@@ -191,7 +223,7 @@ fn to_raw(rule: &Rule, label: u32, id: u32) -> RawRule {
 
 /// Interned, sorted sets of rule slots; set 0 is the empty set.
 struct Sets {
-    sets: Vec<Vec<u32>>,
+    members: Vec<Vec<u32>>,
     index: HashMap<Vec<u32>, u32>,
     /// (set, slot) -> set with slot added.
     added: HashMap<(u32, u32), u32>,
@@ -199,7 +231,11 @@ struct Sets {
 
 impl Sets {
     fn new() -> Self {
-        Self { sets: vec![Vec::new()], index: HashMap::from([(Vec::new(), 0)]), added: HashMap::new() }
+        Self {
+            members: vec![Vec::new()],
+            index: HashMap::from([(Vec::new(), 0)]),
+            added: HashMap::new(),
+        }
     }
 
     /// The set with `slot` added, or the oversized set.
@@ -207,21 +243,20 @@ impl Sets {
         if let Some(&done) = self.added.get(&(set, slot)) {
             return Ok(done);
         }
-        let mut members = self.sets[set as usize].clone();
+        let mut members = self.members[set as usize].clone();
         if let Err(at) = members.binary_search(&slot) {
             members.insert(at, slot);
         }
         if members.len() > MAX_CANDIDATES {
             return Err(members);
         }
-        let id = match self.index.get(&members) {
-            Some(&id) => id,
-            None => {
-                let id = self.sets.len() as u32;
-                self.sets.push(members.clone());
-                self.index.insert(members, id);
-                id
-            }
+        let id = if let Some(&id) = self.index.get(&members) {
+            id
+        } else {
+            let id = self.members.len() as u32;
+            self.members.push(members.clone());
+            self.index.insert(members, id);
+            id
         };
         self.added.insert((set, slot), id);
         Ok(id)
@@ -236,7 +271,10 @@ struct TrieBuilder {
 
 impl TrieBuilder {
     fn new() -> Self {
-        Self { nodes: vec![[0; NODE_ENTRIES]; ROOT_NODES as usize], sets: Sets::new() }
+        Self {
+            nodes: vec![[0; NODE_ENTRIES]; ROOT_NODES as usize],
+            sets: Sets::new(),
+        }
     }
 
     fn insert(&mut self, root: Root, cidr: Cidr, slot: u32) -> Result<(), Vec<u32>> {
@@ -300,7 +338,7 @@ impl TrieBuilder {
     }
 
     /// Numbers the sets in use as candidate lists and lays out the nodes.
-    fn finish(mut self, rules: Vec<RawRule>, wildcard: &[u32]) -> Compiled {
+    fn finish(mut self, rules: Vec<RawRule>, wildcard: &[u32], roots_in_use: u32) -> Compiled {
         let mut list_of_set: HashMap<u32, u32> = HashMap::from([(0, 0)]);
         let mut lists = vec![CandidateList::EMPTY];
         let mut list_for = |members: &[u32], set: Option<u32>| -> u32 {
@@ -319,7 +357,7 @@ impl TrieBuilder {
             }
             id
         };
-        let sets = std::mem::replace(&mut self.sets.sets, Vec::new());
+        let sets = std::mem::take(&mut self.sets.members);
         let nodes = self
             .nodes
             .iter()
@@ -335,8 +373,18 @@ impl TrieBuilder {
                 out
             })
             .collect();
-        let wildcard_list = if wildcard.is_empty() { 0 } else { list_for(wildcard, None) };
-        Compiled { rules, lists, nodes, wildcard_list }
+        let wildcard_list = if wildcard.is_empty() {
+            0
+        } else {
+            list_for(wildcard, None)
+        };
+        Compiled {
+            rules,
+            lists,
+            nodes,
+            wildcard_list,
+            roots_in_use,
+        }
     }
 }
 
@@ -347,7 +395,11 @@ mod tests {
 
     fn compiled(text: &str) -> Compiled {
         let rules = parse_rules(text, "t").expect("valid");
-        let ids = rules.iter().enumerate().map(|(i, r)| (r.label.clone(), i as u32 + 1)).collect();
+        let ids: HashMap<String, u32> = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.label.clone(), i as u32 + 1))
+            .collect();
         compile(&rules, &ids, 1000, 1000).expect("compiles")
     }
 
@@ -355,7 +407,8 @@ mod tests {
     fn candidates(c: &Compiled, root: Root, addr: std::net::IpAddr) -> Vec<u32> {
         let bits = Cidr { addr, len: 0 }.bits();
         let top = (bits >> 112) as u32;
-        let mut entry = c.nodes[(root as u32 * 256 + (top >> 8)) as usize].entries[(top & 0xff) as usize];
+        let mut entry =
+            c.nodes[(root as u32 * 256 + (top >> 8)) as usize].entries[(top & 0xff) as usize];
         let mut shift = 104;
         while entry & CHILD != 0 {
             let byte = ((bits >> shift) & 0xff) as usize;
@@ -373,8 +426,14 @@ mod tests {
         assert_eq!(ids, [2, 1, 3]);
         let slots = candidates(&c, Root::Ipv4Dst, "10.1.2.3".parse().expect("ip"));
         assert_eq!(slots, [0, 1, 2]);
-        assert_eq!(candidates(&c, Root::Ipv4Dst, "10.1.3.1".parse().expect("ip")), [0, 1]);
-        assert_eq!(candidates(&c, Root::Ipv4Dst, "10.2.0.1".parse().expect("ip")), [1]);
+        assert_eq!(
+            candidates(&c, Root::Ipv4Dst, "10.1.3.1".parse().expect("ip")),
+            [0, 1]
+        );
+        assert_eq!(
+            candidates(&c, Root::Ipv4Dst, "10.2.0.1".parse().expect("ip")),
+            [1]
+        );
         assert!(candidates(&c, Root::Ipv4Dst, "11.0.0.1".parse().expect("ip")).is_empty());
     }
 
@@ -384,24 +443,53 @@ mod tests {
             "d src 10.0.0.0/8 dst 192.168.0.0/16\ns src 10.0.0.0/8\nw proto udp\n\
              six dst 2001:db8::/33\nsix2 src 2001:db8:8000::/34\n",
         );
-        assert_eq!(candidates(&c, Root::Ipv4Dst, "192.168.1.1".parse().expect("ip")), [0]);
-        assert_eq!(candidates(&c, Root::Ipv4Src, "10.9.9.9".parse().expect("ip")), [1]);
-        assert_eq!(candidates(&c, Root::Ipv6Dst, "2001:db8:7fff::1".parse().expect("ip")), [3]);
+        assert_eq!(
+            candidates(&c, Root::Ipv4Dst, "192.168.1.1".parse().expect("ip")),
+            [0]
+        );
+        assert_eq!(
+            candidates(&c, Root::Ipv4Src, "10.9.9.9".parse().expect("ip")),
+            [1]
+        );
+        assert_eq!(
+            candidates(&c, Root::Ipv6Dst, "2001:db8:7fff::1".parse().expect("ip")),
+            [3]
+        );
         assert!(candidates(&c, Root::Ipv6Dst, "2001:db8:8000::1".parse().expect("ip")).is_empty());
-        assert_eq!(candidates(&c, Root::Ipv6Src, "2001:db8:8000::1".parse().expect("ip")), [4]);
+        assert_eq!(
+            candidates(&c, Root::Ipv6Src, "2001:db8:8000::1".parse().expect("ip")),
+            [4]
+        );
         let w = &c.lists[c.wildcard_list as usize];
         assert_eq!(&w.rules[..w.len as usize], [2]);
         assert_eq!(c.rules[0].match_flags, MATCH_SRC | MATCH_DST);
+        assert_eq!(c.roots_in_use, 0b1111);
+        assert_eq!(
+            compiled("a dst 10.0.0.0/8\n").roots_in_use,
+            1 << Root::Ipv4Dst as u32
+        );
         assert_eq!(c.rules[0].family, 4);
     }
 
     #[test]
     fn host_routes_and_default_routes() {
         let c = compiled("all dst 0.0.0.0/0\nhost dst 198.51.100.7\nall6 dst ::/0\nh6 dst ::1\n");
-        assert_eq!(candidates(&c, Root::Ipv4Dst, "198.51.100.7".parse().expect("ip")), [0, 1]);
-        assert_eq!(candidates(&c, Root::Ipv4Dst, "198.51.100.8".parse().expect("ip")), [0]);
-        assert_eq!(candidates(&c, Root::Ipv6Dst, "::1".parse().expect("ip")), [2, 3]);
-        assert_eq!(candidates(&c, Root::Ipv6Dst, "::2".parse().expect("ip")), [2]);
+        assert_eq!(
+            candidates(&c, Root::Ipv4Dst, "198.51.100.7".parse().expect("ip")),
+            [0, 1]
+        );
+        assert_eq!(
+            candidates(&c, Root::Ipv4Dst, "198.51.100.8".parse().expect("ip")),
+            [0]
+        );
+        assert_eq!(
+            candidates(&c, Root::Ipv6Dst, "::1".parse().expect("ip")),
+            [2, 3]
+        );
+        assert_eq!(
+            candidates(&c, Root::Ipv6Dst, "::2".parse().expect("ip")),
+            [2]
+        );
         // A /32 takes two child levels, a /128 fourteen.
         assert_eq!(c.child_nodes(), 2 + 14);
     }
@@ -419,15 +507,24 @@ mod tests {
         let ids = HashMap::from([("a".into(), 1), ("b".into(), 2)]);
         assert_eq!(
             compile(&rules, &ids, 1, 10).expect_err("full"),
-            CompileError::TooManyRules { count: 2, capacity: 1 }
+            CompileError::TooManyRules {
+                count: 2,
+                capacity: 1
+            }
         );
         assert_eq!(
             compile(&rules, &ids, 2, 0).expect_err("full"),
-            CompileError::TrieFull { needed: 1, capacity: 0 }
+            CompileError::TrieFull {
+                needed: 1,
+                capacity: 0
+            }
         );
-        let many: String = (0..=MAX_CANDIDATES).map(|i| format!("r{i} dst 10.0.0.0/{}\n", 8 + i % 20)).collect();
+        let many: Vec<String> = (0..=MAX_CANDIDATES)
+            .map(|i| format!("r{i} dst 10.0.0.0/{}", 8 + i % 20))
+            .collect();
+        let many = many.join("\n");
         let rules = parse_rules(&many, "t").expect("valid");
-        let ids = rules.iter().map(|r| (r.label.clone(), 1)).collect();
+        let ids: HashMap<String, u32> = rules.iter().map(|r| (r.label.clone(), 1)).collect();
         assert!(matches!(
             compile(&rules, &ids, 100, 100).expect_err("overlap"),
             CompileError::TooManyCandidates { .. }

@@ -147,8 +147,14 @@ pub fn check(rules: &[Rule], max_rules: u32, trie_nodes: u32) -> Result<Checked,
     }
     let capacity = xdt_common::labels::MAX_LABELS - 1;
     if ids.len() > capacity as usize {
-        return Err(crate::Error::LabelTableFull { count: ids.len(), capacity });
+        return Err(crate::Error::LabelTableFull {
+            count: ids.len(),
+            capacity,
+        });
     }
     let compiled = compile(rules, &ids, max_rules, trie_nodes)?;
-    Ok(Checked { labels: ids.len(), trie_nodes: compiled.child_nodes() })
+    Ok(Checked {
+        labels: ids.len(),
+        trie_nodes: compiled.child_nodes(),
+    })
 }

@@ -34,7 +34,11 @@ pub enum ParseError {
     BadCidr { text: String, reason: &'static str },
     /// The address has bits set past the prefix length.
     #[error("bad CIDR {text:?}: host bits are set past /{len} (did you mean {network}?)")]
-    HostBits { text: String, len: u8, network: String },
+    HostBits {
+        text: String,
+        len: u8,
+        network: String,
+    },
     /// Source and destination of different address families.
     #[error("src is IPv{src} but dst is IPv{dst}")]
     FamilyMismatch { src: u8, dst: u8 },
@@ -98,7 +102,11 @@ pub fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RulesError> {
 pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
     let (label, mut rest) = match words {
         [label, rest @ ..] => (*label, rest),
-        [] => return Err(ParseError::BadLabel { label: String::new() }),
+        [] => {
+            return Err(ParseError::BadLabel {
+                label: String::new(),
+            });
+        }
     };
     check_label(label)?;
     let mut rule = Rule::new(label);
@@ -111,7 +119,11 @@ pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
             "dport" => "dport",
             "priority" => "priority",
             "action" => "action",
-            other => return Err(ParseError::UnknownKey { key: other.to_owned() }),
+            other => {
+                return Err(ParseError::UnknownKey {
+                    key: other.to_owned(),
+                });
+            }
         };
         if seen.contains(&key) {
             return Err(ParseError::DuplicateKey { key });
@@ -127,9 +139,9 @@ pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
             "proto" => rule.protocol = Some(parse_protocol(value)?),
             "dport" => rule.dst_ports = Some(parse_ports(value)?),
             "priority" => {
-                rule.priority = value
-                    .parse()
-                    .map_err(|_| ParseError::BadPriority { text: (*value).to_owned() })?;
+                rule.priority = value.parse().map_err(|_| ParseError::BadPriority {
+                    text: (*value).to_owned(),
+                })?;
             }
             _ => {
                 rule.action = match *value {
@@ -138,15 +150,25 @@ pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
                     "steer" => return Err(ParseError::SteerReserved),
                     "sample" => {
                         let [rate, tail @ ..] = rest else {
-                            return Err(ParseError::BadSampleRate { text: String::new() });
+                            return Err(ParseError::BadSampleRate {
+                                text: String::new(),
+                            });
                         };
                         rest = tail;
                         match rate.parse::<u32>() {
                             Ok(n) if n >= 1 => Action::Sample(n),
-                            _ => return Err(ParseError::BadSampleRate { text: (*rate).to_owned() }),
+                            _ => {
+                                return Err(ParseError::BadSampleRate {
+                                    text: (*rate).to_owned(),
+                                });
+                            }
                         }
                     }
-                    other => return Err(ParseError::BadAction { text: other.to_owned() }),
+                    other => {
+                        return Err(ParseError::BadAction {
+                            text: other.to_owned(),
+                        });
+                    }
                 };
             }
         }
@@ -158,23 +180,40 @@ pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
 fn check_label(label: &str) -> Result<(), ParseError> {
     let ok = !label.is_empty()
         && label.len() <= MAX_NAME_LEN
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
-    if ok { Ok(()) } else { Err(ParseError::BadLabel { label: label.to_owned() }) }
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ParseError::BadLabel {
+            label: label.to_owned(),
+        })
+    }
 }
 
 fn check_consistency(rule: &Rule) -> Result<(), ParseError> {
     if let (Some(src), Some(dst)) = (rule.src, rule.dst)
         && src.family() != dst.family()
     {
-        return Err(ParseError::FamilyMismatch { src: src.family(), dst: dst.family() });
+        return Err(ParseError::FamilyMismatch {
+            src: src.family(),
+            dst: dst.family(),
+        });
     }
     let address_family = rule.dst.or(rule.src).map(|c| c.family());
     match (rule.protocol, address_family) {
         (Some(1), Some(6)) => {
-            return Err(ParseError::ProtocolFamily { protocol: "icmp", family: 6 });
+            return Err(ParseError::ProtocolFamily {
+                protocol: "icmp",
+                family: 6,
+            });
         }
         (Some(58), Some(4)) => {
-            return Err(ParseError::ProtocolFamily { protocol: "icmpv6", family: 4 });
+            return Err(ParseError::ProtocolFamily {
+                protocol: "icmpv6",
+                family: 4,
+            });
         }
         _ => {}
     }
@@ -186,7 +225,10 @@ fn check_consistency(rule: &Rule) -> Result<(), ParseError> {
 
 /// `ADDR/LEN` or a bare address (a host prefix).
 pub(crate) fn parse_cidr(text: &str) -> Result<Cidr, ParseError> {
-    let bad = |reason| ParseError::BadCidr { text: text.to_owned(), reason };
+    let bad = |reason| ParseError::BadCidr {
+        text: text.to_owned(),
+        reason,
+    };
     let (addr, len) = match text.split_once('/') {
         Some((addr, len)) => (addr, Some(len)),
         None => (text, None),
@@ -220,11 +262,16 @@ fn masked(cidr: Cidr) -> Cidr {
             IpAddr::V4((u32::from(a) & mask).into())
         }
         IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(cidr.len)).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(cidr.len))
+                .unwrap_or(0);
             IpAddr::V6((u128::from(a) & mask).into())
         }
     };
-    Cidr { addr, len: cidr.len }
+    Cidr {
+        addr,
+        len: cidr.len,
+    }
 }
 
 fn parse_protocol(text: &str) -> Result<u8, ParseError> {
@@ -233,11 +280,15 @@ fn parse_protocol(text: &str) -> Result<u8, ParseError> {
         .find(|(name, _)| name.eq_ignore_ascii_case(text))
         .map(|(_, number)| *number)
         .or_else(|| text.parse().ok())
-        .ok_or_else(|| ParseError::BadProtocol { text: text.to_owned() })
+        .ok_or_else(|| ParseError::BadProtocol {
+            text: text.to_owned(),
+        })
 }
 
 fn parse_ports(text: &str) -> Result<(u16, u16), ParseError> {
-    let bad = || ParseError::BadPort { text: text.to_owned() };
+    let bad = || ParseError::BadPort {
+        text: text.to_owned(),
+    };
     let (lo, hi) = text.split_once('-').unwrap_or((text, text));
     let lo: u16 = lo.parse().map_err(|_| bad())?;
     let hi: u16 = hi.parse().map_err(|_| bad())?;
@@ -281,7 +332,8 @@ mod tests {
         let text = "a\nb src 10.1.0.0/16 dst 10.2.0.0/16 proto tcp dport 22 priority 7 action drop\n\
                     c dst ::/0 proto 47 action sample 3\nd proto icmpv6\ne proto udp dport 1-2\n";
         let rules = parse_rules(text, "t").expect("valid");
-        let again: String = rules.iter().map(|r| format!("{r}\n")).collect();
+        let again: Vec<String> = rules.iter().map(ToString::to_string).collect();
+        let again = again.join("\n") + "\n";
         assert_eq!(parse_rules(&again, "t").expect("valid"), rules);
         assert_eq!(again, text);
     }
@@ -299,27 +351,69 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert!(matches!(err("x dst 10.0.0.1/8"), ParseError::HostBits { len: 8, .. }));
+        assert!(matches!(
+            err("x dst 10.0.0.1/8"),
+            ParseError::HostBits { len: 8, .. }
+        ));
         assert!(matches!(err("x dst 10.0.0/8"), ParseError::BadCidr { .. }));
-        assert!(matches!(err("x dst fe80::/129"), ParseError::BadCidr { .. }));
-        assert!(matches!(err("x src 10.0.0.0/8 dst ::/0"), ParseError::FamilyMismatch { .. }));
-        assert!(matches!(err("x dst ::/0 proto icmp"), ParseError::ProtocolFamily { .. }));
-        assert!(matches!(err("x dst 1.2.3.4 proto icmpv6"), ParseError::ProtocolFamily { .. }));
+        assert!(matches!(
+            err("x dst fe80::/129"),
+            ParseError::BadCidr { .. }
+        ));
+        assert!(matches!(
+            err("x src 10.0.0.0/8 dst ::/0"),
+            ParseError::FamilyMismatch { .. }
+        ));
+        assert!(matches!(
+            err("x dst ::/0 proto icmp"),
+            ParseError::ProtocolFamily { .. }
+        ));
+        assert!(matches!(
+            err("x dst 1.2.3.4 proto icmpv6"),
+            ParseError::ProtocolFamily { .. }
+        ));
         assert!(matches!(err("x proto gre"), ParseError::BadProtocol { .. }));
         assert!(matches!(err("x proto 256"), ParseError::BadProtocol { .. }));
-        assert!(matches!(err("x proto tcp dport 70000"), ParseError::BadPort { .. }));
-        assert!(matches!(err("x proto tcp dport 9-1"), ParseError::BadPort { .. }));
+        assert!(matches!(
+            err("x proto tcp dport 70000"),
+            ParseError::BadPort { .. }
+        ));
+        assert!(matches!(
+            err("x proto tcp dport 9-1"),
+            ParseError::BadPort { .. }
+        ));
         assert_eq!(err("x dport 80"), ParseError::PortWithoutProtocol);
-        assert_eq!(err("x proto icmp dport 80"), ParseError::PortWithoutProtocol);
+        assert_eq!(
+            err("x proto icmp dport 80"),
+            ParseError::PortWithoutProtocol
+        );
         assert!(matches!(err("x colour red"), ParseError::UnknownKey { .. }));
         assert_eq!(err("x dst"), ParseError::MissingValue { key: "dst" });
-        assert_eq!(err("x proto tcp proto udp"), ParseError::DuplicateKey { key: "proto" });
-        assert!(matches!(err("x priority -1"), ParseError::BadPriority { .. }));
-        assert!(matches!(err("x action sample 0"), ParseError::BadSampleRate { .. }));
-        assert!(matches!(err("x action sample"), ParseError::BadSampleRate { .. }));
-        assert!(matches!(err("x action reject"), ParseError::BadAction { .. }));
+        assert_eq!(
+            err("x proto tcp proto udp"),
+            ParseError::DuplicateKey { key: "proto" }
+        );
+        assert!(matches!(
+            err("x priority -1"),
+            ParseError::BadPriority { .. }
+        ));
+        assert!(matches!(
+            err("x action sample 0"),
+            ParseError::BadSampleRate { .. }
+        ));
+        assert!(matches!(
+            err("x action sample"),
+            ParseError::BadSampleRate { .. }
+        ));
+        assert!(matches!(
+            err("x action reject"),
+            ParseError::BadAction { .. }
+        ));
         assert_eq!(err("x action steer"), ParseError::SteerReserved);
-        assert!(matches!(err("<img> dst 1.2.3.4"), ParseError::BadLabel { .. }));
+        assert!(matches!(
+            err("<img> dst 1.2.3.4"),
+            ParseError::BadLabel { .. }
+        ));
         assert!(matches!(err(&"l".repeat(61)), ParseError::BadLabel { .. }));
     }
 }
