@@ -19,9 +19,11 @@ pub fn root_or_skip(test: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces) and CI must run it as root"
     );
-    eprintln!(
-        "{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces); run the tests as root"
+    // Straight to file descriptor 2, past the test harness's output capture, so it is seen.
+    let line = format!(
+        "{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces); run the tests as root\n"
     );
+    let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
     false
 }
 
