@@ -2,8 +2,10 @@
 //! labeller, with BPF_PROG_TEST_RUN, at 0, 100, 10k and 100k rules (mixed IPv4/IPv6 prefixes).
 //! Run as root: `cargo bench -p xdt-datapath --bench probe` (results: docs/benchmarks.md).
 //!
-//! Every figure is the median of several test runs of `REPEAT` packets each, all programs
-//! measured in the same process, interleaved, on the same two packets.
+//! All programs are measured in one process, interleaved, on the same two packets. Each rule
+//! count loads the three programs `LOADS` times afresh (new JIT images and maps: the figures move
+//! with placement); per load a figure is the median of `ROUNDS` runs of `REPEAT` packets; the
+//! table shows the median over loads, and for the probe's net cost the range too.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
@@ -18,8 +20,10 @@ use xdt_datapath::{
 };
 use xdt_testkit::frames::{ETH_P_IP, ETH_P_IPV6, TCP, ethernet, ipv4, ipv6, tcp, v6};
 
-const REPEAT: u32 = 1_000_000;
-const ROUNDS: usize = 7;
+const REPEAT: u32 = 500_000;
+const ROUNDS: usize = 5;
+/// Fresh loads of all three programs per rule count (placement changes the figures).
+const LOADS: usize = 5;
 const SIZES: [usize; 4] = [0, 100, 10_000, 100_000];
 const LABELS: usize = 1000;
 
@@ -110,6 +114,10 @@ fn main() {
         eprintln!("probe benchmark: needs root (BPF_PROG_TEST_RUN); run it with sudo");
         return;
     }
+    // One CPU for every run: per-CPU maps and caches stay put.
+    let mut cpus = nix::sched::CpuSet::new();
+    cpus.set(1).expect("cpu 1");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).expect("pin to cpu 1");
     let v4 = ethernet(
         ETH_P_IP,
         &ipv4(
@@ -129,116 +137,143 @@ fn main() {
         ),
     );
 
+    println!(
+        "| rules | trie nodes | empty v4 | xdt v4 | lpm v4 | xdt net v4 [min-max] | lpm net v4 | lpm/xdt v4 \
+         | empty v6 | xdt v6 | lpm v6 | xdt net v6 [min-max] | lpm net v6 | lpm/xdt v6 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // XDT_BENCH_SIZES=100,10000 measures other rule counts.
+    let sizes: Vec<usize> = std::env::var("XDT_BENCH_SIZES").map_or_else(
+        |_| SIZES.to_vec(),
+        |v| {
+            v.split(',')
+                .map(|n| n.trim().parse().expect("XDT_BENCH_SIZES: numbers"))
+                .collect()
+        },
+    );
+    for n in sizes {
+        let rules = rule_set(n);
+        let checked = check(&rules, n.max(1) as u32, u32::MAX).expect("rules compile");
+        // Per load: [empty, xdt, lpm] x [v4, v6], each the median of ROUNDS interleaved runs.
+        let mut loads: Vec<[f64; 6]> = Vec::new();
+        for _ in 0..LOADS {
+            loads.push(measure_one_load(&rules, checked.trie_nodes, &v4, &v6f));
+        }
+        let column = |i: usize| median(loads.iter().map(|l| l[i]).collect());
+        let net = |x: usize, e: usize| -> Vec<f64> { loads.iter().map(|l| l[x] - l[e]).collect() };
+        let range = |v: &[f64]| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            format!("{:.0} [{lo:.0}-{hi:.0}]", median(v.to_vec()))
+        };
+        let (x4, l4, x6, l6) = (net(1, 0), net(2, 0), net(4, 3), net(5, 3));
+        println!(
+            "| {n} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2}x |",
+            checked.trie_nodes,
+            column(0),
+            column(1),
+            column(2),
+            range(&x4),
+            median(l4.clone()),
+            median(l4) / median(x4),
+            column(3),
+            column(4),
+            column(5),
+            range(&x6),
+            median(l6.clone()),
+            median(l6) / median(x6),
+        );
+    }
+}
+
+/// Loads the three programs afresh (new JIT images, new maps) and measures them.
+fn measure_one_load(rules: &[Rule], trie_nodes: u32, v4: &[u8], v6f: &[u8]) -> [f64; 6] {
+    let n = rules.len();
     let mut pass = Ebpf::load(BENCH_PASS_OBJECT).expect("load pass");
     xdp(&mut pass, "bench_pass")
         .load()
         .expect("load pass program");
+    let mut probe = LoadedProbe::load(Capacity {
+        max_rules: n.max(1) as u32,
+        trie_nodes: trie_nodes.max(1),
+    })
+    .expect("load probe");
+    probe.maps().expect("maps").install(rules).expect("install");
 
-    println!(
-        "| rules | trie nodes | empty v4 | xdt v4 | lpm v4 | empty v6 | xdt v6 | lpm v6 | xdt net v4 | lpm net v4 | xdt net v6 | lpm net v6 | lpm/xdt net v4 | lpm/xdt net v6 |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for n in SIZES {
-        let rules = rule_set(n);
-        let checked = check(&rules, n.max(1) as u32, u32::MAX).expect("rules compile");
-        let mut probe = LoadedProbe::load(Capacity {
-            max_rules: n.max(1) as u32,
-            trie_nodes: checked.trie_nodes.max(1),
-        })
-        .expect("load probe");
-        probe
-            .maps()
-            .expect("maps")
-            .install(&rules)
-            .expect("install");
-
-        let mut lpm = EbpfLoader::new().load(BENCH_LPM_OBJECT).expect("load lpm");
-        xdp(&mut lpm, "bench_lpm").load().expect("load lpm program");
-        let ids: HashMap<&str, u32> = rules
+    let mut lpm = EbpfLoader::new().load(BENCH_LPM_OBJECT).expect("load lpm");
+    xdp(&mut lpm, "bench_lpm").load().expect("load lpm program");
+    let ids: HashMap<&str, u32> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.label.as_str(), (i % LABELS) as u32 + 1))
+        .collect();
+    {
+        let mut t4: LpmTrie<_, [u8; 4], u32> = lpm
+            .map_mut("BENCH_LPM_V4")
+            .expect("map")
+            .try_into()
+            .expect("lpm");
+        for r in rules
             .iter()
-            .enumerate()
-            .map(|(i, r)| (r.label.as_str(), (i % LABELS) as u32 + 1))
-            .collect();
+            .filter(|r| r.dst.is_some_and(|c| c.addr.is_ipv4()))
         {
-            let mut t4: LpmTrie<_, [u8; 4], u32> = lpm
-                .map_mut("BENCH_LPM_V4")
-                .expect("map")
-                .try_into()
-                .expect("lpm");
-            for r in rules
-                .iter()
-                .filter(|r| r.dst.is_some_and(|c| c.addr.is_ipv4()))
-            {
-                let c = r.dst.expect("dst");
-                let IpAddr::V4(a) = c.addr else {
-                    unreachable!()
-                };
-                t4.insert(
-                    &Key::new(u32::from(c.len), a.octets()),
-                    ids[r.label.as_str()],
-                    0,
-                )
-                .expect("insert");
-            }
-        }
-        {
-            let mut t6: LpmTrie<_, [u8; 16], u32> = lpm
-                .map_mut("BENCH_LPM_V6")
-                .expect("map")
-                .try_into()
-                .expect("lpm");
-            for r in rules
-                .iter()
-                .filter(|r| r.dst.is_some_and(|c| c.addr.is_ipv6()))
-            {
-                let c = r.dst.expect("dst");
-                let IpAddr::V6(a) = c.addr else {
-                    unreachable!()
-                };
-                t6.insert(
-                    &Key::new(u32::from(c.len), a.octets()),
-                    ids[r.label.as_str()],
-                    0,
-                )
-                .expect("insert");
-            }
-        }
-
-        let mut samples: [Vec<f64>; 6] = Default::default();
-        for _ in 0..ROUNDS {
-            let programs = [
-                xdp(&mut pass, "bench_pass") as &Xdp,
-                probe.program().expect("probe"),
-                xdp(&mut lpm, "bench_lpm"),
-            ];
-            for (i, program) in programs.iter().enumerate() {
-                samples[i].push(ns(program, &v4));
-                samples[3 + i].push(ns(program, &v6f));
-            }
-        }
-        let m: Vec<f64> = samples.into_iter().map(median).collect();
-        let (net_x4, net_l4, net_x6, net_l6) = (m[1] - m[0], m[2] - m[0], m[4] - m[3], m[5] - m[3]);
-        println!(
-            "| {n} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {net_x4:.1} | {net_l4:.1} | {net_x6:.1} | {net_l6:.1} | {:.2}x | {:.2}x |",
-            checked.trie_nodes,
-            m[0],
-            m[1],
-            m[2],
-            m[3],
-            m[4],
-            m[5],
-            net_l4 / net_x4,
-            net_l6 / net_x6
-        );
-        // The probe must have labelled every packet it ran on.
-        if n > 0 {
-            let counts = probe.maps().expect("maps").label_counts().expect("labels");
-            let labelled: u64 = counts.iter().map(|l| l.packets).sum();
-            assert_eq!(
-                labelled,
-                u64::from(REPEAT) * 2 * ROUNDS as u64,
-                "every benchmark packet matches a rule"
-            );
+            let c = r.dst.expect("dst");
+            let IpAddr::V4(a) = c.addr else {
+                unreachable!()
+            };
+            t4.insert(
+                &Key::new(u32::from(c.len), a.octets()),
+                ids[r.label.as_str()],
+                0,
+            )
+            .expect("insert");
         }
     }
+    {
+        let mut t6: LpmTrie<_, [u8; 16], u32> = lpm
+            .map_mut("BENCH_LPM_V6")
+            .expect("map")
+            .try_into()
+            .expect("lpm");
+        for r in rules
+            .iter()
+            .filter(|r| r.dst.is_some_and(|c| c.addr.is_ipv6()))
+        {
+            let c = r.dst.expect("dst");
+            let IpAddr::V6(a) = c.addr else {
+                unreachable!()
+            };
+            t6.insert(
+                &Key::new(u32::from(c.len), a.octets()),
+                ids[r.label.as_str()],
+                0,
+            )
+            .expect("insert");
+        }
+    }
+
+    let mut samples: [Vec<f64>; 6] = Default::default();
+    for _ in 0..ROUNDS {
+        let programs = [
+            xdp(&mut pass, "bench_pass") as &Xdp,
+            probe.program().expect("probe"),
+            xdp(&mut lpm, "bench_lpm"),
+        ];
+        for (i, program) in programs.iter().enumerate() {
+            samples[i].push(ns(program, v4));
+            samples[3 + i].push(ns(program, v6f));
+        }
+    }
+    // The probe must have labelled every packet it ran on.
+    if n > 0 {
+        let counts = probe.maps().expect("maps").label_counts().expect("labels");
+        let labelled: u64 = counts.iter().map(|l| l.packets).sum();
+        assert_eq!(
+            labelled,
+            u64::from(REPEAT) * 2 * ROUNDS as u64,
+            "every benchmark packet matches a rule"
+        );
+    }
+    samples.map(median)
 }
