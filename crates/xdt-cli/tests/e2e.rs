@@ -134,6 +134,7 @@ impl Lab {
     fn send(&self, frames: &[(Vec<u8>, usize)]) {
         let iface = self.client_if.clone();
         self.client.enter(move || {
+            FrameSender::pin_to_cpu(0);
             let sender = FrameSender::open(&iface);
             for (frame, count) in frames {
                 for _ in 0..*count {
@@ -496,4 +497,65 @@ fn clear_errors() {
         .expect("unshare");
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("bpffs is not mounted at /sys/fs/bpf"), "{e}");
+}
+
+#[test]
+fn stats_watch_shows_rates() {
+    if !root_or_skip("stats_watch_shows_rates") {
+        return;
+    }
+    let lab = Lab::new();
+    let _attached = lab.attach("native", "");
+    let watch = lab
+        .node
+        .command(XDT)
+        .args([
+            "stats",
+            "-i",
+            &lab.node_if,
+            "--watch",
+            "--interval",
+            "0.2",
+            "--count",
+            "6",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    let frame = ethernet(ETH_P_IP, &ipv4(CLIENT4, NODE4, UDP, &udp(1, 9, &[0; 100])));
+    let deadline = Instant::now() + Duration::from_millis(1000);
+    let mut sent = 0;
+    while Instant::now() < deadline {
+        lab.send(&[(frame.clone(), 500)]);
+        sent += 500;
+    }
+    let out = watch.wait_with_output().expect("watch");
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["packets_per_second"].as_f64() > Some(0.0)),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["bits_per_second"].as_f64() > Some(0.0)),
+        "{lines:?}"
+    );
+    let totals: Vec<u64> = lines
+        .iter()
+        .map(|l| l["total_packets"].as_u64().expect("total"))
+        .collect();
+    assert!(
+        totals.windows(2).all(|w| w[0] <= w[1]),
+        "totals go back: {totals:?}"
+    );
+    assert!(totals[5] <= sent);
 }

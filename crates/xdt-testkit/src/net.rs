@@ -183,6 +183,15 @@ impl FrameSender {
         Self { fd }
     }
 
+    /// Keeps the calling thread on one CPU, so that a veth delivers (and XDP sees) every frame
+    /// on that CPU: per-CPU counters such as 1-in-N sampling then behave deterministically.
+    pub fn pin_to_cpu(cpu: usize) {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).expect("cpu index");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .expect("sched_setaffinity");
+    }
+
     /// Sends one frame, retrying while the device queue is full.
     pub fn send(&self, frame: &[u8]) {
         for _ in 0..1000 {
