@@ -28,6 +28,18 @@ pub struct Interface {
     pub name: String,
 }
 
+#[derive(Debug, Args)]
+pub struct OptionalInterface {
+    /// Network interface the probe is attached to.
+    #[arg(
+        short = 'i',
+        long = "interface",
+        env = "XDT_INTERFACE",
+        value_name = "IF"
+    )]
+    pub name: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Mode {
     /// Native (driver) mode if the driver supports it, else generic.
@@ -66,13 +78,8 @@ pub enum Command {
     /// Show where the probe is attached: mode, program, maps, rules.
     Status {
         /// Only this interface (default: every attached one).
-        #[arg(
-            short = 'i',
-            long = "interface",
-            env = "XDT_INTERFACE",
-            value_name = "IF"
-        )]
-        interface: Option<String>,
+        #[command(flatten)]
+        interface: OptionalInterface,
         #[arg(long)]
         json: bool,
     },
@@ -145,13 +152,8 @@ pub enum RulesCommand {
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// Also check it fits the capacity of the probe attached here.
-        #[arg(
-            short = 'i',
-            long = "interface",
-            env = "XDT_INTERFACE",
-            value_name = "IF"
-        )]
-        interface: Option<String>,
+        /// Also check it fits the capacity of the probe attached on this interface.
+        #[command(flatten)]
+        interface: OptionalInterface,
     },
 }

@@ -85,7 +85,7 @@ fn run(cli: Cli) -> Result<()> {
             attach::detach(&interface.name)?;
             println!("detached from {}", interface.name);
         }
-        Command::Status { interface, json } => status(interface, json)?,
+        Command::Status { interface, json } => status(interface.name, json)?,
         Command::Rules(command) => rules_command(command)?,
         Command::Stats {
             interface,
@@ -202,7 +202,7 @@ fn rules_command(command: RulesCommand) -> Result<()> {
         }
         RulesCommand::Check { file, interface } => {
             let new = read_rules(&file)?;
-            let capacity = match interface {
+            let capacity = match interface.name {
                 Some(iface) => {
                     let a = ProbeMaps::open(&iface)?.config()?.attachment;
                     Capacity {

@@ -14,10 +14,7 @@ use xdt_common::{
     rules::{ACTION_DROP, ACTION_SAMPLE},
 };
 
-use crate::{
-    error::{Error, Result, is_permission, map_error},
-    paths,
-};
+use crate::error::{Error, Result, map_error};
 
 /// A sampled packet, decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -93,19 +90,7 @@ impl std::fmt::Debug for EventReader {
 impl EventReader {
     /// Opens the ring buffer of the probe attached to `iface`.
     pub fn open(iface: &str) -> Result<Self> {
-        let path = paths::map_pin(iface, events::MAP);
-        let data = MapData::from_pin(&path).map_err(|e| match e {
-            aya::maps::MapError::SyscallError(s) if is_permission(&s.io_error) => {
-                Error::NotPermitted {
-                    call: "BPF_OBJ_GET",
-                    source: s.io_error,
-                }
-            }
-            e => Error::Pin {
-                path,
-                source: Box::new(e),
-            },
-        })?;
+        let data = crate::probe::open_pinned_map(iface, events::MAP)?;
         Self::from_map_data(data)
     }
 

@@ -228,6 +228,21 @@ fn load_error(e: aya::EbpfError) -> Error {
     Error::Load(Box::new(e))
 }
 
+/// Opens one pinned map of the probe attached to `iface`.
+pub(crate) fn open_pinned_map(iface: &str, name: &str) -> Result<MapData> {
+    let path = paths::map_pin(iface, name);
+    MapData::from_pin(&path).map_err(|e| match e {
+        aya::maps::MapError::SyscallError(s) if is_permission(&s.io_error) => Error::NotPermitted {
+            call: "BPF_OBJ_GET",
+            source: s.io_error,
+        },
+        e => Error::Pin {
+            path,
+            source: Box::new(e),
+        },
+    })
+}
+
 /// The maps xdt reads and writes (the ring buffer is read by [`crate::events`]).
 pub struct ProbeMaps {
     config: Array<MapData, Config>,
@@ -281,21 +296,7 @@ impl ProbeMaps {
                 });
             }
         }
-        let maps = Self::from_lookup(|name| {
-            let path = paths::map_pin(iface, name);
-            MapData::from_pin(&path).map_err(|e| match e {
-                aya::maps::MapError::SyscallError(s) if is_permission(&s.io_error) => {
-                    Error::NotPermitted {
-                        call: "BPF_OBJ_GET",
-                        source: s.io_error,
-                    }
-                }
-                e => Error::Pin {
-                    path,
-                    source: Box::new(e),
-                },
-            })
-        })?;
+        let maps = Self::from_lookup(|name| open_pinned_map(iface, name))?;
         let found = maps.config()?.attachment.abi_version;
         if found != ABI_VERSION {
             return Err(Error::AbiMismatch {
