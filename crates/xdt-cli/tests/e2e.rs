@@ -439,7 +439,7 @@ fn clear_errors() {
     drop(attached);
 
     // Rule table full.
-    let _small = {
+    let small = {
         let file = lab.file("one.rules", "a dst 10.0.0.0/8\n");
         lab.ok(&[
             "attach",
@@ -497,6 +497,30 @@ fn clear_errors() {
         .expect("unshare");
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("bpffs is not mounted at /sys/fs/bpf"), "{e}");
+
+    // attach mounts bpffs itself when it is missing (again in a private mount namespace: the
+    // pins vanish with it, and the program with the last process holding it).
+    drop(small);
+    let script = format!(
+        "umount /sys/fs/bpf && {XDT} attach -i {iface} --mode generic && {XDT} status -i {iface} --json \
+         && {XDT} detach -i {iface}"
+    );
+    let out = lab
+        .node
+        .command("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("attached to") && stdout.contains("\"mode\": \"generic\""),
+        "{stdout}"
+    );
 }
 
 #[test]

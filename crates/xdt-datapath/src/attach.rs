@@ -135,7 +135,12 @@ pub fn attach(iface: &str, mode: Mode, rules: &[Rule], capacity: Capacity) -> Re
     let link = program
         .take_link(link_id)
         .map_err(|e| Error::Load(Box::new(e)))?;
-    let link = FdLink::try_from(link).map_err(|e| Error::Load(Box::new(e)))?;
+    // aya falls back to a netlink attach when bpf_link_create is missing; such an attachment
+    // cannot be pinned, so it would not outlive this process.
+    let link = FdLink::try_from(link).map_err(|e| Error::KernelFeature {
+        feature: "bpf_link for XDP (Linux 5.9), which pinning the attachment needs",
+        source: Box::new(e),
+    })?;
     let link_id = link.info().map_err(|e| Error::Load(Box::new(e)))?.id();
     let link_pin = paths::link_pin(iface);
     link.pin(&link_pin).map_err(|e| pin_error(&link_pin, e))?;
