@@ -158,7 +158,7 @@ impl LoadedProbe {
                     call: "dup",
                     source,
                 })?;
-            MapData::from_fd(fd).map_err(map_error(leak_name(name), "open"))
+            MapData::from_fd(fd).map_err(map_error(name, "open"))
         })
     }
 }
@@ -188,11 +188,6 @@ fn map_data(map: &Map) -> Option<&MapData> {
         Map::Array(m) | Map::PerCpuArray(m) | Map::RingBuf(m) => Some(m),
         _ => None,
     }
-}
-
-/// Map names are the `&'static str` constants of xdt-common; find the one equal to `name`.
-fn leak_name(name: &str) -> &'static str {
-    ALL_MAPS.iter().copied().find(|m| *m == name).unwrap_or("?")
 }
 
 /// Every map of the probe, in the order they are pinned.
@@ -308,12 +303,12 @@ impl ProbeMaps {
         Ok(maps)
     }
 
-    fn from_lookup(mut open: impl FnMut(&str) -> Result<MapData>) -> Result<Self> {
+    fn from_lookup(mut open: impl FnMut(&'static str) -> Result<MapData>) -> Result<Self> {
         macro_rules! typed {
             ($name:expr, $variant:ident) => {
                 Map::$variant(open($name)?)
                     .try_into()
-                    .map_err(map_error(leak_name($name), "open"))?
+                    .map_err(map_error($name, "open"))?
             };
         }
         Ok(Self {
