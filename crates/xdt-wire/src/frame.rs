@@ -1,0 +1,236 @@
+//! Frames without I/O: the connection preamble, and `length (u32 BE) | postcard payload`.
+//! [`check`] is cheap and allocates nothing; [`decode`] parses a complete frame.
+
+use crate::{Message, PROTOCOL_VERSION};
+
+/// Largest frame payload accepted or sent (1 MiB).
+pub const MAX_FRAME: usize = 1 << 20;
+pub const HEADER_LEN: usize = 4;
+const MAGIC: [u8; 4] = *b"XDT\0";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The preamble's magic is wrong: not an xdt peer.
+    #[error("not an xdt telemetry peer (preamble {found:02x?})")]
+    BadMagic { found: [u8; 4] },
+    /// The length prefix announces more than `MAX_FRAME`.
+    #[error("frame of {len} bytes exceeds the maximum of {MAX_FRAME}")]
+    TooLarge { len: usize },
+    /// The payload is not a valid message.
+    #[error("malformed frame: {reason}")]
+    Malformed { reason: postcard::Error },
+}
+
+/// The 8 bytes each side sends first: magic `XDT\0`, protocol version (u16 BE), 2 reserved bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    pub version: u16,
+}
+
+impl Preamble {
+    pub const LEN: usize = 8;
+
+    #[must_use]
+    pub const fn ours() -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+        }
+    }
+
+    #[must_use]
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let v = self.version.to_be_bytes();
+        [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], 0, 0]
+    }
+
+    pub fn decode(bytes: &[u8; Self::LEN]) -> Result<Self, FrameError> {
+        let found = [bytes[0], bytes[1], bytes[2], bytes[3]];
+        if found != MAGIC {
+            return Err(FrameError::BadMagic { found });
+        }
+        Ok(Self {
+            version: u16::from_be_bytes([bytes[4], bytes[5]]),
+        })
+    }
+}
+
+/// The length of the complete frame at the start of `buf` (header included), `None` if more
+/// bytes are needed, or `TooLarge` as soon as the header is there.
+pub fn check(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge { len });
+    }
+    Ok((buf.len() >= HEADER_LEN + len).then_some(HEADER_LEN + len))
+}
+
+/// Parses the payload of a complete frame.
+pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
+    match postcard::from_bytes::<Message>(payload) {
+        Ok(message) => Ok(message),
+        Err(reason) => Err(FrameError::Malformed { reason }),
+    }
+}
+
+/// Appends the frame of `message` to `out`.
+pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let mut out_vec = std::mem::take(out);
+    out_vec = match postcard::to_extend(message, out_vec) {
+        Ok(v) => v,
+        Err(reason) => return Err(FrameError::Malformed { reason }),
+    };
+    *out = out_vec;
+    let len = out.len() - start - HEADER_LEN;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len });
+    }
+    out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        Ack, AgentStats, Batch, ErrorCode, ErrorMessage, Event, Hello, LabelCount, Welcome,
+    };
+
+    pub(crate) fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello(Hello {
+                agent_id: "node-1".into(),
+                hostname: "node-1.example".into(),
+                interface: "eth0".into(),
+                probe_version: "0.1.0".into(),
+                instance: 42,
+                token: "secret".into(),
+            }),
+            Message::Welcome(Welcome {
+                central_version: "0.1.0".into(),
+                last_sequence: 7,
+            }),
+            Message::Batch(Batch {
+                sequence: 8,
+                taken_at_unix_ns: 1_700_000_000_000_000_000,
+                counters: vec![("total_packets".into(), 10), ("tcp_packets".into(), 4)],
+                labels: vec![LabelCount {
+                    label: "web".into(),
+                    packets: 4,
+                    bytes: 400,
+                }],
+                events: vec![Event {
+                    timestamp_unix_ns: 1,
+                    label: "web".into(),
+                    rule: 1,
+                    action: "sample".into(),
+                    rx_queue: 0,
+                    protocol: 6,
+                    src: "10.0.0.1".parse().expect("ip"),
+                    dst: "2001:db8::1".parse().expect("ip"),
+                    src_port: 40000,
+                    dst_port: 80,
+                    ip_len: 60,
+                    payload_len: 0,
+                    tcp_flags: 2,
+                }],
+                agent: AgentStats {
+                    dropped_events: 1,
+                    unacked_batches: 2,
+                    reconnects: 3,
+                    probe_ns_per_packet: Some(21.5),
+                },
+            }),
+            Message::Ack(Ack { sequence: 8 }),
+            Message::Error(ErrorMessage {
+                code: ErrorCode::Unauthorized,
+                message: "wrong token".into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn round_trips_every_message() {
+        for message in samples() {
+            let mut buf = Vec::new();
+            encode(&message, &mut buf).expect("encode");
+            let len = check(&buf).expect("check").expect("complete");
+            assert_eq!(len, buf.len());
+            assert_eq!(decode(&buf[HEADER_LEN..len]).expect("decode"), message);
+        }
+    }
+
+    #[test]
+    fn check_wants_more_until_complete() {
+        let mut buf = Vec::new();
+        encode(&samples()[2], &mut buf).expect("encode");
+        for cut in 0..buf.len() {
+            assert_eq!(check(&buf[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(check(&buf), Ok(Some(buf.len())));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_from_the_header() {
+        let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert_eq!(
+            check(&header),
+            Err(FrameError::TooLarge { len: MAX_FRAME + 1 })
+        );
+        assert_eq!(
+            check(&[0xff; 4]),
+            Err(FrameError::TooLarge {
+                len: u32::MAX as usize
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(
+            decode(&[0xff, 0xff, 0xff]),
+            Err(FrameError::Malformed { .. })
+        ));
+        assert!(matches!(decode(&[]), Err(FrameError::Malformed { .. })));
+        // A valid message with bytes cut off.
+        let mut buf = Vec::new();
+        encode(&samples()[0], &mut buf).expect("encode");
+        assert!(matches!(
+            decode(&buf[HEADER_LEN..buf.len() - 1]),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn preamble() {
+        let ours = Preamble::ours();
+        assert_eq!(Preamble::decode(&ours.encode()), Ok(ours));
+        assert_eq!(
+            Preamble::decode(b"GET / HT"),
+            Err(FrameError::BadMagic { found: *b"GET " })
+        );
+        let mut other = ours.encode();
+        other[5] = 9;
+        assert_eq!(Preamble::decode(&other).expect("magic ok").version, 9);
+    }
+
+    #[test]
+    fn encode_refuses_frames_over_the_maximum() {
+        let Message::Batch(mut batch) = samples().remove(2) else {
+            unreachable!()
+        };
+        let event = batch.events[0].clone();
+        batch.events = vec![event; MAX_FRAME / 40];
+        let mut buf = vec![1, 2, 3];
+        assert!(matches!(
+            encode(&Message::Batch(batch), &mut buf),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(buf, [1, 2, 3], "nothing half-written");
+    }
+}
