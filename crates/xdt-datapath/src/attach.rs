@@ -307,6 +307,14 @@ pub struct Status {
     pub maps: Vec<MapStatus>,
 }
 
+/// The attached program's cumulative run time and run count (counted only while
+/// kernel.bpf_stats_enabled=1).
+pub fn program_runtime(iface: &str) -> Result<(std::time::Duration, u64)> {
+    let pin = paths::program_pin(iface);
+    let info = aya::programs::ProgramInfo::from_pin(&pin).map_err(|e| pin_error(&pin, e))?;
+    Ok((info.run_time(), info.run_count()))
+}
+
 pub fn status(iface: &str) -> Result<Status> {
     let maps = ProbeMaps::open(iface)?;
     let config = maps.config()?;

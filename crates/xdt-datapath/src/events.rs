@@ -81,6 +81,13 @@ pub struct EventReader {
     ring: RingBuf<MapData>,
 }
 
+/// The ring's descriptor becomes readable when events arrive (for epoll, tokio's `AsyncFd`).
+impl std::os::fd::AsRawFd for EventReader {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
 impl std::fmt::Debug for EventReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventReader").finish_non_exhaustive()
@@ -120,7 +127,8 @@ impl EventReader {
         Ok(read)
     }
 
-    fn drain(&mut self, f: &mut impl FnMut(&SampledEvent)) -> usize {
+    /// Hands every event already in the ring to `f` without waiting; returns how many.
+    pub fn drain(&mut self, f: &mut impl FnMut(&SampledEvent)) -> usize {
         let mut read = 0;
         while let Some(item) = self.ring.next() {
             if item.len() >= size_of::<SampledEvent>() {
