@@ -4,7 +4,8 @@
 //! `-Z build-std=core`) and bpf-linker. On Debian 12 `bpf/setup-toolchain.sh` installs both
 //! (Debian's rustc-web/rust-web-src 1.96 and bpf-linker 0.10.4); docs/building.md has the
 //! details. Environment overrides:
-//! - `XDT_PROBE_DIR`: a directory with prebuilt `xdt`, `bench-pass` and `bench-lpm` objects
+//! - `XDT_PROBE_DIR`: a directory with prebuilt `xdt`, `bench-pass`, `bench-lpm` and `demo-counter`
+//!   objects
 //!   (packagers, Nix): nothing is compiled.
 //! - `XDT_BPF_RUSTC`, `XDT_BPF_CARGO`: the compiler and cargo to use (default /usr/bin/rustc,
 //!   /usr/bin/cargo).
@@ -14,7 +15,7 @@ use std::{
     process::{Command, exit},
 };
 
-const OBJECTS: [&str; 3] = ["xdt", "bench-pass", "bench-lpm"];
+const OBJECTS: [&str; 4] = ["xdt", "bench-pass", "bench-lpm", "demo-counter"];
 const SETUP: &str = "run `sudo bpf/setup-toolchain.sh` (Debian 12) or see docs/building.md";
 
 fn fail(what: &str) -> ! {

@@ -31,6 +31,9 @@ pub static BENCH_PASS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-pass.bpf.o"));
 pub static BENCH_LPM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-lpm.bpf.o"));
+/// For tests of foreign maps: the otel demo's packet counter (`stats_map`, 8 x u64).
+pub static DEMO_COUNTER_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/demo-counter.bpf.o"));
 
 /// The program's name in the object.
 pub const PROGRAM: &str = "xdt";

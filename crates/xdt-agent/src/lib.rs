@@ -1,0 +1,339 @@
+//! `xdt-agent`: reads the counters and sampled events of the probe attached to one interface
+//! (or a foreign `pkt_stats` map), batches them every interval and streams them to central with
+//! at-least-once delivery (docs/telemetry-protocol.md).
+//!
+//! Three tasks share an [`outbox::Outbox`]: the event reader (ring buffer via `AsyncFd`), the
+//! ticker (one batch per interval) and the uplink (connect, handshake, send, take acks,
+//! reconnect with backoff). The binary only parses arguments and calls [`run`].
+
+pub mod outbox;
+pub mod source;
+mod uplink;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use log::{info, warn};
+use tokio::{io::unix::AsyncFd, sync::Notify};
+use xdt_datapath::{
+    attach::program_runtime,
+    events::{Event as ProbeEvent, EventReader},
+    probe::ProbeMaps,
+};
+use xdt_wire::{AgentStats, Batch, Event, Hello};
+
+use crate::{
+    outbox::Outbox,
+    source::{MapSelector, Source},
+};
+
+/// Everything the agent needs, from flags or environment (see `main.rs`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The interface whose pinned probe is read; also reported to central.
+    pub interface: String,
+    pub central: String,
+    pub agent_id: String,
+    /// The shared token (read from the token file).
+    pub token: String,
+    pub interval: Duration,
+    /// Export this foreign map instead of xdt's probe.
+    pub foreign_map: Option<MapSelector>,
+    /// Unacknowledged batches kept (default: one hour at one per second).
+    pub max_batches: usize,
+    /// Events kept in unacknowledged batches and not yet batched, together.
+    pub max_events: usize,
+    /// Events per batch (the rest go into the next one); keeps frames under 1 MiB.
+    pub max_events_per_batch: usize,
+}
+
+/// Reads and validates the token file: its content without surrounding whitespace.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(token.to_owned())
+}
+
+/// State the tasks share.
+#[derive(Debug)]
+struct Shared {
+    outbox: Mutex<Outbox>,
+    /// Events read from the ring and not batched yet.
+    pending: Mutex<Vec<Event>>,
+    /// Events dropped from `pending` because it was full.
+    pending_dropped: AtomicU64,
+    reconnects: AtomicU64,
+    new_batch: Notify,
+}
+
+impl Shared {
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn dropped_events(&self) -> u64 {
+        self.outbox().dropped_events + self.pending_dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs until `shutdown` completes, then flushes unacknowledged batches for up to 5 s.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let source = match &config.foreign_map {
+        Some(selector) => Source::pkt_stats(selector)?,
+        None => Source::probe(&config.interface)?,
+    };
+    info!(
+        "xdt-agent {} starting: interface {}, central {}, agent id {}, source {source:?}",
+        env!("CARGO_PKG_VERSION"),
+        config.interface,
+        config.central,
+        config.agent_id
+    );
+    let shared = Arc::new(Shared {
+        outbox: Mutex::new(Outbox::new(config.max_batches, config.max_events)),
+        pending: Mutex::new(Vec::new()),
+        pending_dropped: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
+        new_batch: Notify::new(),
+    });
+    let hello = Hello {
+        agent_id: config.agent_id.clone(),
+        hostname: hostname(),
+        interface: config.interface.clone(),
+        probe_version: env!("CARGO_PKG_VERSION").to_owned(),
+        instance: random_u64(),
+        token: config.token.clone(),
+    };
+
+    let events = source.is_probe().then(|| {
+        tokio::spawn(read_events(
+            config.interface.clone(),
+            shared.clone(),
+            config.max_events,
+        ))
+    });
+    let (stop_uplink, uplink_stop) = tokio::sync::watch::channel(false);
+    let uplink = tokio::spawn(uplink::run(
+        config.central.clone(),
+        hello,
+        shared.clone(),
+        uplink_stop,
+    ));
+
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence = 0u64;
+    let mut runtime = RuntimeSampler::new(&config);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = &mut shutdown => break,
+        }
+        sequence += 1;
+        make_batch(&source, &shared, sequence, &config, &mut runtime)?;
+    }
+    // A last batch with what is pending, then up to 5 s to deliver everything.
+    sequence += 1;
+    make_batch(&source, &shared, sequence, &config, &mut runtime)?;
+    if let Some(events) = events {
+        events.abort();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !shared.outbox().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shared.outbox().len();
+    if left > 0 {
+        warn!("stopping with {left} unacknowledged batches");
+    }
+    let _ = stop_uplink.send(true);
+    let _ = uplink.await;
+    info!("xdt-agent stopped after {sequence} batches");
+    Ok(())
+}
+
+fn make_batch(
+    source: &Source,
+    shared: &Shared,
+    sequence: u64,
+    config: &Config,
+    runtime: &mut RuntimeSampler,
+) -> Result<()> {
+    let snapshot = source.snapshot()?;
+    let events = {
+        let mut pending = shared.pending();
+        let take = pending.len().min(config.max_events_per_batch);
+        pending.drain(..take).collect()
+    };
+    let dropped_events = shared.dropped_events();
+    let mut outbox = shared.outbox();
+    let batch = Batch {
+        sequence,
+        taken_at_unix_ns: unix_ns(),
+        counters: snapshot.counters,
+        labels: snapshot.labels,
+        events,
+        agent: AgentStats {
+            dropped_events,
+            unacked_batches: outbox.len() as u32,
+            reconnects: shared.reconnects.load(Ordering::Relaxed),
+            probe_ns_per_packet: runtime.sample(),
+        },
+    };
+    outbox.push(batch);
+    drop(outbox);
+    shared.new_batch.notify_one();
+    Ok(())
+}
+
+/// The probe's mean cost per packet over the last interval, from the program's run time and
+/// count (which the kernel keeps only while kernel.bpf_stats_enabled=1).
+struct RuntimeSampler {
+    interface: Option<String>,
+    last: Option<(Duration, u64)>,
+}
+
+impl RuntimeSampler {
+    fn new(config: &Config) -> Self {
+        Self {
+            interface: config
+                .foreign_map
+                .is_none()
+                .then(|| config.interface.clone()),
+            last: None,
+        }
+    }
+
+    fn sample(&mut self) -> Option<f64> {
+        let now = program_runtime(self.interface.as_deref()?).ok()?;
+        let last = self.last.replace(now)?;
+        let runs = now.1.checked_sub(last.1).filter(|r| *r > 0)?;
+        let time = now.0.checked_sub(last.0)?;
+        #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
+        Some(time.as_nanos() as f64 / runs as f64)
+    }
+}
+
+/// Reads sampled events from the probe's ring buffer into `shared.pending` until aborted.
+async fn read_events(iface: String, shared: Arc<Shared>, max_pending: usize) {
+    let opened = EventReader::open(&iface)
+        .map_err(anyhow::Error::from)
+        .and_then(|r| {
+            // SAFETY: the reader owns the ring buffer's descriptor and keeps it open, unchanged,
+            // for as long as it lives, and the AsyncFd owns the reader.
+            unsafe { AsyncFd::register_with_interest(r, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::Error::from(e.into_parts().1))
+        });
+    let mut ring = match opened {
+        Ok(ring) => ring,
+        Err(e) => {
+            warn!("sampled events unavailable on {iface}: {e:#}");
+            return;
+        }
+    };
+    let maps = ProbeMaps::open(&iface).ok();
+    let mut names = maps
+        .as_ref()
+        .and_then(|m| m.label_names().ok())
+        .unwrap_or_default();
+    let offset = monotonic_to_unix_offset();
+    let mut fresh = Vec::new();
+    loop {
+        // A wake-up lost between draining and re-arming costs at most 200 ms.
+        if let Ok(Ok(mut guard)) =
+            tokio::time::timeout(Duration::from_millis(200), ring.readable_mut()).await
+        {
+            guard.clear_ready();
+        }
+        let reader = ring.get_mut();
+        reader.drain(&mut |raw| {
+            if names.get(raw.label as usize).is_none_or(Option::is_none)
+                && let Some(fresher) = maps.as_ref().and_then(|m| m.label_names().ok())
+            {
+                names = fresher;
+            }
+            let e = ProbeEvent::decode(raw, &names);
+            fresh.push(Event {
+                timestamp_unix_ns: e.timestamp_ns.wrapping_add(offset),
+                label: e.label,
+                rule: e.rule,
+                action: e.action.to_owned(),
+                rx_queue: e.rx_queue,
+                protocol: e.protocol,
+                src: e.src,
+                dst: e.dst,
+                src_port: e.src_port,
+                dst_port: e.dst_port,
+                ip_len: e.ip_len,
+                payload_len: e.payload_len,
+                tcp_flags: e.tcp_flags,
+            });
+        });
+        if fresh.is_empty() {
+            continue;
+        }
+        let mut pending = shared.pending();
+        pending.append(&mut fresh);
+        if pending.len() > max_pending {
+            let excess = pending.len() - max_pending;
+            pending.drain(..excess);
+            shared
+                .pending_dropped
+                .fetch_add(excess as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Unix time minus CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads), in nanoseconds.
+fn monotonic_to_unix_offset() -> u64 {
+    let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec().cast_unsigned() * 1_000_000_000 + t.tv_nsec().cast_unsigned()
+    });
+    unix_ns().saturating_sub(monotonic)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().map_or_else(
+        |_| "unknown".to_owned(),
+        |h| h.to_string_lossy().into_owned(),
+    )
+}
+
+/// The default agent id: the host name.
+#[must_use]
+pub fn default_agent_id() -> String {
+    hostname()
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_ok()
+    {
+        return u64::from_ne_bytes(bytes);
+    }
+    unix_ns() ^ u64::from(std::process::id()) << 32
+}
