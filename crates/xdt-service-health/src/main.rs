@@ -1,0 +1,73 @@
+//! `service-health`: the sample service protected in the xdt demo. `GET /healthz` answers
+//! `200 ok`; any other path `404`. It prints `listening on ADDR` once bound (so `--listen
+//! 127.0.0.1:0` can be used by tests) and serves on a few threads until killed.
+
+use std::{io::Write as _, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tiny_http::{Header, Method, Response, Server};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "service-health",
+    version,
+    about = "Sample HTTP service answering /healthz"
+)]
+struct Args {
+    /// Address to listen on (`[::]:8081` takes IPv4 and IPv6).
+    #[arg(
+        long,
+        env = "XDT_SERVICE_LISTEN",
+        default_value = "[::]:8081",
+        value_name = "ADDR:PORT"
+    )]
+    listen: String,
+    /// Worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+}
+
+fn main() {
+    if let Err(e) = run(&Args::parse()) {
+        eprintln!("service-health: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let server = Server::http(&args.listen)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = server.server_addr().to_ip().context("not an IP listener")?;
+    println!("listening on {addr}");
+    std::io::stdout().flush()?;
+    let server = Arc::new(server);
+    let workers: Vec<_> = (0..args.threads.max(1))
+        .map(|_| {
+            let server = Arc::clone(&server);
+            std::thread::spawn(move || serve(&server))
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    Ok(())
+}
+
+fn serve(server: &Server) {
+    let text = Header::from_bytes("Content-Type", "text/plain; charset=utf-8").ok();
+    for request in server.incoming_requests() {
+        let path = request.url().split('?').next().unwrap_or("");
+        let (status, body) = match (request.method(), path) {
+            (Method::Get | Method::Head, "/healthz") => (200, "ok\n"),
+            _ => (404, "not found\n"),
+        };
+        let mut response = Response::from_string(body).with_status_code(status);
+        if let Some(h) = &text {
+            response.add_header(h.clone());
+        }
+        // A client that went away is not our problem.
+        let _ = request.respond(response);
+    }
+}
