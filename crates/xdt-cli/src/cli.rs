@@ -102,6 +102,18 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Build a throw-away lab in network namespaces and show live telemetry (needs root).
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Where central serves the dashboard.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+        http_listen: String,
+        /// Where central takes telemetry.
+        #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR:PORT")]
+        telemetry_listen: String,
+    },
     /// Follow sampled packet metadata (rules with `action sample N`).
     Events {
         #[command(flatten)]

@@ -2,6 +2,7 @@
 //! with status 1 on failure; none panics.
 
 mod cli;
+mod demo;
 
 use std::{
     fs::File,
@@ -108,6 +109,17 @@ fn run(cli: Cli) -> Result<()> {
                     print_stats(&interface.name, &snapshot);
                 }
             }
+        }
+        Command::Demo {
+            duration,
+            http_listen,
+            telemetry_listen,
+        } => {
+            demo::run(&demo::Options {
+                duration,
+                http_listen,
+                telemetry_listen,
+            })?;
         }
         Command::Events {
             interface,
