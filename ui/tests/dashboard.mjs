@@ -1,0 +1,464 @@
+#!/usr/bin/env node
+// Headless Chromium test of the xdt dashboard (ui/).
+//
+//   node ui/tests/dashboard.mjs [BASE_URL] [--agents N] [--screenshot PATH]
+//
+// Without BASE_URL it serves ui/ and a synthetic /metrics.json (changing every second, one
+// agent id set to an XSS payload) on 127.0.0.1 with an ephemeral port, and runs the checks
+// with 1 and with 50 agents (or only with N when --agents is given). With BASE_URL it checks
+// a running xdt-central instead. Exit status 0 when every check passes, 1 otherwise.
+//
+// Needs Debian's chromium (/usr/bin/chromium) and `npm ci --prefix ui/tests`.
+
+import http from 'node:http';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const UI_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+const XSS_ID = '<img src=x onerror=alert(1)>';
+const XSS_HOST = '<script>alert(2)</script>';
+const XSS_LABEL = '<svg onload=alert(3)>';
+const SCENARIO_TIMEOUT_MS = 90_000;
+const MAX_EVENTS_SHOWN = 200;
+
+// ---------- arguments ----------
+
+function usage(msg) {
+  if (msg) console.error('dashboard.mjs: ' + msg);
+  console.error('usage: node ui/tests/dashboard.mjs [BASE_URL] [--agents N] [--screenshot PATH]');
+  process.exit(2);
+}
+
+const opts = { base: null, agents: null, screenshot: null };
+{
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--agents') {
+      const n = Number(argv[++i]);
+      if (!Number.isInteger(n) || n < 1 || n > 1000) usage('--agents needs a number from 1 to 1000');
+      opts.agents = n;
+    } else if (a === '--screenshot') {
+      if (!argv[i + 1]) usage('--screenshot needs a path');
+      opts.screenshot = path.resolve(argv[++i]);
+    } else if (a === '-h' || a === '--help') {
+      usage();
+    } else if (!a.startsWith('-') && !opts.base) {
+      try {
+        opts.base = new URL(a).href;
+      } catch {
+        usage('not a URL: ' + a);
+      }
+    } else {
+      usage('unknown argument: ' + a);
+    }
+  }
+}
+
+// ---------- synthetic central ----------
+
+// Deterministic noise in [0, 1) from integers, so every request for the same second agrees.
+function noise(...xs) {
+  let h = 2166136261;
+  for (const x of xs) h = Math.imul(h ^ (x | 0), 16777619) ^ (h >>> 13);
+  h = Math.imul(h ^ (h >>> 16), 2246822507);
+  h = Math.imul(h ^ (h >>> 13), 3266489909);
+  return ((h ^ (h >>> 16)) >>> 0) / 4294967296;
+}
+
+const LABELS = ['web', 'dns', 'ssh', 'blocked', 'metrics', 'ntp', 'db', XSS_LABEL];
+
+function agentId(i) {
+  return i === 0 ? XSS_ID : 'node-' + String(i + 1).padStart(2, '0');
+}
+
+// One agent's view at second `sec`; `start` is the server's start second (counters grow from it).
+function syntheticNode(i, sec, start) {
+  const base = 40 + ((i * 37) % 260);
+  const avgSize = 300 + ((i * 53) % 900);
+  const pps = (s) => Math.max(0, base * (1 + 0.45 * Math.sin(s / 14 + i)) + base * 0.35 * (noise(s, i, 1) - 0.5));
+  const up = sec - start;
+  const connected = i % 17 !== 5;
+  const sparse = i % 13 === 7; // an old agent that reports only the seed's fields
+  const lossy = i % 11 === 3;
+  const id = agentId(i);
+  const labels = LABELS.filter((_, k) => k === 0 || noise(i, k, 2) < 0.6 || (i === 0 && k === LABELS.length - 1));
+  const totalPackets = Math.round(base * (3600 + up));
+  const labelCounts = labels.map((label, k) => {
+    const packets = Math.round(totalPackets * (0.5 / (k + 1)) * (0.6 + noise(i, k, 3)));
+    return { label, packets, bytes: packets * Math.round(avgSize * (0.5 + noise(i, k, 4))) };
+  });
+  const recent = [];
+  for (let k = 0; k < 24; k++) {
+    const s = sec - Math.floor(k * 1.5);
+    const proto = [6, 6, 6, 17, 17, 1][Math.floor(noise(i, s, k, 5) * 6)];
+    const label = labels[Math.floor(noise(i, s, k, 6) * labels.length)];
+    const v6 = noise(i, s, k, 7) < 0.15;
+    recent.push({
+      timestamp_unix_ns: (s * 1000 + Math.floor(noise(i, s, k, 8) * 1000)) * 1e6,
+      label,
+      rule: LABELS.indexOf(label) + 1,
+      action: label === 'blocked' ? 'drop' : 'sample',
+      protocol: proto,
+      src: v6 ? 'fd00:10::' + (k + 2).toString(16) : '10.0.' + (i % 250) + '.' + (k + 2),
+      dst: v6 ? 'fd00:10::1' : '10.0.' + (i % 250) + '.1',
+      src_port: proto === 1 ? 0 : 32768 + Math.floor(noise(i, s, k, 9) * 28000),
+      dst_port: proto === 1 ? 0 : [80, 443, 53, 22, 8081][Math.floor(noise(i, s, k, 10) * 5)],
+      ip_len: 60 + Math.floor(noise(i, s, k, 11) * 1400),
+      payload_len: Math.floor(noise(i, s, k, 12) * 1300),
+      tcp_flags: proto === 6 ? [2, 18, 16, 24, 17][Math.floor(noise(i, s, k, 13) * 5)] : 0,
+      rx_queue: k % 2,
+    });
+  }
+  const node = {
+    agent_id: id,
+    total_events: 100 * i + 5 * up,
+    label_counts: labelCounts,
+    recent_events: recent,
+  };
+  if (sparse) return node;
+  const last = connected ? sec : sec - 40 - i;
+  const history = [];
+  for (let s = sec - 119; s <= sec; s++) {
+    if (s > last) break;
+    const p = pps(s);
+    history.push([s, +p.toFixed(2), +(p * avgSize * 8).toFixed(1)]);
+  }
+  const payload = [];
+  for (let s = sec - 119; s <= Math.min(sec, last); s++) {
+    const n = Math.floor(noise(i, s, 14) * 4);
+    for (let k = 0; k < n; k++) payload.push([s + noise(i, s, k, 15), Math.floor(64 + noise(i, s, k, 16) * noise(i, s, k, 17) * 1400)]);
+  }
+  return Object.assign(node, {
+    hostname: i === 0 ? XSS_HOST : id + '.lab.example',
+    interface: i % 3 === 2 ? 'ens3' : 'eth0',
+    connected,
+    last_seen_unix: last,
+    counters: {
+      total_packets: totalPackets,
+      total_bytes: totalPackets * avgSize,
+      tcp_packets: Math.round(totalPackets * 0.58),
+      udp_packets: Math.round(totalPackets * 0.31),
+      icmp_packets: Math.round(totalPackets * 0.04),
+      other_packets: totalPackets - Math.round(totalPackets * 0.58) - Math.round(totalPackets * 0.31) - Math.round(totalPackets * 0.04),
+      ipv4_packets: Math.round(totalPackets * 0.86),
+      ipv6_packets: totalPackets - Math.round(totalPackets * 0.86),
+      lost_events: lossy ? 12 + up * 3 : 0,
+      dropped_packets: labels.includes('blocked') ? labelCounts[labels.indexOf('blocked')].packets : 0,
+    },
+    rates: connected ? { packets_per_second: history.length ? history[history.length - 1][1] : 0, bits_per_second: history.length ? history[history.length - 1][2] : 0 } : { packets_per_second: 0, bits_per_second: 0 },
+    rate_history: history,
+    payload_history: payload,
+    agent: { dropped_events: lossy ? 4 : 0, reconnects: connected ? 0 : 3, unacked_batches: connected ? (i % 3) : 7, probe_ns_per_packet: 18 + noise(i, 18) * 10 },
+    lost_events: lossy ? 12 + up * 3 : 0,
+  });
+}
+
+function syntheticMetrics(agents, start) {
+  const sec = Math.floor(Date.now() / 1000);
+  const nodes = [];
+  for (let i = 0; i < agents; i++) nodes.push(syntheticNode(i, sec, start));
+  return { total_events: nodes.reduce((a, n) => a + n.total_events, 0), nodes };
+}
+
+const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8', '.svg': 'image/svg+xml', '.png': 'image/png', '.ico': 'image/x-icon' };
+
+function startServer(agents) {
+  const start = Math.floor(Date.now() / 1000);
+  const server = { down: false, requests: 0 };
+  const srv = http.createServer((req, res) => {
+    server.requests += 1;
+    const url = new URL(req.url, 'http://127.0.0.1');
+    if (url.pathname === '/metrics.json') {
+      if (server.down) {
+        res.writeHead(503, { 'content-type': 'text/plain' });
+        res.end('central is down (test)');
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(JSON.stringify(syntheticMetrics(agents, start)));
+      return;
+    }
+    // Like xdt-central: only the files directly in ui/.
+    const name = url.pathname === '/' ? 'index.html' : url.pathname.slice(1);
+    const file = path.join(UI_DIR, name);
+    if (!/^[A-Za-z0-9._-]+$/.test(name) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found');
+      return;
+    }
+    res.writeHead(200, { 'content-type': TYPES[path.extname(name)] || 'application/octet-stream' });
+    res.end(fs.readFileSync(file));
+  });
+  return new Promise((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      server.url = 'http://127.0.0.1:' + srv.address().port + '/';
+      server.metrics = () => syntheticMetrics(agents, start);
+      server.close = () => new Promise((r) => { srv.closeAllConnections(); srv.close(() => r()); });
+      resolve(server);
+    });
+  });
+}
+
+// ---------- checks ----------
+
+let passed = 0;
+let failed = 0;
+
+function check(name, ok, detail) {
+  if (ok) {
+    passed += 1;
+    console.log('ok   ' + name);
+  } else {
+    failed += 1;
+    console.log('FAIL ' + name + (detail ? ': ' + detail : ''));
+  }
+  return ok;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(page, fn, arg, timeout = 8000) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout, polling: 100 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Non-transparent pixels and pixels in the series colour of a canvas, read back in the page.
+function canvasInfo(page, selector) {
+  return page.evaluate((sel) => {
+    const c = document.querySelector(sel);
+    if (!c) return null;
+    const ctx = c.getContext('2d');
+    const { data } = ctx.getImageData(0, 0, c.width, c.height);
+    let inked = 0;
+    for (let i = 3; i < data.length; i += 4) if (data[i] > 0) inked += 1;
+    return {
+      width: c.width, height: c.height, cssWidth: c.clientWidth, cssHeight: c.clientHeight,
+      inked, total: c.width * c.height, points: Number(c.dataset.points || 0), dpr: window.devicePixelRatio,
+    };
+  }, selector);
+}
+
+async function scenario({ label, base, agents, synthetic, server, screenshot, dpr }) {
+  const prefix = '[' + label + '] ';
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdt-ui-test-'));
+  let context;
+  const consoleErrors = [];
+  const dialogs = [];
+  const foreign = [];
+  let expectNetworkErrors = false;
+  const origin = new URL(base).origin;
+  try {
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      viewport: { width: 1440, height: 900 },
+      deviceScaleFactor: dpr,
+      timeout: 30_000,
+    });
+    const page = context.pages()[0] || (await context.newPage());
+    page.setDefaultTimeout(10_000);
+    page.on('console', (m) => {
+      if (m.type() !== 'error') return;
+      if (expectNetworkErrors && /Failed to load resource|metrics\.json/.test(m.text())) return;
+      consoleErrors.push(m.text());
+    });
+    page.on('pageerror', (e) => consoleErrors.push('page error: ' + e.message));
+    page.on('dialog', (d) => {
+      dialogs.push(d.type() + ': ' + d.message());
+      d.dismiss().catch(() => {});
+    });
+    page.on('request', (r) => {
+      const u = r.url();
+      if (!u.startsWith('data:') && new URL(u).origin !== origin) foreign.push(u);
+    });
+
+    const resp = await page.goto(base, { waitUntil: 'load' });
+    check(prefix + 'page loads', resp && resp.ok(), resp ? 'HTTP ' + resp.status() : 'no response');
+    const rendered = await waitFor(page, () => Number(document.body.dataset.renders || 0) >= 1);
+    if (!check(prefix + 'first /metrics.json rendered', rendered, 'state=' + (await page.evaluate(() => document.body.dataset.state)))) return;
+    check(prefix + 'state is live', (await page.getAttribute('body', 'data-state')) === 'live');
+
+    const expected = synthetic ? server.metrics() : await (await fetch(new URL('metrics.json', base))).json();
+    const ids = expected.nodes.map((n) => String(n.agent_id));
+
+    // Agent list: one row per agent, ids as literal text.
+    const rowIds = await page.$$eval('#agent-list .agent__id', (els) => els.map((e) => e.textContent));
+    check(prefix + 'one agent row per agent', rowIds.length === ids.length, rowIds.length + ' rows for ' + ids.length + ' agents');
+    if (agents) check(prefix + 'agent count is ' + agents, rowIds.length === agents, rowIds.length + ' rows');
+    const missing = ids.filter((id) => !rowIds.includes(id));
+    check(prefix + 'every agent id shown as text', missing.length === 0, 'missing: ' + JSON.stringify(missing.slice(0, 5)));
+
+    // Nothing agent-supplied became markup.
+    const markup = await page.evaluate(() => ({
+      imgs: document.querySelectorAll('img').length,
+      scripts: document.querySelectorAll('script').length,
+      svgs: document.querySelectorAll('svg').length,
+    }));
+    check(prefix + 'no injected elements', markup.imgs === 0 && markup.svgs === 0 && markup.scripts === 2, JSON.stringify(markup));
+    if (synthetic) {
+      check(prefix + 'XSS agent id shown literally in the agent list', rowIds.includes(XSS_ID));
+      await page.locator('#agent-list .agent', { hasText: XSS_ID }).first().click();
+      await waitFor(page, (id) => document.getElementById('d-id').textContent === id, XSS_ID, 3000);
+      const d = await page.evaluate(() => ({ id: document.getElementById('d-id').textContent, host: document.getElementById('d-host').textContent }));
+      check(prefix + 'XSS agent id shown literally as the detail title', d.id === XSS_ID, JSON.stringify(d.id));
+      check(prefix + 'XSS hostname shown literally', d.host === XSS_HOST, JSON.stringify(d.host));
+      const labels = await page.$$eval('#d-labels .bar__name', (els) => els.map((e) => e.textContent));
+      check(prefix + 'XSS label shown literally in the label bars', labels.includes(XSS_LABEL), JSON.stringify(labels));
+    }
+
+    // Charts of the selected agent.
+    const sel = await page.evaluate(() => document.getElementById('d-id').textContent);
+    const node = expected.nodes.find((n) => String(n.agent_id) === sel);
+    for (const [name, id, hasData] of [
+      ['packet-rate chart', '#c-rate', node && Array.isArray(node.rate_history) && node.rate_history.length > 0],
+      ['payload chart', '#c-payload', node && ((node.payload_history || []).length > 0 || (node.recent_events || []).length > 0)],
+    ]) {
+      const info = await canvasInfo(page, id);
+      if (!check(prefix + name + ' exists', info !== null)) continue;
+      check(prefix + name + ' drawn (pixels not blank)', info.inked > info.total * 0.01, info.inked + ' of ' + info.total + ' pixels inked');
+      check(prefix + name + ' sized for devicePixelRatio ' + info.dpr,
+        Math.abs(info.width - Math.round(info.cssWidth * info.dpr)) <= 1 && Math.abs(info.height - Math.round(info.cssHeight * info.dpr)) <= 1,
+        `${info.width}x${info.height} backing store for ${info.cssWidth}x${info.cssHeight} CSS px`);
+      if (hasData) check(prefix + name + ' plots the data', info.points > 0, 'points=' + info.points);
+      else console.log('note ' + prefix + name + ': the selected agent has no data for it');
+    }
+    const sparks = await page.$$eval('#agent-list canvas.spark', (cs) => cs.filter((c) => {
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      for (let i = 3; i < d.length; i += 4) if (d[i] > 0) return true;
+      return false;
+    }).length);
+    check(prefix + 'agent sparklines drawn', sparks > 0, sparks + ' drawn');
+
+    // Events table: rows, bounded, newest first.
+    const ev = await page.evaluate(() => {
+      const rows = Array.from(document.querySelectorAll('#events-body tr'));
+      return { n: rows.length, times: rows.map((r) => r.cells[0].textContent), labels: rows.map((r) => r.cells[2].textContent), agents: rows.map((r) => r.cells[1].textContent) };
+    });
+    const totalEvents = expected.nodes.reduce((a, n) => a + (n.recent_events || []).length, 0);
+    if (synthetic || totalEvents > 0) check(prefix + 'events table has rows', ev.n > 0, ev.n + ' rows');
+    else console.log('note ' + prefix + 'the central has no recent events: table is empty');
+    check(prefix + 'events table bounded', ev.n <= MAX_EVENTS_SHOWN, ev.n + ' rows');
+    const sorted = ev.times.every((t, i) => i === 0 || ev.times[i - 1] >= t);
+    check(prefix + 'events newest first', sorted, ev.times.slice(0, 5).join(', '));
+    if (synthetic) {
+      check(prefix + 'XSS label and agent shown literally in the events table',
+        ev.labels.includes(XSS_LABEL) || ev.agents.includes(XSS_ID), 'not found in ' + ev.n + ' rows');
+    }
+
+    // Refresh: new data is shown every second.
+    const before = await page.evaluate(() => ({ renders: Number(document.body.dataset.renders), events: document.getElementById('t-events').textContent, time: document.querySelector('#events-body tr td')?.textContent }));
+    await sleep(2500);
+    const after = await page.evaluate(() => ({ renders: Number(document.body.dataset.renders), events: document.getElementById('t-events').textContent, time: document.querySelector('#events-body tr td')?.textContent }));
+    check(prefix + 'refreshes every second', after.renders - before.renders >= 2, `renders ${before.renders} -> ${after.renders}`);
+    if (synthetic) {
+      check(prefix + 'changed data is shown after 2.5 s', after.events !== before.events, `total events ${before.events} -> ${after.events}`);
+      check(prefix + 'newest event changes', after.time !== before.time, `${before.time} -> ${after.time}`);
+    }
+
+    // Selecting another agent shows it.
+    if (rowIds.length > 1) {
+      const target = rowIds.includes('node-02') ? 'node-02' : rowIds[1];
+      await page.locator('#agent-list .agent__id', { hasText: target }).first().click();
+      const ok = await waitFor(page, (id) => document.getElementById('d-id').textContent === id, target, 3000);
+      check(prefix + 'clicking an agent selects it', ok, 'wanted ' + target);
+      check(prefix + 'selection kept in the URL', decodeURIComponent(new URL(page.url()).hash) === '#agent=' + target, page.url());
+      await page.click('#scope-one');
+      const scoped = await page.$$eval('#events-body tr', (rows) => rows.map((r) => r.cells[1].textContent));
+      check(prefix + '"Selected agent" scope shows only its events', scoped.length > 0 ? scoped.every((a) => a === target) : !synthetic, scoped.length + ' rows, agents: ' + [...new Set(scoped)].slice(0, 3).join(', '));
+      await page.click('#scope-all');
+    }
+    if (synthetic && agents >= 20) {
+      await page.fill('#filter', 'node-1');
+      const n = await page.$$eval('#agent-list .agent', (r) => r.length);
+      check(prefix + 'filter narrows the agent list', n > 0 && n < rowIds.length, n + ' rows');
+      await page.fill('#filter', '');
+    }
+
+    // Central goes away: a visible disconnected state, then recovery.
+    if (synthetic) {
+      expectNetworkErrors = true;
+      server.down = true;
+      const down = await waitFor(page, () => document.body.dataset.state === 'down' && !document.getElementById('banner').hidden, null, 5000);
+      check(prefix + 'shows "disconnected" when /metrics.json fails', down, 'state=' + (await page.getAttribute('body', 'data-state')));
+      const pill = await page.textContent('#conn');
+      check(prefix + 'connection pill says Disconnected', pill === 'Disconnected', pill);
+      server.down = false;
+      const up = await waitFor(page, () => document.body.dataset.state === 'live' && document.getElementById('banner').hidden, null, 5000);
+      check(prefix + 'recovers when /metrics.json answers again', up);
+      await sleep(300);
+      expectNetworkErrors = false;
+    }
+
+    if (screenshot) {
+      await page.evaluate(() => window.scrollTo(0, 0));
+      await sleep(200);
+      fs.mkdirSync(path.dirname(screenshot), { recursive: true });
+      await page.screenshot({ path: screenshot, fullPage: true });
+      console.log('note ' + prefix + 'screenshot written to ' + screenshot);
+    }
+
+    check(prefix + 'no console errors or page errors', consoleErrors.length === 0, consoleErrors.slice(0, 5).join(' | '));
+    check(prefix + 'no dialog fired', dialogs.length === 0, dialogs.join(' | '));
+    check(prefix + 'nothing loaded from another origin', foreign.length === 0, foreign.slice(0, 5).join(' '));
+  } finally {
+    if (context) await context.close().catch(() => {});
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+  }
+}
+
+async function withTimeout(promise, ms, what) {
+  let timer;
+  const t = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(what + ' took longer than ' + ms / 1000 + ' s')), ms); });
+  try {
+    return await Promise.race([promise, t]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function main() {
+  if (!fs.existsSync(CHROMIUM)) {
+    console.error(`dashboard.mjs: ${CHROMIUM} not found; install Debian's chromium (apt-get install -y chromium)`);
+    process.exit(2);
+  }
+  if (opts.base) {
+    const label = 'central ' + opts.base;
+    await withTimeout(scenario({ label, base: opts.base, agents: opts.agents, synthetic: false, screenshot: opts.screenshot, dpr: 1 }), SCENARIO_TIMEOUT_MS, label);
+  } else {
+    const counts = opts.agents ? [opts.agents] : [1, 50];
+    for (const [k, n] of counts.entries()) {
+      const server = await startServer(n);
+      const label = n + (n === 1 ? ' agent' : ' agents');
+      try {
+        // The 1-agent run uses a HiDPI screen so canvas scaling is checked too.
+        const last = k === counts.length - 1;
+        await withTimeout(scenario({ label, base: server.url, agents: n, synthetic: true, server, screenshot: last ? opts.screenshot : null, dpr: n === 1 ? 2 : 1 }), SCENARIO_TIMEOUT_MS, label);
+      } finally {
+        await server.close();
+      }
+    }
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed ? 1 : 0);
+}
+
+main().catch((err) => {
+  console.error('dashboard.mjs: ' + (err && err.stack ? err.stack : err));
+  console.log(`${passed} passed, ${failed + 1} failed`);
+  process.exit(1);
+});
