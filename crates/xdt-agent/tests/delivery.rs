@@ -166,18 +166,13 @@ async fn replays_unacknowledged_batches_after_a_reconnect() {
     let _ = stop.send(());
     let mut last = acked;
     let flushed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match conn.read_message().await {
-                Ok(Some(Message::Batch(b))) => {
-                    last = b.sequence;
-                    conn.write_message(&Message::Ack(Ack {
-                        sequence: b.sequence,
-                    }))
-                    .await
-                    .expect("ack");
-                }
-                _ => break,
-            }
+        while let Ok(Some(Message::Batch(b))) = conn.read_message().await {
+            last = b.sequence;
+            conn.write_message(&Message::Ack(Ack {
+                sequence: b.sequence,
+            }))
+            .await
+            .expect("ack");
         }
     });
     let _ = flushed.await;
