@@ -147,7 +147,9 @@
       const probeLost = num(counters.lost_events) !== null ? counters.lost_events : num(n.lost_events);
       const agentDropped = num(agent.dropped_events);
       const droppedPackets = num(counters.dropped_packets);
-      const lossParts = [probeLost, agentDropped, droppedPackets].filter((v) => v !== null);
+      // Telemetry loss: events that never reached the central. Packets dropped by a `drop`
+      // rule are intended and shown apart.
+      const lossParts = [probeLost, agentDropped].filter((v) => v !== null);
       const events = Array.isArray(n.recent_events) ? n.recent_events.filter((e) => e && typeof e === 'object') : [];
       let payload = Array.isArray(n.payload_history) ? n.payload_history : null;
       if (!payload) {
@@ -241,7 +243,7 @@
     const loss = sum((v) => v.loss);
     const affected = nodes.filter((v) => v.loss > 0).length;
     $('t-loss').textContent = fmtInt(loss);
-    $('t-loss-sub').textContent = loss === null ? '' : affected ? affected + (affected === 1 ? ' agent' : ' agents') + ' losing data' : 'no loss reported';
+    $('t-loss-sub').textContent = loss === null ? '' : affected ? affected + (affected === 1 ? ' agent' : ' agents') + ' losing events' : 'no events lost';
     $('t-loss-tile').classList.toggle('tile--bad', loss > 0);
   }
 
@@ -275,7 +277,8 @@
     row.dot.title = text;
     row.btn.classList.toggle('agent--down', v.connected === false);
     row.btn.setAttribute('aria-pressed', String(v.key === state.selected));
-    row.rate.textContent = fmtPps(v.pps);
+    row.rate.textContent = v.connected === false ? (v.lastSeen === null ? 'offline' : ago(v.lastSeen)) : fmtPps(v.pps);
+    row.rate.classList.toggle('agent__rate--down', v.connected === false);
     if (v.loss > 0) {
       row.loss.textContent = 'loss ' + fmtSI(v.loss, '').trim();
       row.loss.hidden = false;
@@ -318,6 +321,7 @@
     const empty = $('agent-empty');
     empty.hidden = visible.length > 0;
     empty.textContent = state.nodes.length ? 'No agent matches the filter.' : 'No agent has connected yet.';
+    $('agent-hint').hidden = state.nodes.length > 5;
   }
 
   function barRow(name, color, value, max, right, share) {
@@ -388,10 +392,11 @@
     box.replaceChildren(...vals.map((p) => barRow(p.name, p.color, p.value, max, fmtInt(p.value) + ' pkts', pct(p.value, total))));
   }
 
-  function lossItem(label, value, hint) {
-    const item = el('div', 'loss');
-    if (value > 0) item.classList.add('loss--bad');
-    else if (value === null) item.classList.add('loss--unknown');
+  // kind: 'loss' turns red above zero, 'warn' amber, 'info' stays neutral.
+  function lossItem(label, value, hint, kind) {
+    const item = el('div', 'loss loss--' + kind);
+    if (value > 0) item.classList.add('loss--nonzero');
+    if (value === null) item.classList.add('loss--unknown');
     item.append(el('div', 'loss__value', fmtInt(value)), el('div', 'loss__label', label), el('div', 'loss__hint', hint));
     return item;
   }
@@ -399,16 +404,30 @@
   function renderLoss(v) {
     const a = v.agent;
     $('d-loss').replaceChildren(
-      lossItem('Probe lost events', v.probeLost, 'ring buffer full in the kernel'),
-      lossItem('Agent dropped events', v.agentDropped, 'agent buffer full'),
-      lossItem('Dropped packets', v.droppedPackets, 'XDP_DROP by rule'),
-      lossItem('Reconnects', num(a.reconnects), 'agent to central'),
-      lossItem('Unacked batches', num(a.unacked_batches), 'sent, not yet confirmed'),
+      lossItem('Probe lost events', v.probeLost, 'ring buffer full in the kernel', 'loss'),
+      lossItem('Agent dropped events', v.agentDropped, 'agent send buffer full', 'loss'),
+      lossItem('Dropped packets', v.droppedPackets, 'by drop rules (intended)', 'warn'),
+      lossItem('Reconnects', num(a.reconnects), 'agent to central', 'info'),
+      lossItem('Unacked batches', num(a.unacked_batches), 'sent, not yet confirmed', 'info'),
+      lossItem('Probe errors', num(v.counters.errors), 'packet passed, counted', 'warn'),
     );
-    // Reconnects and in-flight batches are not losses: do not paint them red.
-    const items = $('d-loss').children;
-    items[3].classList.remove('loss--bad');
-    items[4].classList.remove('loss--bad');
+  }
+
+  const CHART_WINDOW_S = 300;
+
+  // Both timelines share one time axis so a burst can be read across them.
+  function chartRange(lists) {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const list of lists) {
+      for (const p of list) {
+        if (!Array.isArray(p) || !isNum(p[0])) continue;
+        if (p[0] < lo) lo = p[0];
+        if (p[0] > hi) hi = p[0];
+      }
+    }
+    if (hi === -Infinity) return null;
+    return [Math.max(lo, hi - CHART_WINDOW_S), hi];
   }
 
   function renderCharts(v) {
@@ -419,22 +438,29 @@
       rate.push([p[0], p[1]]);
       bits.push([p[0], p[2]]);
     }
+    const range = chartRange([v.rateHistory, v.payloadHistory]);
     Charts.timeChart($('c-rate'), {
       series: [
-        { points: bits, color: Charts.cssVar('--bps', '#f59e0b'), axis: 'right', style: 'line' },
-        { points: rate, color: Charts.cssVar('--pps', '#2563eb'), axis: 'left', style: 'area' },
+        { points: rate, color: Charts.cssVar('--pps', '#2563eb'), axis: 'left', style: 'area', name: 'packets', format: fmtPps },
+        { points: bits, color: Charts.cssVar('--bps', '#f59e0b'), axis: 'right', style: 'line', name: 'bits', format: fmtBps },
       ],
       left: { title: 'packets/s', format: fmtAxis },
       right: { title: 'bits/s', format: fmtAxis },
       xTitle: 'time',
       minSpan: 30,
+      range,
+      padLeft: 60,
+      padRight: 60,
       emptyText: 'no rate samples yet',
     });
     Charts.timeChart($('c-payload'), {
-      series: [{ points: v.payloadHistory, color: Charts.cssVar('--payload', '#7c3aed'), axis: 'left', style: 'dots' }],
+      series: [{ points: v.payloadHistory, color: Charts.cssVar('--payload', '#7c3aed'), axis: 'left', style: 'dots', name: 'payload', format: (b) => fmtInt(b) + ' bytes' }],
       left: { title: 'payload bytes', format: fmtAxis },
       xTitle: 'time',
       minSpan: 30,
+      range,
+      padLeft: 60,
+      padRight: 60,
       emptyText: 'no sampled events yet',
     });
   }

@@ -91,7 +91,9 @@
   }
 
   // opts: { series: [{ points: [[t, v]], color, axis: 'left'|'right', style: 'area'|'line'|'dots' }],
-  //         left: { title, format }, right: { title, format } (optional), xTitle, emptyText, minSpan }
+  //         left: { title, format }, right: { title, format } (optional), xTitle, emptyText,
+  //         minSpan (seconds), range ([tmin, tmax] in unix seconds; default: the data's extent),
+  //         padLeft, padRight (minimum margins in CSS px) }
   // Returns the number of data points drawn (also stored in canvas.dataset.points).
   function timeChart(canvas, opts) {
     const { ctx, w, h } = prepare(canvas);
@@ -102,11 +104,16 @@
 
     let tmin = Infinity;
     let tmax = -Infinity;
-    for (const p of all) {
-      if (p[0] < tmin) tmin = p[0];
-      if (p[0] > tmax) tmax = p[0];
+    if (opts.range) {
+      tmin = opts.range[0];
+      tmax = opts.range[1];
+    } else {
+      for (const p of all) {
+        if (p[0] < tmin) tmin = p[0];
+        if (p[0] > tmax) tmax = p[0];
+      }
     }
-    if (!all.length) {
+    if (!Number.isFinite(tmin) || !Number.isFinite(tmax)) {
       tmax = Date.now() / 1000;
       tmin = tmax - 60;
     }
@@ -131,8 +138,9 @@
     for (let v = 0; v <= ly.max + 1e-9; v += ly.step) lw = Math.max(lw, ctx.measureText(lfmt(v)).width);
     if (ry) for (let v = 0; v <= ry.max + 1e-9; v += ry.step) rw = Math.max(rw, ctx.measureText(rfmt(v)).width);
 
-    const left = Math.ceil(lw) + 8 + 16;
-    const right = ry ? Math.ceil(rw) + 8 + 16 : 14;
+    // padLeft/padRight are minimums, so charts stacked on one time range line up.
+    const left = Math.max(opts.padLeft || 0, Math.ceil(lw) + 8 + 16);
+    const right = Math.max(opts.padRight || 0, ry ? Math.ceil(rw) + 8 + 16 : 14);
     const top = 12;
     const bottom = 34;
     const pw = Math.max(10, w - left - right);
@@ -208,9 +216,13 @@
     ctx.beginPath();
     ctx.rect(left, top - 2, pw, ph + 3);
     ctx.clip();
+    let drawn = 0;
+    const shown = [];
     for (const s of series) {
       const yf = s.axis === 'right' && ry ? yr : yl;
-      const pts = s.points.filter((p) => p[0] >= tmin);
+      const pts = s.points.filter((p) => p[0] >= tmin && p[0] <= tmax);
+      drawn += pts.length;
+      shown.push({ s, pts, yf });
       if (!pts.length) continue;
       if (s.style === 'dots') {
         ctx.fillStyle = withAlpha(s.color, 0.75);
@@ -253,15 +265,117 @@
     }
     ctx.restore();
 
-    if (!all.length) {
+    if (drawn) drawHover(canvas, ctx, { shown, x, left, top, pw, ph, w, tmin, tmax });
+    attachHover(canvas, opts);
+
+    if (!drawn) {
       ctx.font = FONT;
       ctx.fillStyle = th.text;
       ctx.textAlign = 'center';
       ctx.textBaseline = 'middle';
       ctx.fillText(opts.emptyText || 'no data yet', left + pw / 2, top + ph / 2);
     }
-    canvas.dataset.points = String(all.length);
-    return all.length;
+    canvas.dataset.points = String(drawn);
+    return drawn;
+  }
+
+  // Hover read-out: the sample nearest to the pointer (in time for lines, in the plane for
+  // dots), a guide line and a small box with the time and each series' value.
+  function drawHover(canvas, ctx, g) {
+    const hover = canvas._xdtHover;
+    if (!hover || hover.x < g.left || hover.x > g.left + g.pw) return;
+    const th = theme();
+    const picks = [];
+    let t = null;
+    const lines = g.shown.filter((e) => e.s.style !== 'dots' && e.pts.length);
+    if (lines.length) {
+      const target = g.tmin + ((hover.x - g.left) / g.pw) * (g.tmax - g.tmin);
+      let best = null;
+      for (const p of lines[lines.length - 1].pts) if (!best || Math.abs(p[0] - target) < Math.abs(best[0] - target)) best = p;
+      t = best[0];
+      for (const e of lines) {
+        const p = e.pts.find((q) => q[0] === t);
+        if (p) picks.push({ e, p });
+      }
+    } else {
+      let best = null;
+      let bestD = 20 * 20;
+      for (const e of g.shown) {
+        for (const p of e.pts) {
+          const d = (g.x(p[0]) - hover.x) ** 2 + (e.yf(p[1]) - hover.y) ** 2;
+          if (d < bestD) {
+            bestD = d;
+            best = { e, p };
+          }
+        }
+      }
+      if (!best) return;
+      t = best.p[0];
+      picks.push(best);
+    }
+    if (t === null || !picks.length) return;
+    const px = g.x(t);
+    ctx.save();
+    ctx.strokeStyle = th.axis;
+    ctx.setLineDash([3, 3]);
+    ctx.beginPath();
+    ctx.moveTo(Math.round(px) + 0.5, g.top);
+    ctx.lineTo(Math.round(px) + 0.5, g.top + g.ph);
+    ctx.stroke();
+    ctx.setLineDash([]);
+    for (const { e, p } of picks) {
+      ctx.fillStyle = e.s.color;
+      ctx.strokeStyle = cssVar('--panel', '#fff');
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      ctx.arc(px, e.yf(p[1]), 4, 0, Math.PI * 2);
+      ctx.fill();
+      ctx.stroke();
+    }
+    const d = new Date(t * 1000);
+    const rows = [[null, clock(t, true) + (d.getMilliseconds() ? '.' + String(d.getMilliseconds()).padStart(3, '0') : '')]];
+    for (const { e, p } of picks) rows.push([e.s.color, (e.s.name ? e.s.name + ': ' : '') + (e.s.format ? e.s.format(p[1]) : String(p[1]))]);
+    ctx.font = FONT;
+    const bw = Math.max(...rows.map((r) => ctx.measureText(r[1]).width)) + 28;
+    const bh = rows.length * 16 + 8;
+    let bx = px + 10;
+    if (bx + bw > g.left + g.pw) bx = px - 10 - bw;
+    const by = g.top + 4;
+    ctx.fillStyle = cssVar('--panel', '#fff');
+    ctx.strokeStyle = th.axis;
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.rect(Math.round(bx) + 0.5, by + 0.5, Math.round(bw), bh);
+    ctx.fill();
+    ctx.stroke();
+    ctx.textAlign = 'left';
+    ctx.textBaseline = 'middle';
+    rows.forEach(([color, text], i) => {
+      const ty = by + 12 + i * 16;
+      if (color) {
+        ctx.fillStyle = color;
+        ctx.fillRect(bx + 8, ty - 4, 8, 8);
+      }
+      ctx.fillStyle = color ? cssVar('--text', '#18212d') : th.text;
+      ctx.fillText(text, bx + (color ? 20 : 8), ty);
+    });
+    ctx.restore();
+  }
+
+  function attachHover(canvas, opts) {
+    canvas._xdtOpts = opts;
+    if (canvas._xdtHoverBound) return;
+    canvas._xdtHoverBound = true;
+    const redraw = () => timeChart(canvas, canvas._xdtOpts);
+    canvas.addEventListener('mousemove', (ev) => {
+      const r = canvas.getBoundingClientRect();
+      canvas._xdtHover = { x: ev.clientX - r.left, y: ev.clientY - r.top };
+      redraw();
+    });
+    canvas.addEventListener('mouseleave', () => {
+      canvas._xdtHover = null;
+      redraw();
+    });
   }
 
   // A tiny line without axes, for the agent list; scaled to its own maximum.

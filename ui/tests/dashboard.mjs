@@ -130,7 +130,8 @@ function syntheticNode(i, sec, start) {
   for (let s = sec - 119; s <= sec; s++) {
     if (s > last) break;
     const p = pps(s);
-    history.push([s, +p.toFixed(2), +(p * avgSize * 8).toFixed(1)]);
+    const size = avgSize * (1 + 0.35 * Math.sin(s / 23 + 2 * i));
+    history.push([s, +p.toFixed(2), +(p * size * 8).toFixed(1)]);
   }
   const payload = [];
   for (let s = sec - 119; s <= Math.min(sec, last); s++) {
@@ -404,9 +405,20 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
       expectNetworkErrors = false;
     }
 
-    if (screenshot) {
+    // Pointing at the rate chart shows a read-out of the nearest sample.
+    {
       await page.evaluate(() => window.scrollTo(0, 0));
-      await sleep(200);
+      await sleep(100);
+      const box = await page.locator('#c-rate').boundingBox();
+      const plain = await canvasInfo(page, '#c-rate');
+      await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.5);
+      await sleep(100);
+      const hovered = await canvasInfo(page, '#c-rate');
+      check(prefix + 'hovering the rate chart draws a read-out', plain.points === 0 || hovered.inked > plain.inked, `${plain.inked} -> ${hovered.inked} inked pixels`);
+    }
+
+    if (screenshot) {
+      await page.evaluate(() => document.activeElement && document.activeElement.blur());
       fs.mkdirSync(path.dirname(screenshot), { recursive: true });
       await page.screenshot({ path: screenshot, fullPage: true });
       console.log('note ' + prefix + 'screenshot written to ' + screenshot);
