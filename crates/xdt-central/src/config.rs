@@ -1,0 +1,256 @@
+//! What central runs with: addresses, the shared token, limits, and the optional OTLP push and
+//! state directory. The binary builds it from the command line; tests build it directly.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::error::{Error, Result};
+
+/// Default `--telemetry-listen`.
+pub const DEFAULT_TELEMETRY_LISTEN: &str = "0.0.0.0:50051";
+/// Default `--http-listen`.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_RECENT_EVENTS: usize = 256;
+pub const DEFAULT_MAX_AGENTS: usize = 10_000;
+pub const DEFAULT_OTLP_INTERVAL_SECONDS: u64 = 10;
+/// A peer must send its preamble and `Hello` within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A frame, once its first byte has arrived, must be complete within this time.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the state file is rewritten (and once more at shutdown).
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub telemetry_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub token: Token,
+    pub otlp: Option<OtlpConfig>,
+    /// Where `state.json` is kept; `None` keeps state in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub max_connections: usize,
+    /// Recent events kept per agent.
+    pub recent_events: usize,
+    pub max_agents: usize,
+    pub hello_timeout: Duration,
+    pub frame_timeout: Duration,
+    pub persist_interval: Duration,
+    /// Threads answering HTTP requests.
+    pub http_threads: usize,
+}
+
+impl Config {
+    /// A configuration with every default but the token (tests, and the base of the CLI's).
+    #[must_use]
+    pub fn new(token: Token) -> Self {
+        Self {
+            telemetry_listen: SocketAddr::from(([0, 0, 0, 0], xdt_wire::DEFAULT_PORT)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token,
+            otlp: None,
+            state_dir: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            recent_events: DEFAULT_RECENT_EVENTS,
+            max_agents: DEFAULT_MAX_AGENTS,
+            hello_timeout: HELLO_TIMEOUT,
+            frame_timeout: FRAME_TIMEOUT,
+            persist_interval: PERSIST_INTERVAL,
+            http_threads: 4,
+        }
+    }
+
+    /// Refuses limits that cannot work, naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("--max-connections", self.max_connections),
+            ("--recent-events", self.recent_events),
+            ("--max-agents", self.max_agents),
+            ("HTTP threads", self.http_threads),
+        ];
+        for (option, value) in positive {
+            if value == 0 {
+                return Err(Error::Config {
+                    option,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.recent_events > crate::state::MAX_RECENT_EVENTS {
+            return Err(Error::Config {
+                option: "--recent-events",
+                reason: format!(
+                    "{} is above the maximum of {}",
+                    self.recent_events,
+                    crate::state::MAX_RECENT_EVENTS
+                ),
+            });
+        }
+        if let Some(otlp) = &self.otlp
+            && otlp.interval.is_zero()
+        {
+            return Err(Error::Config {
+                option: "--otlp-interval",
+                reason: "must be at least 1 second".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where and how often to push OTLP metrics.
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// The full URL of the collector's metrics path (`http://host:4318/v1/metrics`).
+    pub endpoint: String,
+    pub interval: Duration,
+}
+
+impl OtlpConfig {
+    /// Accepts `http://host:port` (the collector's base, as `OTEL_EXPORTER_OTLP_ENDPOINT`) or
+    /// the full metrics URL; `/v1/metrics` is appended to a base.
+    pub fn new(endpoint: &str, interval: Duration) -> Result<Self> {
+        let invalid = |reason: String| Error::Config {
+            option: "--otlp-endpoint",
+            reason,
+        };
+        let Some(rest) = endpoint.strip_prefix("http://") else {
+            if endpoint.starts_with("https://") {
+                return Err(invalid(format!(
+                    "{endpoint:?}: https is not supported (central is built without TLS); \
+                     push to a local collector over http"
+                )));
+            }
+            return Err(invalid(format!(
+                "{endpoint:?} is not an http:// URL (e.g. http://127.0.0.1:4318)"
+            )));
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.is_empty() {
+            return Err(invalid(format!("{endpoint:?} has no host")));
+        }
+        let path = path.trim_end_matches('/');
+        let endpoint = if path.ends_with("/v1/metrics") {
+            format!("http://{authority}{path}")
+        } else {
+            format!("http://{authority}{path}/v1/metrics")
+        };
+        Ok(Self { endpoint, interval })
+    }
+}
+
+/// The shared agent token. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The file's content with surrounding whitespace trimmed; an empty token is refused.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::TokenFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::new(text.trim()).ok_or_else(|| Error::EmptyToken {
+            path: path.to_owned(),
+        })
+    }
+
+    /// `None` for an empty token.
+    #[must_use]
+    pub fn new(token: &str) -> Option<Self> {
+        (!token.is_empty()).then(|| Self(token.to_owned()))
+    }
+
+    /// Compares in time that depends on the lengths only, never on where the bytes differ.
+    #[must_use]
+    pub fn matches(&self, offered: &str) -> bool {
+        constant_time_eq(self.0.as_bytes(), offered.as_bytes())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Every byte of the longer input is visited and differences are OR-ed, so the time taken
+/// does not reveal the length of a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len().max(b.len());
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..len {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        let token = Token::new("s3cret").expect("token");
+        assert!(token.matches("s3cret"));
+        assert!(!token.matches("s3cres"));
+        assert!(!token.matches("s3cret "));
+        assert!(!token.matches("s3cre"));
+        assert!(!token.matches(""));
+        assert!(Token::new("").is_none());
+        assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn token_file_is_trimmed_and_must_not_be_empty() {
+        let dir = std::env::temp_dir().join(format!("xdt-central-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("token");
+        std::fs::write(&path, "  abc\n").expect("write");
+        assert!(Token::from_file(&path).expect("token").matches("abc"));
+        std::fs::write(&path, " \n\t").expect("write");
+        let err = Token::from_file(&path).expect_err("empty");
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let err = Token::from_file(&dir.join("missing")).expect_err("missing");
+        assert!(
+            err.to_string().contains("cannot read the token file"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn otlp_endpoints() {
+        let d = Duration::from_secs(1);
+        let e = |s: &str| OtlpConfig::new(s, d).map(|c| c.endpoint);
+        assert_eq!(
+            e("http://127.0.0.1:4318").expect("ok"),
+            "http://127.0.0.1:4318/v1/metrics"
+        );
+        assert_eq!(e("http://c:4318/").expect("ok"), "http://c:4318/v1/metrics");
+        assert_eq!(
+            e("http://c:4318/v1/metrics").expect("ok"),
+            "http://c:4318/v1/metrics"
+        );
+        assert_eq!(e("http://c/otlp").expect("ok"), "http://c/otlp/v1/metrics");
+        assert!(e("https://c:4318").is_err());
+        assert!(e("c:4318").is_err());
+        assert!(e("http:///v1/metrics").is_err());
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        let token = Token::new("t").expect("token");
+        assert!(Config::new(token.clone()).validate().is_ok());
+        let mut config = Config::new(token);
+        config.max_agents = 0;
+        let err = config.validate().expect_err("zero");
+        assert!(err.to_string().contains("--max-agents"), "{err}");
+    }
+}

@@ -1,0 +1,430 @@
+//! The telemetry listener: accepts agents under a connection limit and runs one session per
+//! connection (preamble, `Hello`, then `Batch` -> `Ack`), as docs/telemetry-protocol.md says.
+//!
+//! Frames are read with `xdt_wire::frame` on our own buffer rather than `xdt_wire::Connection`
+//! because central needs a deadline that starts with a frame's first byte: an agent may be
+//! quiet for a long batch interval, but a frame it has started must finish within
+//! `frame_timeout`. Dead peers are found by TCP keepalive. A bad connection is closed with a
+//! logged reason and never affects the others.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::{Buf as _, BytesMut};
+use log::{debug, info, warn};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, broadcast, mpsc},
+    time::{Instant, timeout, timeout_at},
+};
+use xdt_wire::{
+    Ack, ErrorCode, ErrorMessage, Hello, Message, Preamble, Welcome,
+    frame::{self, HEADER_LEN},
+};
+
+use crate::{
+    config::Token,
+    error::CloseReason,
+    state::{Shared, now_unix},
+};
+
+/// Connections refused with `Busy` that may be finishing at once; beyond, they are just closed.
+const MAX_REFUSING: usize = 64;
+/// How long and how much of the peer's data is drained after an error before closing, so the
+/// error reaches the peer instead of being overtaken by a reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 2 * xdt_wire::MAX_FRAME;
+/// A dead peer is found after about 60 + 3 x 10 s without an answer to keepalive probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_mins(1);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// What every session needs.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub state: Shared,
+    pub token: Token,
+    pub hello_timeout: Duration,
+    pub frame_timeout: Duration,
+}
+
+/// Accepts connections until `shutdown` fires. Each session holds a clone of `done`, so the
+/// caller knows every session has ended when its receiver yields `None`.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    context: Arc<Context>,
+    max_connections: usize,
+    shutdown: broadcast::Sender<()>,
+    done: mpsc::Sender<()>,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let mut stop = shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.recv() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Usually out of file descriptors: wait for sessions to end, keep serving.
+                warn!(cause:% = e; "accepting a telemetry connection failed");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    _ = stop.recv() => return,
+                }
+            }
+        };
+        tune(&stream, peer);
+        if let Ok(permit) = Arc::clone(&limit).try_acquire_owned() {
+            let context = Arc::clone(&context);
+            let stop = shutdown.subscribe();
+            let done = done.clone();
+            tokio::spawn(async move {
+                session(stream, peer, &context, stop).await;
+                drop(permit);
+                drop(done);
+            });
+        } else {
+            warn!(peer:% = peer, limit = max_connections; "connection refused: central is at its connection limit");
+            if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let mut wire = Wire::new(stream);
+                    let message =
+                        format!("central is at its limit of {max_connections} connections");
+                    wire.close_with(ErrorCode::Busy, message).await;
+                    drop(permit);
+                    drop(done);
+                });
+            }
+        }
+    }
+}
+
+fn tune(stream: &TcpStream, peer: SocketAddr) {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = socket
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| stream.set_nodelay(true))
+    {
+        debug!(peer:% = peer, cause:% = e; "cannot set keepalive or nodelay");
+    }
+}
+
+/// One agent connection, from preamble to close; logs why it ended.
+async fn session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: &Context,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let mut wire = Wire::new(stream);
+    let hello_deadline = Instant::now() + context.hello_timeout;
+    let hello = match timeout_at(hello_deadline, handshake(&mut wire, context)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(reason)) => return fail(wire, peer, None, reason).await,
+        Err(_) => {
+            let reason = CloseReason::HelloTimeout {
+                seconds: context.hello_timeout.as_secs_f64(),
+            };
+            return fail(wire, peer, None, reason).await;
+        }
+    };
+    let agent_id = hello.agent_id.clone();
+    let connected = context.state.write().connect(&hello, now_unix());
+    let last_sequence = match connected {
+        Ok(last) => last,
+        Err(full) => {
+            let reason = CloseReason::AgentTableFull { max: full.max };
+            return fail(wire, peer, Some(&agent_id), reason).await;
+        }
+    };
+    let registered = Registered {
+        state: &context.state,
+        agent_id: &agent_id,
+    };
+    info!(
+        peer:% = peer, agent_id:? = agent_id, hostname:? = hello.hostname,
+        interface:? = hello.interface, instance = hello.instance, last_sequence;
+        "agent connected"
+    );
+    let result = async {
+        wire.queue(&Message::Welcome(Welcome {
+            central_version: env!("CARGO_PKG_VERSION").into(),
+            last_sequence,
+        }))?;
+        wire.flush().await?;
+        stream_batches(&mut wire, context, &agent_id, hello.instance, &mut stop).await
+    }
+    .await;
+    drop(registered);
+    match result {
+        Ok(()) => info!(peer:% = peer, agent_id:? = agent_id; "agent disconnected"),
+        Err(reason) => fail(wire, peer, Some(&agent_id), reason).await,
+    }
+}
+
+/// Preambles both ways, then the agent's `Hello` with a valid token.
+async fn handshake(wire: &mut Wire, context: &Context) -> Result<Hello, CloseReason> {
+    wire.read_preamble().await?;
+    wire.write_preamble().await?;
+    let hello = match wire.read_message(context.frame_timeout).await? {
+        Some(Message::Hello(hello)) => hello,
+        Some(other) => {
+            return Err(CloseReason::Unexpected {
+                got: kind(&other),
+                when: "instead of Hello",
+            });
+        }
+        None => return Err(CloseReason::HandshakeClosed { buffered: 0 }),
+    };
+    if hello.token.is_empty() {
+        return Err(CloseReason::Unauthorized { reason: "no token" });
+    }
+    if !context.token.matches(&hello.token) {
+        return Err(CloseReason::Unauthorized {
+            reason: "wrong token",
+        });
+    }
+    Ok(hello)
+}
+
+/// Applies batches and acknowledges each until the agent closes or central stops.
+async fn stream_batches(
+    wire: &mut Wire,
+    context: &Context,
+    agent_id: &str,
+    instance: u64,
+    stop: &mut broadcast::Receiver<()>,
+) -> Result<(), CloseReason> {
+    loop {
+        let message = tokio::select! {
+            message = wire.read_message(context.frame_timeout) => message?,
+            _ = stop.recv() => {
+                wire.flush().await?;
+                return Err(CloseReason::Shutdown);
+            }
+        };
+        match message {
+            None => {
+                wire.flush().await?;
+                return Ok(());
+            }
+            Some(Message::Batch(batch)) => {
+                let sequence = batch.sequence;
+                context
+                    .state
+                    .write()
+                    .apply(agent_id, instance, batch, now_unix());
+                wire.queue(&Message::Ack(Ack { sequence }))?;
+            }
+            Some(Message::Error(ErrorMessage { code, message })) => {
+                return Err(CloseReason::PeerError { code, message });
+            }
+            Some(other) => {
+                return Err(CloseReason::Unexpected {
+                    got: kind(&other),
+                    when: "after Hello",
+                });
+            }
+        }
+    }
+}
+
+/// Logs the reason, tells the peer when the protocol says so, and closes.
+async fn fail(mut wire: Wire, peer: SocketAddr, agent_id: Option<&str>, reason: CloseReason) {
+    match (&reason, agent_id) {
+        (CloseReason::Shutdown, _) => {
+            info!(peer:% = peer, agent_id:? = agent_id; "closed: central is shutting down");
+        }
+        (CloseReason::NotXdt { .. }, _) => {
+            warn!(peer:% = peer, cause:% = reason; "closed: not an xdt peer");
+        }
+        (_, Some(agent_id)) => {
+            warn!(peer:% = peer, agent_id:? = agent_id, cause:% = reason; "agent connection closed");
+        }
+        (_, None) => warn!(peer:% = peer, cause:% = reason; "connection closed"),
+    }
+    if let Some(code) = reason.code() {
+        wire.close_with(code, reason.to_string()).await;
+    }
+}
+
+/// Marks the agent disconnected when the session ends, however it ends.
+struct Registered<'a> {
+    state: &'a Shared,
+    agent_id: &'a str,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.state.write().disconnect(self.agent_id, now_unix());
+    }
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::Welcome(_) => "Welcome",
+        Message::Batch(_) => "Batch",
+        Message::Ack(_) => "Ack",
+        Message::Error(_) => "Error",
+    }
+}
+
+/// The byte stream of one connection: a read buffer, queued outgoing frames, and the deadline
+/// of the frame being received.
+struct Wire {
+    stream: TcpStream,
+    buffer: BytesMut,
+    out: Vec<u8>,
+    preamble_sent: bool,
+    frame_deadline: Option<Instant>,
+}
+
+impl Wire {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buffer: BytesMut::with_capacity(16 * 1024),
+            out: Vec::new(),
+            preamble_sent: false,
+            frame_deadline: None,
+        }
+    }
+
+    async fn read_preamble(&mut self) -> Result<(), CloseReason> {
+        while self.buffer.len() < Preamble::LEN {
+            if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                return Err(CloseReason::HandshakeClosed {
+                    buffered: self.buffer.len(),
+                });
+            }
+        }
+        let mut bytes = [0; Preamble::LEN];
+        bytes.copy_from_slice(&self.buffer[..Preamble::LEN]);
+        self.buffer.advance(Preamble::LEN);
+        let theirs = Preamble::decode(&bytes)
+            .map_err(|_| CloseReason::NotXdt {
+                found: [bytes[0], bytes[1], bytes[2], bytes[3]],
+            })?
+            .version;
+        let ours = Preamble::ours().version;
+        if theirs != ours {
+            return Err(CloseReason::VersionMismatch { ours, theirs });
+        }
+        Ok(())
+    }
+
+    async fn write_preamble(&mut self) -> std::io::Result<()> {
+        self.preamble_sent = true;
+        self.stream.write_all(&Preamble::ours().encode()).await
+    }
+
+    /// The next message; `None` when the peer closed between frames. Waiting for a frame to
+    /// start has no deadline; once its first byte is in, it must complete within
+    /// `frame_timeout`. Queued frames are sent before waiting for the peer.
+    async fn read_message(
+        &mut self,
+        frame_timeout: Duration,
+    ) -> Result<Option<Message>, CloseReason> {
+        loop {
+            if let Some(len) = frame::check(&self.buffer)? {
+                let message = frame::decode(&self.buffer[HEADER_LEN..len]);
+                self.buffer.advance(len);
+                self.frame_deadline = None;
+                return Ok(Some(message?));
+            }
+            self.flush().await?;
+            if self.buffer.len() >= HEADER_LEN {
+                // The header is in: make room for the whole frame at once.
+                let want = u32::from_be_bytes([
+                    self.buffer[0],
+                    self.buffer[1],
+                    self.buffer[2],
+                    self.buffer[3],
+                ]) as usize
+                    + HEADER_LEN;
+                self.buffer.reserve(want - self.buffer.len());
+            }
+            let read = if self.buffer.is_empty() {
+                self.stream.read_buf(&mut self.buffer).await?
+            } else {
+                let deadline = *self
+                    .frame_deadline
+                    .get_or_insert_with(|| Instant::now() + frame_timeout);
+                timeout_at(deadline, self.stream.read_buf(&mut self.buffer))
+                    .await
+                    .map_err(|_| CloseReason::FrameTimeout {
+                        seconds: frame_timeout.as_secs_f64(),
+                        buffered: self.buffer.len(),
+                    })??
+            };
+            if read == 0 {
+                if self.buffer.is_empty() {
+                    return Ok(None);
+                }
+                return Err(CloseReason::Truncated {
+                    buffered: self.buffer.len(),
+                });
+            }
+            if self.frame_deadline.is_none() {
+                self.frame_deadline = Some(Instant::now() + frame_timeout);
+            }
+        }
+    }
+
+    fn queue(&mut self, message: &Message) -> Result<(), CloseReason> {
+        frame::encode(message, &mut self.out)?;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends `Error{code}` (after our preamble if not sent yet), then closes gracefully: our
+    /// side first, then the peer's data is drained for a moment so the error is not lost to
+    /// a reset.
+    async fn close_with(&mut self, code: ErrorCode, message: String) {
+        let send = async {
+            if !self.preamble_sent {
+                self.write_preamble().await?;
+            }
+            self.out.clear();
+            if frame::encode(
+                &Message::Error(ErrorMessage { code, message }),
+                &mut self.out,
+            )
+            .is_ok()
+            {
+                self.flush().await?;
+            }
+            self.stream.shutdown().await
+        };
+        if !matches!(timeout(LINGER, send).await, Ok(Ok(()))) {
+            return;
+        }
+        let drain = async {
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                self.buffer.clear();
+                match self.stream.read_buf(&mut self.buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = timeout(LINGER, drain).await;
+    }
+}

@@ -1,0 +1,257 @@
+//! `xdt-central`: receives agents' telemetry over TCP (docs/telemetry-protocol.md), keeps
+//! per-agent statistics ([`state`]), serves the dashboard, `/metrics.json` and `/metrics` over
+//! HTTP, and pushes OTLP metrics. docs/central.md is the operator's page.
+//!
+//! [`Central::bind`] opens both listeners and loads the saved state; [`Central::run`] serves
+//! until the `shutdown` future completes, then lets sessions end, saves the state and stops the
+//! HTTP and OTLP threads.
+
+pub mod config;
+pub mod error;
+mod http;
+mod ingest;
+mod json;
+mod otlp;
+pub mod persist;
+mod prom;
+pub mod state;
+pub mod ui;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use log::{error, info, warn};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, mpsc},
+};
+
+pub use crate::{
+    config::{Config, OtlpConfig, Token},
+    error::{Error, Result},
+};
+use crate::{
+    http::Http,
+    ingest::Context,
+    otlp::Otlp,
+    state::{Shared, State},
+};
+
+/// How long sessions get to end after shutdown is announced (they end at once unless they
+/// are finishing an error close).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bound, not yet running, central server.
+pub struct Central {
+    config: Config,
+    listener: TcpListener,
+    http_server: Arc<tiny_http::Server>,
+    telemetry_addr: SocketAddr,
+    http_addr: SocketAddr,
+    state: Shared,
+}
+
+impl std::fmt::Debug for Central {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Central")
+            .field("telemetry_addr", &self.telemetry_addr)
+            .field("http_addr", &self.http_addr)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Central {
+    /// Validates the configuration, loads `state.json` and opens both listeners.
+    pub async fn bind(config: Config) -> Result<Self> {
+        config.validate()?;
+        let mut state = State::new(config.max_agents, config.recent_events);
+        if let Some(dir) = &config.state_dir {
+            if let Some(saved) = persist::load(dir)? {
+                let agents = saved.agents.len();
+                state.restore(saved);
+                info!(path:% = persist::path(dir).display(), agents; "state loaded");
+            } else {
+                info!(path:% = persist::path(dir).display(); "no saved state yet");
+            }
+        }
+        let listener = TcpListener::bind(config.telemetry_listen)
+            .await
+            .map_err(|source| Error::Bind {
+                what: "telemetry",
+                addr: config.telemetry_listen,
+                source,
+            })?;
+        let telemetry_addr = listener.local_addr().map_err(|source| Error::Bind {
+            what: "telemetry",
+            addr: config.telemetry_listen,
+            source,
+        })?;
+        let (http_server, http_addr) = http::bind(config.http_listen)?;
+        Ok(Self {
+            config,
+            listener,
+            http_server,
+            telemetry_addr,
+            http_addr,
+            state: Shared::new(state),
+        })
+    }
+
+    #[must_use]
+    pub fn telemetry_addr(&self) -> SocketAddr {
+        self.telemetry_addr
+    }
+
+    #[must_use]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, closes the sessions, saves the
+    /// state and stops the HTTP and OTLP threads.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let Self {
+            config,
+            listener,
+            http_server,
+            telemetry_addr,
+            http_addr,
+            state,
+        } = self;
+        let otlp = match &config.otlp {
+            Some(otlp) => Some(Otlp::start(otlp, state.clone())?),
+            None => None,
+        };
+        let http = match Http::start(http_server, &state, config.http_threads) {
+            Ok(http) => http,
+            Err(e) => {
+                if let Some(otlp) = otlp {
+                    stop_blocking(move || otlp.stop()).await;
+                }
+                return Err(e);
+            }
+        };
+        info!(
+            version = env!("CARGO_PKG_VERSION"), telemetry:% = telemetry_addr, http:% = http_addr,
+            max_connections = config.max_connections, max_agents = config.max_agents;
+            "xdt-central listening"
+        );
+
+        let (notify_shutdown, _) = broadcast::channel::<()>(1);
+        let (done, mut sessions_ended) = mpsc::channel::<()>(1);
+        let context = Arc::new(Context {
+            state: state.clone(),
+            token: config.token.clone(),
+            hello_timeout: config.hello_timeout,
+            frame_timeout: config.frame_timeout,
+        });
+        let persister = config.state_dir.clone().map(|dir| {
+            tokio::spawn(persist_loop(
+                state.clone(),
+                dir,
+                config.persist_interval,
+                notify_shutdown.subscribe(),
+            ))
+        });
+
+        tokio::select! {
+            () = ingest::accept_loop(listener, context, config.max_connections, notify_shutdown.clone(), done.clone()) => {}
+            () = shutdown => info!("shutting down"),
+        }
+
+        // The listener is closed; tell every session and wait for them to end.
+        let _ = notify_shutdown.send(());
+        drop(done);
+        if tokio::time::timeout(DRAIN_TIMEOUT, sessions_ended.recv())
+            .await
+            .is_err()
+        {
+            warn!("some telemetry sessions did not end in time");
+        }
+        if let Some(persister) = persister {
+            let _ = persister.await;
+        }
+        let saved = match &config.state_dir {
+            Some(dir) => save(&state, dir.clone()).await,
+            None => Ok(()),
+        };
+        stop_blocking(move || {
+            http.stop();
+            if let Some(otlp) = otlp {
+                otlp.stop();
+            }
+        })
+        .await;
+        info!("xdt-central stopped");
+        saved
+    }
+}
+
+/// Binds and serves until `shutdown` completes (what the binary calls).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    Central::bind(config).await?.run(shutdown).await
+}
+
+async fn stop_blocking(f: impl FnOnce() + Send + 'static) {
+    if tokio::task::spawn_blocking(f).await.is_err() {
+        error!("stopping a thread panicked");
+    }
+}
+
+/// Writes `state.json` now (the file is written off the async threads).
+async fn save(state: &Shared, dir: PathBuf) -> Result<()> {
+    let bytes = {
+        let state = state.read();
+        serde_json::to_vec(&state.to_persisted())
+    };
+    let bytes = bytes.map_err(|e| Error::SaveState {
+        path: persist::path(&dir),
+        source: e.into(),
+    })?;
+    match tokio::task::spawn_blocking(move || persist::save(&dir, &bytes)).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::SaveState {
+            path: PathBuf::from(persist::FILE_NAME),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// Saves the state every `interval` while it changes, until shutdown (the final save is
+/// `run`'s, after the sessions have ended).
+async fn persist_loop(
+    state: Shared,
+    dir: PathBuf,
+    interval: Duration,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut saved_generation = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.recv() => return,
+        }
+        let generation = state.read().generation();
+        if saved_generation == Some(generation) {
+            continue;
+        }
+        match save(&state, dir.clone()).await {
+            Ok(()) => saved_generation = Some(generation),
+            Err(e) => error!(cause:% = error_chain(&e); "saving the state failed"),
+        }
+    }
+}
+
+/// `e` and its sources, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

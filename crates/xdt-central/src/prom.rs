@@ -1,0 +1,182 @@
+//! `/metrics`: Prometheus (OpenMetrics text) from the official `prometheus-client`, through a
+//! `Collector` that reads the state at scrape time, so nothing is copied between scrapes.
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::state::{AgentState, Shared};
+
+/// Content type of the exposition `prometheus_client::encoding::text` writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Per-agent counters taken from the probe's counters: (metric family, help, counter name).
+/// `prometheus-client` adds the `_total` suffix of counters.
+const PROBE_COUNTERS: &[(&str, &str, &str)] = &[
+    (
+        "xdp_packets",
+        "Packets seen by the XDP probe.",
+        "total_packets",
+    ),
+    ("xdp_bytes", "Bytes seen by the XDP probe.", "total_bytes"),
+    ("xdp_packets_tcp", "TCP packets.", "tcp_packets"),
+    ("xdp_packets_udp", "UDP packets.", "udp_packets"),
+    (
+        "xdp_packets_icmp",
+        "ICMP and ICMPv6 packets.",
+        "icmp_packets",
+    ),
+    (
+        "xdp_packets_other",
+        "Packets neither TCP, UDP nor ICMP.",
+        "other_packets",
+    ),
+    ("xdp_packets_ipv4", "IPv4 packets.", "ipv4_packets"),
+    ("xdp_packets_ipv6", "IPv6 packets.", "ipv6_packets"),
+    (
+        "xdp_packets_dropped",
+        "Packets dropped by a drop rule.",
+        "dropped_packets",
+    ),
+    (
+        "xdp_lost_events",
+        "Sampled events lost in the kernel because the probe's ring buffer was full.",
+        "lost_events",
+    ),
+];
+
+#[derive(Debug)]
+struct StateCollector {
+    state: Shared,
+}
+
+/// A registry whose only collector reads `state`.
+#[must_use]
+pub fn registry(state: Shared) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StateCollector { state }));
+    registry
+}
+
+/// The body of `/metrics`.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, registry)?;
+    Ok(body)
+}
+
+fn agent_labels(agent: &AgentState) -> [(&'static str, &str); 2] {
+    [
+        ("agent_id", agent.agent_id.as_str()),
+        ("interface", agent.interface.as_str()),
+    ]
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = self.state.read();
+        let agents: Vec<&AgentState> = state.agents().collect();
+
+        for &(name, help, counter) in PROBE_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for agent in agents.iter().filter(|a| a.counter(counter).is_some()) {
+                let value = agent.counter(counter).unwrap_or(0);
+                ConstCounter::new(value).encode(family.encode_family(&agent_labels(agent))?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "xdp_packets_rate",
+            "Packets per second over the last two snapshots.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in &agents {
+            ConstGauge::new(agent.rates.packets_per_second)
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "xdp_bits_rate",
+            "Bits per second over the last two snapshots.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in &agents {
+            ConstGauge::new(agent.rates.bits_per_second)
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+
+        for (name, help, bytes) in [
+            ("xdp_label_packets", "Packets per rule label.", false),
+            ("xdp_label_bytes", "Bytes per rule label.", true),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for agent in &agents {
+                for label in &agent.labels {
+                    let labels = [
+                        ("agent_id", agent.agent_id.as_str()),
+                        ("interface", agent.interface.as_str()),
+                        ("label", label.label.as_str()),
+                    ];
+                    let value = if bytes { label.bytes } else { label.packets };
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "xdt_agent_dropped_events",
+            "Sampled events the agent dropped because its unacknowledged-batch buffer was full.",
+            None,
+            MetricType::Counter,
+        )?;
+        for agent in &agents {
+            ConstCounter::new(agent.agent_stats.dropped_events)
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "xdt_agent_reconnects",
+            "Reconnections of the agent to central since the agent started.",
+            None,
+            MetricType::Counter,
+        )?;
+        for agent in &agents {
+            ConstCounter::new(agent.agent_stats.reconnects)
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "xdt_agent_unacked_batches",
+            "Batches waiting for an acknowledgement in the agent.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in &agents {
+            ConstGauge::new(i64::from(agent.agent_stats.unacked_batches))
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "xdt_agent_connected",
+            "1 while the agent has a telemetry connection to central, else 0.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in &agents {
+            ConstGauge::new(i64::from(agent.connected()))
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "xdt_events_received",
+            "Sampled events central received from the agent.",
+            None,
+            MetricType::Counter,
+        )?;
+        for agent in &agents {
+            ConstCounter::new(agent.total_events)
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        Ok(())
+    }
+}

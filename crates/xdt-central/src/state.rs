@@ -1,0 +1,685 @@
+//! Per-agent statistics: who is connected, the newest counter snapshot and the rates derived
+//! from the last two, recent events, histories for the dashboard, and the highest sequence held
+//! per agent instance (the dedup key that makes replayed batches count once).
+//!
+//! Every collection has a fixed cap (the `MAX_*` and `*_HISTORY` constants, `--recent-events`,
+//! `--max-agents`) and agent-supplied strings are clipped, so memory is bounded whatever agents
+//! send; docs/central.md gives the figures.
+
+use std::{
+    collections::{BTreeMap, VecDeque, btree_map::Entry},
+    sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use xdt_wire::{Batch, Event, Hello};
+
+/// Upper bound accepted for `--recent-events`.
+pub const MAX_RECENT_EVENTS: usize = 65_536;
+/// Rate points kept per agent (two minutes at a 1 s batch interval).
+pub const RATE_HISTORY: usize = 120;
+/// (time, payload length) points kept per agent.
+pub const PAYLOAD_HISTORY: usize = 512;
+/// Counter names kept per agent (the probe has 19).
+pub const MAX_COUNTERS: usize = 64;
+/// Label entries kept per agent (the probe's label table holds 1024).
+pub const MAX_LABELS: usize = 1024;
+/// Agent instances whose last sequence is remembered per agent.
+pub const MAX_INSTANCES: usize = 8;
+/// Longest agent id, hostname, interface or version kept, in bytes.
+pub const MAX_NAME: usize = 255;
+/// Longest label, action or counter name kept, in bytes (probe labels are at most 60).
+pub const MAX_SHORT: usize = 64;
+
+/// The state shared by the ingest tasks, the HTTP threads, the Prometheus collector and the
+/// OTLP callbacks. A poisoned lock is recovered: every update leaves the state consistent.
+#[derive(Debug, Clone)]
+pub struct Shared(Arc<RwLock<State>>);
+
+impl Shared {
+    #[must_use]
+    pub fn new(state: State) -> Self {
+        Self(Arc::new(RwLock::new(state)))
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug)]
+pub struct State {
+    agents: BTreeMap<String, AgentState>,
+    max_agents: usize,
+    recent_events: usize,
+    /// Bumped by every change, so unchanged state is not saved again.
+    generation: u64,
+}
+
+/// The agent table is full: a new agent is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFull {
+    pub max: usize,
+}
+
+/// What happened to a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored.
+    New,
+    /// Its sequence is not above the last one held for the instance: ignored.
+    Duplicate,
+}
+
+impl State {
+    #[must_use]
+    pub fn new(max_agents: usize, recent_events: usize) -> Self {
+        Self {
+            agents: BTreeMap::new(),
+            max_agents,
+            recent_events: recent_events.min(MAX_RECENT_EVENTS),
+            generation: 0,
+        }
+    }
+
+    /// Changes so far (see [`State::to_persisted`]).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Agents by id.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentState> {
+        self.agents.values()
+    }
+
+    #[must_use]
+    pub fn agent(&self, agent_id: &str) -> Option<&AgentState> {
+        self.agents.get(agent_id)
+    }
+
+    /// Events received from every agent.
+    #[must_use]
+    pub fn total_events(&self) -> u64 {
+        self.agents.values().map(|a| a.total_events).sum()
+    }
+
+    /// Registers a connection of the agent and returns the last sequence held for its instance
+    /// (0 if none). A new agent beyond `max_agents` is refused.
+    pub fn connect(&mut self, hello: &Hello, now: f64) -> Result<u64, TableFull> {
+        let agent_id = clipped(&hello.agent_id, MAX_NAME);
+        let known = self.agents.len();
+        let agent = match self.agents.entry(agent_id.to_owned()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                if known >= self.max_agents {
+                    return Err(TableFull {
+                        max: self.max_agents,
+                    });
+                }
+                entry.insert(AgentState::new(agent_id.to_owned()))
+            }
+        };
+        self.generation += 1;
+        clipped(&hello.hostname, MAX_NAME).clone_into(&mut agent.hostname);
+        clipped(&hello.interface, MAX_NAME).clone_into(&mut agent.interface);
+        clipped(&hello.probe_version, MAX_NAME).clone_into(&mut agent.probe_version);
+        agent.instance = hello.instance;
+        if agent.connections == 0 {
+            agent.connected_since_unix = Some(now);
+        }
+        agent.connections += 1;
+        agent.last_seen_unix = now;
+        Ok(agent.last_sequence(hello.instance))
+    }
+
+    /// A connection of the agent closed.
+    pub fn disconnect(&mut self, agent_id: &str, now: f64) {
+        self.generation += 1;
+        if let Some(agent) = self.agents.get_mut(clipped(agent_id, MAX_NAME)) {
+            agent.connections = agent.connections.saturating_sub(1);
+            if agent.connections == 0 {
+                agent.connected_since_unix = None;
+            }
+            agent.last_seen_unix = now;
+        }
+    }
+
+    /// Applies the batch if its sequence is above the last one held for (agent, instance).
+    pub fn apply(&mut self, agent_id: &str, instance: u64, batch: Batch, now: f64) -> Applied {
+        let cap = self.recent_events;
+        let Some(agent) = self.agents.get_mut(clipped(agent_id, MAX_NAME)) else {
+            // Only a connected agent sends batches, and agents are never removed.
+            return Applied::Duplicate;
+        };
+        agent.last_seen_unix = now;
+        if batch.sequence <= agent.last_sequence(instance) {
+            return Applied::Duplicate;
+        }
+        agent.set_last_sequence(instance, batch.sequence);
+        self.generation += 1;
+        agent.apply(batch, cap);
+        Applied::New
+    }
+
+    /// What survives a restart.
+    #[must_use]
+    pub fn to_persisted(&self) -> Persisted {
+        Persisted {
+            version: Persisted::VERSION,
+            agents: self.agents.values().map(AgentState::to_persisted).collect(),
+        }
+    }
+
+    /// Restores persisted agents (all disconnected, no recent events or history).
+    pub fn restore(&mut self, persisted: Persisted) {
+        self.generation += 1;
+        for p in persisted.agents {
+            let agent = AgentState::from_persisted(p);
+            self.agents.insert(agent.agent_id.clone(), agent);
+        }
+    }
+}
+
+/// Everything central knows about one agent.
+#[derive(Debug)]
+pub struct AgentState {
+    pub agent_id: String,
+    pub hostname: String,
+    pub interface: String,
+    pub probe_version: String,
+    /// The instance of the newest `Hello`.
+    pub instance: u64,
+    /// (instance, last sequence), newest first, at most `MAX_INSTANCES`.
+    sequences: VecDeque<(u64, u64)>,
+    /// Open connections (usually 0 or 1; briefly 2 while a dead one times out).
+    pub connections: u32,
+    pub connected_since_unix: Option<f64>,
+    pub last_seen_unix: f64,
+    /// The newest cumulative counters, by name, in the agent's order.
+    pub counters: Vec<(String, u64)>,
+    /// The newest cumulative label counts.
+    pub labels: Vec<LabelCount>,
+    /// When the newest counters were read (0: never).
+    pub taken_at_unix_ns: u64,
+    pub rates: Rates,
+    pub recent_events: VecDeque<Event>,
+    pub total_events: u64,
+    pub agent_stats: AgentStats,
+    /// (unix seconds, packets/s, bits/s), oldest first.
+    pub rate_history: VecDeque<[f64; 3]>,
+    /// (unix seconds, payload length) of sampled events, oldest first.
+    pub payload_history: VecDeque<(f64, u16)>,
+    /// Counter names and labels beyond the caps, dropped and counted.
+    pub ignored_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Rates {
+    pub packets_per_second: f64,
+    pub bits_per_second: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelCount {
+    pub label: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The agent's own report, as of its newest batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    pub dropped_events: u64,
+    pub reconnects: u64,
+    pub unacked_batches: u32,
+    pub probe_ns_per_packet: Option<f64>,
+}
+
+impl AgentState {
+    fn new(agent_id: String) -> Self {
+        Self {
+            agent_id,
+            hostname: String::new(),
+            interface: String::new(),
+            probe_version: String::new(),
+            instance: 0,
+            sequences: VecDeque::new(),
+            connections: 0,
+            connected_since_unix: None,
+            last_seen_unix: 0.0,
+            counters: Vec::new(),
+            labels: Vec::new(),
+            taken_at_unix_ns: 0,
+            rates: Rates::default(),
+            recent_events: VecDeque::new(),
+            total_events: 0,
+            agent_stats: AgentStats::default(),
+            rate_history: VecDeque::new(),
+            payload_history: VecDeque::new(),
+            ignored_entries: 0,
+        }
+    }
+
+    #[must_use]
+    pub fn connected(&self) -> bool {
+        self.connections > 0
+    }
+
+    /// The highest sequence held for the instance, 0 if none.
+    #[must_use]
+    pub fn last_sequence(&self, instance: u64) -> u64 {
+        self.sequences
+            .iter()
+            .find(|(i, _)| *i == instance)
+            .map_or(0, |(_, s)| *s)
+    }
+
+    /// The newest value of a counter.
+    #[must_use]
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+
+    fn set_last_sequence(&mut self, instance: u64, sequence: u64) {
+        if let Some(pos) = self.sequences.iter().position(|(i, _)| *i == instance) {
+            self.sequences.remove(pos);
+        }
+        self.sequences.push_front((instance, sequence));
+        self.sequences.truncate(MAX_INSTANCES);
+    }
+
+    fn apply(&mut self, batch: Batch, recent_cap: usize) {
+        let Batch {
+            sequence: _,
+            taken_at_unix_ns,
+            mut counters,
+            labels,
+            events,
+            agent,
+        } = batch;
+
+        // Rates from this snapshot and the previous one; a counter that went backwards was
+        // reset (the probe was re-attached), so it counted up from zero since.
+        let packets = find(&counters, "total_packets");
+        let bytes = find(&counters, "total_bytes");
+        if self.taken_at_unix_ns != 0 && taken_at_unix_ns > self.taken_at_unix_ns {
+            let elapsed = seconds(taken_at_unix_ns - self.taken_at_unix_ns);
+            let delta = |now: Option<u64>, before: Option<u64>| match (now, before) {
+                (Some(now), Some(before)) if now >= before => to_f64(now - before),
+                (Some(now), _) => to_f64(now),
+                (None, _) => 0.0,
+            };
+            self.rates = Rates {
+                packets_per_second: delta(packets, self.counter("total_packets")) / elapsed,
+                bits_per_second: delta(bytes, self.counter("total_bytes")) * 8.0 / elapsed,
+            };
+            if self.rate_history.len() == RATE_HISTORY {
+                self.rate_history.pop_front();
+            }
+            self.rate_history.push_back([
+                seconds(taken_at_unix_ns),
+                self.rates.packets_per_second,
+                self.rates.bits_per_second,
+            ]);
+        }
+        if taken_at_unix_ns >= self.taken_at_unix_ns {
+            // An older snapshot (a clock step back) must not replace a newer one.
+            if counters.len() > MAX_COUNTERS {
+                self.ignored_entries += (counters.len() - MAX_COUNTERS) as u64;
+                counters.truncate(MAX_COUNTERS);
+            }
+            for (name, _) in &mut counters {
+                clip(name, MAX_SHORT);
+            }
+            self.counters = counters;
+            if labels.len() > MAX_LABELS {
+                self.ignored_entries += (labels.len() - MAX_LABELS) as u64;
+            }
+            self.labels = labels
+                .into_iter()
+                .take(MAX_LABELS)
+                .map(|l| LabelCount {
+                    label: clipped(&l.label, MAX_SHORT).to_owned(),
+                    packets: l.packets,
+                    bytes: l.bytes,
+                })
+                .collect();
+            self.taken_at_unix_ns = taken_at_unix_ns;
+        }
+        self.agent_stats = AgentStats {
+            dropped_events: agent.dropped_events,
+            reconnects: agent.reconnects,
+            unacked_batches: agent.unacked_batches,
+            probe_ns_per_packet: agent.probe_ns_per_packet.filter(|v| v.is_finite()),
+        };
+
+        self.total_events += events.len() as u64;
+        // Only the newest events can survive the caps: skip the rest without touching them.
+        let count = events.len();
+        let payload_from = count.saturating_sub(PAYLOAD_HISTORY);
+        let recent_from = count.saturating_sub(recent_cap);
+        for (i, mut event) in events
+            .into_iter()
+            .enumerate()
+            .skip(payload_from.min(recent_from))
+        {
+            if i >= payload_from {
+                if self.payload_history.len() == PAYLOAD_HISTORY {
+                    self.payload_history.pop_front();
+                }
+                self.payload_history
+                    .push_back((seconds(event.timestamp_unix_ns), event.payload_len));
+            }
+            if i >= recent_from {
+                clip(&mut event.label, MAX_SHORT);
+                clip(&mut event.action, MAX_SHORT);
+                if self.recent_events.len() >= recent_cap {
+                    self.recent_events.pop_front();
+                }
+                self.recent_events.push_back(event);
+            }
+        }
+    }
+
+    fn to_persisted(&self) -> PersistedAgent {
+        PersistedAgent {
+            agent_id: self.agent_id.clone(),
+            hostname: self.hostname.clone(),
+            interface: self.interface.clone(),
+            probe_version: self.probe_version.clone(),
+            instance: self.instance,
+            sequences: self.sequences.iter().copied().collect(),
+            last_seen_unix: self.last_seen_unix,
+            total_events: self.total_events,
+            taken_at_unix_ns: self.taken_at_unix_ns,
+            counters: self.counters.clone(),
+            labels: self.labels.clone(),
+            agent: self.agent_stats.clone(),
+        }
+    }
+
+    fn from_persisted(p: PersistedAgent) -> Self {
+        let mut agent = Self::new(clipped(&p.agent_id, MAX_NAME).to_owned());
+        clipped(&p.hostname, MAX_NAME).clone_into(&mut agent.hostname);
+        clipped(&p.interface, MAX_NAME).clone_into(&mut agent.interface);
+        clipped(&p.probe_version, MAX_NAME).clone_into(&mut agent.probe_version);
+        agent.instance = p.instance;
+        agent.sequences = p.sequences.into_iter().take(MAX_INSTANCES).collect();
+        agent.last_seen_unix = p.last_seen_unix;
+        agent.total_events = p.total_events;
+        agent.taken_at_unix_ns = p.taken_at_unix_ns;
+        agent.counters = p.counters.into_iter().take(MAX_COUNTERS).collect();
+        agent.labels = p.labels.into_iter().take(MAX_LABELS).collect();
+        agent.agent_stats = p.agent;
+        agent
+    }
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "rates and times for display: 53 bits of precision are plenty"
+)]
+fn to_f64(value: u64) -> f64 {
+    value as f64
+}
+
+/// Nanoseconds as seconds.
+#[must_use]
+pub fn seconds(ns: u64) -> f64 {
+    to_f64(ns) / 1e9
+}
+
+fn find(counters: &[(String, u64)], name: &str) -> Option<u64> {
+    counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn clipped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn clip(s: &mut String, max: usize) {
+    let len = clipped(s, max).len();
+    s.truncate(len);
+}
+
+/// Seconds since the Unix epoch.
+#[must_use]
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The content of `state.json`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persisted {
+    pub version: u32,
+    pub agents: Vec<PersistedAgent>,
+}
+
+impl Persisted {
+    pub const VERSION: u32 = 1;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedAgent {
+    pub agent_id: String,
+    pub hostname: String,
+    pub interface: String,
+    pub probe_version: String,
+    /// The newest instance.
+    pub instance: u64,
+    /// (instance, last sequence held), newest first.
+    pub sequences: Vec<(u64, u64)>,
+    pub last_seen_unix: f64,
+    pub total_events: u64,
+    pub taken_at_unix_ns: u64,
+    pub counters: Vec<(String, u64)>,
+    pub labels: Vec<LabelCount>,
+    pub agent: AgentStats,
+}
+
+#[cfg(test)]
+#[expect(clippy::float_cmp, reason = "the rates of these tests are exact")]
+mod tests {
+    use super::*;
+    use xdt_wire::{AgentStats as WireStats, LabelCount as WireLabel};
+
+    fn hello(agent_id: &str, instance: u64) -> Hello {
+        Hello {
+            agent_id: agent_id.into(),
+            hostname: "host".into(),
+            interface: "eth0".into(),
+            probe_version: "0.1.0".into(),
+            instance,
+            token: "t".into(),
+        }
+    }
+
+    fn event(ts: u64, payload_len: u16) -> Event {
+        Event {
+            timestamp_unix_ns: ts,
+            label: "web".into(),
+            rule: 1,
+            action: "sample".into(),
+            rx_queue: 0,
+            protocol: 6,
+            src: "10.0.0.1".parse().expect("ip"),
+            dst: "10.0.0.2".parse().expect("ip"),
+            src_port: 1234,
+            dst_port: 80,
+            ip_len: 60,
+            payload_len,
+            tcp_flags: 0x18,
+        }
+    }
+
+    fn batch(sequence: u64, taken_s: u64, packets: u64, bytes: u64, events: usize) -> Batch {
+        Batch {
+            sequence,
+            taken_at_unix_ns: taken_s * 1_000_000_000,
+            counters: vec![
+                ("total_packets".into(), packets),
+                ("total_bytes".into(), bytes),
+            ],
+            labels: vec![WireLabel {
+                label: "web".into(),
+                packets,
+                bytes,
+            }],
+            events: (0..events)
+                .map(|i| event(taken_s * 1_000_000_000 + i as u64, i as u16))
+                .collect(),
+            agent: WireStats::default(),
+        }
+    }
+
+    #[test]
+    fn applies_each_sequence_once_per_instance() {
+        let mut state = State::new(10, 4);
+        assert_eq!(state.connect(&hello("a", 7), 1.0), Ok(0));
+        assert_eq!(
+            state.apply("a", 7, batch(1, 10, 5, 500, 3), 1.0),
+            Applied::New
+        );
+        assert_eq!(
+            state.apply("a", 7, batch(1, 10, 5, 500, 3), 1.0),
+            Applied::Duplicate
+        );
+        assert_eq!(
+            state.apply("a", 7, batch(2, 11, 9, 900, 2), 1.0),
+            Applied::New
+        );
+        assert_eq!(state.total_events(), 5);
+        // Reconnect: Welcome carries the last sequence of the instance.
+        state.disconnect("a", 2.0);
+        assert!(!state.agent("a").expect("a").connected());
+        assert_eq!(state.connect(&hello("a", 7), 3.0), Ok(2));
+        assert!(state.agent("a").expect("a").connected());
+        // A new instance starts its own sequence.
+        assert_eq!(state.connect(&hello("a", 8), 3.0), Ok(0));
+        assert_eq!(
+            state.apply("a", 8, batch(1, 12, 10, 1000, 1), 3.0),
+            Applied::New
+        );
+        assert_eq!(
+            state.apply("a", 7, batch(2, 12, 10, 1000, 1), 3.0),
+            Applied::Duplicate
+        );
+        assert_eq!(state.total_events(), 6);
+    }
+
+    #[test]
+    fn rates_from_the_last_two_snapshots_and_resets() {
+        let mut state = State::new(10, 4);
+        state.connect(&hello("a", 1), 0.0).expect("connect");
+        state.apply("a", 1, batch(1, 100, 1000, 100_000, 0), 0.0);
+        let a = state.agent("a").expect("a");
+        assert_eq!(a.rates, Rates::default());
+        assert!(a.rate_history.is_empty());
+        state.apply("a", 1, batch(2, 102, 3000, 300_000, 0), 0.0);
+        let a = state.agent("a").expect("a");
+        assert_eq!(a.rates.packets_per_second, 1000.0);
+        assert_eq!(a.rates.bits_per_second, 800_000.0);
+        assert_eq!(a.rate_history.back(), Some(&[102.0, 1000.0, 800_000.0]));
+        // Re-attach: counters start from zero again.
+        state.apply("a", 1, batch(3, 104, 400, 40_000, 0), 0.0);
+        let a = state.agent("a").expect("a");
+        assert_eq!(a.rates.packets_per_second, 200.0);
+        assert_eq!(a.counter("total_packets"), Some(400));
+        for s in 4..300 {
+            state.apply("a", 1, batch(s, 100 + s, 400 + s, 40_000, 0), 0.0);
+        }
+        assert_eq!(
+            state.agent("a").expect("a").rate_history.len(),
+            RATE_HISTORY
+        );
+    }
+
+    #[test]
+    fn bounded_events_and_histories() {
+        let mut state = State::new(10, 4);
+        state.connect(&hello("a", 1), 0.0).expect("connect");
+        state.apply("a", 1, batch(1, 1, 0, 0, 1000), 0.0);
+        let a = state.agent("a").expect("a");
+        assert_eq!(a.total_events, 1000);
+        assert_eq!(a.recent_events.len(), 4);
+        assert_eq!(a.recent_events.back().map(|e| e.payload_len), Some(999));
+        assert_eq!(a.recent_events.front().map(|e| e.payload_len), Some(996));
+        assert_eq!(a.payload_history.len(), PAYLOAD_HISTORY);
+        assert_eq!(a.payload_history.back().map(|p| p.1), Some(999));
+        assert_eq!(
+            a.payload_history.front().map(|p| p.1),
+            Some((1000 - PAYLOAD_HISTORY) as u16)
+        );
+    }
+
+    #[test]
+    fn agent_table_is_bounded_and_strings_clipped() {
+        let mut state = State::new(2, 4);
+        let long = "é".repeat(200);
+        state.connect(&hello(&long, 1), 0.0).expect("a");
+        state.connect(&hello("b", 1), 0.0).expect("b");
+        assert_eq!(
+            state.connect(&hello("c", 1), 0.0),
+            Err(TableFull { max: 2 })
+        );
+        // A known agent is still let in.
+        assert_eq!(state.connect(&hello("b", 1), 0.0), Ok(0));
+        let id = state
+            .agents()
+            .find(|a| a.agent_id != "b")
+            .expect("agent")
+            .agent_id
+            .clone();
+        assert!(
+            id.len() <= MAX_NAME && long.starts_with(&id),
+            "{}",
+            id.len()
+        );
+        // Batches of the clipped agent id land on it.
+        assert_eq!(
+            state.apply(&long, 1, batch(1, 1, 1, 1, 1), 0.0),
+            Applied::New
+        );
+    }
+
+    #[test]
+    fn persisted_state_round_trips() {
+        let mut state = State::new(10, 4);
+        state.connect(&hello("a", 7), 0.0).expect("connect");
+        state.apply("a", 7, batch(3, 10, 5, 500, 2), 0.0);
+        let json = serde_json::to_string(&state.to_persisted()).expect("json");
+        let mut restored = State::new(10, 4);
+        restored.restore(serde_json::from_str(&json).expect("parse"));
+        let a = restored.agent("a").expect("a");
+        assert!(!a.connected());
+        assert_eq!(a.last_sequence(7), 3);
+        assert_eq!(a.total_events, 2);
+        assert_eq!(a.counter("total_bytes"), Some(500));
+        assert_eq!(a.labels[0].packets, 5);
+        assert_eq!(
+            restored.apply("a", 7, batch(3, 10, 5, 500, 2), 0.0),
+            Applied::Duplicate
+        );
+    }
+}
