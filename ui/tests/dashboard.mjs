@@ -292,8 +292,14 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
       if (!u.startsWith('data:') && new URL(u).origin !== origin) foreign.push(u);
     });
 
-    const resp = await page.goto(base, { waitUntil: 'load' });
-    check(prefix + 'page loads', resp && resp.ok(), resp ? 'HTTP ' + resp.status() : 'no response');
+    let resp = null;
+    try {
+      resp = await page.goto(base, { waitUntil: 'load' });
+    } catch (err) {
+      check(prefix + 'page loads', false, 'cannot load ' + base + ': ' + String(err.message).split('\n')[0]);
+      return;
+    }
+    if (!check(prefix + 'page loads', resp && resp.ok(), resp ? 'HTTP ' + resp.status() : 'no response')) return;
     const rendered = await waitFor(page, () => Number(document.body.dataset.renders || 0) >= 1);
     if (!check(prefix + 'first /metrics.json rendered', rendered, 'state=' + (await page.evaluate(() => document.body.dataset.state)))) return;
     check(prefix + 'state is live', (await page.getAttribute('body', 'data-state')) === 'live');
