@@ -99,13 +99,13 @@ impl Collector for StateCollector {
                 .encode(family.encode_family(&agent_labels(agent))?)?;
         }
         let mut family = encoder.encode_descriptor(
-            "xdp_bits_rate",
-            "Bits per second over the last two snapshots.",
+            "xdp_bytes_rate",
+            "Bytes per second over the last two snapshots.",
             None,
             MetricType::Gauge,
         )?;
         for agent in &agents {
-            ConstGauge::new(agent.rates.bits_per_second)
+            ConstGauge::new(agent.rates.bits_per_second / 8.0)
                 .encode(family.encode_family(&agent_labels(agent))?)?;
         }
 
