@@ -1,0 +1,242 @@
+//! The whole pipeline, as root: probe attached in a node namespace, the real `xdt-agent` and
+//! `xdt-central` binaries, a known frame mix from the client namespace. Counts in
+//! `/metrics.json` and `/metrics` must be exact, also across a central restart (batches made
+//! while it was down arrive, none counts twice) and an agent restart (it resumes).
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+use xdt_testkit::{frames::*, root_or_skip};
+
+/// A binary of another package of the workspace: `cargo test --workspace` builds it next to
+/// this test's directory.
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test --workspace` (or cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A process killed (SIGKILL) and reaped on drop.
+struct Process(Child);
+
+impl Process {
+    fn start(command: &mut Command) -> Self {
+        Self(command.stdin(Stdio::null()).spawn().expect("start process"))
+    }
+
+    /// SIGTERM, then wait (up to 10 s).
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id().cast_signed());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) {
+            assert!(Instant::now() < deadline, "process did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+struct Central {
+    http: u16,
+    telemetry: u16,
+    token: PathBuf,
+    state: PathBuf,
+}
+
+impl Central {
+    fn start(&self) -> Process {
+        let p = Process::start(
+            Command::new(sibling("xdt-central"))
+                .args([
+                    "--telemetry-listen",
+                    &format!("127.0.0.1:{}", self.telemetry),
+                ])
+                .args(["--http-listen", &format!("127.0.0.1:{}", self.http)])
+                .arg("--token-file")
+                .arg(&self.token)
+                .arg("--state-dir")
+                .arg(&self.state),
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while http_get(self.http, "/healthz").is_none() {
+            assert!(Instant::now() < deadline, "central did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    /// The agent's node in /metrics.json once `pick` is satisfied (or after 15 s, to fail).
+    fn node_when(&self, agent: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let node = http_get(self.http, "/metrics.json")
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .and_then(|v| {
+                    v["nodes"]
+                        .as_array()?
+                        .iter()
+                        .find(|n| n["agent_id"] == agent)
+                        .cloned()
+                });
+            if let Some(node) = &node
+                && pick(node)
+            {
+                return node.clone();
+            }
+            assert!(
+                Instant::now() <= deadline,
+                "condition not met in /metrics.json; node: {node:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn agent(lab: &Lab, central: &Central) -> Process {
+    Process::start(
+        Command::new(sibling("xdt-agent"))
+            .args([
+                "--interface",
+                &lab.node_if,
+                "--agent-id",
+                "pipe-node",
+                "--interval",
+                "0.2",
+            ])
+            .args(["--central", &format!("127.0.0.1:{}", central.telemetry)])
+            .arg("--token-file")
+            .arg(&central.token),
+    )
+}
+
+const RULES: &str =
+    "web dst 10.88.0.0/24 proto tcp dport 80 action sample 4\ndns proto udp dport 53\n";
+
+#[test]
+fn pipeline_counts_exactly_across_restarts() {
+    if !root_or_skip("pipeline_counts_exactly_across_restarts") {
+        return;
+    }
+    let lab = Lab::new();
+    let _attached = lab.attach("native", RULES);
+    let token = PathBuf::from(lab.file("token", "pipeline-token\n"));
+    let state = lab.dir.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let central = Central {
+        http: free_port(),
+        telemetry: free_port(),
+        token,
+        state,
+    };
+    let web = ethernet(
+        ETH_P_IP,
+        &ipv4(CLIENT4, NODE4, TCP, &tcp(40000, 80, 0x02, b"")),
+    );
+    let dns = ethernet(ETH_P_IP, &ipv4(CLIENT4, NODE4, UDP, &udp(5353, 53, b"q")));
+    let total = |n: &Value| n["counters"]["total_packets"].as_u64().unwrap_or(0);
+    let sampled = || {
+        lab.stats()["sampled_events"]
+            .as_u64()
+            .expect("sampled_events")
+    };
+
+    // 1. Everything running: exact counts, every sampled event once.
+    let server = central.start();
+    let mut the_agent = agent(&lab, &central);
+    lab.send(&[(web.clone(), 40), (dns.clone(), 20)]);
+    let node = central.node_when("pipe-node", |n| total(n) == 60 && n["total_events"] == 10);
+    assert_eq!(node["counters"]["tcp_packets"], 40);
+    assert_eq!(node["counters"]["udp_packets"], 20);
+    assert_eq!(
+        label(
+            &Value::Object(
+                [("labels".into(), node["label_counts"].clone())]
+                    .into_iter()
+                    .collect()
+            ),
+            "web"
+        ),
+        (40, 40 * web.len() as u64)
+    );
+    assert_eq!(node["recent_events"].as_array().map(Vec::len), Some(10));
+    let metrics = http_get(central.http, "/metrics").expect("/metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("xdp_packets_total{")
+            && l.contains("pipe-node")
+            && l.ends_with(" 60")),
+        "/metrics lacks xdp_packets_total 60 for pipe-node:\n{metrics}"
+    );
+
+    // 2. Central restarts; traffic while it is down reaches it afterwards, nothing twice.
+    server.stop();
+    lab.send(&[(web.clone(), 20), (dns.clone(), 5)]);
+    std::thread::sleep(Duration::from_millis(600)); // several batches queue up at the agent
+    let _server = central.start();
+    central.node_when("pipe-node", |n| total(n) == 85);
+    let events = sampled();
+    assert_eq!(events, 15);
+    let node = central.node_when("pipe-node", |n| n["total_events"].as_u64() >= Some(events));
+    std::thread::sleep(Duration::from_millis(600));
+    let again = central.node_when("pipe-node", |_| true);
+    assert_eq!(
+        again["total_events"], events,
+        "events counted twice after the restart: {node}"
+    );
+
+    // 3. The agent is killed and restarted: it resumes, and events sampled meanwhile (still in
+    //    the ring buffer) arrive once.
+    drop(the_agent);
+    lab.send(&[(web.clone(), 8)]);
+    the_agent = agent(&lab, &central);
+    let node = central.node_when("pipe-node", |n| total(n) == 93 && n["total_events"] == 17);
+    assert_eq!(sampled(), 17);
+    assert_eq!(node["connected"], true);
+    drop(the_agent);
+}
