@@ -1,0 +1,110 @@
+//! `xdt demo` end to end, as root: while it runs, central's /metrics.json shows the demo node's
+//! labelled traffic and sampled events; after Ctrl-C, no namespace, pin or process is left.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use xdt_testkit::root_or_skip;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn metrics(port: u16) -> Option<Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics.json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    serde_json::from_str(r.split_once("\r\n\r\n")?.1).ok()
+}
+
+#[test]
+fn demo_shows_telemetry_and_cleans_up() {
+    if !root_or_skip("demo_shows_telemetry_and_cleans_up") {
+        return;
+    }
+    let http = free_port();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_xdt"))
+        .args(["demo", "--duration", "60"])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--telemetry-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start xdt demo");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        if let Some(v) = metrics(http)
+            && let Some(node) = v["nodes"]
+                .as_array()
+                .and_then(|n| n.iter().find(|n| n["agent_id"] == "demo-node"))
+        {
+            let labels = node["label_counts"].as_array().cloned().unwrap_or_default();
+            let web = labels
+                .iter()
+                .find(|l| l["label"] == "web")
+                .and_then(|l| l["packets"].as_u64())
+                .unwrap_or(0);
+            let dns = labels
+                .iter()
+                .find(|l| l["label"] == "dns")
+                .and_then(|l| l["packets"].as_u64())
+                .unwrap_or(0);
+            if web > 20 && dns > 5 && node["total_events"].as_u64() > Some(5) {
+                seen = Some(node.clone());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Ctrl-C, as a user stops it (--duration is only the safety net).
+    let pid = nix::unistd::Pid::from_raw(demo.id().cast_signed());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = demo.wait().expect("demo exits on Ctrl-C");
+    let mut out = String::new();
+    demo.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    assert!(
+        seen.is_some(),
+        "the dashboard never showed web, dns and events; demo said:\n{out}"
+    );
+    assert!(status.success(), "demo failed: {status}\n{out}");
+    assert!(
+        out.contains(&format!("dashboard   http://127.0.0.1:{http}/")),
+        "{out}"
+    );
+    let namespaces = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !namespaces.contains("xdtdemo"),
+        "namespaces left: {namespaces}"
+    );
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/xdt/xdtdemo-n").exists(),
+        "pins left"
+    );
+    assert!(
+        metrics(http).is_none(),
+        "central still answers after the demo"
+    );
+}
