@@ -68,6 +68,9 @@ fn demo_shows_telemetry_and_cleans_up() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The dashboard in headless Chromium against the live demo (ui/tests/dashboard.mjs).
+    let dashboard = dashboard_check(http);
+
     // Ctrl-C, as a user stops it (--duration is only the safety net).
     let pid = nix::unistd::Pid::from_raw(demo.id().cast_signed());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
@@ -83,6 +86,14 @@ fn demo_shows_telemetry_and_cleans_up() {
         "the dashboard never showed web, dns and events; demo said:\n{out}"
     );
     assert!(status.success(), "demo failed: {status}\n{out}");
+    if let Some(result) = dashboard {
+        eprintln!("dashboard check: {}", result.1.lines().last().unwrap_or(""));
+        assert!(
+            result.0,
+            "the dashboard check failed against the demo:\n{}",
+            result.1
+        );
+    }
     assert!(
         out.contains(&format!("dashboard   http://127.0.0.1:{http}/")),
         "{out}"
@@ -107,4 +118,40 @@ fn demo_shows_telemetry_and_cleans_up() {
         metrics(http).is_none(),
         "central still answers after the demo"
     );
+}
+
+/// Runs the dashboard's Chromium test against `http://127.0.0.1:PORT/`: (passed, output), or
+/// `None` when node, Chromium or the test's npm packages are missing outside CI (in CI they must
+/// be there: `.ci/run` installs them).
+fn dashboard_check(port: u16) -> Option<(bool, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("ui/tests/dashboard.mjs");
+    let ready = root.join("ui/tests/node_modules/playwright-core").is_dir()
+        && std::path::Path::new("/usr/bin/chromium").exists()
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ready {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have node, /usr/bin/chromium and `npm ci --prefix ui/tests` for the dashboard test"
+        );
+        let _ = nix::unistd::write(
+            std::io::stderr(),
+            b"dashboard check skipped: needs node, /usr/bin/chromium and `npm ci --prefix ui/tests`\n",
+        );
+        return None;
+    }
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
 }
