@@ -4,7 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{STEP, TOKEN, TempDir, TestAgent, TestCentral, batch, config, event, get, hello, node};
+use common::{
+    STEP, TOKEN, TempDir, TestAgent, TestCentral, batch, config, event, get, hello, node,
+};
 
 fn events(n: u64) -> Vec<xdt_wire::Event> {
     (0..n).map(|i| event(i, "web", 64)).collect()
@@ -90,12 +92,19 @@ async fn state_is_saved_periodically_while_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_stops_startup_with_its_name() {
     let dir = TempDir::new("corrupt");
-    std::fs::write(dir.path().join("state.json"), b"{\"version\": 1, \"agents\": [").expect("write");
+    std::fs::write(
+        dir.path().join("state.json"),
+        b"{\"version\": 1, \"agents\": [",
+    )
+    .expect("write");
     let mut cfg = config();
     cfg.state_dir = Some(dir.path().to_owned());
     let err = xdt_central::Central::bind(cfg)
         .await
         .expect_err("refuses to start");
     let text = err.to_string();
-    assert!(text.contains("state.json") && text.contains("cannot load"), "{text}");
+    assert!(
+        text.contains("state.json") && text.contains("cannot load"),
+        "{text}"
+    );
 }

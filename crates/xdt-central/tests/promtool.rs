@@ -84,7 +84,12 @@ async fn promtool_accepts_metrics() {
     let central = TestCentral::start(config()).await;
     for (id, instance) in [("node-a", 1), ("node-b", 2)] {
         let (mut agent, _) = TestAgent::hello(central.telemetry, hello(id, instance, TOKEN)).await;
-        assert_eq!(agent.batch(batch(1, 10, 100, vec![event(1, "web", 9)])).await, 1);
+        assert_eq!(
+            agent
+                .batch(batch(1, 10, 100, vec![event(1, "web", 9)]))
+                .await,
+            1
+        );
         assert_eq!(agent.batch(batch(2, 12, 300, vec![])).await, 2);
     }
     let body = get(central.http, "/metrics").await.text();

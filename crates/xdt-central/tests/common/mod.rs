@@ -2,12 +2,16 @@
 //! protocol with `xdt-wire`, raw HTTP GETs, a log recorder, and temporary directories.
 //! Every wait is bounded.
 
-#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::{
+    fmt::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Mutex, Once},
+    sync::{Mutex, Once, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -34,6 +38,20 @@ static INIT: Once = Once::new();
 
 struct Recorder;
 
+/// A record's key-value fields as ` key=value` pairs.
+struct Fields(String);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        let _ = write!(self.0, " {key}={value}");
+        Ok(())
+    }
+}
+
 impl log::Log for Recorder {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
         metadata.target().starts_with("xdt_central")
@@ -43,24 +61,16 @@ impl log::Log for Recorder {
         if !self.enabled(record.metadata()) {
             return;
         }
-        struct Fields(String);
-        impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
-            fn visit_pair(
-                &mut self,
-                key: log::kv::Key<'kvs>,
-                value: log::kv::Value<'kvs>,
-            ) -> Result<(), log::kv::Error> {
-                self.0.push_str(&format!(" {key}={value}"));
-                Ok(())
-            }
-        }
         let mut fields = Fields(String::new());
         let _ = record.key_values().visit(&mut fields);
         let line = format!("{} {}{}", record.level(), record.args(), fields.0);
         if std::env::var_os("XDT_TEST_LOG").is_some() {
             eprintln!("{line}");
         }
-        LINES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        LINES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(line);
     }
 
     fn flush(&self) {}
@@ -78,7 +88,7 @@ pub fn init_logs() {
 pub fn log_lines(needles: &[&str]) -> Vec<String> {
     LINES
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(PoisonError::into_inner)
         .iter()
         .filter(|l| needles.iter().all(|n| l.contains(n)))
         .cloned()
@@ -97,7 +107,7 @@ pub async fn wait_for_log(needles: &[&str]) -> String {
             "no log line with {needles:?}; log:\n{}",
             LINES
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -295,7 +305,11 @@ impl TestAgent {
     }
 
     pub fn local_addr(&self) -> String {
-        self.conn.get_ref().local_addr().expect("local addr").to_string()
+        self.conn
+            .get_ref()
+            .local_addr()
+            .expect("local addr")
+            .to_string()
     }
 
     /// Writes bytes past the framing (for malformed input).
@@ -328,7 +342,7 @@ impl TestAgent {
         match timeout(STEP, self.conn.read_message()).await {
             Ok(Ok(None) | Err(_)) => true,
             Ok(Ok(Some(message))) => panic!("expected a close, got {message:?}"),
-            Err(_) => panic!("central did not close the connection within {STEP:?}"),
+            Err(elapsed) => panic!("central did not close the connection: {elapsed}"),
         }
     }
 
@@ -352,7 +366,7 @@ pub async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
             e.kind() == std::io::ErrorKind::ConnectionReset,
             "read failed: {e}"
         ),
-        Err(_) => panic!("central did not close the connection within {STEP:?}"),
+        Err(elapsed) => panic!("central did not close the connection: {elapsed}"),
     }
     out
 }
@@ -420,7 +434,10 @@ pub async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n").expect("chunk size");
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size");
         let size = usize::from_str_radix(
             std::str::from_utf8(&raw[..line_end])
                 .expect("hex")
@@ -451,7 +468,10 @@ pub async fn wait_for_json(
         if check(&json) {
             return json;
         }
-        assert!(start.elapsed() < STEP, "condition never held; last: {json:#}");
+        assert!(
+            start.elapsed() < STEP,
+            "condition never held; last: {json:#}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -474,10 +494,8 @@ impl TempDir {
     pub fn new(name: &str) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "xdt-central-{name}-{}-{n}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("xdt-central-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("temp dir");
         Self(path)

@@ -1,0 +1,190 @@
+//! OTLP push against a real receiver: tests/otlp_receiver.py decodes the requests with the
+//! official `opentelemetry-proto` package (`pip install opentelemetry-proto`). Missing Python or
+//! the package fails the test in CI and skips it elsewhere.
+
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::{STEP, TOKEN, TempDir, TestAgent, TestCentral, batch, config, hello};
+use xdt_central::OtlpConfig;
+
+/// The receiver process, killed and reaped on drop.
+struct Receiver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_has_otlp_proto() -> bool {
+    Command::new("python3")
+        .args([
+            "-c",
+            "import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn start_receiver(out: &Path) -> Receiver {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otlp_receiver.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(out)
+        .args(["--lifetime", "120"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start otlp_receiver.py");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut receiver = Receiver { child, port: 0 };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(STEP).expect("the receiver prints its port");
+    receiver.port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    receiver
+}
+
+fn point<'a>(
+    doc: &'a serde_json::Value,
+    metric: &str,
+    agent_id: &str,
+) -> Option<&'a serde_json::Value> {
+    doc["metrics"][metric]["points"]
+        .as_array()?
+        .iter()
+        .find(|p| p["attributes"]["agent_id"] == agent_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_reach_a_real_otlp_receiver() {
+    if !python_has_otlp_proto() {
+        common::missing_tool(
+            "python3 with the opentelemetry-proto package",
+            "pip install opentelemetry-proto",
+        );
+        return;
+    }
+    let dir = TempDir::new("otlp");
+    let out = dir.path().join("received.json");
+    let receiver = start_receiver(&out);
+
+    let mut cfg = config();
+    cfg.otlp = Some(
+        OtlpConfig::new(
+            &format!("http://127.0.0.1:{}", receiver.port),
+            Duration::from_millis(300),
+        )
+        .expect("endpoint"),
+    );
+    let central = TestCentral::start(cfg).await;
+    for (id, packets) in [("otel-a", 1000), ("otel-b", 4000)] {
+        let (mut agent, _) = TestAgent::hello(central.telemetry, hello(id, 1, TOKEN)).await;
+        assert_eq!(agent.batch(batch(1, 100, packets, vec![])).await, 1);
+        assert_eq!(agent.batch(batch(2, 102, packets * 3, vec![])).await, 2);
+    }
+
+    // Wait (bounded) for an export that carries the second batches.
+    let start = Instant::now();
+    let doc = loop {
+        if let Ok(text) = std::fs::read_to_string(&out) {
+            let doc: serde_json::Value = serde_json::from_str(&text).expect("receiver JSON");
+            let done = ["otel-a", "otel-b"].iter().all(|id| {
+                point(&doc, "xdp.packets.rate", id).is_some_and(|p| p["value"].as_f64() > Some(0.0))
+            });
+            if done {
+                break doc;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no complete export received; last: {:?}",
+            std::fs::read_to_string(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    central.stop().await.expect("clean stop");
+
+    let mut names: Vec<&str> = doc["metrics"]
+        .as_object()
+        .expect("metrics")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "xdp.bytes.total",
+            "xdp.packets.icmp",
+            "xdp.packets.ipv4",
+            "xdp.packets.ipv6",
+            "xdp.packets.other",
+            "xdp.packets.rate",
+            "xdp.packets.tcp",
+            "xdp.packets.total",
+            "xdp.packets.udp",
+        ]
+    );
+    // batch(_, _, p, _) reports total p, bytes 100p, ipv4 p/2, ipv6 p - p/2, tcp p/4,
+    // udp p/8, icmp 1, other p - p/4 - p/8 - 1; the rate is (3p - p) / 2 s.
+    for (id, p) in [("otel-a", 3000u64), ("otel-b", 12000)] {
+        for (metric, value) in [
+            ("xdp.packets.total", p),
+            ("xdp.bytes.total", p * 100),
+            ("xdp.packets.ipv4", p / 2),
+            ("xdp.packets.ipv6", p - p / 2),
+            ("xdp.packets.tcp", p / 4),
+            ("xdp.packets.udp", p / 8),
+            ("xdp.packets.icmp", 1),
+            ("xdp.packets.other", p - p / 4 - p / 8 - 1),
+        ] {
+            let point = point(&doc, metric, id).unwrap_or_else(|| panic!("{metric} of {id}"));
+            assert_eq!(point["value"], value, "{metric} of {id}");
+            assert_eq!(point["attributes"]["interface"], "eth0");
+            assert_eq!(point["attributes"]["hostname"], format!("{id}.example"));
+            assert_eq!(doc["metrics"][metric]["kind"], "sum");
+            assert_eq!(doc["metrics"][metric]["monotonic"], true);
+        }
+        let rate = point(&doc, "xdp.packets.rate", id).expect("rate");
+        assert_eq!(
+            rate["value"].as_f64(),
+            Some(f64::from(u32::try_from((p - p / 3) / 2).expect("small"))),
+            "rate of {id}"
+        );
+    }
+    assert_eq!(doc["metrics"]["xdp.packets.rate"]["kind"], "gauge");
+    assert_eq!(doc["metrics"]["xdp.bytes.total"]["unit"], "By");
+    assert!(
+        doc["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .any(|r| r["service.name"] == "xdt-central"),
+        "{}",
+        doc["resources"]
+    );
+    drop(receiver);
+}

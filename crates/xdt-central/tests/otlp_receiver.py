@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""A minimal OTLP/HTTP metrics receiver for xdt-central's tests.
+
+Listens on 127.0.0.1 (port 0 = any free port), prints "PORT <n>" on its first stdout line,
+decodes every POST /v1/metrics as an ExportMetricsServiceRequest (the official
+opentelemetry-proto package) and rewrites OUT (atomically) after each request as JSON:
+
+  {"requests": N, "resources": [{attribute: value}], "metrics": {
+      name: {"kind": "sum"|"gauge", "unit": str, "monotonic": bool,
+             "points": [{"attributes": {k: v}, "value": number}]}}}
+
+Each metric keeps the points of the newest request that carried it. Exits when stdin closes
+(the test's guard), or after --lifetime seconds at most.
+
+Usage: otlp_receiver.py OUT [--port N] [--lifetime SECONDS]
+"""
+
+import argparse
+import http.server
+import json
+import os
+import sys
+import threading
+
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+
+
+def any_value(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+def attributes(kvs):
+    return {kv.key: any_value(kv.value) for kv in kvs}
+
+
+def point_value(p):
+    return p.as_int if p.WhichOneof("value") == "as_int" else p.as_double
+
+
+class State:
+    def __init__(self, out):
+        self.out = out
+        self.lock = threading.Lock()
+        self.doc = {"requests": 0, "resources": [], "metrics": {}}
+
+    def add(self, request):
+        with self.lock:
+            self.doc["requests"] += 1
+            for rm in request.resource_metrics:
+                resource = attributes(rm.resource.attributes)
+                if resource not in self.doc["resources"]:
+                    self.doc["resources"].append(resource)
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        kind = m.WhichOneof("data")
+                        if kind not in ("sum", "gauge"):
+                            continue
+                        data = getattr(m, kind)
+                        self.doc["metrics"][m.name] = {
+                            "kind": kind,
+                            "unit": m.unit,
+                            "monotonic": bool(getattr(data, "is_monotonic", False)),
+                            "points": [
+                                {"attributes": attributes(p.attributes), "value": point_value(p)}
+                                for p in data.data_points
+                            ],
+                        }
+            tmp = self.out + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.doc, f)
+            os.replace(tmp, self.out)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--lifetime", type=float, default=120.0)
+    args = parser.parse_args()
+    state = State(args.out)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            if self.path != "/v1/metrics":
+                self.send_error(404)
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            request = metrics_service_pb2.ExportMetricsServiceRequest()
+            try:
+                request.ParseFromString(body)
+            except Exception as e:  # a bad body is the test's failure to see
+                self.send_error(400, str(e))
+                return
+            state.add(request)
+            reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, fmt, *a):
+            sys.stderr.write("otlp_receiver: " + (fmt % a) + "\n")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    print(f"PORT {server.server_address[1]}", flush=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    stop.wait(args.lifetime)
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
