@@ -123,7 +123,8 @@ fn handle(request: Request, state: &Shared, registry: &Registry) {
 fn respond(request: &Request, state: &Shared, registry: &Registry) -> Response<Cursor<Vec<u8>>> {
     if !matches!(request.method(), Method::Get | Method::Head) {
         return text(405, "only GET and HEAD are served\n")
-            .with_header(header("Allow", "GET, HEAD"));
+            .with_header(header("Allow", "GET, HEAD"))
+            .with_header(header("Cache-Control", "no-store"));
     }
     let path = request.url().split(['?', '#']).next().unwrap_or("/");
     let response =
