@@ -36,7 +36,16 @@ fn promtool(body: &str) -> Option<(bool, String)> {
         .expect("stdin")
         .write_all(body.as_bytes())
         .expect("feed promtool");
-    // promtool reads stdin to its end and exits; it needs no deadline of its own.
+    // Bounded: promtool reads stdin to its end and exits; its findings fit in the pipes.
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait for promtool").is_none() {
+        if start.elapsed() > common::STEP {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("promtool did not finish within {:?}", common::STEP);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let out = child.wait_with_output().expect("promtool output");
     let text = format!(
         "{}{}",

@@ -523,5 +523,7 @@ pub fn missing_tool(what: &str, install: &str) {
         !in_ci(),
         "{what} is missing and CI must run this test: {install}"
     );
-    eprintln!("SKIPPED: {what} is missing ({install}); CI fails instead of skipping");
+    // Straight to stderr, past the test harness's output capture, so the skip is seen.
+    let line = format!("SKIPPED: {what} is missing ({install}); CI fails instead of skipping\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
