@@ -9,8 +9,7 @@
 #![expect(clippy::cast_precision_loss, reason = "rates and sizes for a report")]
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -69,14 +68,8 @@ fn free_port() -> u16 {
 }
 
 fn total_events(http: u16) -> u64 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", http)) else {
-        return 0;
-    };
-    let _ = s.write_all(b"GET /metrics.json HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r);
-    r.split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
+    xdt_testkit::http::get_ok(http, "/metrics.json")
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
         .and_then(|v| v["total_events"].as_u64())
         .unwrap_or(0)
 }

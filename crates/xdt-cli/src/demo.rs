@@ -417,7 +417,7 @@ fn wait_for_http(addr: &str, lab: &mut Lab) -> Result<()> {
         if let Ok(mut s) = TcpStream::connect(addr) {
             let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             let mut r = String::new();
-            if s.read_to_string(&mut r).is_ok() && r.starts_with("HTTP/1.1 200") {
+            if s.read_to_string(&mut r).is_ok() && r.split_whitespace().nth(1) == Some("200") {
                 return Ok(());
             }
         }

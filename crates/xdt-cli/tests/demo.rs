@@ -2,8 +2,8 @@
 //! labelled traffic and sampled events; after Ctrl-C, no namespace, pin or process is left.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::Read as _,
+    net::TcpListener,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -20,13 +20,7 @@ fn free_port() -> u16 {
 }
 
 fn metrics(port: u16) -> Option<Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics.json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    serde_json::from_str(r.split_once("\r\n\r\n")?.1).ok()
+    serde_json::from_str(&xdt_testkit::http::get_ok(port, "/metrics.json")?).ok()
 }
 
 #[test]

@@ -6,8 +6,7 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -69,20 +68,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-}
-
 struct Central {
     http: u16,
     telemetry: u16,
@@ -105,7 +90,7 @@ impl Central {
                 .arg(&self.state),
         );
         let deadline = Instant::now() + Duration::from_secs(15);
-        while http_get(self.http, "/healthz").is_none() {
+        while xdt_testkit::http::get_ok(self.http, "/healthz").is_none() {
             assert!(Instant::now() < deadline, "central did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -116,7 +101,7 @@ impl Central {
     fn node_when(&self, agent: &str, pick: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let node = http_get(self.http, "/metrics.json")
+            let node = xdt_testkit::http::get_ok(self.http, "/metrics.json")
                 .and_then(|b| serde_json::from_str::<Value>(&b).ok())
                 .and_then(|v| {
                     v["nodes"]
@@ -206,7 +191,7 @@ fn pipeline_counts_exactly_across_restarts() {
         (40, 40 * web.len() as u64)
     );
     assert_eq!(node["recent_events"].as_array().map(Vec::len), Some(10));
-    let metrics = http_get(central.http, "/metrics").expect("/metrics");
+    let metrics = xdt_testkit::http::get_ok(central.http, "/metrics").expect("/metrics");
     assert!(
         metrics.lines().any(|l| l.starts_with("xdp_packets_total{")
             && l.contains("pipe-node")

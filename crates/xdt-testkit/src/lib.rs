@@ -6,6 +6,7 @@
 )]
 
 pub mod frames;
+pub mod http;
 pub mod net;
 
 /// True when the root-only test may run. Outside root it prints why it is skipped; in CI
