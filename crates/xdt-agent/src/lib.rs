@@ -145,12 +145,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             _ = ticker.tick() => {}
             () = &mut shutdown => break,
         }
-        sequence += 1;
-        make_batch(&source, &shared, sequence, &config, &mut runtime)?;
+        make_batches(&source, &shared, &mut sequence, &config, &mut runtime)?;
     }
     // A last batch with what is pending, then up to 5 s to deliver everything.
-    sequence += 1;
-    make_batch(&source, &shared, sequence, &config, &mut runtime)?;
+    make_batches(&source, &shared, &mut sequence, &config, &mut runtime)?;
     if let Some(events) = events {
         events.abort();
     }
@@ -168,35 +166,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-fn make_batch(
+/// Batches everything pending: one batch, or as many as the events need at
+/// `max_events_per_batch` each (all with the same counter snapshot), so the batch size bounds
+/// frames, not throughput.
+fn make_batches(
     source: &Source,
     shared: &Shared,
-    sequence: u64,
+    sequence: &mut u64,
     config: &Config,
     runtime: &mut RuntimeSampler,
 ) -> Result<()> {
     let snapshot = source.snapshot()?;
-    let events = {
-        let mut pending = shared.pending();
-        let take = pending.len().min(config.max_events_per_batch);
-        pending.drain(..take).collect()
-    };
+    let mut events: Vec<Event> = std::mem::take(&mut *shared.pending());
+    let probe_ns_per_packet = runtime.sample();
     let dropped_events = shared.dropped_events();
+    let taken_at_unix_ns = unix_ns();
     let mut outbox = shared.outbox();
-    let batch = Batch {
-        sequence,
-        taken_at_unix_ns: unix_ns(),
-        counters: snapshot.counters,
-        labels: snapshot.labels,
-        events,
-        agent: AgentStats {
-            dropped_events,
-            unacked_batches: outbox.len() as u32,
-            reconnects: shared.reconnects.load(Ordering::Relaxed),
-            probe_ns_per_packet: runtime.sample(),
-        },
-    };
-    outbox.push(batch);
+    loop {
+        let rest = events.split_off(events.len().min(config.max_events_per_batch));
+        *sequence += 1;
+        let unacked_batches = outbox.len() as u32;
+        outbox.push(Batch {
+            sequence: *sequence,
+            taken_at_unix_ns,
+            counters: snapshot.counters.clone(),
+            labels: snapshot.labels.clone(),
+            events,
+            agent: AgentStats {
+                dropped_events,
+                unacked_batches,
+                reconnects: shared.reconnects.load(Ordering::Relaxed),
+                probe_ns_per_packet,
+            },
+        });
+        if rest.is_empty() {
+            break;
+        }
+        events = rest;
+    }
     drop(outbox);
     shared.new_batch.notify_one();
     Ok(())
