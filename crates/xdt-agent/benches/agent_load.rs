@@ -9,9 +9,7 @@
 #![expect(clippy::cast_precision_loss, reason = "rates and sizes for a report")]
 
 use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -24,47 +22,17 @@ use xdt_datapath::{
 use xdt_testkit::{
     frames::{ETH_P_IP, TCP, ethernet, ipv4, tcp},
     net::{FrameSender, Netns, quiet_veth},
+    process::{Process, free_port, sibling},
 };
 
 const RATES: [u64; 3] = [1_000, 10_000, 50_000];
 const SECONDS: u64 = 10;
-
-struct Process(Child);
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Detach(String);
 impl Drop for Detach {
     fn drop(&mut self) {
         let _ = attach::detach(&self.0);
     }
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} missing: cargo build --release --workspace first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn total_events(http: u16) -> u64 {
@@ -129,7 +97,7 @@ fn main() {
         let token = dir.join("token");
         std::fs::write(&token, "bench-token").expect("token");
         let (http, telemetry) = (free_port(), free_port());
-        let _central = Process(
+        let _central = Process::start(
             Command::new(sibling("xdt-central"))
                 .args([
                     "--http-listen",
@@ -139,13 +107,10 @@ fn main() {
                 ])
                 .arg("--token-file")
                 .arg(&token)
-                .args(["--log-level", "warn"])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("central"),
+                .args(["--log-level", "warn"]),
         );
         std::thread::sleep(Duration::from_millis(500));
-        let agent = Process(
+        let agent = Process::start(
             Command::new(sibling("xdt-agent"))
                 .args([
                     "--interface",
@@ -156,13 +121,10 @@ fn main() {
                     "warn",
                 ])
                 .arg("--token-file")
-                .arg(&token)
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("agent"),
+                .arg(&token),
         );
         std::thread::sleep(Duration::from_secs(1));
-        let pid = agent.0.id();
+        let pid = agent.id();
         let (_, ticks_before) = usage(pid);
         let started = Instant::now();
 

@@ -3,21 +3,12 @@
 
 use std::{
     io::Read as _,
-    net::TcpListener,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use xdt_testkit::root_or_skip;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use xdt_testkit::{process::free_port, root_or_skip};
 
 fn metrics(port: u16) -> Option<Value> {
     serde_json::from_str(&xdt_testkit::http::get_ok(port, "/metrics.json")?).ok()

@@ -6,67 +6,18 @@
 mod common;
 
 use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use common::*;
 use serde_json::Value;
-use xdt_testkit::{frames::*, root_or_skip};
-
-/// A binary of another package of the workspace: `cargo test --workspace` builds it next to
-/// this test's directory.
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo test --workspace` (or cargo build --workspace)",
-        path.display()
-    );
-    path
-}
-
-/// A process killed (SIGKILL) and reaped on drop.
-struct Process(Child);
-
-impl Process {
-    fn start(command: &mut Command) -> Self {
-        Self(command.stdin(Stdio::null()).spawn().expect("start process"))
-    }
-
-    /// SIGTERM, then wait (up to 10 s).
-    fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id().cast_signed());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.0.try_wait(), Ok(None)) {
-            assert!(Instant::now() < deadline, "process did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use xdt_testkit::{
+    frames::*,
+    process::{Process, free_port, sibling},
+    root_or_skip,
+};
 
 struct Central {
     http: u16,

@@ -8,6 +8,7 @@
 pub mod frames;
 pub mod http;
 pub mod net;
+pub mod process;
 
 /// True when the root-only test may run. Outside root it prints why it is skipped; in CI
 /// (`CI` set) a root-only test that cannot run is a failure of the CI setup, so it panics.

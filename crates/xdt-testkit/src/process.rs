@@ -1,0 +1,72 @@
+//! The workspace's own binaries as processes under test: finding them, free loopback ports for
+//! them, and a guard that kills and reaps a process on drop (also when the test panics).
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A binary of another package of the workspace, next to the directory of the running test or
+/// benchmark (`target/<profile>/`): `cargo test --workspace` builds them there, benchmarks need
+/// `cargo build --release --workspace` first.
+#[must_use]
+pub fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (cargo test --workspace, or cargo build [--release] --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A child process, killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct Process(pub Child);
+
+impl Process {
+    /// Spawns `command` with stdin closed.
+    pub fn start(command: &mut Command) -> Self {
+        Self(command.stdin(Stdio::null()).spawn().expect("start process"))
+    }
+
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, then waits up to 10 s for it to exit.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id().cast_signed());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) {
+            assert!(Instant::now() < deadline, "process did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
