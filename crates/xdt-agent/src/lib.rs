@@ -197,6 +197,7 @@ fn make_batches(
                 unacked_batches,
                 reconnects: shared.reconnects.load(Ordering::Relaxed),
                 probe_ns_per_packet,
+                steering: None,
             },
         });
         if rest.is_empty() {
@@ -290,6 +291,7 @@ async fn read_events(iface: String, shared: Arc<Shared>, max_pending: usize) {
                 ip_len: e.ip_len,
                 payload_len: e.payload_len,
                 tcp_flags: e.tcp_flags,
+                inspection: None,
             });
         });
         if fresh.is_empty() {

@@ -102,6 +102,7 @@ mod tests {
             ip_len: 40,
             payload_len: 0,
             tcp_flags: 0,
+            inspection: None,
         };
         Batch {
             sequence,

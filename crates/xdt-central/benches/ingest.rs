@@ -49,6 +49,7 @@ fn event(i: u64) -> Event {
         ip_len: 1500,
         payload_len: 1448,
         tcp_flags: 0x10,
+        inspection: None,
     }
 }
 

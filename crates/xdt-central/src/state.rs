@@ -530,6 +530,7 @@ mod tests {
             ip_len: 60,
             payload_len,
             tcp_flags: 0x18,
+            inspection: None,
         }
     }
 

@@ -162,7 +162,10 @@ mod tests {
         let mut b = Connection::new(b);
         assert!(matches!(
             b.read_preamble().await,
-            Err(WireError::VersionMismatch { ours: 1, theirs: 9 })
+            Err(WireError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 9
+            })
         ));
 
         let (mut a, b) = tokio::io::duplex(64);

@@ -12,10 +12,12 @@ mod message;
 pub use connection::{Connection, WireError};
 pub use frame::{FrameError, MAX_FRAME, Preamble};
 pub use message::{
-    Ack, AgentStats, Batch, ErrorCode, ErrorMessage, Event, Hello, LabelCount, Message, Welcome,
+    Ack, AgentStats, Batch, DnsQuery, ErrorCode, ErrorMessage, Event, Hello, HttpRequest,
+    Inspection, LabelCount, Message, SteeringStats, Welcome,
 };
 
 /// The protocol version this build speaks; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: steered-packet inspection in `Event`, AF_XDP figures in `AgentStats`.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The default telemetry port.
 pub const DEFAULT_PORT: u16 = 50051;

@@ -72,7 +72,8 @@ pub struct LabelCount {
     pub bytes: u64,
 }
 
-/// A sampled packet, as the probe reported it.
+/// A packet the probe reported: sampled (`action` "sample") or steered to the agent through
+/// AF_XDP (`action` "steer", with `inspection`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub timestamp_unix_ns: u64,
@@ -88,6 +89,39 @@ pub struct Event {
     pub ip_len: u16,
     pub payload_len: u16,
     pub tcp_flags: u8,
+    /// What the agent read of a steered packet's bytes; `None` for sampled events.
+    pub inspection: Option<Inspection>,
+}
+
+/// The agent's inspection of one steered packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inspection {
+    /// The whole frame as received, Ethernet header included.
+    pub frame_len: u32,
+    /// From the XDP hook to the agent reading the frame off its RX ring, nanoseconds.
+    pub agent_latency_ns: u64,
+    /// The frame was queued for re-injection; `false` means it was lost (counted in
+    /// [`SteeringStats::reinject_dropped`]).
+    pub reinjected: bool,
+    /// The request line and Host of an HTTP/1.x request starting in this packet.
+    pub http: Option<HttpRequest>,
+    /// The first question of a DNS query (UDP or TCP port 53).
+    pub dns: Option<DnsQuery>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsQuery {
+    /// Dotted, without the trailing dot ("example.com"); "." for the root.
+    pub name: String,
+    /// QTYPE (1 A, 28 AAAA, ...).
+    pub qtype: u16,
 }
 
 /// The agent's own health and losses, cumulative for the instance.
@@ -101,6 +135,33 @@ pub struct AgentStats {
     pub reconnects: u64,
     /// The probe's mean run time per packet (kernel.bpf_stats_enabled=1), if known.
     pub probe_ns_per_packet: Option<f64>,
+    /// AF_XDP steering, when the agent owns sockets.
+    pub steering: Option<SteeringStats>,
+}
+
+/// The agent's AF_XDP sockets: what went through them and every place a frame was lost.
+/// Cumulative for the agent instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteeringStats {
+    /// "zerocopy" or "copy": what the driver granted.
+    pub mode: String,
+    /// Where frames go back: "host via DEV" (re-entry veth pair) or "egress DEV".
+    pub reinject: String,
+    /// RX sockets, one per receive queue.
+    pub sockets: u32,
+    /// Frames read off the RX rings.
+    pub received_packets: u64,
+    pub received_bytes: u64,
+    /// Frames handed to the kernel for re-injection and completed.
+    pub reinjected_packets: u64,
+    /// Frames the agent could not re-inject (TX ring full, frame rejected).
+    pub reinject_dropped: u64,
+    /// Kernel XDP_STATISTICS summed over the sockets: frames dropped because the RX ring was
+    /// full, because no fill buffer was free, and descriptors the kernel rejected.
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    pub tx_invalid_descs: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

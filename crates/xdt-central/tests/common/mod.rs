@@ -202,6 +202,7 @@ pub fn event(timestamp_unix_ns: u64, label: &str, payload_len: u16) -> Event {
         ip_len: 60 + payload_len,
         payload_len,
         tcp_flags: 0x18,
+        inspection: None,
     }
 }
 
@@ -247,6 +248,7 @@ pub fn batch(sequence: u64, taken_at_s: u64, packets: u64, events: Vec<Event>) -
             unacked_batches: 1,
             reconnects: 4,
             probe_ns_per_packet: Some(21.5),
+            steering: None,
         },
     }
 }
