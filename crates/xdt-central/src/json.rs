@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
-use crate::state::{AgentState, AgentStats, LabelCount, Rates, State, seconds};
+use xdt_wire::Inspection;
+
+use crate::state::{AgentState, AgentStats, LabelCount, Rates, State, SteeringRates, seconds};
 
 #[derive(Serialize)]
 struct Metrics<'a> {
@@ -32,6 +34,9 @@ struct Node<'a> {
     counters_taken_at_unix: Option<f64>,
     counters: Counters<'a>,
     rates: Rates,
+    /// Rates of `agent.steering`'s counters (absent when the agent does not steer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steering_rates: Option<SteeringRates>,
     rate_history: Vec<[f64; 3]>,
     payload_history: Vec<(f64, u16)>,
     agent: &'a AgentStats,
@@ -54,7 +59,7 @@ impl Serialize for Counters<'_> {
     }
 }
 
-/// A recent event with the seed's field names.
+/// A recent event with the seed's field names, and the inspection of a steered packet.
 #[derive(Serialize)]
 struct EventJson<'a> {
     timestamp_unix_ns: u64,
@@ -70,6 +75,48 @@ struct EventJson<'a> {
     payload_len: u16,
     tcp_flags: u8,
     rx_queue: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inspection: Option<InspectionJson<'a>>,
+}
+
+/// What the agent read of a steered packet; `http` and `dns` are null when it is neither.
+#[derive(Serialize)]
+struct InspectionJson<'a> {
+    frame_len: u32,
+    agent_latency_ns: u64,
+    reinjected: bool,
+    http: Option<HttpJson<'a>>,
+    dns: Option<DnsJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct HttpJson<'a> {
+    method: &'a str,
+    path: &'a str,
+    host: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct DnsJson<'a> {
+    name: &'a str,
+    qtype: u16,
+}
+
+fn inspection(i: &Inspection) -> InspectionJson<'_> {
+    InspectionJson {
+        frame_len: i.frame_len,
+        agent_latency_ns: i.agent_latency_ns,
+        reinjected: i.reinjected,
+        http: i.http.as_ref().map(|h| HttpJson {
+            method: &h.method,
+            path: &h.path,
+            host: h.host.as_deref(),
+        }),
+        dns: i.dns.as_ref().map(|d| DnsJson {
+            name: &d.name,
+            qtype: d.qtype,
+        }),
+    }
 }
 
 fn node(agent: &AgentState) -> Node<'_> {
@@ -94,6 +141,7 @@ fn node(agent: &AgentState) -> Node<'_> {
                 payload_len: e.payload_len,
                 tcp_flags: e.tcp_flags,
                 rx_queue: e.rx_queue,
+                inspection: e.inspection.as_deref().map(inspection),
             })
             .collect(),
         hostname: &agent.hostname,
@@ -108,6 +156,7 @@ fn node(agent: &AgentState) -> Node<'_> {
             .then(|| seconds(agent.taken_at_unix_ns)),
         counters: Counters(&agent.counters),
         rates: agent.rates,
+        steering_rates: agent.steering_rates,
         rate_history: agent.rate_history.iter().copied().collect(),
         payload_history: agent.payload_history.iter().copied().collect(),
         agent: &agent.agent_stats,

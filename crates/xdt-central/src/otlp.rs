@@ -27,7 +27,7 @@ use opentelemetry_sdk::{
 use crate::{
     config::OtlpConfig,
     error::{Error, Result},
-    state::{AgentState, Shared},
+    state::{AgentState, STEERING_COUNTERS, Shared},
 };
 
 /// (instrument, unit, description, counter name in the agent's batch).
@@ -136,6 +136,37 @@ impl Otlp {
                             .build(),
                     );
                 }
+                // AF_XDP steering, for the agents that report it: `xdt.steering.<counter>`.
+                for counter in STEERING_COUNTERS {
+                    let state = state.clone();
+                    counters.push(
+                        meter
+                            .u64_observable_counter(format!("xdt.steering.{}", counter.name))
+                            .with_unit(counter.unit)
+                            .with_description(counter.help)
+                            .with_callback(move |observer| {
+                                for agent in state.read().agents() {
+                                    if let Some(stats) = &agent.agent_stats.steering {
+                                        observer.observe((counter.value)(stats), &attributes(agent));
+                                    }
+                                }
+                            })
+                            .build(),
+                    );
+                }
+                let sockets_state = state.clone();
+                let sockets = meter
+                    .u64_observable_gauge("xdt.steering.sockets")
+                    .with_unit("{socket}")
+                    .with_description("AF_XDP sockets of the agent (one per receive queue)")
+                    .with_callback(move |observer| {
+                        for agent in sockets_state.read().agents() {
+                            if let Some(stats) = &agent.agent_stats.steering {
+                                observer.observe(u64::from(stats.sockets), &attributes(agent));
+                            }
+                        }
+                    })
+                    .build();
                 let rate = meter
                     .f64_observable_gauge("xdp.packets.rate")
                     .with_unit("{packet}/s")
@@ -155,7 +186,7 @@ impl Otlp {
                 if let Err(e) = provider.shutdown() {
                     error!(endpoint:% = endpoint, cause:% = e; "the last OTLP export failed");
                 }
-                drop((counters, rate));
+                drop((counters, sockets, rate));
             })
             .map_err(|source| Error::Thread {
                 name: "OTLP",

@@ -8,7 +8,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::state::{AgentState, Shared};
+use crate::state::{AgentState, STEERING_COUNTERS, Shared};
 
 /// Content type of the exposition `prometheus_client::encoding::text` writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -176,6 +176,51 @@ impl Collector for StateCollector {
         for agent in &agents {
             ConstCounter::new(agent.total_events)
                 .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+
+        // AF_XDP steering: series only for the agents that report it, families only if any does.
+        let steering: Vec<_> = agents
+            .iter()
+            .filter_map(|a| Some((*a, a.agent_stats.steering.as_ref()?)))
+            .collect();
+        if steering.is_empty() {
+            return Ok(());
+        }
+        for counter in &STEERING_COUNTERS {
+            let name = format!("xdt_steering_{}", counter.name);
+            let mut family =
+                encoder.encode_descriptor(&name, counter.help, None, MetricType::Counter)?;
+            for (agent, stats) in &steering {
+                ConstCounter::new((counter.value)(stats))
+                    .encode(family.encode_family(&agent_labels(agent))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "xdt_steering_sockets",
+            "AF_XDP sockets of the agent (one per receive queue).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (agent, stats) in &steering {
+            ConstGauge::new(i64::from(stats.sockets))
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        // Info-style: one series per agent, whose labels say how it steers (values of a few
+        // kinds per agent, so the cardinality stays that of the agents).
+        let mut family = encoder.encode_descriptor(
+            "xdt_steering_info",
+            "1 for each steering agent; mode is zerocopy or copy, reinject where frames go back.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (agent, stats) in &steering {
+            let labels = [
+                ("agent_id", agent.agent_id.as_str()),
+                ("interface", agent.interface.as_str()),
+                ("mode", stats.mode.as_str()),
+                ("reinject", stats.reinject.as_str()),
+            ];
+            ConstGauge::new(1_i64).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

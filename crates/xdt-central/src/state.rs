@@ -8,12 +8,13 @@
 
 use std::{
     collections::{BTreeMap, VecDeque, btree_map::Entry},
+    net::IpAddr,
     sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
-use xdt_wire::{Batch, Event, Hello};
+use xdt_wire::{Batch, Event, Hello, Inspection};
 
 /// Upper bound accepted for `--recent-events`.
 pub const MAX_RECENT_EVENTS: usize = 65_536;
@@ -29,8 +30,12 @@ pub const MAX_LABELS: usize = 1024;
 pub const MAX_INSTANCES: usize = 8;
 /// Longest agent id, hostname, interface or version kept, in bytes.
 pub const MAX_NAME: usize = 255;
-/// Longest label, action or counter name kept, in bytes (probe labels are at most 60).
+/// Longest label, action or counter name kept, in bytes (probe labels are at most 60); also an
+/// HTTP method and the steering mode and re-injection target.
 pub const MAX_SHORT: usize = 64;
+/// Longest HTTP path, HTTP Host or DNS name kept from a steered packet, in bytes (a DNS name
+/// has at most 253).
+pub const MAX_INSPECTED: usize = 255;
 
 /// The state shared by the ingest tasks, the HTTP threads, the Prometheus collector and the
 /// OTLP callbacks. A poisoned lock is recovered: every update leaves the state consistent.
@@ -163,7 +168,7 @@ impl State {
         }
         agent.set_last_sequence(instance, batch.sequence);
         self.generation += 1;
-        agent.apply(batch, cap);
+        agent.apply(instance, batch, cap);
         Applied::New
     }
 
@@ -208,9 +213,14 @@ pub struct AgentState {
     /// When the newest counters were read (0: never).
     pub taken_at_unix_ns: u64,
     pub rates: Rates,
-    pub recent_events: VecDeque<Event>,
+    pub recent_events: VecDeque<RecentEvent>,
     pub total_events: u64,
     pub agent_stats: AgentStats,
+    /// The instance whose figures `agent_stats.steering` holds: they count from zero per
+    /// instance.
+    steering_instance: u64,
+    /// Rates of the steering counters over the last two snapshots that both had them.
+    pub steering_rates: Option<SteeringRates>,
     /// (unix seconds, packets/s, bits/s), oldest first.
     pub rate_history: VecDeque<[f64; 3]>,
     /// (unix seconds, payload length) of sampled events, oldest first.
@@ -239,6 +249,235 @@ pub struct AgentStats {
     pub reconnects: u64,
     pub unacked_batches: u32,
     pub probe_ns_per_packet: Option<f64>,
+    /// The agent's AF_XDP sockets, if it owns any (absent from `state.json` files of older
+    /// versions, and from the JSON when the agent does not steer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steering: Option<SteeringStats>,
+}
+
+/// The agent's AF_XDP steering figures (`xdt_wire::SteeringStats`), cumulative for the agent
+/// instance; `mode` and `reinject` clipped to [`MAX_SHORT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteeringStats {
+    pub mode: String,
+    pub reinject: String,
+    pub sockets: u32,
+    pub received_packets: u64,
+    pub received_bytes: u64,
+    pub reinjected_packets: u64,
+    pub reinject_dropped: u64,
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    pub tx_invalid_descs: u64,
+}
+
+/// One cumulative steering counter, as the exporters name and describe it.
+#[derive(Debug, Clone, Copy)]
+pub struct SteeringCounter {
+    /// The field name: the JSON key, and the suffix of the Prometheus and OTLP names.
+    pub name: &'static str,
+    pub help: &'static str,
+    /// UCUM unit for OTLP.
+    pub unit: &'static str,
+    /// A count of packets lost (or of a condition that loses them).
+    pub loss: bool,
+    pub value: fn(&SteeringStats) -> u64,
+}
+
+/// Every cumulative steering counter, throughput first, then each place a frame is lost.
+pub const STEERING_COUNTERS: [SteeringCounter; 8] = [
+    SteeringCounter {
+        name: "received_packets",
+        help: "Frames the agent read off its AF_XDP RX rings.",
+        unit: "{packet}",
+        loss: false,
+        value: |s| s.received_packets,
+    },
+    SteeringCounter {
+        name: "received_bytes",
+        help: "Bytes of the frames the agent read off its AF_XDP RX rings.",
+        unit: "By",
+        loss: false,
+        value: |s| s.received_bytes,
+    },
+    SteeringCounter {
+        name: "reinjected_packets",
+        help: "Steered frames the agent handed back to the kernel and saw completed.",
+        unit: "{packet}",
+        loss: false,
+        value: |s| s.reinjected_packets,
+    },
+    SteeringCounter {
+        name: "reinject_dropped",
+        help: "Steered frames the agent could not re-inject (TX ring full, frame rejected).",
+        unit: "{packet}",
+        loss: true,
+        value: |s| s.reinject_dropped,
+    },
+    SteeringCounter {
+        name: "rx_dropped",
+        help: "Frames the kernel dropped before the agent's AF_XDP sockets (XDP_STATISTICS rx_dropped).",
+        unit: "{packet}",
+        loss: true,
+        value: |s| s.rx_dropped,
+    },
+    SteeringCounter {
+        name: "rx_ring_full",
+        help: "Frames dropped because an AF_XDP RX ring was full (XDP_STATISTICS rx_ring_full).",
+        unit: "{packet}",
+        loss: true,
+        value: |s| s.rx_ring_full,
+    },
+    SteeringCounter {
+        name: "rx_fill_ring_empty",
+        help: "Times a frame found no free buffer on an AF_XDP fill ring (XDP_STATISTICS rx_fill_ring_empty_descs).",
+        unit: "{event}",
+        loss: true,
+        value: |s| s.rx_fill_ring_empty,
+    },
+    SteeringCounter {
+        name: "tx_invalid_descs",
+        help: "Re-injection descriptors the kernel rejected (XDP_STATISTICS tx_invalid_descs).",
+        unit: "{descriptor}",
+        loss: true,
+        value: |s| s.tx_invalid_descs,
+    },
+];
+
+impl SteeringStats {
+    fn from_wire(mut s: xdt_wire::SteeringStats) -> Self {
+        clip(&mut s.mode, MAX_SHORT);
+        clip(&mut s.reinject, MAX_SHORT);
+        Self {
+            mode: s.mode,
+            reinject: s.reinject,
+            sockets: s.sockets,
+            received_packets: s.received_packets,
+            received_bytes: s.received_bytes,
+            reinjected_packets: s.reinjected_packets,
+            reinject_dropped: s.reinject_dropped,
+            rx_dropped: s.rx_dropped,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty: s.rx_fill_ring_empty,
+            tx_invalid_descs: s.tx_invalid_descs,
+        }
+    }
+}
+
+/// Per-second rates of the steering counters over the last two snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SteeringRates {
+    pub received_packets_per_second: f64,
+    pub received_bits_per_second: f64,
+    pub reinjected_packets_per_second: f64,
+    pub reinject_dropped_per_second: f64,
+    pub rx_dropped_per_second: f64,
+    pub rx_ring_full_per_second: f64,
+    pub rx_fill_ring_empty_per_second: f64,
+    pub tx_invalid_descs_per_second: f64,
+}
+
+impl SteeringRates {
+    /// From the previous figures to `now` over `elapsed` seconds; `same_instance` false means
+    /// `now` counted from zero (a restarted agent), as does any counter that went backwards.
+    fn between(
+        before: &SteeringStats,
+        now: &SteeringStats,
+        same_instance: bool,
+        elapsed: f64,
+    ) -> Self {
+        let rate = |get: fn(&SteeringStats) -> u64| {
+            let (now, before) = (get(now), get(before));
+            let delta = if same_instance && now >= before {
+                now - before
+            } else {
+                now
+            };
+            to_f64(delta) / elapsed
+        };
+        Self {
+            received_packets_per_second: rate(|s| s.received_packets),
+            received_bits_per_second: rate(|s| s.received_bytes) * 8.0,
+            reinjected_packets_per_second: rate(|s| s.reinjected_packets),
+            reinject_dropped_per_second: rate(|s| s.reinject_dropped),
+            rx_dropped_per_second: rate(|s| s.rx_dropped),
+            rx_ring_full_per_second: rate(|s| s.rx_ring_full),
+            rx_fill_ring_empty_per_second: rate(|s| s.rx_fill_ring_empty),
+            tx_invalid_descs_per_second: rate(|s| s.tx_invalid_descs),
+        }
+    }
+}
+
+/// A recent event as kept for the dashboard: `xdt_wire::Event` with its strings clipped and
+/// the inspection boxed, so the sampled events (most of them) do not carry its room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentEvent {
+    pub timestamp_unix_ns: u64,
+    pub label: String,
+    pub rule: u32,
+    pub action: String,
+    pub rx_queue: u32,
+    pub protocol: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ip_len: u16,
+    pub payload_len: u16,
+    pub tcp_flags: u8,
+    pub inspection: Option<Box<Inspection>>,
+}
+
+impl RecentEvent {
+    fn from_wire(e: Event) -> Self {
+        let Event {
+            timestamp_unix_ns,
+            mut label,
+            rule,
+            mut action,
+            rx_queue,
+            protocol,
+            src,
+            dst,
+            src_port,
+            dst_port,
+            ip_len,
+            payload_len,
+            tcp_flags,
+            inspection,
+        } = e;
+        clip(&mut label, MAX_SHORT);
+        clip(&mut action, MAX_SHORT);
+        Self {
+            timestamp_unix_ns,
+            label,
+            rule,
+            action,
+            rx_queue,
+            protocol,
+            src,
+            dst,
+            src_port,
+            dst_port,
+            ip_len,
+            payload_len,
+            tcp_flags,
+            inspection: inspection.map(|mut i| {
+                if let Some(http) = &mut i.http {
+                    clip(&mut http.method, MAX_SHORT);
+                    clip(&mut http.path, MAX_INSPECTED);
+                    if let Some(host) = &mut http.host {
+                        clip(host, MAX_INSPECTED);
+                    }
+                }
+                if let Some(dns) = &mut i.dns {
+                    clip(&mut dns.name, MAX_INSPECTED);
+                }
+                Box::new(i)
+            }),
+        }
+    }
 }
 
 impl AgentState {
@@ -260,6 +499,8 @@ impl AgentState {
             recent_events: VecDeque::new(),
             total_events: 0,
             agent_stats: AgentStats::default(),
+            steering_instance: 0,
+            steering_rates: None,
             rate_history: VecDeque::new(),
             payload_history: VecDeque::new(),
             ignored_entries: 0,
@@ -297,15 +538,16 @@ impl AgentState {
         self.sequences.truncate(MAX_INSTANCES);
     }
 
-    fn apply(&mut self, batch: Batch, recent_cap: usize) {
+    fn apply(&mut self, instance: u64, batch: Batch, recent_cap: usize) {
         let Batch {
             sequence: _,
             taken_at_unix_ns,
             mut counters,
             labels,
             events,
-            agent,
+            mut agent,
         } = batch;
+        let steering = agent.steering.take().map(SteeringStats::from_wire);
 
         // Rates from this snapshot and the previous one; a counter that went backwards was
         // reset (the probe was re-attached), so it counted up from zero since.
@@ -321,6 +563,15 @@ impl AgentState {
             self.rates = Rates {
                 packets_per_second: delta(packets, self.counter("total_packets")) / elapsed,
                 bits_per_second: delta(bytes, self.counter("total_bytes")) * 8.0 / elapsed,
+            };
+            self.steering_rates = match (&self.agent_stats.steering, &steering) {
+                (Some(before), Some(now)) => Some(SteeringRates::between(
+                    before,
+                    now,
+                    self.steering_instance == instance,
+                    elapsed,
+                )),
+                _ => None,
             };
             if self.rate_history.len() == RATE_HISTORY {
                 self.rate_history.pop_front();
@@ -354,20 +605,26 @@ impl AgentState {
                 })
                 .collect();
             self.taken_at_unix_ns = taken_at_unix_ns;
+            // The steering figures are cumulative like the counters and read with them: the
+            // newest snapshot wins, and a replayed older one (say, of a previous instance)
+            // must not turn them back.
+            self.agent_stats.steering = steering;
+            self.steering_instance = instance;
+            if self.agent_stats.steering.is_none() {
+                self.steering_rates = None;
+            }
         }
-        self.agent_stats = AgentStats {
-            dropped_events: agent.dropped_events,
-            reconnects: agent.reconnects,
-            unacked_batches: agent.unacked_batches,
-            probe_ns_per_packet: agent.probe_ns_per_packet.filter(|v| v.is_finite()),
-        };
+        self.agent_stats.dropped_events = agent.dropped_events;
+        self.agent_stats.reconnects = agent.reconnects;
+        self.agent_stats.unacked_batches = agent.unacked_batches;
+        self.agent_stats.probe_ns_per_packet = agent.probe_ns_per_packet.filter(|v| v.is_finite());
 
         self.total_events += events.len() as u64;
         // Only the newest events can survive the caps: skip the rest without touching them.
         let count = events.len();
         let payload_from = count.saturating_sub(PAYLOAD_HISTORY);
         let recent_from = count.saturating_sub(recent_cap);
-        for (i, mut event) in events
+        for (i, event) in events
             .into_iter()
             .enumerate()
             .skip(payload_from.min(recent_from))
@@ -380,12 +637,10 @@ impl AgentState {
                     .push_back((seconds(event.timestamp_unix_ns), event.payload_len));
             }
             if i >= recent_from {
-                clip(&mut event.label, MAX_SHORT);
-                clip(&mut event.action, MAX_SHORT);
                 if self.recent_events.len() >= recent_cap {
                     self.recent_events.pop_front();
                 }
-                self.recent_events.push_back(event);
+                self.recent_events.push_back(RecentEvent::from_wire(event));
             }
         }
     }
@@ -420,6 +675,8 @@ impl AgentState {
         agent.counters = p.counters.into_iter().take(MAX_COUNTERS).collect();
         agent.labels = p.labels.into_iter().take(MAX_LABELS).collect();
         agent.agent_stats = p.agent;
+        // Which instance the steering figures came from is not saved: most likely the newest.
+        agent.steering_instance = p.instance;
         agent
     }
 }
@@ -662,6 +919,185 @@ mod tests {
             state.apply(&long, 1, batch(1, 1, 1, 1, 1), 0.0),
             Applied::New
         );
+    }
+
+    fn steering(received: u64, lost: u64) -> xdt_wire::SteeringStats {
+        xdt_wire::SteeringStats {
+            mode: "zerocopy".into(),
+            reinject: "host via xdt5r".into(),
+            sockets: 4,
+            received_packets: received,
+            received_bytes: received * 100,
+            reinjected_packets: received - lost,
+            reinject_dropped: lost,
+            rx_dropped: 2 * lost,
+            rx_ring_full: 3 * lost,
+            rx_fill_ring_empty: 4 * lost,
+            tx_invalid_descs: 5 * lost,
+        }
+    }
+
+    fn steered(sequence: u64, taken_s: u64, received: u64, lost: u64) -> Batch {
+        let mut b = batch(sequence, taken_s, received, received * 100, 0);
+        b.agent.steering = Some(steering(received, lost));
+        b
+    }
+
+    #[test]
+    fn steering_figures_are_the_newest_snapshot_with_rates() {
+        let mut state = State::new(10, 4);
+        state.connect(&hello("a", 1), 0.0).expect("connect");
+        state.apply("a", 1, steered(1, 100, 1000, 10), 0.0);
+        let a = state.agent("a").expect("a");
+        let s = a.agent_stats.steering.as_ref().expect("steering");
+        assert_eq!(
+            (s.mode.as_str(), s.reinject.as_str()),
+            ("zerocopy", "host via xdt5r")
+        );
+        assert_eq!(
+            (s.sockets, s.received_packets, s.tx_invalid_descs),
+            (4, 1000, 50)
+        );
+        assert_eq!(a.steering_rates, None, "one snapshot has no rate");
+
+        state.apply("a", 1, steered(2, 102, 3000, 30), 0.0);
+        let rates = state.agent("a").expect("a").steering_rates.expect("rates");
+        assert_eq!(rates.received_packets_per_second, 1000.0);
+        assert_eq!(rates.received_bits_per_second, 800_000.0);
+        assert_eq!(rates.reinjected_packets_per_second, 990.0);
+        assert_eq!(rates.reinject_dropped_per_second, 10.0);
+        assert_eq!(rates.rx_dropped_per_second, 20.0);
+        assert_eq!(rates.rx_ring_full_per_second, 30.0);
+        assert_eq!(rates.rx_fill_ring_empty_per_second, 40.0);
+        assert_eq!(rates.tx_invalid_descs_per_second, 50.0);
+
+        // A replayed older snapshot does not turn the cumulative figures back.
+        state.apply("a", 1, steered(3, 101, 2000, 20), 0.0);
+        let a = state.agent("a").expect("a");
+        assert_eq!(
+            a.agent_stats.steering.as_ref().map(|s| s.received_packets),
+            Some(3000)
+        );
+
+        // A restarted agent (new instance) counts from zero, even above the old figures.
+        state.connect(&hello("a", 2), 0.0).expect("connect");
+        state.apply("a", 2, steered(1, 104, 4000, 0), 0.0);
+        let a = state.agent("a").expect("a");
+        assert_eq!(
+            a.agent_stats.steering.as_ref().map(|s| s.received_packets),
+            Some(4000)
+        );
+        let rates = a.steering_rates.expect("rates");
+        assert_eq!(rates.received_packets_per_second, 2000.0);
+        assert_eq!(rates.reinject_dropped_per_second, 0.0);
+        // The same instance going backwards (impossible, but an agent is untrusted) too.
+        state.apply("a", 2, steered(2, 106, 1000, 0), 0.0);
+        let rates = state.agent("a").expect("a").steering_rates.expect("rates");
+        assert_eq!(rates.received_packets_per_second, 500.0);
+
+        // An agent that stops steering reports none: the figures and rates go.
+        state.apply("a", 2, batch(3, 108, 1, 1, 0), 0.0);
+        let a = state.agent("a").expect("a");
+        assert_eq!(a.agent_stats.steering, None);
+        assert_eq!(a.steering_rates, None);
+        // The other agent statistics still follow every batch.
+        assert_eq!(a.agent_stats.dropped_events, 0);
+    }
+
+    #[test]
+    fn steering_strings_and_inspections_are_clipped() {
+        let mut state = State::new(10, 4);
+        state.connect(&hello("a", 1), 0.0).expect("connect");
+        let mut b = steered(1, 1, 10, 0);
+        let long = "é".repeat(400);
+        if let Some(s) = &mut b.agent.steering {
+            s.mode.clone_from(&long);
+            s.reinject.clone_from(&long);
+        }
+        let mut http = event(5, 100);
+        http.action = "steer".into();
+        http.inspection = Some(Inspection {
+            frame_len: 214,
+            agent_latency_ns: 12_345,
+            reinjected: true,
+            http: Some(xdt_wire::HttpRequest {
+                method: long.clone(),
+                path: format!("/{long}"),
+                host: Some(long.clone()),
+            }),
+            dns: Some(xdt_wire::DnsQuery {
+                name: long.clone(),
+                qtype: 28,
+            }),
+        });
+        b.events = vec![event(4, 10), http];
+        state.apply("a", 1, b, 0.0);
+        let a = state.agent("a").expect("a");
+        let s = a.agent_stats.steering.as_ref().expect("steering");
+        assert!(
+            s.mode.len() <= MAX_SHORT && long.starts_with(&s.mode),
+            "{}",
+            s.mode.len()
+        );
+        assert!(s.reinject.len() <= MAX_SHORT, "{}", s.reinject.len());
+        assert_eq!(
+            a.recent_events[0].inspection, None,
+            "a sampled event has none"
+        );
+        let i = a.recent_events[1]
+            .inspection
+            .as_deref()
+            .expect("inspection");
+        assert_eq!(
+            (i.frame_len, i.agent_latency_ns, i.reinjected),
+            (214, 12_345, true)
+        );
+        let http = i.http.as_ref().expect("http");
+        assert!(http.method.len() <= MAX_SHORT, "{}", http.method.len());
+        assert!(
+            http.path.len() <= MAX_INSPECTED && http.path.starts_with("/é"),
+            "{}",
+            http.path.len()
+        );
+        assert!(http.host.as_ref().is_some_and(|h| h.len() <= MAX_INSPECTED));
+        let dns = i.dns.as_ref().expect("dns");
+        assert!(dns.name.len() <= MAX_INSPECTED && dns.qtype == 28);
+    }
+
+    #[test]
+    fn persisted_steering_round_trips_and_old_files_load() {
+        let mut state = State::new(10, 4);
+        state.connect(&hello("a", 7), 0.0).expect("connect");
+        state.apply("a", 7, steered(1, 10, 500, 5), 0.0);
+        let json = serde_json::to_string(&state.to_persisted()).expect("json");
+        let mut restored = State::new(10, 4);
+        restored.restore(serde_json::from_str(&json).expect("parse"));
+        let a = restored.agent("a").expect("a");
+        assert_eq!(
+            a.agent_stats.steering,
+            state.agent("a").expect("a").agent_stats.steering
+        );
+        // The same instance goes on: its rate counts from the restored figures.
+        restored.connect(&hello("a", 7), 0.0).expect("connect");
+        restored.apply("a", 7, steered(2, 12, 700, 5), 0.0);
+        let rates = restored
+            .agent("a")
+            .expect("a")
+            .steering_rates
+            .expect("rates");
+        assert_eq!(rates.received_packets_per_second, 100.0);
+
+        // A state.json written before steering existed.
+        let old = r#"{"version":1,"agents":[{"agent_id":"o","hostname":"h","interface":"eth0",
+            "probe_version":"0.1.0","instance":3,"sequences":[[3,9]],"last_seen_unix":1.0,
+            "total_events":2,"taken_at_unix_ns":5,"counters":[],"labels":[],
+            "agent":{"dropped_events":1,"reconnects":2,"unacked_batches":0,
+                     "probe_ns_per_packet":null}}]}"#;
+        let mut restored = State::new(10, 4);
+        restored.restore(serde_json::from_str(old).expect("parse an old file"));
+        let o = restored.agent("o").expect("o");
+        assert_eq!(o.agent_stats.steering, None);
+        assert_eq!(o.agent_stats.reconnects, 2);
     }
 
     #[test]
