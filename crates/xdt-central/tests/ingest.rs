@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     STEP, TOKEN, TestAgent, TestCentral, batch, config, event, get, hello, node, read_to_close,
-    wait_for_json, wait_for_log,
+    steered_batch, steered_event, steering, wait_for_json, wait_for_log,
 };
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use xdt_wire::{ErrorCode, MAX_FRAME, Message, Preamble, frame};
@@ -140,6 +140,211 @@ async fn batches_show_up_exactly_in_metrics_json_and_prometheus() {
         text.contains(&format!("xdt_agent_connected{{{labels}}} 0")),
         "{text}"
     );
+    central.stop().await.expect("clean stop");
+}
+
+/// The lines of a /metrics body that start with `prefix` and carry `agent_id="id"`.
+fn series<'a>(text: &'a str, prefix: &str, agent_id: &str) -> Vec<&'a str> {
+    let needle = format!("agent_id=\"{agent_id}\"");
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(&needle))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steering_stats_and_inspections_show_up_exactly() {
+    const XSS_PATH: &str = "/<img src=x onerror=alert(1)>?q=\"x\"";
+    let central = TestCentral::start(config()).await;
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("steer-1", 11, TOKEN)).await;
+    let t0: u64 = 1_700_000_000;
+    let ns = t0 * 1_000_000_000;
+    let events = vec![
+        event(ns + 1, "web", 10),
+        steered_event(ns + 2, Some(("GET", XSS_PATH, Some("shop.example"))), None),
+        steered_event(ns + 3, None, Some(("example.com", 28))),
+        steered_event(ns + 4, Some(("OPTIONS", "*", None)), None),
+    ];
+    assert_eq!(
+        agent
+            .batch(steered_batch(1, t0, 1000, events, steering(1000, 0)))
+            .await,
+        1
+    );
+    assert_eq!(
+        agent
+            .batch(steered_batch(2, t0 + 2, 3000, vec![], steering(3000, 10)))
+            .await,
+        2
+    );
+    // An agent that does not steer, next to it.
+    let (mut plain, _) = TestAgent::hello(central.telemetry, hello("plain", 1, TOKEN)).await;
+    assert_eq!(plain.batch(batch(1, t0, 10, vec![])).await, 1);
+
+    let json = get(central.http, "/metrics.json").await.json();
+    let n = node(&json, "steer-1");
+    assert_eq!(
+        n["agent"],
+        serde_json::json!({
+            "dropped_events": 2, "reconnects": 4, "unacked_batches": 1,
+            "probe_ns_per_packet": 21.5,
+            "steering": {
+                "mode": "zerocopy", "reinject": "host via xdt5r", "sockets": 4,
+                "received_packets": 3000, "received_bytes": 300_000,
+                "reinjected_packets": 2990, "reinject_dropped": 10, "rx_dropped": 20,
+                "rx_ring_full": 30, "rx_fill_ring_empty": 40, "tx_invalid_descs": 50
+            }
+        })
+    );
+    // (3000 - 1000) / 2 s received, (2990 - 1000) / 2 s reinjected, each loss (k x 10) / 2 s.
+    assert_eq!(
+        n["steering_rates"],
+        serde_json::json!({
+            "received_packets_per_second": 1000.0, "received_bits_per_second": 800_000.0,
+            "reinjected_packets_per_second": 995.0, "reinject_dropped_per_second": 5.0,
+            "rx_dropped_per_second": 10.0, "rx_ring_full_per_second": 15.0,
+            "rx_fill_ring_empty_per_second": 20.0, "tx_invalid_descs_per_second": 25.0
+        })
+    );
+    let recent = n["recent_events"].as_array().expect("events");
+    assert_eq!(recent.len(), 4);
+    assert!(
+        recent[0].get("inspection").is_none(),
+        "a sampled event keeps the seed's shape: {}",
+        recent[0]
+    );
+    assert_eq!(
+        recent[1],
+        serde_json::json!({
+            "timestamp_unix_ns": ns + 2, "label": "inspect", "rule": 4, "action": "steer",
+            "protocol": 6, "src": "192.0.2.1", "dst": "2001:db8::1", "src_port": 40000,
+            "dst_port": 80, "ip_len": 180, "payload_len": 120, "tcp_flags": 0x18, "rx_queue": 3,
+            "inspection": {
+                "frame_len": 194, "agent_latency_ns": 23_456, "reinjected": true,
+                "http": {"method": "GET", "path": XSS_PATH, "host": "shop.example"},
+                "dns": null
+            }
+        })
+    );
+    assert_eq!(
+        recent[2]["inspection"],
+        serde_json::json!({
+            "frame_len": 194, "agent_latency_ns": 23_456, "reinjected": false, "http": null,
+            "dns": {"name": "example.com", "qtype": 28}
+        })
+    );
+    assert_eq!(
+        recent[3]["inspection"]["http"],
+        serde_json::json!({"method": "OPTIONS", "path": "*", "host": null})
+    );
+    assert_eq!(n["payload_history"].as_array().expect("payload").len(), 4);
+    let p = node(&json, "plain");
+    assert!(p["agent"].get("steering").is_none(), "{p:#}");
+    assert!(p.get("steering_rates").is_none(), "{p:#}");
+
+    let text = get(central.http, "/metrics").await.text();
+    let labels = r#"agent_id="steer-1",interface="eth0""#;
+    let expected = |received: u64, lost: u64, mode: &str, reinject: &str| {
+        vec![
+            format!("xdt_steering_received_packets_total{{{labels}}} {received}"),
+            format!(
+                "xdt_steering_received_bytes_total{{{labels}}} {}",
+                received * 100
+            ),
+            format!(
+                "xdt_steering_reinjected_packets_total{{{labels}}} {}",
+                received - lost
+            ),
+            format!("xdt_steering_reinject_dropped_total{{{labels}}} {lost}"),
+            format!("xdt_steering_rx_dropped_total{{{labels}}} {}", 2 * lost),
+            format!("xdt_steering_rx_ring_full_total{{{labels}}} {}", 3 * lost),
+            format!(
+                "xdt_steering_rx_fill_ring_empty_total{{{labels}}} {}",
+                4 * lost
+            ),
+            format!(
+                "xdt_steering_tx_invalid_descs_total{{{labels}}} {}",
+                5 * lost
+            ),
+            format!("xdt_steering_sockets{{{labels}}} 4"),
+            format!(r#"xdt_steering_info{{{labels},mode="{mode}",reinject="{reinject}"}} 1"#),
+        ]
+    };
+    let steering_lines = |text: &str| {
+        let mut lines = series(text, "xdt_steering_", "steer-1");
+        lines.sort_unstable();
+        lines.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(
+        steering_lines(&text),
+        sorted(expected(3000, 10, "zerocopy", "host via xdt5r")),
+        "in\n{text}"
+    );
+    assert!(series(&text, "xdt_steering_", "plain").is_empty(), "{text}");
+    // Bounded cardinality: what a packet carried is never a label.
+    for secret in ["onerror", "shop.example", "example.com", "OPTIONS"] {
+        assert!(!text.contains(secret), "{secret} in /metrics:\n{text}");
+    }
+
+    // A replayed batch changes nothing.
+    assert_eq!(
+        agent
+            .batch(steered_batch(1, t0, 1000, vec![], steering(1000, 0)))
+            .await,
+        1
+    );
+    let json = get(central.http, "/metrics.json").await.json();
+    assert_eq!(
+        node(&json, "steer-1")["agent"]["steering"]["received_packets"],
+        3000
+    );
+
+    // The agent restarts (a new instance, its counters from zero, another mode): the newest
+    // figures replace the old ones, a counter reset as Prometheus understands it, and the
+    // info series is replaced, not added to.
+    drop(agent);
+    let (mut agent, welcome) =
+        TestAgent::hello(central.telemetry, hello("steer-1", 12, TOKEN)).await;
+    assert_eq!(welcome.last_sequence, 0);
+    let mut restarted = steering(500, 1);
+    restarted.mode = "copy".into();
+    restarted.reinject = "egress \"eth2\"\n".into();
+    assert_eq!(
+        agent
+            .batch(steered_batch(1, t0 + 4, 4000, vec![], restarted))
+            .await,
+        1
+    );
+    let json = get(central.http, "/metrics.json").await.json();
+    let n = node(&json, "steer-1");
+    assert_eq!(n["agent"]["steering"]["received_packets"], 500);
+    assert_eq!(n["agent"]["steering"]["reinject"], "egress \"eth2\"\n");
+    assert_eq!(n["steering_rates"]["received_packets_per_second"], 250.0);
+    assert_eq!(n["steering_rates"]["reinject_dropped_per_second"], 0.5);
+    let text = get(central.http, "/metrics").await.text();
+    assert_eq!(
+        steering_lines(&text),
+        sorted(expected(500, 1, "copy", r#"egress \"eth2\"\n"#)),
+        "in\n{text}"
+    );
+
+    // Disconnected, the agent keeps its last figures, like its other statistics.
+    drop(agent);
+    wait_for_json(central.http, |j| node(j, "steer-1")["connected"] == false).await;
+    let json = get(central.http, "/metrics.json").await.json();
+    assert_eq!(
+        node(&json, "steer-1")["agent"]["steering"]["rx_ring_full"],
+        3
+    );
+    let text = get(central.http, "/metrics").await.text();
+    assert_eq!(
+        steering_lines(&text),
+        sorted(expected(500, 1, "copy", r#"egress \"eth2\"\n"#))
+    );
+    drop(plain);
     central.stop().await.expect("clean stop");
 }
 

@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{STEP, TOKEN, TempDir, TestAgent, TestCentral, batch, config, hello};
+use common::{
+    STEP, TOKEN, TempDir, TestAgent, TestCentral, batch, config, hello, steered_batch, steering,
+};
 use xdt_central::OtlpConfig;
 
 /// The receiver process, killed and reaped on drop.
@@ -102,8 +104,20 @@ async fn metrics_reach_a_real_otlp_receiver() {
     let central = TestCentral::start(cfg).await;
     for (id, packets) in [("otel-a", 1000), ("otel-b", 4000)] {
         let (mut agent, _) = TestAgent::hello(central.telemetry, hello(id, 1, TOKEN)).await;
-        assert_eq!(agent.batch(batch(1, 100, packets, vec![])).await, 1);
-        assert_eq!(agent.batch(batch(2, 102, packets * 3, vec![])).await, 2);
+        // otel-a steers packets through AF_XDP, otel-b does not.
+        let (first, second) = if id == "otel-a" {
+            (
+                steered_batch(1, 100, packets, vec![], steering(10, 0)),
+                steered_batch(2, 102, packets * 3, vec![], steering(5000, 6)),
+            )
+        } else {
+            (
+                batch(1, 100, packets, vec![]),
+                batch(2, 102, packets * 3, vec![]),
+            )
+        };
+        assert_eq!(agent.batch(first).await, 1);
+        assert_eq!(agent.batch(second).await, 2);
     }
 
     // Wait (bounded) for an export that carries the second batches.
@@ -146,6 +160,15 @@ async fn metrics_reach_a_real_otlp_receiver() {
             "xdp.packets.tcp",
             "xdp.packets.total",
             "xdp.packets.udp",
+            "xdt.steering.received_bytes",
+            "xdt.steering.received_packets",
+            "xdt.steering.reinject_dropped",
+            "xdt.steering.reinjected_packets",
+            "xdt.steering.rx_dropped",
+            "xdt.steering.rx_fill_ring_empty",
+            "xdt.steering.rx_ring_full",
+            "xdt.steering.sockets",
+            "xdt.steering.tx_invalid_descs",
         ]
     );
     // batch(_, _, p, _) reports total p, bytes 100p, ipv4 p/2, ipv6 p - p/2, tcp p/4,
@@ -175,6 +198,37 @@ async fn metrics_reach_a_real_otlp_receiver() {
             "rate of {id}"
         );
     }
+    // steering(5000, 6): received 5000 packets and 500,000 bytes, reinjected 4994, and the
+    // losses 6, 12, 18, 24, 30.
+    for (metric, value, unit) in [
+        ("xdt.steering.received_packets", 5000u64, "{packet}"),
+        ("xdt.steering.received_bytes", 500_000, "By"),
+        ("xdt.steering.reinjected_packets", 4994, "{packet}"),
+        ("xdt.steering.reinject_dropped", 6, "{packet}"),
+        ("xdt.steering.rx_dropped", 12, "{packet}"),
+        ("xdt.steering.rx_ring_full", 18, "{packet}"),
+        ("xdt.steering.rx_fill_ring_empty", 24, "{event}"),
+        ("xdt.steering.tx_invalid_descs", 30, "{descriptor}"),
+    ] {
+        let m = &doc["metrics"][metric];
+        assert_eq!(
+            (&m["kind"], &m["monotonic"]),
+            (&"sum".into(), &true.into()),
+            "{m}"
+        );
+        assert_eq!(m["unit"], unit, "{metric}");
+        let steered = point(&doc, metric, "otel-a").unwrap_or_else(|| panic!("{metric}: {m}"));
+        assert_eq!(steered["value"], value, "{metric}");
+        assert_eq!(steered["attributes"]["interface"], "eth0");
+        assert_eq!(steered["attributes"]["hostname"], "otel-a.example");
+        assert!(
+            point(&doc, metric, "otel-b").is_none(),
+            "an agent that does not steer has no {metric}: {m}"
+        );
+    }
+    let sockets = point(&doc, "xdt.steering.sockets", "otel-a").expect("sockets");
+    assert_eq!(sockets["value"], 4);
+    assert_eq!(doc["metrics"]["xdt.steering.sockets"]["kind"], "gauge");
     assert_eq!(doc["metrics"]["xdp.packets.rate"]["kind"], "gauge");
     assert_eq!(doc["metrics"]["xdp.bytes.total"]["unit"], "By");
     assert!(

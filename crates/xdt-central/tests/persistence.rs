@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     STEP, TOKEN, TempDir, TestAgent, TestCentral, batch, config, event, get, hello, node,
+    steered_batch, steering,
 };
 
 fn events(n: u64) -> Vec<xdt_wire::Event> {
@@ -59,6 +60,62 @@ async fn a_replayed_batch_after_a_restart_is_not_counted_twice() {
     let central = TestCentral::start(cfg).await;
     let json = get(central.http, "/metrics.json").await.json();
     assert_eq!(node(&json, "n1")["total_events"], 50);
+    central.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steering_stats_survive_a_restart_so_counters_do_not_reset() {
+    let dir = TempDir::new("steering");
+    let mut cfg = config();
+    cfg.state_dir = Some(dir.path().to_owned());
+    let central = TestCentral::start(cfg.clone()).await;
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("s1", 5, TOKEN)).await;
+    assert_eq!(
+        agent
+            .batch(steered_batch(1, 10, 100, vec![], steering(2000, 7)))
+            .await,
+        1
+    );
+    let before = get(central.http, "/metrics.json").await.json();
+    drop(agent);
+    central.stop().await.expect("clean stop");
+
+    let central = TestCentral::start(cfg).await;
+    let json = get(central.http, "/metrics.json").await.json();
+    let n = node(&json, "s1");
+    assert_eq!(
+        n["agent"]["steering"],
+        node(&before, "s1")["agent"]["steering"]
+    );
+    assert_eq!(n["agent"]["steering"]["received_packets"], 2000);
+    assert_eq!(n["agent"]["steering"]["tx_invalid_descs"], 35);
+    let text = get(central.http, "/metrics").await.text();
+    let labels = r#"agent_id="s1",interface="eth0""#;
+    for line in [
+        format!("xdt_steering_received_packets_total{{{labels}}} 2000"),
+        format!("xdt_steering_reinject_dropped_total{{{labels}}} 7"),
+        format!("xdt_steering_rx_fill_ring_empty_total{{{labels}}} 28"),
+        format!(r#"xdt_steering_info{{{labels},mode="zerocopy",reinject="host via xdt5r"}} 1"#),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} after the restart in\n{text}"
+        );
+    }
+    // The same agent instance goes on: the rate spans the restart from the saved figures.
+    let (mut agent, welcome) = TestAgent::hello(central.telemetry, hello("s1", 5, TOKEN)).await;
+    assert_eq!(welcome.last_sequence, 1);
+    assert_eq!(
+        agent
+            .batch(steered_batch(2, 14, 200, vec![], steering(2400, 7)))
+            .await,
+        2
+    );
+    let json = get(central.http, "/metrics.json").await.json();
+    let rates = &node(&json, "s1")["steering_rates"];
+    assert_eq!(rates["received_packets_per_second"], 100.0, "{rates}");
+    assert_eq!(rates["reinject_dropped_per_second"], 0.0, "{rates}");
+    drop(agent);
     central.stop().await.expect("clean stop");
 }
 

@@ -16,7 +16,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{TOKEN, TestAgent, TestCentral, batch, config, event, get, hello};
+use common::{
+    TOKEN, TestAgent, TestCentral, batch, config, event, get, hello, steered_batch, steering,
+};
 
 fn promtool(body: &str) -> Option<(bool, String)> {
     let mut child = match Command::new("promtool")
@@ -101,11 +103,29 @@ async fn promtool_accepts_metrics() {
         );
         assert_eq!(agent.batch(batch(2, 12, 300, vec![])).await, 2);
     }
+    // An agent that steers, with an awkward re-injection target in its info label.
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("node-c", 3, TOKEN)).await;
+    let mut stats = steering(900, 3);
+    stats.reinject = "egress \"eth2\"\\\n".into();
+    assert_eq!(
+        agent.batch(steered_batch(1, 10, 100, vec![], stats)).await,
+        1
+    );
     let body = get(central.http, "/metrics").await.text();
     central.stop().await.expect("clean stop");
 
     let counters = counters_declared(&body);
-    assert!(counters.len() >= 10, "{body}");
+    assert!(counters.len() >= 18, "{body}");
+    for family in [
+        "xdt_steering_rx_ring_full counter",
+        "xdt_steering_sockets gauge",
+        "xdt_steering_info gauge",
+    ] {
+        assert!(
+            body.lines().any(|l| l == format!("# TYPE {family}")),
+            "no {family} in:\n{body}"
+        );
+    }
     let (ok, findings) = promtool(&body).expect("promtool");
     assert!(
         !findings.contains("error while linting"),

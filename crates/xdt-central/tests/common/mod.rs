@@ -24,7 +24,8 @@ use tokio::{
 };
 use xdt_central::{Central, Config, Token};
 use xdt_wire::{
-    AgentStats, Batch, Connection, ErrorCode, Event, Hello, LabelCount, Message, Welcome,
+    AgentStats, Batch, Connection, DnsQuery, ErrorCode, Event, Hello, HttpRequest, Inspection,
+    LabelCount, Message, SteeringStats, Welcome,
 };
 
 pub const TOKEN: &str = "test-token-5f1c";
@@ -204,6 +205,64 @@ pub fn event(timestamp_unix_ns: u64, label: &str, payload_len: u16) -> Event {
         tcp_flags: 0x18,
         inspection: None,
     }
+}
+
+/// A steered packet's event: `http` is (method, path, host), `dns` is (name, qtype).
+pub fn steered_event(
+    timestamp_unix_ns: u64,
+    http: Option<(&str, &str, Option<&str>)>,
+    dns: Option<(&str, u16)>,
+) -> Event {
+    let mut e = event(timestamp_unix_ns, "inspect", 120);
+    e.action = "steer".into();
+    e.rule = 4;
+    e.rx_queue = 3;
+    e.inspection = Some(Inspection {
+        frame_len: 194,
+        agent_latency_ns: 23_456,
+        reinjected: dns.is_none(),
+        http: http.map(|(method, path, host)| HttpRequest {
+            method: method.into(),
+            path: path.into(),
+            host: host.map(Into::into),
+        }),
+        dns: dns.map(|(name, qtype)| DnsQuery {
+            name: name.into(),
+            qtype,
+        }),
+    });
+    e
+}
+
+/// AF_XDP figures derived from `received` and `lost`, so each test can predict every value:
+/// received bytes 100 x received, reinjected received - lost, and the losses lost x 1..=5.
+pub fn steering(received: u64, lost: u64) -> SteeringStats {
+    SteeringStats {
+        mode: "zerocopy".into(),
+        reinject: "host via xdt5r".into(),
+        sockets: 4,
+        received_packets: received,
+        received_bytes: received * 100,
+        reinjected_packets: received - lost,
+        reinject_dropped: lost,
+        rx_dropped: 2 * lost,
+        rx_ring_full: 3 * lost,
+        rx_fill_ring_empty: 4 * lost,
+        tx_invalid_descs: 5 * lost,
+    }
+}
+
+/// [`batch`] from an agent that steers.
+pub fn steered_batch(
+    sequence: u64,
+    taken_at_s: u64,
+    packets: u64,
+    events: Vec<Event>,
+    steering: SteeringStats,
+) -> Batch {
+    let mut b = batch(sequence, taken_at_s, packets, events);
+    b.agent.steering = Some(steering);
+    b
 }
 
 /// The probe's counters, all derived from `packets` so each test can predict every value.
