@@ -9,10 +9,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
 use xdt_common::{
@@ -21,9 +21,10 @@ use xdt_common::{
     events::{RING_BYTES, SampledEvent},
     labels::{LabelName, LabelStats, MAX_LABELS},
     rules::{
-        ACTION_DROP, ACTION_SAMPLE, CandidateList, DEFAULT_MAX_RULES, MATCH_DST, MATCH_PORT,
+        ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, DEFAULT_MAX_RULES, MATCH_DST, MATCH_PORT,
         MATCH_PROTOCOL, MATCH_SRC, MAX_CANDIDATES, Rule, max_lists,
     },
+    steer::{MAX_QUEUES, META_MAGIC, SteerLease, SteerMeta},
     trie::{
         CHILD, DEFAULT_TRIE_NODES, IPV4_CHILD_LEVELS, IPV6_CHILD_LEVELS, NODES_PER_ROOT, Root,
         TrieNode, nodes_per_generation,
@@ -52,6 +53,12 @@ static XDT_TRIE: Array<TrieNode> =
 static XDT_SAMPLE_HITS: PerCpuArray<u32> = PerCpuArray::with_max_entries(2 * DEFAULT_MAX_RULES, 0);
 #[map]
 static XDT_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+/// The agent's AF_XDP sockets by RX queue.
+#[map]
+static XDT_XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+/// The agent's steering lease (see `xdt_common::steer`).
+#[map]
+static XDT_STEER: Array<SteerLease> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -470,7 +477,59 @@ fn classify(
             }
             Ok(XDP_PASS)
         }
+        ACTION_STEER => Ok(steer(ctx, counters, rule)),
         _ => Ok(XDP_PASS),
+    }
+}
+
+/// Redirects the frame to the agent's socket of its RX queue with the label and rule in front
+/// of it as metadata, or passes it (fail-open) when the agent cannot take it.
+#[inline(always)]
+fn steer(ctx: &XdpContext, counters: &mut Counters, rule: &Rule) -> u32 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let queue = ctx.rx_queue_index();
+    let leased = XDT_STEER.get(0).is_some_and(|lease| now < lease.expires_ns);
+    // A socket bound to another queue would make the redirect drop the frame.
+    if !leased || XDT_XSKS.get(queue) != Some(queue) {
+        bump(counters, Counter::SteerFallbackPackets);
+        return XDP_PASS;
+    }
+    const META_LEN: i32 = core::mem::size_of::<SteerMeta>() as i32;
+    // SAFETY: ctx.ctx is the program's context; the helper checks the headroom itself.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -META_LEN) } != 0 {
+        bump(counters, Counter::SteerFallbackPackets);
+        return XDP_PASS;
+    }
+    // Packet pointers are invalid after adjust_meta: read them again.
+    let meta = ctx.metadata();
+    if meta + META_LEN as usize > ctx.data() {
+        bump(counters, Counter::SteerFallbackPackets);
+        return XDP_PASS;
+    }
+    // SAFETY: [meta, meta + META_LEN) lies inside the metadata area, checked just above; the
+    // verifier requires that check and accepts unaligned stores there.
+    unsafe {
+        (meta as *mut SteerMeta).write_unaligned(SteerMeta {
+            timestamp_ns: now,
+            label: rule.label,
+            rule: rule.id,
+            rx_queue: queue,
+            magic: META_MAGIC,
+        });
+    }
+    match XDT_XSKS.redirect(queue, u64::from(XDP_PASS)) {
+        Ok(XDP_REDIRECT) => {
+            bump(counters, Counter::SteeredPackets);
+            XDP_REDIRECT
+        }
+        _ => {
+            // The socket left between the lookup and the redirect: give the metadata back.
+            // SAFETY: as above; shrinking by what was added cannot fail.
+            unsafe { bpf_xdp_adjust_meta(ctx.ctx, META_LEN) };
+            bump(counters, Counter::SteerFallbackPackets);
+            XDP_PASS
+        }
     }
 }
 

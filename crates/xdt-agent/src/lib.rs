@@ -8,6 +8,7 @@
 
 pub mod outbox;
 pub mod source;
+pub mod steer;
 mod uplink;
 
 use std::{
@@ -52,6 +53,8 @@ pub struct Config {
     pub max_events: usize,
     /// Events per batch (the rest go into the next one); keeps frames under 1 MiB.
     pub max_events_per_batch: usize,
+    /// AF_XDP steering of `steer` rules; `None` leaves them to the kernel path (fail-open).
+    pub steer: Option<steer::SteerConfig>,
 }
 
 /// Reads and validates the token file: its content without surrounding whitespace.
@@ -120,6 +123,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         token: config.token.clone(),
     };
 
+    let steering = match (&config.steer, source.is_probe()) {
+        (Some(steer_config), true) => {
+            let sink_shared = shared.clone();
+            let max_pending = config.max_events;
+            let sink: steer::EventSink =
+                Arc::new(move |events| push_pending(&sink_shared, events, max_pending));
+            Some(
+                steer::Steering::start(&config.interface, steer_config, sink)
+                    .await
+                    .with_context(|| format!("AF_XDP steering on {}", config.interface))?,
+            )
+        }
+        _ => None,
+    };
+
     let events = source.is_probe().then(|| {
         tokio::spawn(read_events(
             config.interface.clone(),
@@ -145,10 +163,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             _ = ticker.tick() => {}
             () = &mut shutdown => break,
         }
-        make_batches(&source, &shared, &mut sequence, &config, &mut runtime)?;
+        let steer_stats = steering.as_ref().map(steer::Steering::stats);
+        make_batches(
+            &source,
+            &shared,
+            &mut sequence,
+            &config,
+            &mut runtime,
+            steer_stats.as_ref(),
+        )?;
     }
-    // A last batch with what is pending, then up to 5 s to deliver everything.
-    make_batches(&source, &shared, &mut sequence, &config, &mut runtime)?;
+    // Steering off first (the probe passes steered packets from here on), then a last batch
+    // with what is pending, then up to 5 s to deliver everything.
+    let steer_stats = match steering {
+        Some(steering) => Some(steering.stop().await),
+        None => None,
+    };
+    make_batches(
+        &source,
+        &shared,
+        &mut sequence,
+        &config,
+        &mut runtime,
+        steer_stats.as_ref(),
+    )?;
     if let Some(events) = events {
         events.abort();
     }
@@ -175,6 +213,7 @@ fn make_batches(
     sequence: &mut u64,
     config: &Config,
     runtime: &mut RuntimeSampler,
+    steering: Option<&xdt_wire::SteeringStats>,
 ) -> Result<()> {
     let snapshot = source.snapshot()?;
     let mut events: Vec<Event> = std::mem::take(&mut *shared.pending());
@@ -197,7 +236,7 @@ fn make_batches(
                 unacked_batches,
                 reconnects: shared.reconnects.load(Ordering::Relaxed),
                 probe_ns_per_packet,
-                steering: None,
+                steering: steering.cloned(),
             },
         });
         if rest.is_empty() {
@@ -297,15 +336,20 @@ async fn read_events(iface: String, shared: Arc<Shared>, max_pending: usize) {
         if fresh.is_empty() {
             continue;
         }
-        let mut pending = shared.pending();
-        pending.append(&mut fresh);
-        if pending.len() > max_pending {
-            let excess = pending.len() - max_pending;
-            pending.drain(..excess);
-            shared
-                .pending_dropped
-                .fetch_add(excess as u64, Ordering::Relaxed);
-        }
+        push_pending(&shared, std::mem::take(&mut fresh), max_pending);
+    }
+}
+
+/// Adds events to the next batch, dropping (and counting) the oldest beyond `max_pending`.
+fn push_pending(shared: &Shared, mut fresh: Vec<Event>, max_pending: usize) {
+    let mut pending = shared.pending();
+    pending.append(&mut fresh);
+    if pending.len() > max_pending {
+        let excess = pending.len() - max_pending;
+        pending.drain(..excess);
+        shared
+            .pending_dropped
+            .fetch_add(excess as u64, Ordering::Relaxed);
     }
 }
 
@@ -316,7 +360,7 @@ fn unix_ns() -> u64 {
 }
 
 /// Unix time minus CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads), in nanoseconds.
-fn monotonic_to_unix_offset() -> u64 {
+pub(crate) fn monotonic_to_unix_offset() -> u64 {
     let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         t.tv_sec().cast_unsigned() * 1_000_000_000 + t.tv_nsec().cast_unsigned()
     });

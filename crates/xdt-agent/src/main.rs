@@ -3,7 +3,11 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
-use xdt_agent::{Config, default_agent_id, read_token, source::MapSelector};
+use xdt_agent::{
+    Config, default_agent_id, read_token,
+    source::MapSelector,
+    steer::{BindMode, Reinject, SteerConfig},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,9 +59,38 @@ struct Args {
     /// Sampled events kept while central is unreachable (oldest dropped first, counted).
     #[arg(long, env = "XDT_BUFFER_EVENTS", default_value_t = 100_000)]
     buffer_events: usize,
+    /// Do not open AF_XDP sockets: packets of `steer` rules stay on the kernel path.
+    #[arg(long, env = "XDT_NO_STEER")]
+    no_steer: bool,
+    /// Re-inject steered packets out of this interface unchanged (bump in the wire) instead of
+    /// into the host stack through the agent's re-entry veth pair.
+    #[arg(long, env = "XDT_EGRESS", value_name = "IF")]
+    egress: Option<String>,
+    /// AF_XDP bind mode: auto (zero-copy where the driver can, else copy), copy, zerocopy.
+    #[arg(long, env = "XDT_XSK_MODE", value_enum, default_value_t = XskMode::Auto)]
+    xsk_mode: XskMode,
+    /// UMEM frames (4 KiB each) per AF_XDP socket: a power of two from 64 to 65536.
+    #[arg(long, env = "XDT_XSK_FRAMES", default_value_t = 2048)]
+    xsk_frames: u32,
+    /// Seconds the probe keeps steering to the agent without a renewal (fail-open bound for a
+    /// hung agent).
+    #[arg(
+        long,
+        env = "XDT_STEER_LEASE",
+        default_value_t = 1.0,
+        value_name = "SECONDS"
+    )]
+    steer_lease: f64,
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, env = "XDT_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum XskMode {
+    Auto,
+    Copy,
+    Zerocopy,
 }
 
 fn main() {
@@ -79,6 +112,12 @@ fn start(args: Args) -> anyhow::Result<()> {
             args.interval
         );
     }
+    if !(0.1..=60.0).contains(&args.steer_lease) {
+        anyhow::bail!(
+            "--steer-lease must be between 0.1 and 60 seconds, not {}",
+            args.steer_lease
+        );
+    }
     let config = Config {
         interface: args.interface,
         central: args.central,
@@ -92,6 +131,16 @@ fn start(args: Args) -> anyhow::Result<()> {
         max_batches: args.buffer_batches,
         max_events: args.buffer_events,
         max_events_per_batch: 8192,
+        steer: (!args.no_steer).then(|| SteerConfig {
+            reinject: args.egress.map_or(Reinject::Host, Reinject::Egress),
+            mode: match args.xsk_mode {
+                XskMode::Auto => BindMode::Auto,
+                XskMode::Copy => BindMode::Copy,
+                XskMode::Zerocopy => BindMode::ZeroCopy,
+            },
+            frames: args.xsk_frames,
+            lease: Duration::from_secs_f64(args.steer_lease),
+        }),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

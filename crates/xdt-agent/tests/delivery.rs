@@ -47,6 +47,7 @@ fn config(central: String, map_id: u32) -> Config {
         max_batches: 100,
         max_events: 1000,
         max_events_per_batch: 100,
+        steer: None,
     }
 }
 

@@ -42,11 +42,16 @@ pub enum Counter {
     SampledEvents,
     /// Sampled events lost because the ring buffer was full.
     LostEvents,
+    /// Packets of `steer` rules redirected to the agent's AF_XDP socket.
+    SteeredPackets,
+    /// Packets of `steer` rules passed to the kernel stack instead: no live agent socket on the
+    /// RX queue, an expired agent lease, or no room for the metadata (fail-open).
+    SteerFallbackPackets,
     /// Internal errors (a map lookup that failed); the packet was passed.
     Errors,
 }
 
-pub const COUNT: usize = 19;
+pub const COUNT: usize = 21;
 
 /// Stable names, as printed by `xdt stats --json` (the otel demo's names for the first ones).
 pub const NAMES: [&str; COUNT] = [
@@ -68,6 +73,8 @@ pub const NAMES: [&str; COUNT] = [
     "dropped_packets",
     "sampled_events",
     "lost_events",
+    "steered_packets",
+    "steer_fallback_packets",
     "errors",
 ];
 

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod events;
 pub mod labels;
 pub mod rules;
+pub mod steer;
 pub mod trie;
 
 /// Implements `aya::Pod` for a layout (user space only: the probe has no aya).
@@ -27,4 +28,5 @@ macro_rules! user_pod {
 pub(crate) use user_pod;
 
 /// Version of this ABI; recorded by `xdt attach` so user space refuses maps of another layout.
-pub const ABI_VERSION: u32 = 1;
+/// 2: AF_XDP steering (`steer` action, `XDT_XSKS`, `XDT_STEER`, two counters).
+pub const ABI_VERSION: u32 = 2;

@@ -32,6 +32,8 @@ pub const MATCH_PORT: u8 = 8;
 pub const ACTION_COUNT: u8 = 0;
 pub const ACTION_SAMPLE: u8 = 1;
 pub const ACTION_DROP: u8 = 2;
+/// Redirect to the agent's AF_XDP socket of the RX queue (fail-open, see [`crate::steer`]).
+pub const ACTION_STEER: u8 = 3;
 
 /// A compiled rule. Addresses and masks are the packet's bytes read as native-endian words
 /// (IPv4 uses word 0 only), so the probe compares raw loads without byte swapping.

@@ -105,6 +105,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An RX queue beyond what the probe's socket map holds.
+    #[error("RX queue {queue} cannot be steered: the probe holds sockets for queues 0-{}", max - 1)]
+    TooManyQueues { queue: u32, max: u32 },
     /// A system call outside aya failed.
     #[error("{call} failed")]
     Sys {

@@ -10,6 +10,7 @@ pub mod paths;
 pub mod probe;
 pub mod rules;
 pub mod stats;
+pub mod steer;
 pub mod sys;
 
 pub use error::{Error, Result};

@@ -13,7 +13,7 @@ use xdt_common::{
     config::{self, Attachment, Config, Generation},
     counters::{self, COUNT, Counters},
     labels::{self, LabelName, LabelStats, MAX_LABELS},
-    rules::{self as raw, ACTION_DROP, ACTION_SAMPLE, CandidateList, MATCH_DST, MATCH_SRC},
+    rules::{self as raw, ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, MATCH_DST, MATCH_SRC},
     trie::{self, TrieNode},
 };
 
@@ -188,13 +188,13 @@ pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Durati
 
 fn map_data(map: &Map) -> Option<&MapData> {
     match map {
-        Map::Array(m) | Map::PerCpuArray(m) | Map::RingBuf(m) => Some(m),
+        Map::Array(m) | Map::PerCpuArray(m) | Map::RingBuf(m) | Map::XskMap(m) => Some(m),
         _ => None,
     }
 }
 
 /// Every map of the probe, in the order they are pinned.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     config::MAP,
     counters::MAP,
     labels::STATS_MAP,
@@ -204,6 +204,8 @@ pub const ALL_MAPS: [&str; 9] = [
     trie::MAP,
     "XDT_SAMPLE_HITS",
     xdt_common::events::MAP,
+    xdt_common::steer::XSKS_MAP,
+    xdt_common::steer::LEASE_MAP,
 ];
 
 fn load_error(e: aya::EbpfError) -> Error {
@@ -559,6 +561,7 @@ fn decode_rule(raw: &raw::Rule, label: String) -> Rule {
         action: match raw.action {
             ACTION_SAMPLE => Action::Sample(raw.sample_every),
             ACTION_DROP => Action::Drop,
+            ACTION_STEER => Action::Steer,
             _ => Action::Count,
         },
     }

@@ -163,7 +163,7 @@ mod tests {
         assert!(matches!(
             b.read_preamble().await,
             Err(WireError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
+                ours: crate::PROTOCOL_VERSION,
                 theirs: 9
             })
         ));

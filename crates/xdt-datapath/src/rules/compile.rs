@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use xdt_common::{
     rules::{
-        ACTION_COUNT, ACTION_DROP, ACTION_SAMPLE, CandidateList, MATCH_DST, MATCH_PORT,
+        ACTION_COUNT, ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, MATCH_DST, MATCH_PORT,
         MATCH_PROTOCOL, MATCH_SRC, MAX_CANDIDATES, Rule as RawRule,
     },
     trie::{CHILD, NODE_ENTRIES, ROOT_NODES, Root, TrieNode},
@@ -202,6 +202,7 @@ fn to_raw(rule: &Rule, label: u32, id: u32) -> RawRule {
         Action::Count => (ACTION_COUNT, 0),
         Action::Sample(n) => (ACTION_SAMPLE, n),
         Action::Drop => (ACTION_DROP, 0),
+        Action::Steer => (ACTION_STEER, 0),
     };
     RawRule {
         src_net,

@@ -48,6 +48,9 @@ pub enum Action {
     Sample(u32),
     /// Count, then drop the packet.
     Drop,
+    /// Count, then hand the packet to the agent through its AF_XDP socket (XDP_REDIRECT), or
+    /// pass it when no agent socket takes it.
+    Steer,
 }
 
 /// One rule: a label, what it matches, its priority and action.
@@ -127,6 +130,7 @@ impl fmt::Display for Rule {
             Action::Count => Ok(()),
             Action::Sample(n) => write!(f, " action sample {n}"),
             Action::Drop => write!(f, " action drop"),
+            Action::Steer => write!(f, " action steer"),
         }
     }
 }

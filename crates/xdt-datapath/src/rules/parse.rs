@@ -58,14 +58,11 @@ pub enum ParseError {
     #[error("bad priority {text:?} (expected a number 0-4294967295, lower matches first)")]
     BadPriority { text: String },
     /// Not one of the actions.
-    #[error("bad action {text:?} (expected count, drop, or sample N)")]
+    #[error("bad action {text:?} (expected count, drop, steer, or sample N)")]
     BadAction { text: String },
     /// `sample` with a rate that is not a number from 1.
     #[error("bad sample rate {text:?} (expected N >= 1: one event every N packets)")]
     BadSampleRate { text: String },
-    /// The `steer` action is reserved for AF_XDP steering.
-    #[error("action steer is reserved for AF_XDP steering, which this version does not do yet")]
-    SteerReserved,
 }
 
 /// A rules file that failed to parse: where, and why.
@@ -147,7 +144,7 @@ pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
                 rule.action = match *value {
                     "count" => Action::Count,
                     "drop" => Action::Drop,
-                    "steer" => return Err(ParseError::SteerReserved),
+                    "steer" => Action::Steer,
                     "sample" => {
                         let [rate, tail @ ..] = rest else {
                             return Err(ParseError::BadSampleRate {
@@ -312,11 +309,12 @@ mod tests {
         let rules = parse_rules(
             "# comment\n\nweb dst 10.0.0.0/8 proto tcp dport 80-443 priority 5 # trailing\n\
              dns proto udp dport 53 action sample 10\n\
-             v6 src 2001:db8::/32 dst 2001:db8:1::1 action drop\n",
+             v6 src 2001:db8::/32 dst 2001:db8:1::1 action drop\n\
+             api proto tcp dport 8081 action steer\n",
             "t",
         )
         .expect("valid");
-        assert_eq!(rules.len(), 3);
+        assert_eq!(rules.len(), 4);
         assert_eq!(rules[0].dst, Some(parse_cidr("10.0.0.0/8").expect("cidr")));
         assert_eq!(rules[0].protocol, Some(6));
         assert_eq!(rules[0].dst_ports, Some((80, 443)));
@@ -325,12 +323,13 @@ mod tests {
         assert_eq!(rules[1].priority, super::super::DEFAULT_PRIORITY);
         assert_eq!(rules[2].dst.map(|c| c.len), Some(128));
         assert_eq!(rules[2].action, Action::Drop);
+        assert_eq!(rules[3].action, Action::Steer);
     }
 
     #[test]
     fn display_round_trips() {
         let text = "a\nb src 10.1.0.0/16 dst 10.2.0.0/16 proto tcp dport 22 priority 7 action drop\n\
-                    c dst ::/0 proto 47 action sample 3\nd proto icmpv6\ne proto udp dport 1-2\n";
+                    c dst ::/0 proto 47 action sample 3\nd proto icmpv6\ne proto udp dport 1-2\nf proto tcp dport 80 action steer\n";
         let rules = parse_rules(text, "t").expect("valid");
         let again: Vec<String> = rules.iter().map(ToString::to_string).collect();
         let again = again.join("\n") + "\n";
@@ -409,7 +408,6 @@ mod tests {
             err("x action reject"),
             ParseError::BadAction { .. }
         ));
-        assert_eq!(err("x action steer"), ParseError::SteerReserved);
         assert!(matches!(
             err("<img> dst 1.2.3.4"),
             ParseError::BadLabel { .. }
