@@ -1,8 +1,13 @@
 //! `service-health`: the sample service protected in the xdt demo. `GET /healthz` answers
-//! `200 ok`; any other path `404`. It prints `listening on ADDR` once bound (so `--listen
+//! `200 ok`; `GET /echo/...` answers with its own path and `POST /echo` with the request body
+//! (up to 16 MiB), so a client can check that what it sent arrived unchanged; any other path
+//! `404`. It prints `listening on ADDR` once bound (so `--listen
 //! 127.0.0.1:0` can be used by tests) and serves on a few threads until killed.
 
-use std::{io::Write as _, sync::Arc};
+use std::{
+    io::{Read as _, Write as _},
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -55,15 +60,33 @@ fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Largest body `POST /echo` returns.
+const MAX_ECHO: u64 = 16 << 20;
+
 fn serve(server: &Server) {
     let text = Header::from_bytes("Content-Type", "text/plain; charset=utf-8").ok();
-    for request in server.incoming_requests() {
-        let path = request.url().split('?').next().unwrap_or("");
-        let (status, body) = match (request.method(), path) {
-            (Method::Get | Method::Head, "/healthz") => (200, "ok\n"),
-            _ => (404, "not found\n"),
+    for mut request in server.incoming_requests() {
+        let path = request.url().split('?').next().unwrap_or("").to_owned();
+        let (status, body): (u16, Vec<u8>) = match (request.method(), path.as_str()) {
+            (Method::Get | Method::Head, "/healthz") => (200, b"ok\n".to_vec()),
+            (Method::Get | Method::Head, p) if p.starts_with("/echo/") => {
+                (200, format!("{p}\n").into_bytes())
+            }
+            (Method::Post, "/echo") => {
+                let mut body = Vec::new();
+                match request
+                    .as_reader()
+                    .take(MAX_ECHO + 1)
+                    .read_to_end(&mut body)
+                {
+                    Ok(n) if n as u64 <= MAX_ECHO => (200, body),
+                    Ok(_) => (413, b"body larger than 16 MiB\n".to_vec()),
+                    Err(_) => (400, b"unreadable body\n".to_vec()),
+                }
+            }
+            _ => (404, b"not found\n".to_vec()),
         };
-        let mut response = Response::from_string(body).with_status_code(status);
+        let mut response = Response::from_data(body).with_status_code(status);
         if let Some(h) = &text {
             response.add_header(h.clone());
         }

@@ -51,6 +51,38 @@ fn answers_healthz_and_404() {
     assert!(ok.ends_with("ok\n"), "{ok}");
     let missing = get(&addr, "/nope");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let echo = get(&addr, "/echo/a/b?q=1");
+    assert!(echo.starts_with("HTTP/1.1 200"), "{echo}");
+    assert!(echo.ends_with("\r\n\r\n/echo/a/b\n"), "{echo}");
+
+    // POST /echo returns the body byte for byte.
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    write!(
+        stream,
+        "POST /echo HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("write");
+    stream.write_all(&body).expect("body");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    assert!(
+        response.starts_with(b"HTTP/1.0 200"),
+        "{}",
+        String::from_utf8_lossy(&response[..split])
+    );
+    let echoed = &response[split + 4..];
+    assert!(
+        echoed == body,
+        "echoed {} bytes, not the {} sent",
+        echoed.len(),
+        body.len()
+    );
     drop(service);
 }
 
