@@ -1,5 +1,6 @@
 // The xdt dashboard: polls /metrics.json every second and renders fleet totals, the agent
-// list, the selected agent's charts and counters, and the recent events table.
+// list, the selected agent's charts, counters and AF_XDP steering, and the recent events table
+// (with what the agent read of each steered packet).
 // Every string that comes from an agent is inserted with textContent, never parsed as HTML.
 (function () {
   'use strict';
@@ -104,6 +105,37 @@
     return LABEL_COLORS[(h >>> 0) % LABEL_COLORS.length];
   }
 
+  // AF_XDP steering: every place a steered frame can be lost, as the agent reports it.
+  // [field, name, what it means]
+  const STEER_LOSSES = [
+    ['reinject_dropped', 'Re-inject dropped', 'the agent could not re-inject (TX ring full, frame rejected)'],
+    ['rx_dropped', 'RX dropped', 'dropped by the kernel before the socket'],
+    ['rx_ring_full', 'RX ring full', 'the agent read its RX ring too slowly'],
+    ['rx_fill_ring_empty', 'Fill ring empty', 'times no free buffer was there for a frame'],
+    ['tx_invalid_descs', 'TX invalid descriptors', 're-injections the kernel rejected'],
+  ];
+
+  const DNS_TYPES = { 1: 'A', 2: 'NS', 5: 'CNAME', 6: 'SOA', 12: 'PTR', 15: 'MX', 16: 'TXT', 28: 'AAAA', 33: 'SRV', 35: 'NAPTR', 43: 'DS', 48: 'DNSKEY', 64: 'SVCB', 65: 'HTTPS', 255: 'ANY' };
+
+  function dnsType(t) {
+    if (!isNum(t)) return '-';
+    return DNS_TYPES[t] || 'TYPE' + t;
+  }
+
+  function fmtLatency(ns) {
+    if (!isNum(ns)) return '-';
+    if (ns < 1e3) return ns.toFixed(0) + ' ns';
+    if (ns < 1e6) return (ns / 1e3).toFixed(ns < 1e4 ? 1 : 0) + ' µs';
+    if (ns < 1e9) return (ns / 1e6).toFixed(ns < 1e7 ? 1 : 0) + ' ms';
+    return (ns / 1e9).toFixed(1) + ' s';
+  }
+
+  // A loss rate for a hint: "3.2/s now", nothing when nothing is being lost.
+  function fmtPerSecond(v) {
+    if (!isNum(v) || v <= 0) return '';
+    return (v >= 100 ? fmtSI(v, '/s').replace(' ', '') : (v < 10 ? v.toFixed(1) : v.toFixed(0)) + '/s') + ' now';
+  }
+
   const PROTOCOLS = { 1: 'ICMP', 6: 'TCP', 17: 'UDP', 58: 'ICMPv6', 47: 'GRE', 50: 'ESP', 132: 'SCTP' };
   const TCP_FLAGS = [[1, 'FIN'], [2, 'SYN'], [4, 'RST'], [8, 'PSH'], [16, 'ACK'], [32, 'URG'], [64, 'ECE'], [128, 'CWR']];
 
@@ -150,6 +182,8 @@
       // Telemetry loss: events that never reached the central. Packets dropped by a `drop`
       // rule are intended and shown apart.
       const lossParts = [probeLost, agentDropped].filter((v) => v !== null);
+      const steering = agent.steering && typeof agent.steering === 'object' && !Array.isArray(agent.steering) ? agent.steering : null;
+      const steerLossParts = steering ? STEER_LOSSES.map(([f]) => num(steering[f])).filter((x) => x !== null) : [];
       const events = Array.isArray(n.recent_events) ? n.recent_events.filter((e) => e && typeof e === 'object') : [];
       let payload = Array.isArray(n.payload_history) ? n.payload_history : null;
       if (!payload) {
@@ -177,6 +211,12 @@
         agentDropped,
         droppedPackets,
         loss: lossParts.length ? lossParts.reduce((a, b) => a + b, 0) : null,
+        steering,
+        steerRates: obj(n.steering_rates),
+        // Loss indications of the steering path, for sorting and flagging only: the kernel
+        // counts some drops twice (copy mode: fill ring empty is also an RX drop), so this
+        // is not shown as a number of packets.
+        steerLoss: steerLossParts.length ? steerLossParts.reduce((a, b) => a + b, 0) : null,
       };
     });
   }
@@ -185,7 +225,7 @@
   // an operator are at the top of a long list.
   function severity(v) {
     if (v.connected === false) return 0;
-    if (v.loss > 0) return 1;
+    if (v.loss > 0 || v.steerLoss > 0) return 1;
     if (v.connected === null) return 2;
     return 3;
   }
@@ -195,7 +235,7 @@
     problems: (a, b) => severity(a) - severity(b) || byName(a, b),
     name: byName,
     rate: (a, b) => (b.pps || 0) - (a.pps || 0) || byName(a, b),
-    loss: (a, b) => (b.loss || 0) - (a.loss || 0) || byName(a, b),
+    loss: (a, b) => (b.loss || 0) - (a.loss || 0) || (b.steerLoss || 0) - (a.steerLoss || 0) || byName(a, b),
   };
 
   function visibleNodes() {
@@ -245,6 +285,16 @@
     $('t-loss').textContent = fmtInt(loss);
     $('t-loss-sub').textContent = loss === null ? '' : affected ? affected + (affected === 1 ? ' agent' : ' agents') + ' losing events' : 'no events lost';
     $('t-loss-tile').classList.toggle('tile--bad', loss > 0);
+
+    // Steering appears only when some agent steers.
+    const steering = nodes.filter((v) => v.steering);
+    const steerLosing = steering.filter((v) => v.steerLoss > 0).length;
+    $('t-steer-tile').hidden = steering.length === 0;
+    $('t-steer').textContent = fmtPps(sum((v) => (v.steering ? num(v.steerRates.received_packets_per_second) : null)));
+    const agentsText = steering.length + (steering.length === 1 ? ' agent' : ' agents');
+    $('t-steer-sub').textContent = !steering.length ? '' : steerLosing ? steerLosing + ' of ' + agentsText + ' losing' : agentsText + ', no loss';
+    $('t-steer-sub').title = steerLosing ? steerLosing + ' of the ' + agentsText + ' that steer packets report losses on the way' : '';
+    $('t-steer-tile').classList.toggle('tile--alert', steerLosing > 0);
   }
 
   function makeRow(key) {
@@ -261,11 +311,13 @@
     const nums = el('span', 'agent__nums');
     const rate = el('span', 'agent__rate');
     const loss = el('span', 'agent__loss');
-    nums.append(rate, loss);
+    const steerLoss = el('span', 'agent__loss agent__loss--steer', 'steer loss');
+    steerLoss.title = 'AF_XDP steering is losing packets: see the steering card';
+    nums.append(rate, loss, steerLoss);
     btn.append(dot, main, spark, nums);
     li.append(btn);
     btn.addEventListener('click', () => select(key));
-    return { li, btn, dot, id, sub, spark, rate, loss };
+    return { li, btn, dot, id, sub, spark, rate, loss, steerLoss };
   }
 
   function updateRow(row, v) {
@@ -286,6 +338,7 @@
       row.loss.textContent = '';
       row.loss.hidden = true;
     }
+    row.steerLoss.hidden = !(v.steerLoss > 0);
     const pps = v.rateHistory.slice(-60).map((p) => (Array.isArray(p) ? p[1] : NaN));
     Charts.sparkline(row.spark, pps, Charts.cssVar('--pps', '#2563eb'));
   }
@@ -392,13 +445,47 @@
     box.replaceChildren(...vals.map((p) => barRow(p.name, p.color, p.value, max, fmtInt(p.value) + ' pkts', pct(p.value, total))));
   }
 
-  // kind: 'loss' turns red above zero, 'warn' amber, 'info' stays neutral.
-  function lossItem(label, value, hint, kind) {
+  // kind: 'loss' turns red above zero, 'warn' amber, 'info' stays neutral. `now`, if given,
+  // is the current rate ("3.2/s now"), shown when something is being lost right now.
+  function lossItem(label, value, hint, kind, now) {
     const item = el('div', 'loss loss--' + kind);
     if (value > 0) item.classList.add('loss--nonzero');
     if (value === null) item.classList.add('loss--unknown');
-    item.append(el('div', 'loss__value', fmtInt(value)), el('div', 'loss__label', label), el('div', 'loss__hint', hint));
+    const valueEl = el('div', 'loss__value', fmtInt(value));
+    if (now) {
+      valueEl.append(el('span', 'loss__now', now));
+      item.classList.add('loss--ongoing');
+    }
+    item.append(valueEl, el('div', 'loss__label', label), el('div', 'loss__hint', hint));
     return item;
+  }
+
+  function flowItem(label, rate, total) {
+    const item = el('div', 'flow');
+    item.append(el('div', 'flow__label', label), el('div', 'flow__rate', rate), el('div', 'flow__total', total));
+    return item;
+  }
+
+  function renderSteering(v) {
+    const card = $('d-steer-card');
+    const s = v.steering;
+    card.hidden = !s;
+    if (!s) return;
+    const r = v.steerRates;
+    const mode = typeof s.mode === 'string' && s.mode ? s.mode : '-';
+    const pill = $('d-steer-mode');
+    pill.textContent = mode === 'zerocopy' ? 'zero-copy' : mode;
+    pill.className = 'pill ' + (mode === 'zerocopy' ? 'pill--ok' : mode === 'copy' ? 'pill--warn' : 'pill--muted');
+    pill.title = mode === 'copy' ? 'The driver did not grant zero-copy: frames are copied, at a higher CPU cost' : 'Mode the driver granted';
+    $('d-steer-reinject').textContent = orDash(s.reinject);
+    $('d-steer-sockets').textContent = isNum(s.sockets) ? s.sockets + (s.sockets === 1 ? ' (1 queue)' : ' (one per queue)') : '-';
+    $('d-steer-flow').replaceChildren(
+      flowItem('Received', fmtPps(num(r.received_packets_per_second)), fmtInt(num(s.received_packets)) + ' pkts'),
+      flowItem('Received bits', fmtBps(num(r.received_bits_per_second)), fmtBytes(num(s.received_bytes))),
+      flowItem('Re-injected', fmtPps(num(r.reinjected_packets_per_second)), fmtInt(num(s.reinjected_packets)) + ' pkts'),
+    );
+    $('d-steer-loss').replaceChildren(...STEER_LOSSES.map(([field, label, hint]) =>
+      lossItem(label, num(s[field]), hint, 'loss', fmtPerSecond(num(r[field + '_per_second'])))));
   }
 
   function renderLoss(v) {
@@ -491,11 +578,60 @@
     renderLabels(v);
     renderProtocols(v);
     renderLoss(v);
+    renderSteering(v);
     renderCharts(v);
   }
 
   function cell(text, cls) {
     return el('td', cls, text);
+  }
+
+  const EVENT_COLUMNS = 12;
+
+  // The line under a steered packet's event: what the agent read of it (the HTTP request line
+  // and Host, or the DNS question), the frame length, the latency from the XDP hook to the
+  // agent, and whether it went back. Agent-supplied text, so textContent only.
+  function inspectionRow(ins) {
+    const tr = el('tr', 'inspection');
+    const td = el('td');
+    td.colSpan = EVENT_COLUMNS;
+    const what = el('span', 'inspection__what');
+    const http = ins.http && typeof ins.http === 'object' ? ins.http : null;
+    const dns = ins.dns && typeof ins.dns === 'object' ? ins.dns : null;
+    const titles = [];
+    if (http) {
+      const method = orDash(http.method);
+      const path = orDash(http.path);
+      what.append(el('span', 'inspection__kind', 'HTTP'), el('span', 'inspection__method', method), el('span', 'inspection__main', path));
+      titles.push(method + ' ' + path);
+      if (typeof http.host === 'string' && http.host) {
+        what.append(el('span', 'inspection__extra', 'Host ' + http.host));
+        titles.push('Host: ' + http.host);
+      }
+    }
+    if (dns) {
+      const name = orDash(dns.name);
+      const type = dnsType(dns.qtype);
+      what.append(el('span', 'inspection__kind', 'DNS'), el('span', 'inspection__main', name), el('span', 'inspection__extra', type));
+      titles.push('DNS ' + name + ' ' + type);
+    }
+    if (!titles.length) what.append(el('span', 'inspection__extra', 'steered (neither HTTP nor DNS)'));
+    what.title = titles.join('\n');
+    const facts = el('span', 'inspection__facts');
+    facts.append(
+      el('span', null, 'frame ' + (isNum(ins.frame_len) ? fmtInt(ins.frame_len) + ' B' : '-')),
+      el('span', null, 'agent latency ' + fmtLatency(num(ins.agent_latency_ns))),
+    );
+    if (ins.reinjected === false) {
+      const lost = el('span', 'action action--drop', 'not re-injected');
+      lost.title = 'The agent could not re-inject this frame: it was lost';
+      facts.append(lost);
+    } else if (ins.reinjected === true) {
+      facts.append(el('span', null, 're-injected'));
+    }
+    td.append(el('span', 'inspection__arrow', '↳'), what, facts);
+    tr.append(td);
+    return tr;
   }
 
   function renderEvents() {
@@ -507,7 +643,7 @@
     const shown = events.slice(0, MAX_EVENTS);
     const frag = document.createDocumentFragment();
     for (const { v, e, t } of shown) {
-      const tr = el('tr');
+      const tr = el('tr', 'event');
       const label = orDash(e.label);
       const labelCell = el('td');
       const tag = el('span', 'tag');
@@ -518,6 +654,7 @@
       const action = orDash(e.action);
       const actionCell = el('td');
       actionCell.append(el('span', 'action action--' + (/^[a-z]+$/.test(action) ? action : 'other'), action));
+      const ins = e.inspection && typeof e.inspection === 'object' ? e.inspection : null;
       const agentCell = cell(v.id, 'ellipsis');
       agentCell.title = v.id;
       tr.append(
@@ -535,6 +672,10 @@
         cell(fmtInt(num(e.rule)), 'num'),
       );
       frag.append(tr);
+      if (ins) {
+        tr.classList.add('event--inspected');
+        frag.append(inspectionRow(ins));
+      }
     }
     $('events-body').replaceChildren(frag);
     $('events-empty').hidden = shown.length > 0;

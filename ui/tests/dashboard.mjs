@@ -5,7 +5,7 @@
 //   node ui/tests/dashboard.mjs --serve [--agents N]    (synthetic central only, for working on ui/)
 //
 // Without BASE_URL it serves ui/ and a synthetic /metrics.json (changing every second, one
-// agent id set to an XSS payload) on 127.0.0.1 with an ephemeral port, and runs the checks
+// agent id set to an XSS payload, some agents steering packets, one with an XSS HTTP path) on 127.0.0.1 with an ephemeral port, and runs the checks
 // with 1 and with 50 agents (or only with N when --agents is given). With BASE_URL it checks
 // a running xdt-central instead. Exit status 0 when every check passes, 1 otherwise.
 //
@@ -27,6 +27,9 @@ const CHROMIUM_ARGS = [
 const XSS_ID = '<img src=x onerror=alert(1)>';
 const XSS_HOST = '<script>alert(2)</script>';
 const XSS_LABEL = '<svg onload=alert(3)>';
+const XSS_PATH = '/<img src=x onerror=alert(1)>';
+const XSS_REINJECT = 'host via <iframe srcdoc=x>';
+const STEER_LOSSES = ['reinject_dropped', 'rx_dropped', 'rx_ring_full', 'rx_fill_ring_empty', 'tx_invalid_descs'];
 const SCENARIO_TIMEOUT_MS = 90_000;
 const MAX_EVENTS_SHOWN = 200;
 
@@ -93,6 +96,10 @@ function syntheticNode(i, sec, start) {
   const connected = i % 17 !== 5;
   const sparse = i % 13 === 7; // an old agent that reports only the seed's fields
   const lossy = i % 11 === 3;
+  // Agents that steer packets through AF_XDP: the first one (its re-injection target an XSS
+  // string, its RX ring overflowing), and every fourth, every other one of those losing.
+  const steers = i === 0 || i % 4 === 1;
+  const steerLossy = i === 0 || i % 8 === 1;
   const id = agentId(i);
   const labels = LABELS.filter((_, k) => k === 0 || noise(i, k, 2) < 0.6 || (i === 0 && k === LABELS.length - 1));
   const totalPackets = Math.round(base * (3600 + up));
@@ -121,6 +128,24 @@ function syntheticNode(i, sec, start) {
       tcp_flags: proto === 6 ? [2, 18, 16, 24, 17][Math.floor(noise(i, s, k, 13) * 5)] : 0,
       rx_queue: k % 2,
     });
+    if (steers && !sparse && k % 3 === 0) {
+      // Steered packets: an HTTP request (the first agent's newest has an XSS path) or a DNS query.
+      const e = recent[recent.length - 1];
+      const dns = k % 6 === 3;
+      Object.assign(e, {
+        label: 'inspect', rule: 9, action: 'steer', protocol: dns ? 17 : 6, dst_port: dns ? 53 : 80,
+        tcp_flags: dns ? 0 : 24,
+        inspection: {
+          frame_len: e.ip_len + 14,
+          agent_latency_ns: Math.round(8000 + noise(i, s, k, 19) * 90000),
+          reinjected: !(i === 0 && dns),
+          http: dns ? null : { method: k % 12 === 6 ? 'POST' : 'GET', path: i === 0 && k === 0 ? XSS_PATH : '/api/v1/items/' + k, host: k % 2 ? null : 'shop.example' },
+          dns: dns ? { name: 'svc-' + k + '.example.com', qtype: k % 4 ? 28 : 1 } : null,
+        },
+      });
+      // The first agent's XSS request is the newest event of the whole fleet.
+      if (i === 0 && k === 0) e.timestamp_unix_ns = (sec * 1000 + 999) * 1e6;
+    }
   }
   const node = {
     agent_id: id,
@@ -142,7 +167,7 @@ function syntheticNode(i, sec, start) {
     const n = Math.floor(noise(i, s, 14) * 4);
     for (let k = 0; k < n; k++) payload.push([s + noise(i, s, k, 15), Math.floor(64 + noise(i, s, k, 16) * noise(i, s, k, 17) * 1400)]);
   }
-  return Object.assign(node, {
+  Object.assign(node, {
     hostname: i === 0 ? XSS_HOST : id + '.lab.example',
     interface: i % 3 === 2 ? 'ens3' : 'eth0',
     connected,
@@ -165,6 +190,42 @@ function syntheticNode(i, sec, start) {
     agent: { dropped_events: lossy ? 4 : 0, reconnects: connected ? 0 : 3, unacked_batches: connected ? (i % 3) : 7, probe_ns_per_packet: 18 + noise(i, 18) * 10 },
     lost_events: lossy ? 12 + up * 3 : 0,
   });
+  if (steers) {
+    const { steering, rates } = syntheticSteering(i, up, steerLossy, totalPackets, avgSize, connected ? pps(sec) : 0);
+    node.agent.steering = steering;
+    node.steering_rates = rates;
+  }
+  return node;
+}
+
+// The steering block of an agent (`agent.steering` and `steering_rates`), a fifth of its packets
+// steered. The first agent's RX ring overflows (1 frame/s); the other lossy ones fail to re-inject.
+function syntheticSteering(i, up, lossy, totalPackets, avgSize, pps) {
+  const received = Math.round(totalPackets / 5);
+  const losses = {
+    reinject_dropped: lossy && i !== 0 ? 2 + up : 0,
+    rx_dropped: 0,
+    rx_ring_full: i === 0 ? 5 + up : 0,
+    rx_fill_ring_empty: 0,
+    tx_invalid_descs: lossy && i !== 0 ? 1 : 0,
+  };
+  const rates = {
+    received_packets_per_second: pps / 5,
+    received_bits_per_second: (pps / 5) * avgSize * 8,
+    reinjected_packets_per_second: Math.max(0, pps / 5 - (lossy ? 1 : 0)),
+  };
+  for (const f of STEER_LOSSES) rates[f + '_per_second'] = f === 'rx_ring_full' ? (i === 0 ? 1 : 0) : f === 'reinject_dropped' && losses[f] ? 1 : 0;
+  return {
+    rates,
+    steering: Object.assign({
+      mode: i % 8 === 5 ? 'copy' : 'zerocopy',
+      reinject: i === 0 ? XSS_REINJECT : i % 2 ? 'host via xdt5r' : 'egress eth2',
+      sockets: 4,
+      received_packets: received,
+      received_bytes: received * avgSize,
+      reinjected_packets: received - losses.reinject_dropped - losses.tx_invalid_descs,
+    }, losses),
+  };
 }
 
 function syntheticMetrics(agents, start) {
@@ -330,6 +391,53 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
       check(prefix + 'XSS hostname shown literally', d.host === XSS_HOST, JSON.stringify(d.host));
       const labels = await page.$$eval('#d-labels .bar__name', (els) => els.map((e) => e.textContent));
       check(prefix + 'XSS label shown literally in the label bars', labels.includes(XSS_LABEL), JSON.stringify(labels));
+
+      // AF_XDP steering of this agent: mode, target, sockets, throughput and every loss
+      // counter, the one that grows highlighted with its current rate.
+      const steer = await page.evaluate(() => ({
+        hidden: document.getElementById('d-steer-card').hidden,
+        mode: document.getElementById('d-steer-mode').textContent,
+        reinject: document.getElementById('d-steer-reinject').textContent,
+        sockets: document.getElementById('d-steer-sockets').textContent,
+        flow: Array.from(document.querySelectorAll('#d-steer-flow .flow__rate'), (e) => e.textContent),
+        losses: Array.from(document.querySelectorAll('#d-steer-loss .loss'), (e) => ({
+          label: e.querySelector('.loss__label').textContent,
+          value: e.querySelector('.loss__value').firstChild.textContent,
+          nonzero: e.matches('.loss--loss.loss--nonzero'),
+          background: getComputedStyle(e).backgroundColor,
+          now: e.querySelector('.loss__now')?.textContent || '',
+        })),
+        tile: !document.getElementById('t-steer-tile').hidden,
+        tileAlert: document.getElementById('t-steer-tile').classList.contains('tile--alert'),
+      }));
+      check(prefix + 'steering card shown for a steering agent', !steer.hidden);
+      check(prefix + 'steering card shows mode, sockets and throughput', steer.mode === 'zero-copy' && steer.sockets.startsWith('4') && steer.flow.length === 3 && steer.flow.every((f) => /pkt\/s|bit\/s/.test(f)), JSON.stringify(steer));
+      check(prefix + 'XSS re-injection target shown literally', steer.reinject === XSS_REINJECT, JSON.stringify(steer.reinject));
+      const byLabel = Object.fromEntries(steer.losses.map((l) => [l.label, l]));
+      check(prefix + 'steering card shows every loss counter', ['Re-inject dropped', 'RX dropped', 'RX ring full', 'Fill ring empty', 'TX invalid descriptors'].every((l) => byLabel[l]) && steer.losses.length === 5, JSON.stringify(steer.losses.map((l) => l.label)));
+      const ring = byLabel['RX ring full'] || {};
+      const zeros = steer.losses.filter((l) => l.label !== 'RX ring full');
+      check(prefix + 'a non-zero steering loss is highlighted with its rate', ring.nonzero === true && Number(ring.value.replace(/,/g, '')) > 0 && ring.now === '1.0/s now' && zeros.every((l) => l.background !== ring.background), JSON.stringify(ring));
+      check(prefix + 'zero steering losses are not highlighted', zeros.every((l) => !l.nonzero && l.value === '0' && !l.now), JSON.stringify(steer.losses));
+      check(prefix + 'fleet tile flags steering losses', steer.tile && steer.tileAlert, JSON.stringify({ tile: steer.tile, alert: steer.tileAlert }));
+
+      // Its steered events, with what the agent read of them; the XSS path stays text.
+      await page.click('#scope-one');
+      const inspected = await page.$$eval('#events-body tr.inspection', (rows) => rows.map((r) => ({
+        text: r.textContent,
+        main: r.querySelector('.inspection__main')?.textContent,
+        method: r.querySelector('.inspection__method')?.textContent || '',
+        prevAction: r.previousElementSibling?.cells[3]?.textContent,
+      })));
+      await page.click('#scope-all');
+      const xss = inspected.find((r) => r.main === XSS_PATH);
+      check(prefix + 'HTTP request of a steered event shown with its XSS path as text', Boolean(xss) && xss.method === 'GET' && xss.text.includes('Host shop.example'), JSON.stringify(xss || inspected.slice(0, 2)));
+      check(prefix + 'steered event shows frame length and agent latency', Boolean(xss) && /frame [\d,]+ B/.test(xss.text) && /agent latency [\d.]+ (µs|ms|ns)/.test(xss.text) && xss.text.includes('re-injected') && xss.prevAction === 'steer', xss ? xss.text : '');
+      const dns = inspected.find((r) => r.text.includes('DNS') && r.main === 'svc-3.example.com');
+      check(prefix + 'DNS query of a steered event shown with its type', Boolean(dns) && dns.text.includes('AAAA'), JSON.stringify(dns || inspected.slice(0, 2)));
+      check(prefix + 'a steered packet that was not re-injected is flagged', Boolean(dns) && dns.text.includes('not re-injected'), dns ? dns.text : '');
+      const stillText = await page.evaluate(() => document.querySelectorAll('img, svg, iframe').length);
+      check(prefix + 'no element injected by the inspections or the steering card', stillText === 0, stillText + ' elements');
     }
 
     // Charts of the selected agent.
@@ -359,10 +467,15 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
       return false;
     }).length);
     if (expected.nodes.length) check(prefix + 'agent sparklines drawn', sparks > 0, sparks + ' drawn');
+    if (node) {
+      const steers = Boolean(node.agent && node.agent.steering);
+      const shown = await page.evaluate(() => !document.getElementById('d-steer-card').hidden);
+      check(prefix + 'steering card shown exactly when the agent steers', shown === steers, 'agent steers: ' + steers + ', card shown: ' + shown);
+    }
 
     // Events table: rows, bounded, newest first.
     const ev = await page.evaluate(() => {
-      const rows = Array.from(document.querySelectorAll('#events-body tr'));
+      const rows = Array.from(document.querySelectorAll('#events-body tr.event'));
       return { n: rows.length, times: rows.map((r) => r.cells[0].textContent), labels: rows.map((r) => r.cells[2].textContent), agents: rows.map((r) => r.cells[1].textContent) };
     });
     const totalEvents = expected.nodes.reduce((a, n) => a + (n.recent_events || []).length, 0);
@@ -377,9 +490,9 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
     }
 
     // Refresh: new data is shown every second.
-    const before = await page.evaluate(() => ({ renders: Number(document.body.dataset.renders), events: document.getElementById('t-events').textContent, time: document.querySelector('#events-body tr td')?.textContent }));
+    const before = await page.evaluate(() => ({ renders: Number(document.body.dataset.renders), events: document.getElementById('t-events').textContent, time: document.querySelector('#events-body tr.event td')?.textContent }));
     await sleep(2500);
-    const after = await page.evaluate(() => ({ renders: Number(document.body.dataset.renders), events: document.getElementById('t-events').textContent, time: document.querySelector('#events-body tr td')?.textContent }));
+    const after = await page.evaluate(() => ({ renders: Number(document.body.dataset.renders), events: document.getElementById('t-events').textContent, time: document.querySelector('#events-body tr.event td')?.textContent }));
     check(prefix + 'refreshes every second', after.renders - before.renders >= 2, `renders ${before.renders} -> ${after.renders}`);
     if (synthetic) {
       check(prefix + 'changed data is shown after 2.5 s', after.events !== before.events, `total events ${before.events} -> ${after.events}`);
@@ -394,7 +507,7 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
       check(prefix + 'clicking an agent selects it', ok, 'wanted ' + target);
       check(prefix + 'selection kept in the URL', decodeURIComponent(new URL(page.url()).hash) === '#agent=' + target, page.url());
       await page.click('#scope-one');
-      const scoped = await page.$$eval('#events-body tr', (rows) => rows.map((r) => r.cells[1].textContent));
+      const scoped = await page.$$eval('#events-body tr.event', (rows) => rows.map((r) => r.cells[1].textContent));
       check(prefix + '"Selected agent" scope shows only its events', scoped.length > 0 ? scoped.every((a) => a === target) : !synthetic, scoped.length + ' rows, agents: ' + [...new Set(scoped)].slice(0, 3).join(', '));
       await page.click('#scope-all');
     }
@@ -407,9 +520,17 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
         pps: document.getElementById('d-pps').textContent,
         state: document.getElementById('d-state').textContent,
         payload: Number(document.getElementById('c-payload').dataset.points || 0),
+        steerHidden: document.getElementById('d-steer-card').hidden,
       }));
       check(prefix + 'an agent with only the seed\'s fields shows "-"', sparse.host === '-' && sparse.pps === '-' && sparse.state === 'Unknown', JSON.stringify(sparse));
       check(prefix + 'its payload chart falls back to its recent events', sparse.payload > 0, 'points=' + sparse.payload);
+      check(prefix + 'no steering card for an agent that does not steer', sparse.steerHidden, JSON.stringify(sparse));
+      const badges = await page.evaluate(() => Object.fromEntries(['node-02', 'node-04'].map((id) => {
+        const row = Array.from(document.querySelectorAll('#agent-list .agent')).find((r) => r.querySelector('.agent__id').textContent === id);
+        const badge = row && row.querySelector('.agent__loss--steer');
+        return [id, badge ? !badge.hidden : null];
+      })));
+      check(prefix + 'an agent losing steered packets is flagged in the list', badges['node-02'] === true && badges['node-04'] === false, JSON.stringify(badges));
       await page.fill('#filter', 'node-1');
       const n = await page.$$eval('#agent-list .agent', (r) => r.length);
       check(prefix + 'filter narrows the agent list', n > 0 && n < rowIds.length, n + ' rows');
