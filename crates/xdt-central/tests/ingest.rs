@@ -455,23 +455,34 @@ async fn a_payload_that_does_not_decode_is_malformed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_protocol_version_gets_our_preamble_and_version_mismatch() {
     let central = TestCentral::start(config()).await;
-    let mut stream = TcpStream::connect(central.telemetry)
-        .await
-        .expect("connect");
-    let local = stream.local_addr().expect("addr").to_string();
-    stream.write_all(b"XDT\0\0\x09\0\0").await.expect("write");
-    let answer = read_to_close(&mut stream).await;
-    assert_eq!(&answer[..Preamble::LEN], &Preamble::ours().encode());
-    let rest = &answer[Preamble::LEN..];
-    let len = frame::check(rest).expect("frame").expect("complete");
-    match frame::decode(&rest[frame::HEADER_LEN..len]).expect("decode") {
-        Message::Error(e) => {
-            assert_eq!(e.code, ErrorCode::VersionMismatch);
-            assert!(e.message.contains("version 9"), "{}", e.message);
+    // Version 1 (an agent from before steering) and one from the future.
+    for version in [1u8, 9] {
+        assert_ne!(u16::from(version), xdt_wire::PROTOCOL_VERSION);
+        let mut stream = TcpStream::connect(central.telemetry)
+            .await
+            .expect("connect");
+        let local = stream.local_addr().expect("addr").to_string();
+        stream
+            .write_all(&[b'X', b'D', b'T', 0, 0, version, 0, 0])
+            .await
+            .expect("write");
+        let answer = read_to_close(&mut stream).await;
+        assert_eq!(&answer[..Preamble::LEN], &Preamble::ours().encode());
+        let rest = &answer[Preamble::LEN..];
+        let len = frame::check(rest).expect("frame").expect("complete");
+        match frame::decode(&rest[frame::HEADER_LEN..len]).expect("decode") {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::VersionMismatch);
+                assert!(
+                    e.message.contains(&format!("version {version}")),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("expected an error, got {other:?}"),
         }
-        other => panic!("expected an error, got {other:?}"),
+        wait_for_log(&[&format!("protocol version {version}"), &local]).await;
     }
-    wait_for_log(&["protocol version 9", &local]).await;
     assert_serves(&central, "after-version").await;
     central.stop().await.expect("clean stop");
 }
