@@ -280,8 +280,6 @@ pub struct SteeringCounter {
     pub help: &'static str,
     /// UCUM unit for OTLP.
     pub unit: &'static str,
-    /// A count of packets lost (or of a condition that loses them).
-    pub loss: bool,
     pub value: fn(&SteeringStats) -> u64,
 }
 
@@ -291,56 +289,48 @@ pub const STEERING_COUNTERS: [SteeringCounter; 8] = [
         name: "received_packets",
         help: "Frames the agent read off its AF_XDP RX rings.",
         unit: "{packet}",
-        loss: false,
         value: |s| s.received_packets,
     },
     SteeringCounter {
         name: "received_bytes",
         help: "Bytes of the frames the agent read off its AF_XDP RX rings.",
         unit: "By",
-        loss: false,
         value: |s| s.received_bytes,
     },
     SteeringCounter {
         name: "reinjected_packets",
         help: "Steered frames the agent handed back to the kernel and saw completed.",
         unit: "{packet}",
-        loss: false,
         value: |s| s.reinjected_packets,
     },
     SteeringCounter {
         name: "reinject_dropped",
         help: "Steered frames the agent could not re-inject (TX ring full, frame rejected).",
         unit: "{packet}",
-        loss: true,
         value: |s| s.reinject_dropped,
     },
     SteeringCounter {
         name: "rx_dropped",
         help: "Frames the kernel dropped before the agent's AF_XDP sockets (XDP_STATISTICS rx_dropped).",
         unit: "{packet}",
-        loss: true,
         value: |s| s.rx_dropped,
     },
     SteeringCounter {
         name: "rx_ring_full",
         help: "Frames dropped because an AF_XDP RX ring was full (XDP_STATISTICS rx_ring_full).",
         unit: "{packet}",
-        loss: true,
         value: |s| s.rx_ring_full,
     },
     SteeringCounter {
         name: "rx_fill_ring_empty",
         help: "Times a frame found no free buffer on an AF_XDP fill ring (XDP_STATISTICS rx_fill_ring_empty_descs).",
         unit: "{event}",
-        loss: true,
         value: |s| s.rx_fill_ring_empty,
     },
     SteeringCounter {
         name: "tx_invalid_descs",
         help: "Re-injection descriptors the kernel rejected (XDP_STATISTICS tx_invalid_descs).",
         unit: "{descriptor}",
-        loss: true,
         value: |s| s.tx_invalid_descs,
     },
 ];
