@@ -1,0 +1,553 @@
+//! AF_XDP steering end to end, as root: a client namespace speaks HTTP to `service-health` in a
+//! node namespace whose interface carries the probe with a `steer` rule; the real `xdt-agent`
+//! takes the steered packets, reports them to the real `xdt-central` and re-injects them. The
+//! service must answer every request, with steering, across a hung agent, and across an agent
+//! killed with SIGKILL and restarted.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use xdt_testkit::{
+    net::{Netns, run},
+    process::{Process, free_port, sibling},
+    root_or_skip,
+};
+
+const XDT: &str = env!("CARGO_BIN_EXE_xdt");
+const NODE4: &str = "10.90.0.2";
+const NODE6: &str = "fd00:90::2";
+const AGENT: &str = "steer-node";
+const RULES: &str = "api proto tcp dport 8081 action steer\nplain proto tcp dport 8082\n";
+
+/// Client and node namespaces, the probe, two services, central; the agent on demand.
+struct SteerLab {
+    dir: PathBuf,
+    node_if: String,
+    http: u16,
+    telemetry: u16,
+    token: PathBuf,
+    // Dropped in this order: processes, then the namespaces.
+    _processes: Vec<Process>,
+    client: Netns,
+    node: Netns,
+}
+
+impl SteerLab {
+    fn new(queues: u32) -> Self {
+        let client = Netns::new("xsc");
+        let node = Netns::new("xsn");
+        let client_if = xdt_testkit::unique_name("sc");
+        let node_if = xdt_testkit::unique_name("sn");
+        let q = queues.to_string();
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &client_if,
+                "netns",
+                &client.name,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &node_if,
+                "netns",
+                &node.name,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+            ],
+        );
+        for (ns, dev, v4, v6) in [
+            (&client, &client_if, "10.90.0.1/24", "fd00:90::1/64"),
+            (&node, &node_if, "10.90.0.2/24", "fd00:90::2/64"),
+        ] {
+            ns.ip(&["addr", "add", v4, "dev", dev]);
+            ns.ip(&["addr", "add", v6, "dev", dev, "nodad"]);
+            ns.ip(&["link", "set", dev, "up"]);
+            ns.ip(&["link", "set", "lo", "up"]);
+        }
+        let dir = std::env::temp_dir().join(xdt_testkit::unique_name("xdt-steer-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let rules = dir.join("rules");
+        std::fs::write(&rules, RULES).expect("rules");
+        let token = dir.join("token");
+        std::fs::write(&token, "steer-token\n").expect("token");
+        let mut lab = Self {
+            dir,
+            node_if,
+            http: free_port(),
+            telemetry: free_port(),
+            token,
+            _processes: Vec::new(),
+            client,
+            node,
+        };
+        let out = lab
+            .node
+            .command(XDT)
+            .args(["attach", "-i", &lab.node_if, "--mode", "native", "--rules"])
+            .arg(&rules)
+            .output()
+            .expect("xdt attach");
+        assert!(
+            out.status.success(),
+            "attach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for port in [8081, 8082] {
+            let mut service = lab
+                .node
+                .command(sibling("service-health").to_str().expect("path"));
+            service
+                .args(["--listen", &format!("[::]:{port}")])
+                .stdout(std::process::Stdio::null());
+            lab._processes.push(Process::start(&mut service));
+        }
+        let mut central = lab
+            .node
+            .command(sibling("xdt-central").to_str().expect("path"));
+        central
+            .args([
+                "--telemetry-listen",
+                &format!("127.0.0.1:{}", lab.telemetry),
+            ])
+            .args(["--http-listen", &format!("127.0.0.1:{}", lab.http)])
+            .args(["--recent-events", "5000"])
+            .arg("--token-file")
+            .arg(&lab.token);
+        lab._processes.push(Process::start(&mut central));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while lab.get("/healthz").is_none() {
+            assert!(Instant::now() < deadline, "central did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        lab
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let http = self.http;
+        self.node.enter(|| xdt_testkit::http::get_ok(http, path))
+    }
+
+    fn agent(&self) -> Process {
+        let agent = Process::start(
+            self.node
+                .command(sibling("xdt-agent").to_str().expect("path"))
+                .args(["--interface", &self.node_if, "--agent-id", AGENT])
+                .args(["--interval", "0.2", "--log-level", "debug"])
+                .args(["--central", &format!("127.0.0.1:{}", self.telemetry)])
+                .arg("--token-file")
+                .arg(&self.token),
+        );
+        agent
+    }
+
+    /// The agent's node in /metrics.json once `pick` holds (fails after 20 s).
+    fn node_when(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let node = self
+                .get("/metrics.json")
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .and_then(|v| {
+                    v["nodes"]
+                        .as_array()?
+                        .iter()
+                        .find(|n| n["agent_id"] == AGENT)
+                        .cloned()
+                });
+            if let Some(node) = &node
+                && pick(node)
+            {
+                return node.clone();
+            }
+            assert!(
+                Instant::now() <= deadline,
+                "{what}: not seen in /metrics.json; node: {node:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn steering_up(&self, sockets: u64) -> Value {
+        self.node_when("steering up", |n| {
+            n["agent"]["steering"]["sockets"] == sockets && n["connected"] == true
+        })
+    }
+
+    fn stats(&self) -> Value {
+        let out = self
+            .node
+            .command(XDT)
+            .args(["stats", "-i", &self.node_if, "--json"])
+            .output()
+            .expect("xdt stats");
+        assert!(
+            out.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stats json")
+    }
+
+    fn curl(&self, args: &[&str]) -> Output {
+        self.client
+            .command("curl")
+            .args(["-sS", "--fail", "--max-time", "10"])
+            .args(args)
+            .output()
+            .expect("curl")
+    }
+
+    /// GET /echo/NAME over `host`:`port`; panics unless the service answered it.
+    fn echo(&self, host: &str, port: u16, name: &str) {
+        let url = format!("http://{host}:{port}/echo/{name}");
+        let out = self.curl(&["-g", &url]);
+        assert!(
+            out.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("/echo/{name}\n")
+        );
+    }
+}
+
+impl Drop for SteerLab {
+    fn drop(&mut self) {
+        let _ = self
+            .node
+            .command(XDT)
+            .args(["detach", "-i", &self.node_if])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn counter(stats: &Value, name: &str) -> u64 {
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}: {stats}"))
+}
+
+/// HTTP paths of the steered events in `node`.
+fn http_paths(node: &Value) -> HashSet<String> {
+    node["recent_events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["inspection"]["http"]["path"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kill(process: &Process, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(process.id().cast_signed());
+    nix::sys::signal::kill(pid, signal).expect("signal");
+}
+
+#[test]
+fn steered_requests_are_inspected_and_answered() {
+    if !root_or_skip("steered_requests_are_inspected_and_answered") {
+        return;
+    }
+    let lab = SteerLab::new(1);
+    let agent = lab.agent();
+    let node = lab.steering_up(1);
+    assert_eq!(
+        node["agent"]["steering"]["mode"], "copy",
+        "veth has no zero-copy AF_XDP"
+    );
+    let pair = format!("xdt{}a", node_ifindex(&lab));
+    let links = lab.node.ip(&["-o", "link"]);
+    assert!(
+        String::from_utf8_lossy(&links.stdout).contains(&format!(" {pair}@")),
+        "no re-entry pair {pair}: {}",
+        String::from_utf8_lossy(&links.stdout)
+    );
+
+    // Steered: GETs over IPv4 and IPv6, each answered, each in telemetry with its path.
+    let mut expected = BTreeSet::new();
+    for i in 0..10 {
+        lab.echo(NODE4, 8081, &format!("v4-{i}"));
+        expected.insert(format!("/echo/v4-{i}"));
+    }
+    for i in 0..5 {
+        lab.echo(&format!("[{NODE6}]"), 8081, &format!("v6-{i}"));
+        expected.insert(format!("/echo/v6-{i}"));
+    }
+    // Frames at the MTU: a 200 kB body goes out in full-sized segments and comes back intact.
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let file = lab.dir.join("body");
+    std::fs::write(&file, &body).expect("body");
+    let out = lab.curl(&[
+        "--data-binary",
+        &format!("@{}", file.display()),
+        "-H",
+        "Content-Type: application/octet-stream",
+        &format!("http://{NODE4}:8081/echo"),
+    ]);
+    assert!(
+        out.status.success(),
+        "POST: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == body,
+        "the echoed body differs ({} bytes)",
+        out.stdout.len()
+    );
+    expected.insert("/echo".to_owned());
+
+    // Not steered: the other port is only counted.
+    let before = counter(&lab.stats(), "steered_packets");
+    for i in 0..3 {
+        lab.echo(NODE4, 8082, &format!("plain-{i}"));
+    }
+    let stats = lab.stats();
+    assert_eq!(
+        counter(&stats, "steered_packets"),
+        before,
+        "port 8082 was steered"
+    );
+    let plain = stats["labels"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["label"] == "plain"))
+        .expect("plain label");
+    assert!(plain["packets"].as_u64() >= Some(3 * 5), "{plain}");
+
+    let node = lab.node_when("every request in telemetry", |n| {
+        let seen = http_paths(n);
+        expected.iter().all(|p| seen.contains(p))
+    });
+    let events = node["recent_events"].as_array().expect("events");
+    assert!(
+        events.iter().all(|e| e["dst_port"] != 8082),
+        "a plain request became an event"
+    );
+    let steered: Vec<&Value> = events.iter().filter(|e| e["action"] == "steer").collect();
+    assert!(
+        steered
+            .iter()
+            .all(|e| e["label"] == "api" && e["rule"] == 1),
+        "label or rule lost"
+    );
+    assert!(
+        steered.iter().any(|e| e["inspection"]["frame_len"] == 1514),
+        "no MTU-sized frame was steered"
+    );
+    assert!(
+        steered
+            .iter()
+            .all(|e| e["inspection"]["reinjected"] == true)
+    );
+    let get = steered
+        .iter()
+        .find(|e| e["inspection"]["http"]["path"] == "/echo/v6-0")
+        .expect("v6 GET");
+    assert_eq!(get["inspection"]["http"]["method"], "GET");
+    assert_eq!(get["src"], "fd00:90::1");
+
+    // Nothing lost anywhere, and the probe's and the agent's counts agree.
+    let stats = lab.stats();
+    let steered_packets = counter(&stats, "steered_packets");
+    assert_eq!(counter(&stats, "steer_fallback_packets"), 0);
+    let node = lab.node_when("agent counts settle", |n| {
+        n["agent"]["steering"]["received_packets"] == steered_packets
+            && n["agent"]["steering"]["reinjected_packets"] == steered_packets
+    });
+    let steering = &node["agent"]["steering"];
+    for loss in [
+        "reinject_dropped",
+        "rx_dropped",
+        "rx_ring_full",
+        "tx_invalid_descs",
+    ] {
+        assert_eq!(steering[loss], 0, "{loss}: {steering}");
+    }
+    assert_eq!(node["agent"]["dropped_events"], 0);
+
+    // A hung agent: its lease runs out, the probe passes the packets itself, nothing fails.
+    kill(&agent, nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stuck = counter(&lab.stats(), "steered_packets");
+    for i in 0..3 {
+        lab.echo(NODE4, 8081, &format!("hung-{i}"));
+    }
+    let stats = lab.stats();
+    assert_eq!(
+        counter(&stats, "steered_packets"),
+        stuck,
+        "steered to a hung agent"
+    );
+    assert!(counter(&stats, "steer_fallback_packets") >= 3 * 5);
+    kill(&agent, nix::sys::signal::Signal::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+    lab.echo(NODE4, 8081, "resumed");
+    assert!(
+        counter(&lab.stats(), "steered_packets") > stuck,
+        "steering did not resume"
+    );
+    lab.node_when("steering resumed", |n| {
+        http_paths(n).contains("/echo/resumed")
+    });
+
+    // A clean stop removes the re-entry pair.
+    agent.stop();
+    assert!(
+        !lab.node
+            .command("ip")
+            .args(["link", "show", &pair])
+            .output()
+            .expect("ip")
+            .status
+            .success(),
+        "{pair} left behind"
+    );
+}
+
+fn node_ifindex(lab: &SteerLab) -> u32 {
+    let out = lab.node.ip(&["-o", "link", "show", &lab.node_if]);
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()
+        .and_then(|i| i.trim().parse().ok())
+        .expect("ifindex")
+}
+
+#[test]
+fn sigkill_of_the_agent_fails_no_request() {
+    if !root_or_skip("sigkill_of_the_agent_fails_no_request") {
+        return;
+    }
+    let lab = SteerLab::new(1);
+    let mut agent = lab.agent();
+    lab.steering_up(1);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (lab_ref, done_ref) = (&lab, &done);
+    let ((requests, failures), agent) = std::thread::scope(move |s| {
+        let client = s.spawn(move || {
+            let (lab, done) = (lab_ref, done_ref);
+            let (mut requests, mut failures) = (0u32, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let url = format!("http://{NODE4}:8081/echo/loop-{requests}");
+                let out = lab.curl(&[&url]);
+                if !out.status.success() {
+                    failures.push(format!("{url}: {}", String::from_utf8_lossy(&out.stderr)));
+                }
+                requests += 1;
+            }
+            (requests, failures)
+        });
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(1500));
+            // SIGKILL. Frames on the dead agent's rings are lost (TCP retransmits them, after up
+            // to 1 s for a SYN); the gap is long enough for retransmissions to fall back.
+            drop(agent);
+            std::thread::sleep(Duration::from_millis(2500));
+            agent = lab_ref.agent();
+            lab_ref.steering_up(1);
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        done_ref.store(true, std::sync::atomic::Ordering::Relaxed);
+        (client.join().expect("client thread"), agent)
+    });
+    assert!(requests >= 30, "only {requests} requests in the loop");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {failures:#?}",
+        failures.len()
+    );
+    let stats = lab.stats();
+    assert!(
+        counter(&stats, "steer_fallback_packets") > 0,
+        "no packet fell back while the agent was dead: {stats}"
+    );
+    let before = counter(&stats, "steered_packets");
+    lab.echo(NODE4, 8081, "after");
+    assert!(
+        counter(&lab.stats(), "steered_packets") > before,
+        "steering did not resume"
+    );
+    drop(agent);
+}
+
+#[test]
+fn every_queue_of_a_multi_queue_veth_is_steered() {
+    if !root_or_skip("every_queue_of_a_multi_queue_veth_is_steered") {
+        return;
+    }
+    let lab = SteerLab::new(4);
+    let _agent = lab.agent();
+    lab.steering_up(4);
+    let mut expected = HashSet::new();
+    for i in 0..40 {
+        lab.echo(NODE4, 8081, &format!("mq-{i}"));
+        expected.insert(format!("/echo/mq-{i}"));
+    }
+    let node = lab.node_when("every request in telemetry", |n| {
+        let seen = http_paths(n);
+        expected.iter().all(|p| seen.contains(p))
+    });
+    let queues: BTreeSet<u64> = node["recent_events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["rx_queue"].as_u64())
+        .collect();
+    assert!(
+        queues.len() >= 2,
+        "40 connections all arrived on queues {queues:?}"
+    );
+    assert!(queues.iter().all(|q| *q < 4));
+    assert_eq!(counter(&lab.stats(), "steer_fallback_packets"), 0);
+}
+
+#[test]
+fn the_agent_names_what_blocks_steering() {
+    if !root_or_skip("the_agent_names_what_blocks_steering") {
+        return;
+    }
+    let lab = SteerLab::new(1);
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", lab.node.path()))
+        .arg(sibling("xdt-agent"))
+        .args(["--interface", &lab.node_if, "--egress", &lab.node_if])
+        .arg("--token-file")
+        .arg(&lab.token)
+        .output()
+        .expect("agent");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("egress interface must differ"), "{stderr}");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", lab.node.path()))
+        .arg(sibling("xdt-agent"))
+        .args(["--interface", &lab.node_if, "--xsk-frames", "1000"])
+        .arg("--token-file")
+        .arg(&lab.token)
+        .output()
+        .expect("agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--xsk-frames 1000 must be a power of two"),
+        "{stderr}"
+    );
+}
