@@ -115,6 +115,8 @@ fn main() {
                 .args([
                     "--interface",
                     &node_if,
+                    // Outside the node namespace: sampled events only, no AF_XDP.
+                    "--no-steer",
                     "--central",
                     &format!("127.0.0.1:{telemetry}"),
                     "--log-level",

@@ -110,9 +110,10 @@ pub enum Command {
         /// Where central serves the dashboard.
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
         http_listen: String,
-        /// Where central takes telemetry.
-        #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR:PORT")]
-        telemetry_listen: String,
+        /// Port central takes telemetry on, on the demo's management link (10.211.9.1) that
+        /// the node namespace's agent reaches it through.
+        #[arg(long, default_value_t = 50051, value_name = "PORT")]
+        telemetry_port: u16,
     },
     /// Follow sampled packet metadata (rules with `action sample N`).
     Events {

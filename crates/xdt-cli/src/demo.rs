@@ -34,11 +34,16 @@ const NODE4: &str = "10.211.0.2";
 const CLIENT6: &str = "fd00:211::1";
 const NODE6: &str = "fd00:211::2";
 const SERVICE_PORT: u16 = 8081;
+/// The management link between the host (central) and the node namespace (the agent).
+const MGMT_IF: &str = "xdtdemo-m";
+const MGMT_NODE_IF: &str = "xdtdemo-mn";
+const MGMT_HOST4: &str = "10.211.9.1";
+const MGMT_NODE4: &str = "10.211.9.2";
 
 const RULES: &str = "\
-web    dst 10.211.0.2 proto tcp dport 8081 action sample 5
+web    dst 10.211.0.2 proto tcp dport 8081 action steer
 web6   dst fd00:211::2 proto tcp dport 8081 action sample 5
-dns    proto udp dport 53 action sample 2
+dns    proto udp dport 53 action steer
 ping   proto icmp action sample 1
 ping6  proto icmpv6
 ";
@@ -47,7 +52,7 @@ ping6  proto icmpv6
 pub struct Options {
     pub duration: Option<f64>,
     pub http_listen: String,
-    pub telemetry_listen: String,
+    pub telemetry_port: u16,
 }
 
 /// The programs the demo starts, found next to `xdt`.
@@ -243,6 +248,32 @@ pub fn run(options: &Options) -> Result<()> {
         ])?;
         ip(&["-n", ns, "link", "set", dev, "up"])?;
     }
+    // The management link; it goes away with the node namespace.
+    ip(&[
+        "link",
+        "add",
+        MGMT_IF,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        MGMT_NODE_IF,
+        "netns",
+        NODE_NS,
+    ])?;
+    ip(&["addr", "add", &format!("{MGMT_HOST4}/30"), "dev", MGMT_IF])?;
+    ip(&["link", "set", MGMT_IF, "up"])?;
+    ip(&[
+        "-n",
+        NODE_NS,
+        "addr",
+        "add",
+        &format!("{MGMT_NODE4}/30"),
+        "dev",
+        MGMT_NODE_IF,
+    ])?;
+    ip(&["-n", NODE_NS, "link", "set", MGMT_NODE_IF, "up"])?;
+    let telemetry = format!("{MGMT_HOST4}:{}", options.telemetry_port);
 
     // The probe, with the demo's rules.
     let rules = parse_rules(RULES, "demo rules")?;
@@ -269,7 +300,7 @@ pub fn run(options: &Options) -> Result<()> {
         Command::new(&binaries.central)
             .args([
                 "--telemetry-listen",
-                &options.telemetry_listen,
+                &telemetry,
                 "--http-listen",
                 &options.http_listen,
             ])
@@ -277,14 +308,15 @@ pub fn run(options: &Options) -> Result<()> {
             .arg(&token),
     )?;
     wait_for_http(&options.http_listen, &mut lab)?;
+    // The agent runs in the node namespace: its AF_XDP sockets and re-entry pair live there.
     lab.spawn(
         "xdt-agent",
-        Command::new(&binaries.agent)
+        nsenter(NODE_NS, &binaries.agent)
             .args([
                 "--interface",
                 NODE_IF,
                 "--central",
-                &options.telemetry_listen,
+                &telemetry,
                 "--agent-id",
                 "demo-node",
             ])
@@ -350,7 +382,7 @@ pub fn run(options: &Options) -> Result<()> {
             last_line = Instant::now();
             if let Ok(c) = maps.counters() {
                 println!(
-                    "{NODE_IF}: {} packets (tcp {}, udp {}, icmp {}, other {}), {} labelled, {} sampled",
+                    "{NODE_IF}: {} packets (tcp {}, udp {}, icmp {}, other {}), {} labelled, {} sampled, {} steered to the agent",
                     c.get(Counter::TotalPackets),
                     c.get(Counter::TcpPackets),
                     c.get(Counter::UdpPackets),
@@ -358,6 +390,7 @@ pub fn run(options: &Options) -> Result<()> {
                     c.get(Counter::OtherPackets),
                     c.get(Counter::MatchedPackets),
                     c.get(Counter::SampledEvents),
+                    c.get(Counter::SteeredPackets),
                 );
             }
         }
@@ -385,9 +418,9 @@ fn client_traffic(stop: &AtomicBool) {
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
         round += 1;
-        let _ = http_get(v4);
+        let _ = http_get(v4, &format!("/echo/demo/{}", round % 20));
         if round.is_multiple_of(3) {
-            let _ = http_get(v6);
+            let _ = http_get(v6, "/healthz");
         }
         if round.is_multiple_of(2)
             && let Some(udp) = &udp
@@ -399,10 +432,12 @@ fn client_traffic(stop: &AtomicBool) {
     }
 }
 
-fn http_get(addr: SocketAddr) -> std::io::Result<()> {
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut sink = Vec::new();
     stream.read_to_end(&mut sink)?;
     Ok(())

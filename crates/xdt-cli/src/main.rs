@@ -113,12 +113,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             duration,
             http_listen,
-            telemetry_listen,
+            telemetry_port,
         } => {
             demo::run(&demo::Options {
                 duration,
                 http_listen,
-                telemetry_listen,
+                telemetry_port,
             })?;
         }
         Command::Events {

@@ -23,7 +23,7 @@ fn demo_shows_telemetry_and_cleans_up() {
     let mut demo = Command::new(env!("CARGO_BIN_EXE_xdt"))
         .args(["demo", "--duration", "60"])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--telemetry-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--telemetry-port", &free_port().to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start xdt demo");
@@ -46,7 +46,20 @@ fn demo_shows_telemetry_and_cleans_up() {
                 .find(|l| l["label"] == "dns")
                 .and_then(|l| l["packets"].as_u64())
                 .unwrap_or(0);
-            if web > 20 && dns > 5 && node["total_events"].as_u64() > Some(5) {
+            // Steered: HTTP paths and DNS names, read by the agent off its AF_XDP sockets.
+            let events = node["recent_events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let http = events.iter().any(|e| {
+                e["inspection"]["http"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/echo/demo/"))
+            });
+            let dns_name = events
+                .iter()
+                .any(|e| e["inspection"]["dns"]["name"] == "example.com");
+            if web > 20 && dns > 5 && http && dns_name && node["total_events"].as_u64() > Some(5) {
                 seen = Some(node.clone());
                 break;
             }
@@ -68,7 +81,7 @@ fn demo_shows_telemetry_and_cleans_up() {
         .expect("read");
     assert!(
         seen.is_some(),
-        "the dashboard never showed web, dns and events; demo said:\n{out}"
+        "the dashboard never showed web, dns and steered HTTP and DNS events; demo said:\n{out}"
     );
     assert!(status.success(), "demo failed: {status}\n{out}");
     if let Some(result) = dashboard {
@@ -98,6 +111,15 @@ fn demo_shows_telemetry_and_cleans_up() {
     assert!(
         !std::path::Path::new("/sys/fs/bpf/xdt/xdtdemo-n").exists(),
         "pins left"
+    );
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("xdtdemo"),
+        "links left: {}",
+        String::from_utf8_lossy(&links.stdout)
     );
     assert!(
         metrics(http).is_none(),

@@ -85,6 +85,9 @@ fn agent(lab: &Lab, central: &Central) -> Process {
                 "pipe-node",
                 "--interval",
                 "0.2",
+                // The agent runs outside the node namespace, where the interface is not; this
+                // test is about sampled events (tests/steer.rs covers steering).
+                "--no-steer",
             ])
             .args(["--central", &format!("127.0.0.1:{}", central.telemetry)])
             .arg("--token-file")
