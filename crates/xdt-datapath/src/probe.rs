@@ -13,7 +13,9 @@ use xdt_common::{
     config::{self, Attachment, Config, Generation},
     counters::{self, COUNT, Counters},
     labels::{self, LabelName, LabelStats, MAX_LABELS},
-    rules::{self as raw, ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, MATCH_DST, MATCH_SRC},
+    rules::{
+        self as raw, ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, MATCH_DST, MATCH_SRC,
+    },
     trie::{self, TrieNode},
 };
 

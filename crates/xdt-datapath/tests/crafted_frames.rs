@@ -387,6 +387,36 @@ fn rule_matching_priority_and_actions() {
 }
 
 #[test]
+fn steer_falls_back_to_pass_without_a_live_agent() {
+    if !root_or_skip("steer_falls_back_to_pass_without_a_live_agent") {
+        return;
+    }
+    let mut lab = Lab::new("api proto tcp dport 8081 action steer\n");
+    let mut steer = xdt_datapath::steer::SteerMaps::of(&mut lab.probe).expect("steer maps");
+    let frame = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 8081, 0x02, b"")));
+    let other = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 8082, 0x02, b"")));
+    // No lease (no agent ever ran): passed and counted as a fallback.
+    assert_eq!(lab.run(&frame), XDP_PASS);
+    // A fresh lease but no socket on the queue: still passed.
+    steer.renew(Duration::from_secs(5)).expect("renew");
+    assert_eq!(lab.run(&frame), XDP_PASS);
+    // An expired lease: passed.
+    steer.renew(Duration::ZERO).expect("renew");
+    assert_eq!(lab.run(&frame), XDP_PASS);
+    steer.revoke().expect("revoke");
+    assert_eq!(lab.run(&other), XDP_PASS);
+    lab.expect(&[
+        (TotalPackets, 4),
+        (TotalBytes, 4 * frame.len() as u64),
+        (Ipv4Packets, 4),
+        (TcpPackets, 4),
+        (MatchedPackets, 3),
+        (SteerFallbackPackets, 3),
+    ]);
+    assert_eq!(lab.label("api"), (3, 3 * frame.len() as u64));
+}
+
+#[test]
 fn sampled_events_and_ring_loss() {
     if !root_or_skip("sampled_events_and_ring_loss") {
         return;

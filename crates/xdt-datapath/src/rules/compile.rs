@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use xdt_common::{
     rules::{
-        ACTION_COUNT, ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, MATCH_DST, MATCH_PORT,
-        MATCH_PROTOCOL, MATCH_SRC, MAX_CANDIDATES, Rule as RawRule,
+        ACTION_COUNT, ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, MATCH_DST,
+        MATCH_PORT, MATCH_PROTOCOL, MATCH_SRC, MAX_CANDIDATES, Rule as RawRule,
     },
     trie::{CHILD, NODE_ENTRIES, ROOT_NODES, Root, TrieNode},
 };
