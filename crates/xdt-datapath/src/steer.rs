@@ -43,7 +43,7 @@ impl SteerMaps {
 
     /// The steering maps of a loaded (not necessarily attached) probe.
     pub fn of(probe: &mut crate::probe::LoadedProbe) -> Result<Self> {
-        let mut open = |name: &'static str| -> Result<MapData> {
+        let open = |name: &'static str| -> Result<MapData> {
             let map = probe
                 .ebpf
                 .map(name)
