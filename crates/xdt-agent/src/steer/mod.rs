@@ -9,6 +9,7 @@
 
 mod checksum;
 pub mod inspect;
+mod packet;
 pub mod reentry;
 pub mod xsk;
 
@@ -29,9 +30,63 @@ use xdt_wire::{Event, Inspection, SteeringStats};
 
 pub use self::xsk::BindMode;
 use self::{
+    packet::PacketTx,
     reentry::ReentryPair,
     xsk::{RxQueue, TxPort},
 };
+
+/// Where the worker re-injects: the re-entry pair's AF_XDP socket, or an egress interface's
+/// packet socket (see [`packet`]).
+enum Tx {
+    Xsk(Box<TxPort>),
+    Packet(PacketTx),
+}
+
+impl Tx {
+    fn mode(&self) -> &'static str {
+        match self {
+            Self::Xsk(t) if t.zerocopy => "AF_XDP zerocopy",
+            Self::Xsk(_) => "AF_XDP copy",
+            Self::Packet(_) => "AF_PACKET",
+        }
+    }
+
+    fn queue(&mut self, frame: &[u8], dst_mac: Option<[u8; 6]>) -> bool {
+        match self {
+            Self::Xsk(t) => t.queue(frame, dst_mac),
+            Self::Packet(t) => t.send(frame),
+        }
+    }
+
+    /// Frames that could not be handed to the kernel.
+    fn flush(&mut self) -> usize {
+        match self {
+            Self::Xsk(t) => t.flush(),
+            Self::Packet(_) => 0,
+        }
+    }
+
+    fn transmitted(&self) -> u64 {
+        match self {
+            Self::Xsk(t) => t.complete_total(),
+            Self::Packet(t) => t.sent(),
+        }
+    }
+
+    fn in_flight(&self) -> u32 {
+        match self {
+            Self::Xsk(t) => t.in_flight(),
+            Self::Packet(_) => 0,
+        }
+    }
+
+    fn invalid_descs(&self) -> Option<u64> {
+        match self {
+            Self::Xsk(t) => t.statistics().map(|s| s.tx_invalid_descs),
+            Self::Packet(_) => None,
+        }
+    }
+}
 
 /// Where steered frames go after inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +132,12 @@ pub enum SteerError {
     Reentry(#[from] reentry::ReentryError),
     #[error(transparent)]
     Xsk(#[from] xsk::XskError),
+    #[error("opening a packet socket on the egress interface {iface} failed")]
+    Egress {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting the steering thread failed")]
     Thread(#[source] std::io::Error),
 }
@@ -172,7 +233,7 @@ impl Steering {
                         return;
                     }
                 };
-                let zerocopy = (rx.iter().all(|q| q.zerocopy), tx.zerocopy);
+                let zerocopy = (rx.iter().all(|q| q.zerocopy), tx.mode());
                 if ready.send(Ok(zerocopy)).is_err() {
                     return;
                 }
@@ -199,7 +260,7 @@ impl Steering {
                 ))),
             },
         };
-        let (thread, (rx_zerocopy, tx_zerocopy)) = match started {
+        let (thread, (rx_zerocopy, tx_mode)) = match started {
             Ok(v) => v,
             Err(e) => {
                 if let Some(pair) = pair {
@@ -218,8 +279,7 @@ impl Steering {
         };
         info!(
             "steering on {iface}: {queues} AF_XDP socket(s) in {mode} mode, re-injecting {reinject} \
-             ({} mode), lease {:?}",
-            if tx_zerocopy { "zerocopy" } else { "copy" },
+             ({tx_mode}), lease {:?}",
             config.lease
         );
         Ok(Self {
@@ -279,12 +339,20 @@ struct Setup {
 }
 
 impl Setup {
-    fn open(&self, maps: &mut SteerMaps) -> Result<(Vec<RxQueue>, TxPort), SteerError> {
+    fn open(&self, maps: &mut SteerMaps) -> Result<(Vec<RxQueue>, Tx), SteerError> {
         let c = &self.config;
         let rx = (0..self.queues)
             .map(|q| RxQueue::open(&self.iface, self.ifindex, q, c.frames, c.mode))
             .collect::<Result<Vec<_>, _>>()?;
-        let tx = TxPort::open(&self.tx_iface, c.frames, c.mode)?;
+        let tx = match &c.reinject {
+            Reinject::Host => Tx::Xsk(Box::new(TxPort::open(&self.tx_iface, c.frames, c.mode)?)),
+            Reinject::Egress(dev) => {
+                Tx::Packet(PacketTx::open(dev).map_err(|source| SteerError::Egress {
+                    iface: dev.clone(),
+                    source,
+                })?)
+            }
+        };
         for q in &rx {
             maps.set_socket(q.queue, q.fd())?;
         }
@@ -299,7 +367,7 @@ const RX_BATCH: u32 = 64;
 struct Worker {
     iface: String,
     rx: Vec<RxQueue>,
-    tx: TxPort,
+    tx: Tx,
     maps: SteerMaps,
     dst_mac: Option<[u8; 6]>,
     lease: Duration,
@@ -390,7 +458,7 @@ impl Worker {
                     .reinject_dropped
                     .fetch_add(rejected as u64, Ordering::Relaxed);
             }
-            let completed = self.tx.complete_total();
+            let completed = self.tx.transmitted();
             self.counters
                 .reinjected_packets
                 .store(completed, Ordering::Relaxed);
@@ -429,7 +497,7 @@ impl Worker {
         self.read_kernel_stats();
         self.counters
             .reinjected_packets
-            .store(self.tx.complete_total(), Ordering::Relaxed);
+            .store(self.tx.transmitted(), Ordering::Relaxed);
     }
 
     fn read_kernel_stats(&self) {
@@ -445,9 +513,8 @@ impl Worker {
         c.rx_dropped.store(dropped, Ordering::Relaxed);
         c.rx_ring_full.store(full, Ordering::Relaxed);
         c.rx_fill_ring_empty.store(empty, Ordering::Relaxed);
-        if let Some(s) = self.tx.statistics() {
-            c.tx_invalid_descs
-                .store(s.tx_invalid_descs, Ordering::Relaxed);
+        if let Some(s) = self.tx.invalid_descs() {
+            c.tx_invalid_descs.store(s, Ordering::Relaxed);
         }
     }
 }
