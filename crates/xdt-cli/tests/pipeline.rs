@@ -50,28 +50,13 @@ impl Central {
 
     /// The agent's node in /metrics.json once `pick` is satisfied (or after 15 s, to fail).
     fn node_when(&self, agent: &str, pick: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let node = xdt_testkit::http::get_ok(self.http, "/metrics.json")
-                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-                .and_then(|v| {
-                    v["nodes"]
-                        .as_array()?
-                        .iter()
-                        .find(|n| n["agent_id"] == agent)
-                        .cloned()
-                });
-            if let Some(node) = &node
-                && pick(node)
-            {
-                return node.clone();
-            }
-            assert!(
-                Instant::now() <= deadline,
-                "condition not met in /metrics.json; node: {node:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        xdt_testkit::http::central_node_when(
+            || xdt_testkit::http::get_ok(self.http, "/metrics.json"),
+            agent,
+            "condition",
+            Duration::from_secs(15),
+            pick,
+        )
     }
 }
 

@@ -155,29 +155,13 @@ impl SteerLab {
 
     /// The agent's node in /metrics.json once `pick` holds (fails after 20 s).
     fn node_when(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let node = self
-                .get("/metrics.json")
-                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-                .and_then(|v| {
-                    v["nodes"]
-                        .as_array()?
-                        .iter()
-                        .find(|n| n["agent_id"] == AGENT)
-                        .cloned()
-                });
-            if let Some(node) = &node
-                && pick(node)
-            {
-                return node.clone();
-            }
-            assert!(
-                Instant::now() <= deadline,
-                "{what}: not seen in /metrics.json; node: {node:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        xdt_testkit::http::central_node_when(
+            || self.get("/metrics.json"),
+            AGENT,
+            what,
+            Duration::from_secs(20),
+            pick,
+        )
     }
 
     fn steering_up(&self, sockets: u64) -> Value {

@@ -27,3 +27,37 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
 pub fn get_ok(port: u16, path: &str) -> Option<String> {
     get(port, path).and_then(|(status, body)| (status == 200).then_some(body))
 }
+
+/// Polls central's `/metrics.json` (fetched by `fetch`, which may run in another namespace) until
+/// the node of `agent_id` satisfies `pick`, and returns it; panics after `timeout` with `what`
+/// and the last node seen.
+pub fn central_node_when(
+    fetch: impl Fn() -> Option<String>,
+    agent_id: &str,
+    what: &str,
+    timeout: Duration,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let node = fetch()
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["nodes"]
+                    .as_array()?
+                    .iter()
+                    .find(|n| n["agent_id"] == agent_id)
+                    .cloned()
+            });
+        if let Some(node) = &node
+            && pick(node)
+        {
+            return node.clone();
+        }
+        assert!(
+            std::time::Instant::now() <= deadline,
+            "{what}: not seen in /metrics.json; node: {node:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
