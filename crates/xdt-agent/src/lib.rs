@@ -12,6 +12,7 @@ pub mod steer;
 mod uplink;
 
 use std::{
+    collections::VecDeque,
     future::Future,
     sync::{
         Arc, Mutex, PoisonError,
@@ -73,7 +74,8 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
 struct Shared {
     outbox: Mutex<Outbox>,
     /// Events read from the ring and not batched yet.
-    pending: Mutex<Vec<Event>>,
+    /// A deque: dropping the oldest of a full buffer is O(dropped), not a shift of the rest.
+    pending: Mutex<VecDeque<Event>>,
     /// Events dropped from `pending` because it was full.
     pending_dropped: AtomicU64,
     reconnects: AtomicU64,
@@ -85,7 +87,7 @@ impl Shared {
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -109,7 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let shared = Arc::new(Shared {
         outbox: Mutex::new(Outbox::new(config.max_batches, config.max_events)),
-        pending: Mutex::new(Vec::new()),
+        pending: Mutex::new(VecDeque::new()),
         pending_dropped: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         new_batch: Notify::new(),
@@ -216,7 +218,7 @@ fn make_batches(
     steering: Option<&xdt_wire::SteeringStats>,
 ) -> Result<()> {
     let snapshot = source.snapshot()?;
-    let mut events: Vec<Event> = std::mem::take(&mut *shared.pending());
+    let mut events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
     let probe_ns_per_packet = runtime.sample();
     let dropped_events = shared.dropped_events();
     let taken_at_unix_ns = unix_ns();
@@ -341,9 +343,9 @@ async fn read_events(iface: String, shared: Arc<Shared>, max_pending: usize) {
 }
 
 /// Adds events to the next batch, dropping (and counting) the oldest beyond `max_pending`.
-fn push_pending(shared: &Shared, mut fresh: Vec<Event>, max_pending: usize) {
+fn push_pending(shared: &Shared, fresh: Vec<Event>, max_pending: usize) {
     let mut pending = shared.pending();
-    pending.append(&mut fresh);
+    pending.extend(fresh);
     if pending.len() > max_pending {
         let excess = pending.len() - max_pending;
         pending.drain(..excess);
