@@ -21,8 +21,8 @@ use xdt_common::{
     events::{RING_BYTES, SampledEvent},
     labels::{LabelName, LabelStats, MAX_LABELS},
     rules::{
-        ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, DEFAULT_MAX_RULES, MATCH_DST, MATCH_PORT,
-        MATCH_PROTOCOL, MATCH_SRC, MAX_CANDIDATES, Rule, max_lists,
+        ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, DEFAULT_MAX_RULES, MATCH_DST,
+        MATCH_PORT, MATCH_PROTOCOL, MATCH_SRC, MAX_CANDIDATES, Rule, max_lists,
     },
     steer::{MAX_QUEUES, META_MAGIC, SteerLease, SteerMeta},
     trie::{
