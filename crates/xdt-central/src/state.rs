@@ -8,13 +8,12 @@
 
 use std::{
     collections::{BTreeMap, VecDeque, btree_map::Entry},
-    net::IpAddr,
     sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
-use xdt_wire::{Batch, Event, Hello, Inspection};
+use xdt_wire::{Batch, Event, Hello};
 
 /// Upper bound accepted for `--recent-events`.
 pub const MAX_RECENT_EVENTS: usize = 65_536;
@@ -213,7 +212,7 @@ pub struct AgentState {
     /// When the newest counters were read (0: never).
     pub taken_at_unix_ns: u64,
     pub rates: Rates,
-    pub recent_events: VecDeque<RecentEvent>,
+    pub recent_events: VecDeque<Event>,
     pub total_events: u64,
     pub agent_stats: AgentStats,
     /// The instance whose figures `agent_stats.steering` holds: they count from zero per
@@ -399,73 +398,20 @@ impl SteeringRates {
     }
 }
 
-/// A recent event as kept for the dashboard: `xdt_wire::Event` with its strings clipped and
-/// the inspection boxed, so the sampled events (most of them) do not carry its room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecentEvent {
-    pub timestamp_unix_ns: u64,
-    pub label: String,
-    pub rule: u32,
-    pub action: String,
-    pub rx_queue: u32,
-    pub protocol: u8,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub ip_len: u16,
-    pub payload_len: u16,
-    pub tcp_flags: u8,
-    pub inspection: Option<Box<Inspection>>,
-}
-
-impl RecentEvent {
-    fn from_wire(e: Event) -> Self {
-        let Event {
-            timestamp_unix_ns,
-            mut label,
-            rule,
-            mut action,
-            rx_queue,
-            protocol,
-            src,
-            dst,
-            src_port,
-            dst_port,
-            ip_len,
-            payload_len,
-            tcp_flags,
-            inspection,
-        } = e;
-        clip(&mut label, MAX_SHORT);
-        clip(&mut action, MAX_SHORT);
-        Self {
-            timestamp_unix_ns,
-            label,
-            rule,
-            action,
-            rx_queue,
-            protocol,
-            src,
-            dst,
-            src_port,
-            dst_port,
-            ip_len,
-            payload_len,
-            tcp_flags,
-            inspection: inspection.map(|mut i| {
-                if let Some(http) = &mut i.http {
-                    clip(&mut http.method, MAX_SHORT);
-                    clip(&mut http.path, MAX_INSPECTED);
-                    if let Some(host) = &mut http.host {
-                        clip(host, MAX_INSPECTED);
-                    }
-                }
-                if let Some(dns) = &mut i.dns {
-                    clip(&mut dns.name, MAX_INSPECTED);
-                }
-                Box::new(i)
-            }),
+/// Clips the strings an agent sent in `e`, so a kept event's size is bounded.
+fn clip_event(e: &mut Event) {
+    clip(&mut e.label, MAX_SHORT);
+    clip(&mut e.action, MAX_SHORT);
+    if let Some(i) = &mut e.inspection {
+        if let Some(http) = &mut i.http {
+            clip(&mut http.method, MAX_SHORT);
+            clip(&mut http.path, MAX_INSPECTED);
+            if let Some(host) = &mut http.host {
+                clip(host, MAX_INSPECTED);
+            }
+        }
+        if let Some(dns) = &mut i.dns {
+            clip(&mut dns.name, MAX_INSPECTED);
         }
     }
 }
@@ -614,7 +560,7 @@ impl AgentState {
         let count = events.len();
         let payload_from = count.saturating_sub(PAYLOAD_HISTORY);
         let recent_from = count.saturating_sub(recent_cap);
-        for (i, event) in events
+        for (i, mut event) in events
             .into_iter()
             .enumerate()
             .skip(payload_from.min(recent_from))
@@ -630,7 +576,8 @@ impl AgentState {
                 if self.recent_events.len() >= recent_cap {
                     self.recent_events.pop_front();
                 }
-                self.recent_events.push_back(RecentEvent::from_wire(event));
+                clip_event(&mut event);
+                self.recent_events.push_back(event);
             }
         }
     }
@@ -1006,7 +953,7 @@ mod tests {
         }
         let mut http = event(5, 100);
         http.action = "steer".into();
-        http.inspection = Some(Inspection {
+        http.inspection = Some(Box::new(xdt_wire::Inspection {
             frame_len: 214,
             agent_latency_ns: 12_345,
             reinjected: true,
@@ -1019,7 +966,7 @@ mod tests {
                 name: long.clone(),
                 qtype: 28,
             }),
-        });
+        }));
         b.events = vec![event(4, 10), http];
         state.apply("a", 1, b, 0.0);
         let a = state.agent("a").expect("a");

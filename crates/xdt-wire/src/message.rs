@@ -89,8 +89,10 @@ pub struct Event {
     pub ip_len: u16,
     pub payload_len: u16,
     pub tcp_flags: u8,
-    /// What the agent read of a steered packet's bytes; `None` for sampled events.
-    pub inspection: Option<Inspection>,
+    /// What the agent read of a steered packet's bytes; `None` for sampled events. Boxed so
+    /// that the sampled events, most of those buffered, do not carry its room (postcard encodes
+    /// a box as its content: the wire format is the same).
+    pub inspection: Option<Box<Inspection>>,
 }
 
 /// The agent's inspection of one steered packet.

@@ -569,12 +569,12 @@ fn event(
         ip_len: seen.ip_len,
         payload_len: seen.payload_len,
         tcp_flags: seen.tcp_flags,
-        inspection: Some(Inspection {
+        inspection: Some(Box::new(Inspection {
             frame_len: frame.len() as u32,
             agent_latency_ns: now_ns.saturating_sub(timestamp_ns),
             reinjected,
             http: seen.http,
             dns: seen.dns,
-        }),
+        })),
     }
 }

@@ -217,7 +217,7 @@ pub fn steered_event(
     e.action = "steer".into();
     e.rule = 4;
     e.rx_queue = 3;
-    e.inspection = Some(Inspection {
+    e.inspection = Some(Box::new(Inspection {
         frame_len: 194,
         agent_latency_ns: 23_456,
         reinjected: dns.is_none(),
@@ -230,7 +230,7 @@ pub fn steered_event(
             name: name.into(),
             qtype,
         }),
-    });
+    }));
     e
 }
 
