@@ -9,7 +9,7 @@
 use std::{io, num::NonZeroU32, os::fd::RawFd, ptr::NonNull};
 
 use xdpilone::{
-    DeviceQueue, Errno, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig,
+    DeviceQueue, Errno, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User,
     xdp::{XdpDesc, XdpStatisticsV2},
 };
 
@@ -26,11 +26,15 @@ pub enum BindMode {
 }
 
 impl BindMode {
-    fn attempts(self) -> &'static [u16] {
+    /// The bind flags to try before the last one, and the last one.
+    fn attempts(self) -> (&'static [u16], u16) {
         match self {
-            Self::Auto => &[SocketConfig::XDP_BIND_ZEROCOPY, SocketConfig::XDP_BIND_COPY],
-            Self::Copy => &[SocketConfig::XDP_BIND_COPY],
-            Self::ZeroCopy => &[SocketConfig::XDP_BIND_ZEROCOPY],
+            Self::Auto => (
+                &[SocketConfig::XDP_BIND_ZEROCOPY],
+                SocketConfig::XDP_BIND_COPY,
+            ),
+            Self::Copy => (&[], SocketConfig::XDP_BIND_COPY),
+            Self::ZeroCopy => (&[], SocketConfig::XDP_BIND_ZEROCOPY),
         }
     }
 }
@@ -128,57 +132,72 @@ fn frame_base(addr: u64) -> u64 {
     addr & !u64::from(FRAME_SIZE - 1)
 }
 
-/// Sets up one socket: UMEM of `frames` frames, fill/completion rings, RX and/or TX ring, bind.
-/// Tries each of `mode`'s bind flags in turn, each on fresh objects.
-fn open(
+/// The ring a socket carries packets on: RX for the steered interface, TX for re-injection.
+trait PacketRing: Sized {
+    const RX: bool;
+    const STEP: &'static str;
+    fn map(user: &User) -> Result<Self, Errno>;
+}
+
+impl PacketRing for RingRx {
+    const RX: bool = true;
+    const STEP: &'static str = "mapping the RX ring";
+    fn map(user: &User) -> Result<Self, Errno> {
+        user.map_rx()
+    }
+}
+
+impl PacketRing for RingTx {
+    const RX: bool = false;
+    const STEP: &'static str = "mapping the TX ring";
+    fn map(user: &User) -> Result<Self, Errno> {
+        user.map_tx()
+    }
+}
+
+/// Sets up one socket: UMEM of `frames` frames, fill/completion rings, the RX or TX ring,
+/// bind. Tries each of `mode`'s bind flags in turn, each on fresh objects; only a refused bind
+/// moves on to the next.
+fn open<R: PacketRing>(
     iface: &str,
     ifindex: u32,
     queue: u32,
     frames: u32,
     mode: BindMode,
-    rx: bool,
-) -> Result<Opened, XskError> {
-    let attempts = mode.attempts();
-    let mut last = None;
-    for (i, &flag) in attempts.iter().enumerate() {
-        match open_once(iface, ifindex, queue, frames, flag, rx) {
-            Ok(opened) => return Ok(opened),
-            Err(e) => {
-                let retry =
-                    i + 1 < attempts.len() && matches!(&e, XskError::Setup { step: "bind", .. });
-                if !retry {
-                    return Err(e);
-                }
-                last = Some(e);
-            }
+) -> Result<Opened<R>, XskError> {
+    let (earlier, last) = mode.attempts();
+    for &flag in earlier {
+        match open_once(iface, ifindex, queue, frames, flag) {
+            Err(XskError::Setup { step: "bind", .. }) => {}
+            other => return other,
         }
     }
-    Err(last.unwrap_or_else(|| XskError::Setup {
-        step: "bind",
-        iface: iface.to_owned(),
-        queue,
-        errno: Errno::last_os_error(),
-        hint: "",
-    }))
+    open_once(iface, ifindex, queue, frames, last)
 }
 
-struct Opened {
-    rx: Option<RingRx>,
-    tx: Option<RingTx>,
+struct Opened<R> {
+    ring: R,
     device: DeviceQueue,
     umem: Umem,
     region: Region,
     zerocopy: bool,
 }
 
-fn open_once(
+/// Every frame of a UMEM of `frames` frames, as the free list starts.
+fn all_frames(frames: u32) -> Vec<u64> {
+    (0..frames)
+        .rev()
+        .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
+        .collect()
+}
+
+fn open_once<R: PacketRing>(
     iface: &str,
     ifindex: u32,
     queue: u32,
     frames: u32,
     flag: u16,
-    rx: bool,
-) -> Result<Opened, XskError> {
+) -> Result<Opened<R>, XskError> {
     let err = |step: &'static str| {
         move |errno: Errno| {
             let hint = match (step, errno.get_raw()) {
@@ -223,26 +242,16 @@ fn open_once(
         .rx_tx(
             &socket,
             &SocketConfig {
-                rx_size: if rx { ring } else { None },
-                tx_size: if rx { None } else { ring },
+                rx_size: if R::RX { ring } else { None },
+                tx_size: if R::RX { None } else { ring },
                 bind_flags: flag | SocketConfig::XDP_BIND_NEED_WAKEUP,
             },
         )
         .map_err(err("rx/tx rings"))?;
-    let rx_ring = if rx {
-        Some(user.map_rx().map_err(err("mapping the RX ring"))?)
-    } else {
-        None
-    };
-    let tx_ring = if rx {
-        None
-    } else {
-        Some(user.map_tx().map_err(err("mapping the TX ring"))?)
-    };
+    let ring = R::map(&user).map_err(err(R::STEP))?;
     umem.bind(&user).map_err(err("bind"))?;
     Ok(Opened {
-        rx: rx_ring,
-        tx: tx_ring,
+        ring,
         device,
         umem,
         region,
@@ -289,24 +298,15 @@ impl RxQueue {
         frames: u32,
         mode: BindMode,
     ) -> Result<Self, XskError> {
-        let opened = open(iface, ifindex, queue, frames, mode, true)?;
+        let opened = open::<RingRx>(iface, ifindex, queue, frames, mode)?;
         let mut this = Self {
             queue,
             zerocopy: opened.zerocopy,
-            rx: opened.rx.ok_or_else(|| XskError::Setup {
-                step: "mapping the RX ring",
-                iface: iface.to_owned(),
-                queue,
-                errno: Errno::last_os_error(),
-                hint: "",
-            })?,
+            rx: opened.ring,
             device: opened.device,
             _umem: opened.umem,
             region: opened.region,
-            free: (0..frames)
-                .rev()
-                .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
-                .collect(),
+            free: all_frames(frames),
             batch: Vec::new(),
         };
         this.refill();
@@ -413,24 +413,15 @@ impl TxPort {
                 ""
             },
         })?;
-        let opened = open(iface, ifindex, 0, frames, mode, false)?;
+        let opened = open::<RingTx>(iface, ifindex, 0, frames, mode)?;
         Ok(Self {
             iface: iface.to_owned(),
             zerocopy: opened.zerocopy,
-            tx: opened.tx.ok_or_else(|| XskError::Setup {
-                step: "mapping the TX ring",
-                iface: iface.to_owned(),
-                queue: 0,
-                errno: Errno::last_os_error(),
-                hint: "",
-            })?,
+            tx: opened.ring,
             device: opened.device,
             _umem: opened.umem,
             region: opened.region,
-            free: (0..frames)
-                .rev()
-                .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
-                .collect(),
+            free: all_frames(frames),
             queued: Vec::new(),
             in_flight: 0,
             completed: 0,
