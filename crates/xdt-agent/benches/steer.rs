@@ -37,7 +37,7 @@ use std::{
 
 use serde_json::Value;
 use xdt_testkit::{
-    net::{FrameSender, Netns, run},
+    net::{FrameSender, Netns, veth},
     process::{Process, free_port, sibling},
 };
 
@@ -100,31 +100,7 @@ impl Lab {
         let node = Netns::new("xbsn");
         let client_if = xdt_testkit::unique_name("bsc");
         let node_if = xdt_testkit::unique_name("bsn");
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &client_if,
-                "netns",
-                &client.name,
-                "numtxqueues",
-                "1",
-                "numrxqueues",
-                "1",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &node_if,
-                "netns",
-                &node.name,
-                "numtxqueues",
-                "1",
-                "numrxqueues",
-                "1",
-            ],
-        );
+        veth(&client, &client_if, &node, &node_if, 1);
         for (ns, dev, addr) in [
             (&client, &client_if, format!("{CLIENT}/24")),
             (&node, &node_if, format!("{NODE}/24")),

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use xdt_testkit::{
-    net::{Netns, run},
+    net::{Netns, veth},
     process::{Process, free_port, sibling},
     root_or_skip,
 };
@@ -43,32 +43,7 @@ impl SteerLab {
         let node = Netns::new("xsn");
         let client_if = xdt_testkit::unique_name("sc");
         let node_if = xdt_testkit::unique_name("sn");
-        let q = queues.to_string();
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &client_if,
-                "netns",
-                &client.name,
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &node_if,
-                "netns",
-                &node.name,
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-            ],
-        );
+        veth(&client, &client_if, &node, &node_if, queues);
         for (ns, dev, v4, v6) in [
             (&client, &client_if, "10.90.0.1/24", "fd00:90::1/64"),
             (&node, &node_if, "10.90.0.2/24", "fd00:90::2/64"),
@@ -562,15 +537,8 @@ fn egress_mode_forwards_between_two_ports() {
         xdt_testkit::unique_name("eo"),
         xdt_testkit::unique_name("es"),
     );
-    for (a_ns, a, b_ns, b) in [(&client, &c0, &node, &in0), (&node, &out0, &server, &s0)] {
-        run(
-            "ip",
-            &[
-                "link", "add", a, "netns", &a_ns.name, "type", "veth", "peer", "name", b, "netns",
-                &b_ns.name,
-            ],
-        );
-    }
+    veth(&client, &c0, &node, &in0, 1);
+    veth(&node, &out0, &server, &s0, 1);
     for (ns, dev) in [
         (&node, &in0),
         (&node, &out0),

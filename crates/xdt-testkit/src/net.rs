@@ -108,9 +108,9 @@ impl Drop for Netns {
     }
 }
 
-/// A veth pair from interface `a` in namespace `ns_a` to `b` in `ns_b`, both up, quiet: IPv6
-/// and ARP off on `a` (the sending side) so that only test frames reach `b`.
-pub fn quiet_veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) {
+/// A veth pair from interface `a` in namespace `ns_a` to `b` in `ns_b`, with `queues` TX and
+/// RX queues on each end, down and unconfigured.
+pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) {
     let q = queues.to_string();
     run(
         "ip",
@@ -137,6 +137,12 @@ pub fn quiet_veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) {
             &q,
         ],
     );
+}
+
+/// A veth pair from interface `a` in namespace `ns_a` to `b` in `ns_b`, both up, quiet: IPv6
+/// and ARP off on `a` (the sending side) so that only test frames reach `b`.
+pub fn quiet_veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) {
+    veth(ns_a, a, ns_b, b, queues);
     ns_a.sysctl(&format!("net.ipv6.conf.{a}.disable_ipv6"), "1");
     ns_b.sysctl(&format!("net.ipv6.conf.{b}.disable_ipv6"), "1");
     ns_a.ip(&["link", "set", a, "arp", "off", "up"]);
