@@ -6,6 +6,7 @@
 //! ticker (one batch per interval) and the uplink (connect, handshake, send, take acks,
 //! reconnect with backoff). The binary only parses arguments and calls [`run`].
 
+mod labels;
 pub mod outbox;
 pub mod source;
 pub mod steer;
@@ -27,7 +28,6 @@ use tokio::{io::unix::AsyncFd, sync::Notify};
 use xdt_datapath::{
     attach::program_runtime,
     events::{Event as ProbeEvent, EventReader},
-    probe::ProbeMaps,
 };
 use xdt_wire::{AgentStats, Batch, Event, Hello};
 
@@ -296,11 +296,7 @@ async fn read_events(iface: String, shared: Arc<Shared>, max_pending: usize) {
             return;
         }
     };
-    let maps = ProbeMaps::open(&iface).ok();
-    let mut names = maps
-        .as_ref()
-        .and_then(|m| m.label_names().ok())
-        .unwrap_or_default();
+    let mut names = labels::LabelNames::open(&iface);
     let offset = monotonic_to_unix_offset();
     let mut fresh = Vec::new();
     loop {
@@ -312,12 +308,7 @@ async fn read_events(iface: String, shared: Arc<Shared>, max_pending: usize) {
         }
         let reader = ring.get_mut();
         reader.drain(&mut |raw| {
-            if names.get(raw.label as usize).is_none_or(Option::is_none)
-                && let Some(fresher) = maps.as_ref().and_then(|m| m.label_names().ok())
-            {
-                names = fresher;
-            }
-            let e = ProbeEvent::decode(raw, &names);
+            let e = ProbeEvent::decode(raw, names.covering(raw.label));
             fresh.push(Event {
                 timestamp_unix_ns: e.timestamp_ns.wrapping_add(offset),
                 label: e.label,

@@ -25,7 +25,7 @@ use std::{
 
 use log::{error, info, warn};
 use xdt_common::steer::{META_MAGIC, SteerMeta};
-use xdt_datapath::{probe::ProbeMaps, steer::SteerMaps};
+use xdt_datapath::steer::SteerMaps;
 use xdt_wire::{Event, Inspection, SteeringStats};
 
 pub use self::xsk::BindMode;
@@ -378,11 +378,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let probe = ProbeMaps::open(&self.iface).ok();
-        let mut names = probe
-            .as_ref()
-            .and_then(|m| m.label_names().ok())
-            .unwrap_or_default();
+        let mut names = crate::labels::LabelNames::open(&self.iface);
         let offset = crate::monotonic_to_unix_offset();
         let renew_every = self.lease / 4;
         let mut renewed = Instant::now();
@@ -429,17 +425,15 @@ impl Worker {
                     self.counters
                         .received_bytes
                         .fetch_add(rx.frame.len() as u64, Ordering::Relaxed);
-                    if let Some(meta) = &meta
-                        && names.get(meta.label as usize).is_none_or(Option::is_none)
-                        && let Some(fresher) = probe.as_ref().and_then(|m| m.label_names().ok())
-                    {
-                        names = fresher;
-                    }
+                    let known = match &meta {
+                        Some(m) => names.covering(m.label),
+                        None => &[],
+                    };
                     events.push(event(
                         rx.frame,
                         meta.as_ref(),
                         q.queue,
-                        &names,
+                        known,
                         now,
                         offset,
                         ok,
