@@ -148,23 +148,26 @@ impl LoadedProbe {
 
     /// Handles on the maps (they share the kernel objects with this probe).
     pub fn maps(&mut self) -> Result<ProbeMaps> {
-        ProbeMaps::from_lookup(|name| {
-            let map = self
-                .ebpf
-                .map(name)
-                .ok_or_else(|| Error::Load(format!("the object has no map {name}").into()))?;
-            let data = map_data(map)
-                .ok_or_else(|| Error::Load(format!("map {name} has an unexpected type").into()))?;
-            let fd = data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| Error::Sys {
-                    call: "dup",
-                    source,
-                })?;
-            MapData::from_fd(fd).map_err(map_error(name, "open"))
-        })
+        ProbeMaps::from_lookup(|name| self.map_handle(name))
+    }
+
+    /// An owned handle (a duplicated descriptor) on the probe's map `name`.
+    pub(crate) fn map_handle(&self, name: &'static str) -> Result<MapData> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| Error::Load(format!("the object has no map {name}").into()))?;
+        let data = map_data(map)
+            .ok_or_else(|| Error::Load(format!("map {name} has an unexpected type").into()))?;
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Sys {
+                call: "dup",
+                source,
+            })?;
+        MapData::from_fd(fd).map_err(map_error(name, "open"))
     }
 }
 

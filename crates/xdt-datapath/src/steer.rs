@@ -1,11 +1,7 @@
 //! The steering maps of an attached probe, for the agent: its AF_XDP sockets in `XDT_XSKS` and
 //! its lease in `XDT_STEER` (see `xdt_common::steer` for how the probe uses them).
 
-use std::{
-    fmt,
-    os::fd::{AsFd as _, AsRawFd},
-    time::Duration,
-};
+use std::{fmt, os::fd::AsRawFd, time::Duration};
 
 use aya::maps::{Array, Map, MapData, XskMap};
 use xdt_common::steer::{LEASE_MAP, MAX_QUEUES, SteerLease, XSKS_MAP};
@@ -42,27 +38,8 @@ impl SteerMaps {
     }
 
     /// The steering maps of a loaded (not necessarily attached) probe.
-    pub fn of(probe: &mut crate::probe::LoadedProbe) -> Result<Self> {
-        let open = |name: &'static str| -> Result<MapData> {
-            let map = probe
-                .ebpf
-                .map(name)
-                .ok_or_else(|| Error::Load(format!("the object has no map {name}").into()))?;
-            let (Map::XskMap(data) | Map::Array(data)) = map else {
-                return Err(Error::Load(
-                    format!("map {name} has an unexpected type").into(),
-                ));
-            };
-            let fd = data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| Error::Sys {
-                    call: "dup",
-                    source,
-                })?;
-            MapData::from_fd(fd).map_err(map_error(name, "open"))
-        };
+    pub fn of(probe: &crate::probe::LoadedProbe) -> Result<Self> {
+        let open = |name| probe.map_handle(name);
         Ok(Self {
             sockets: Map::XskMap(open(XSKS_MAP)?)
                 .try_into()

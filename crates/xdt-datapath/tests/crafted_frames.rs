@@ -391,8 +391,8 @@ fn steer_falls_back_to_pass_without_a_live_agent() {
     if !root_or_skip("steer_falls_back_to_pass_without_a_live_agent") {
         return;
     }
-    let mut lab = Lab::new("api proto tcp dport 8081 action steer\n");
-    let mut steer = xdt_datapath::steer::SteerMaps::of(&mut lab.probe).expect("steer maps");
+    let lab = Lab::new("api proto tcp dport 8081 action steer\n");
+    let mut steer = xdt_datapath::steer::SteerMaps::of(&lab.probe).expect("steer maps");
     let frame = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 8081, 0x02, b"")));
     let other = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 8082, 0x02, b"")));
     // No lease (no agent ever ran): passed and counted as a fallback.
