@@ -1,14 +1,28 @@
 //! Label names by id for the agent's event readers (sampled and steered), from the probe's
 //! `XDT_LABEL_NAMES`. The table is read again when an event carries an id it lacks (a rule set
 //! added a label); an id still unnamed after that is not looked up again for a second, so a
-//! stream of such events does not read the whole table per event.
+//! stream of such events does not read the whole table per event. A reload (SIGHUP, for
+//! instance after `systemctl reload xdt-attach@IF` renamed labels) makes every reader read the
+//! table afresh.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use xdt_datapath::probe::ProbeMaps;
 
+/// Bumped by [`reread_all`]; each reader remembers the value its names were read at.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every [`LabelNames`] read the table again before its next lookup.
+pub(crate) fn reread_all() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
 pub(crate) struct LabelNames {
     maps: Option<ProbeMaps>,
+    generation: u64,
     names: Vec<Option<String>>,
     /// The last id the table lacked after a fresh read, and when.
     missing: Option<(u32, Instant)>,
@@ -23,6 +37,7 @@ impl LabelNames {
             .unwrap_or_default();
         Self {
             maps,
+            generation: GENERATION.load(Ordering::Relaxed),
             names,
             missing: None,
         }
@@ -30,6 +45,14 @@ impl LabelNames {
 
     /// The names, read again first if they lack `id`.
     pub(crate) fn covering(&mut self, id: u32) -> &[Option<String>] {
+        let generation = GENERATION.load(Ordering::Relaxed);
+        if generation != self.generation {
+            self.generation = generation;
+            self.missing = None;
+            if let Some(fresher) = self.maps.as_ref().and_then(|m| m.label_names().ok()) {
+                self.names = fresher;
+            }
+        }
         let known = self.names.get(id as usize).is_some_and(Option::is_some);
         let recently_missing = self
             .missing

@@ -4,20 +4,22 @@
 //!
 //! Three tasks share an [`outbox::Outbox`]: the event reader (ring buffer via `AsyncFd`), the
 //! ticker (one batch per interval) and the uplink (connect, handshake, send, take acks,
-//! reconnect with backoff). The binary only parses arguments and calls [`run`].
+//! reconnect with backoff). The binary parses arguments, turns signals into [`Control`]s and
+//! calls [`run`], which opens everything, drops every capability (unless told not to), tells
+//! systemd it is ready and keeps its watchdog fed from the ticker's loop.
 
 mod labels;
 pub mod outbox;
+pub mod privileges;
 pub mod source;
 pub mod steer;
 mod uplink;
 
 use std::{
     collections::VecDeque,
-    future::Future,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -29,6 +31,7 @@ use xdt_datapath::{
     attach::program_runtime,
     events::{Event as ProbeEvent, EventReader},
 };
+use xdt_systemd::notify::Notifier;
 use xdt_wire::{AgentStats, Batch, Event, Hello};
 
 use crate::{
@@ -56,6 +59,22 @@ pub struct Config {
     pub max_events_per_batch: usize,
     /// AF_XDP steering of `steer` rules; `None` leaves them to the kernel path (fail-open).
     pub steer: Option<steer::SteerConfig>,
+    /// Drop every capability once the maps, ring buffer and sockets are open.
+    pub drop_capabilities: bool,
+}
+
+/// What the binary asks of a running agent (from signals).
+#[derive(Debug)]
+pub enum Control {
+    /// Flush and stop (SIGTERM, SIGINT).
+    Stop,
+    /// Apply a re-read configuration (SIGHUP) without dropping the connection to central:
+    /// interval and buffer bounds change in place, label names are read again; a change of
+    /// anything else is reported as needing a restart.
+    Reload(Box<Config>),
+    /// Test-only fault (`XDT_TEST_FAULTS=hang-on-sigusr2`): the main loop stops for good, as a
+    /// deadlock would, so systemd's watchdog has something to catch.
+    Hang,
 }
 
 /// Reads and validates the token file: its content without surrounding whitespace.
@@ -79,6 +98,8 @@ struct Shared {
     /// Events dropped from `pending` because it was full.
     pending_dropped: AtomicU64,
     reconnects: AtomicU64,
+    /// Whether a session with central is up (for the status line).
+    connected: AtomicBool,
     new_batch: Notify,
 }
 
@@ -96,8 +117,13 @@ impl Shared {
     }
 }
 
-/// Runs until `shutdown` completes, then flushes unacknowledged batches for up to 5 s.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// Runs until [`Control::Stop`] (or the sender is dropped), then flushes unacknowledged
+/// batches for up to 5 s.
+pub async fn run(
+    mut config: Config,
+    mut control: tokio::sync::mpsc::UnboundedReceiver<Control>,
+) -> Result<()> {
+    let notifier = Notifier::new();
     let source = match &config.foreign_map {
         Some(selector) => Source::pkt_stats(selector)?,
         None => Source::probe(&config.interface)?,
@@ -114,6 +140,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         pending: Mutex::new(VecDeque::new()),
         pending_dropped: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
+        connected: AtomicBool::new(false),
         new_batch: Notify::new(),
     });
     let hello = Hello {
@@ -127,6 +154,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let steering = match (&config.steer, source.is_probe()) {
         (Some(steer_config), true) => {
+            let steer_config = &steer::SteerConfig {
+                drop_capabilities: config.drop_capabilities,
+                ..steer_config.clone()
+            };
             let sink_shared = shared.clone();
             let max_pending = config.max_events;
             let sink: steer::EventSink =
@@ -140,12 +171,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ => None,
     };
 
-    let events = source.is_probe().then(|| {
-        tokio::spawn(read_events(
-            config.interface.clone(),
-            shared.clone(),
-            config.max_events,
-        ))
+    let ring = source.is_probe().then(|| open_events(&config.interface));
+    // Everything is open: from here on no capability is needed, and no thread has been started
+    // yet by this one (the uplink's name lookups run on threads the runtime starts later).
+    if config.drop_capabilities {
+        privileges::drop_all().context("dropping capabilities")?;
+        info!("capabilities dropped");
+    }
+    let events = ring.flatten().map(|(ring, names)| {
+        tokio::spawn(read_events(ring, names, shared.clone(), config.max_events))
     });
     let (stop_uplink, uplink_stop) = tokio::sync::watch::channel(false);
     let uplink = tokio::spawn(uplink::run(
@@ -157,13 +191,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watchdog_period = notifier.watchdog_period();
+    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
     let mut sequence = 0u64;
     let mut runtime = RuntimeSampler::new(&config);
-    tokio::pin!(shutdown);
+    let mut status = StatusLine::new(&config, steering.as_ref());
+    notifier.ready(&status.line(None, &shared));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            () = &mut shutdown => break,
+            _ = watchdog.tick() => {
+                // The loop is alive if it got here; steering's thread must be too.
+                let period = watchdog_period.unwrap_or(Duration::MAX);
+                if steering.as_ref().is_none_or(|s| s.alive(period)) {
+                    notifier.watchdog();
+                } else {
+                    warn!("the steering thread has not run for {period:?}: not feeding the watchdog");
+                }
+                continue;
+            }
+            command = control.recv() => match command {
+                None | Some(Control::Stop) => break,
+                Some(Control::Reload(new)) => {
+                    notifier.reloading();
+                    reload(&mut config, *new, &shared, &mut ticker);
+                    status = StatusLine::new(&config, steering.as_ref());
+                    notifier.reloaded(&status.line(None, &shared));
+                    continue;
+                }
+                Some(Control::Hang) => {
+                    warn!("test fault: the main loop hangs now (XDT_TEST_FAULTS=hang-on-sigusr2)");
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            },
         }
         let steer_stats = steering.as_ref().map(steer::Steering::stats);
         make_batches(
@@ -174,7 +236,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             &mut runtime,
             steer_stats.as_ref(),
         )?;
+        notifier.status(&status.line(source.snapshot().ok().as_ref(), &shared));
     }
+    notifier.stopping("flushing unacknowledged batches");
     // Steering off first (the probe passes steered packets from here on), then a last batch
     // with what is pending, then up to 5 s to deliver everything.
     let steer_stats = match steering {
@@ -204,6 +268,129 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = uplink.await;
     info!("xdt-agent stopped after {sequence} batches");
     Ok(())
+}
+
+/// Applies what a reload can change in place and names what needs a restart.
+fn reload(
+    config: &mut Config,
+    new: Config,
+    shared: &Shared,
+    ticker: &mut tokio::time::Interval,
+) {
+    let mut restart = Vec::new();
+    if new.interface != config.interface {
+        restart.push("interface");
+    }
+    if new.central != config.central {
+        restart.push("central");
+    }
+    if new.agent_id != config.agent_id {
+        restart.push("agent id");
+    }
+    if new.token != config.token {
+        restart.push("token");
+    }
+    if new.foreign_map != config.foreign_map {
+        restart.push("map");
+    }
+    if new.steer != config.steer {
+        restart.push("steering");
+    }
+    if new.drop_capabilities != config.drop_capabilities {
+        restart.push("capabilities");
+    }
+    if new.interval != config.interval {
+        *ticker = tokio::time::interval(new.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        config.interval = new.interval;
+    }
+    config.max_batches = new.max_batches;
+    config.max_events = new.max_events;
+    shared
+        .outbox()
+        .set_limits(config.max_batches, config.max_events);
+    labels::reread_all();
+    if restart.is_empty() {
+        info!(
+            "reloaded: interval {:?}, buffers {} batches / {} events; label names read again",
+            config.interval, config.max_batches, config.max_events
+        );
+    } else {
+        warn!(
+            "reloaded interval, buffers and label names; changed {} take effect at the next restart",
+            restart.join(", ")
+        );
+    }
+}
+
+/// The one-line `STATUS=` for `systemctl status`: packet and bit rates, central, steering.
+struct StatusLine {
+    iface: String,
+    central: String,
+    steering: Option<String>,
+    last: Option<(u64, u64, std::time::Instant)>,
+}
+
+impl StatusLine {
+    fn new(config: &Config, steering: Option<&steer::Steering>) -> Self {
+        Self {
+            iface: config.interface.clone(),
+            central: config.central.clone(),
+            steering: steering.map(|s| {
+                let stats = s.stats();
+                format!("steering {} socket(s) {}", stats.sockets, stats.mode)
+            }),
+            last: None,
+        }
+    }
+
+    fn line(&mut self, snapshot: Option<&source::Snapshot>, shared: &Shared) -> String {
+        let counter = |name: &str| {
+            snapshot.and_then(|s| s.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v))
+        };
+        let mut line = self.iface.clone();
+        if let (Some(packets), Some(bytes)) = (counter("total_packets"), counter("total_bytes")) {
+            let now = std::time::Instant::now();
+            if let Some((p0, b0, t0)) = self.last {
+                let seconds = now.duration_since(t0).as_secs_f64().max(1e-3);
+                #[expect(clippy::cast_precision_loss, reason = "rates for display")]
+                let (pps, bps) = (
+                    packets.saturating_sub(p0) as f64 / seconds,
+                    bytes.saturating_sub(b0) as f64 * 8.0 / seconds,
+                );
+                line += &format!(": {} pps, {} bit/s", si(pps), si(bps));
+            }
+            self.last = Some((packets, bytes, now));
+        }
+        let central = if shared.connected.load(Ordering::Relaxed) {
+            "connected"
+        } else {
+            "connecting"
+        };
+        line += &format!("; central {} {central}", self.central);
+        let unacked = shared.outbox().len();
+        if unacked > 1 {
+            line += &format!(" ({unacked} batches queued)");
+        }
+        if let Some(steering) = &self.steering {
+            line += &format!("; {steering}");
+        }
+        let dropped = shared.dropped_events();
+        if dropped > 0 {
+            line += &format!("; {dropped} events dropped");
+        }
+        line
+    }
+}
+
+/// 12345.6 -> "12.3k".
+fn si(value: f64) -> String {
+    match value {
+        v if v >= 1e9 => format!("{:.1}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.1}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
 }
 
 /// Batches everything pending: one batch, or as many as the events need at
@@ -279,9 +466,10 @@ impl RuntimeSampler {
     }
 }
 
-/// Reads sampled events from the probe's ring buffer into `shared.pending` until aborted.
-async fn read_events(iface: String, shared: Arc<Shared>, max_pending: usize) {
-    let opened = EventReader::open(&iface)
+/// Opens the probe's ring buffer and label names (before capabilities go); `None`, with a
+/// warning, if the ring buffer cannot be read.
+fn open_events(iface: &str) -> Option<(AsyncFd<EventReader>, labels::LabelNames)> {
+    let opened = EventReader::open(iface)
         .map_err(anyhow::Error::from)
         .and_then(|r| {
             // SAFETY: the reader owns the ring buffer's descriptor and keeps it open, unchanged,
@@ -289,14 +477,22 @@ async fn read_events(iface: String, shared: Arc<Shared>, max_pending: usize) {
             unsafe { AsyncFd::register_with_interest(r, tokio::io::Interest::READABLE) }
                 .map_err(|e| anyhow::Error::from(e.into_parts().1))
         });
-    let mut ring = match opened {
-        Ok(ring) => ring,
+    match opened {
+        Ok(ring) => Some((ring, labels::LabelNames::open(iface))),
         Err(e) => {
             warn!("sampled events unavailable on {iface}: {e:#}");
-            return;
+            None
         }
-    };
-    let mut names = labels::LabelNames::open(&iface);
+    }
+}
+
+/// Reads sampled events from the probe's ring buffer into `shared.pending` until aborted.
+async fn read_events(
+    mut ring: AsyncFd<EventReader>,
+    mut names: labels::LabelNames,
+    shared: Arc<Shared>,
+    max_pending: usize,
+) {
     let offset = monotonic_to_unix_offset();
     let mut fresh = Vec::new();
     loop {

@@ -1,21 +1,36 @@
-//! `xdt-agent`: parses flags (or their environment variables) and runs the agent.
+//! `xdt-agent`: parses flags (or a config file, or their environment variables), sets up
+//! logging (the journal under systemd), turns signals into [`Control`]s and runs the agent.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use anyhow::Context as _;
 use clap::Parser;
+use log::{error, info};
+use tokio::sync::mpsc::UnboundedSender;
 use xdt_agent::{
-    Config, default_agent_id, read_token,
+    Config, Control, default_agent_id, read_token,
     source::MapSelector,
     steer::{BindMode, Reinject, SteerConfig},
 };
+use xdt_systemd::{config_file, logging};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "xdt-agent",
     version,
-    about = "Streams the XDP probe's telemetry of one interface to xdt-central"
+    about = "Streams the XDP probe's telemetry of one interface to xdt-central",
+    args_override_self = true
 )]
 struct Args {
+    /// KEY=VALUE file of these flags' environment variables (`XDT_CENTRAL=10.0.0.1:50051`),
+    /// read at start and again at SIGHUP. The command line wins over it, it over the
+    /// environment.
+    #[arg(long, env = "XDT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Interface whose pinned probe (xdt attach) is read.
     #[arg(short = 'i', long, env = "XDT_INTERFACE", value_name = "IF")]
     interface: String,
@@ -30,9 +45,10 @@ struct Args {
     /// This agent's name at central (default: the host name).
     #[arg(long, env = "XDT_AGENT_ID")]
     agent_id: Option<String>,
-    /// File holding the shared token (for example a systemd credential).
+    /// File holding the shared token [default: the systemd credential `token`, i.e.
+    /// $CREDENTIALS_DIRECTORY/token].
     #[arg(long, env = "XDT_TOKEN_FILE", value_name = "PATH")]
-    token_file: PathBuf,
+    token_file: Option<PathBuf>,
     /// Seconds between two batches.
     #[arg(
         long,
@@ -81,9 +97,17 @@ struct Args {
         value_name = "SECONDS"
     )]
     steer_lease: f64,
-    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
-    #[arg(long, env = "XDT_LOG_LEVEL", default_value = "info")]
-    log_level: String,
+    /// Keep every capability after setup (default: drop them all once the maps and sockets are
+    /// open).
+    #[arg(long, env = "XDT_KEEP_CAPABILITIES")]
+    keep_capabilities: bool,
+    /// Delete the re-entry pair a stopped agent of --interface left behind, then exit
+    /// (systemd's ExecStopPost: the agent itself has no capability left to do it).
+    #[arg(long)]
+    cleanup: bool,
+    /// Log level (the journal under systemd, else stderr, where RUST_LOG refines it).
+    #[arg(long, env = "XDT_LOG_LEVEL", value_enum, default_value_t = logging::Level::Info)]
+    log_level: logging::Level,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -93,19 +117,58 @@ enum XskMode {
     Zerocopy,
 }
 
+/// `XDT_TEST_FAULTS`: test-only faults, comma-separated. `hang-on-sigusr2` makes SIGUSR2 hang
+/// the main loop (the VM test's watchdog check); unset, SIGUSR2 keeps its default action.
+const TEST_FAULTS: &str = "XDT_TEST_FAULTS";
+
 fn main() {
-    let args = Args::parse();
-    env_logger::Builder::new()
-        .parse_filters(&args.log_level)
-        .parse_default_env()
-        .init();
-    if let Err(e) = start(args) {
-        eprintln!("xdt-agent: error: {e:#}");
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let args = match config_file::parse::<Args>(|a| a.config.as_deref(), "XDT_CONFIG") {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("xdt-agent: error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let agent_id = args.agent_id.clone().unwrap_or_else(default_agent_id);
+    let destination = logging::init(
+        "xdt-agent",
+        args.log_level,
+        &[("AGENT_ID", &agent_id), ("IFACE", &args.interface)],
+    );
+    if let Err(e) = start(args, argv) {
+        match destination {
+            logging::Destination::Journal => error!("{e:#}"),
+            logging::Destination::Stderr => eprintln!("xdt-agent: error: {e:#}"),
+        }
         std::process::exit(1);
     }
 }
 
-fn start(args: Args) -> anyhow::Result<()> {
+fn start(args: Args, argv: Vec<OsString>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if args.cleanup {
+        return runtime.block_on(async {
+            match xdt_agent::steer::reentry::remove_left_behind(&args.interface).await? {
+                Some(pair) => info!("deleted the re-entry pair {pair}"),
+                None => info!("no re-entry pair of {} to delete", args.interface),
+            }
+            Ok(())
+        });
+    }
+    let config = config(&args)?;
+    let (control, controlled) = tokio::sync::mpsc::unbounded_channel();
+    runtime.block_on(async move {
+        let signals = tokio::spawn(forward_signals(argv, control));
+        let result = xdt_agent::run(config, controlled).await;
+        signals.abort();
+        result
+    })
+}
+
+fn config(args: &Args) -> anyhow::Result<Config> {
     if !(0.05..=3600.0).contains(&args.interval) {
         anyhow::bail!(
             "--interval must be between 0.05 and 3600 seconds, not {}",
@@ -118,21 +181,29 @@ fn start(args: Args) -> anyhow::Result<()> {
             args.steer_lease
         );
     }
-    let config = Config {
-        interface: args.interface,
-        central: args.central,
-        agent_id: args.agent_id.unwrap_or_else(default_agent_id),
-        token: read_token(&args.token_file)?,
+    let token_file = match (&args.token_file, std::env::var_os("CREDENTIALS_DIRECTORY")) {
+        (Some(path), _) => path.clone(),
+        (None, Some(dir)) => Path::new(&dir).join("token"),
+        (None, None) => anyhow::bail!(
+            "no token: pass --token-file (XDT_TOKEN_FILE) or a systemd credential named token"
+        ),
+    };
+    Ok(Config {
+        interface: args.interface.clone(),
+        central: args.central.clone(),
+        agent_id: args.agent_id.clone().unwrap_or_else(default_agent_id),
+        token: read_token(&token_file)?,
         interval: Duration::from_secs_f64(args.interval),
         foreign_map: args
             .map_name
+            .clone()
             .map(MapSelector::Name)
             .or(args.map_id.map(MapSelector::Id)),
         max_batches: args.buffer_batches,
         max_events: args.buffer_events,
         max_events_per_batch: 8192,
         steer: (!args.no_steer).then(|| SteerConfig {
-            reinject: args.egress.map_or(Reinject::Host, Reinject::Egress),
+            reinject: args.egress.clone().map_or(Reinject::Host, Reinject::Egress),
             mode: match args.xsk_mode {
                 XskMode::Auto => BindMode::Auto,
                 XskMode::Copy => BindMode::Copy,
@@ -140,25 +211,64 @@ fn start(args: Args) -> anyhow::Result<()> {
             },
             frames: args.xsk_frames,
             lease: Duration::from_secs_f64(args.steer_lease),
+            drop_capabilities: false,
         }),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(xdt_agent::run(config, shutdown_signal()))
+        drop_capabilities: !args.keep_capabilities,
+    })
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT stop the agent; SIGHUP re-reads the command line's config file and
+/// applies it (a bad file is refused, the running configuration stays); SIGUSR2 hangs the
+/// main loop if the test fault asks for it.
+async fn forward_signals(argv: Vec<OsString>, control: UnboundedSender<Control>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let hang_fault = std::env::var(TEST_FAULTS)
+        .is_ok_and(|faults| faults.split(',').any(|f| f.trim() == "hang-on-sigusr2"));
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
-        return std::future::pending().await;
+        error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut usr2 = if hang_fault {
+        signal(SignalKind::user_defined2()).ok()
+    } else {
+        None
+    };
+    loop {
+        let command = tokio::select! {
+            _ = term.recv() => Control::Stop,
+            _ = int.recv() => Control::Stop,
+            _ = hup.recv() => match reread(&argv) {
+                Ok(config) => Control::Reload(Box::new(config)),
+                Err(e) => {
+                    error!("reload refused, the running configuration stays: {e:#}");
+                    continue;
+                }
+            },
+            Some(()) = async {
+                match usr2.as_mut() {
+                    Some(usr2) => usr2.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => Control::Hang,
+        };
+        let stop = matches!(command, Control::Stop);
+        if control.send(command).is_err() || stop {
+            return;
+        }
     }
+}
+
+/// The configuration from the original command line and the config file's current content.
+fn reread(argv: &[OsString]) -> anyhow::Result<Config> {
+    let args = Args::try_parse_from(argv).context("the command line")?;
+    let args = match &args.config {
+        Some(path) => config_file::reparse::<Args>(argv, path, "XDT_CONFIG")?,
+        None => args,
+    };
+    logging::set_level(args.log_level);
+    config(&args)
 }

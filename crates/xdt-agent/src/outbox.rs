@@ -30,6 +30,12 @@ impl Outbox {
         }
     }
 
+    /// New bounds (a reload); they apply from the next [`Outbox::push`].
+    pub fn set_limits(&mut self, max_batches: usize, max_events: usize) {
+        self.max_batches = max_batches.max(1);
+        self.max_events = max_events;
+    }
+
     /// Adds a batch, making room first.
     pub fn push(&mut self, batch: Batch) {
         self.events += batch.events.len();

@@ -64,9 +64,13 @@ pub(crate) async fn run(
         if *stop.borrow() {
             return;
         }
-        match session(&central, &hello, &shared, &mut stop, &mut attempt).await {
+        let result = session(&central, &hello, &shared, &mut stop, &mut attempt).await;
+        shared
+            .connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        match result {
             Ok(()) => return,
-            Err(e) => warn!("central {central}: {}", chain(&e)),
+            Err(e) => warn!(peer = central.as_str(); "central {central}: {}", chain(&e)),
         }
         shared
             .reconnects
@@ -128,8 +132,11 @@ async fn session(
         }
         None => return Err(SessionError::Closed),
     };
-    info!("connected to central {central}; it holds our batches up to {last}");
+    info!(peer = central; "connected to central {central}; it holds our batches up to {last}");
     *attempt = 0;
+    shared
+        .connected
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     shared.outbox().acknowledge(last);
     let mut sent = last;
     loop {

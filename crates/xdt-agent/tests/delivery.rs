@@ -48,6 +48,7 @@ fn config(central: String, map_id: u32) -> Config {
         max_events: 1000,
         max_events_per_batch: 100,
         steer: None,
+        drop_capabilities: false,
     }
 }
 
@@ -88,10 +89,8 @@ async fn replays_unacknowledged_batches_after_a_reconnect() {
     let (_ebpf, map_id) = counted_map(37);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let central = listener.local_addr().expect("addr").to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(xdt_agent::run(config(central, map_id), async {
-        let _ = stopped.await;
-    }));
+    let (stop, control) = tokio::sync::mpsc::unbounded_channel();
+    let agent = tokio::spawn(xdt_agent::run(config(central, map_id), control));
 
     // First connection: take three batches, acknowledge only the first, hang up.
     let mut conn = accept(&listener).await;
@@ -164,7 +163,7 @@ async fn replays_unacknowledged_batches_after_a_reconnect() {
     let acked = next.sequence;
 
     // Stop: a last batch is flushed and acknowledged, then the agent exits.
-    let _ = stop.send(());
+    let _ = stop.send(xdt_agent::Control::Stop);
     let mut last = acked;
     let flushed = tokio::time::timeout(Duration::from_secs(10), async {
         while let Ok(Some(Message::Batch(b))) = conn.read_message().await {
@@ -193,10 +192,8 @@ async fn a_refused_token_is_retried_with_backoff() {
     let (_ebpf, map_id) = counted_map(1);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let central = listener.local_addr().expect("addr").to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(xdt_agent::run(config(central, map_id), async {
-        let _ = stopped.await;
-    }));
+    let (stop, control) = tokio::sync::mpsc::unbounded_channel();
+    let agent = tokio::spawn(xdt_agent::run(config(central, map_id), control));
     let mut conn = accept(&listener).await;
     hello(&mut conn).await;
     let refused = std::time::Instant::now();
@@ -225,7 +222,7 @@ async fn a_refused_token_is_retried_with_backoff() {
         1,
         "nothing was acknowledged, so everything comes"
     );
-    let _ = stop.send(());
+    let _ = stop.send(xdt_agent::Control::Stop);
     drop(conn);
     tokio::time::timeout(Duration::from_secs(15), agent)
         .await

@@ -64,6 +64,33 @@ impl Config {
         }
     }
 
+    /// What differs in `new` that a running server cannot take over (everything is set up once
+    /// at start), by option name.
+    #[must_use]
+    pub fn changed_needing_restart(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, name| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check(
+            self.telemetry_listen != new.telemetry_listen,
+            "--telemetry-listen",
+        );
+        check(self.http_listen != new.http_listen, "--http-listen");
+        check(self.token != new.token, "the token");
+        check(self.otlp != new.otlp, "--otlp-endpoint/--otlp-interval");
+        check(self.state_dir != new.state_dir, "--state-dir");
+        check(
+            self.max_connections != new.max_connections,
+            "--max-connections",
+        );
+        check(self.recent_events != new.recent_events, "--recent-events");
+        check(self.max_agents != new.max_agents, "--max-agents");
+        changed
+    }
+
     /// Refuses limits that cannot work, naming the option.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -103,7 +130,7 @@ impl Config {
 }
 
 /// Where and how often to push OTLP metrics.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
     /// The full URL of the collector's metrics path (`http://host:4318/v1/metrics`).
     pub endpoint: String,

@@ -107,6 +107,12 @@ impl Central {
         self.http_addr
     }
 
+    /// The live state, for a status line (systemd's `STATUS=`).
+    #[must_use]
+    pub fn state(&self) -> Shared {
+        self.state.clone()
+    }
+
     /// Serves until `shutdown` completes; then stops accepting, closes the sessions, saves the
     /// state and stops the HTTP and OTLP threads.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {

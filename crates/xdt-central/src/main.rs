@@ -1,28 +1,43 @@
-//! `xdt-central`: parses the command line, sets up logging and runs the server until SIGINT or
-//! SIGTERM. A bad configuration prints what is wrong and exits with status 1.
+//! `xdt-central`: parses the command line (or a config file, or the environment), sets up
+//! logging (the journal under systemd), tells systemd when it listens and how it is doing, and
+//! runs the server until SIGINT or SIGTERM. SIGHUP re-reads the config file. A bad
+//! configuration prints what is wrong and exits with status 1.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, ValueEnum, builder::RangedU64ValueParser};
-use xdt_central::{Config, OtlpConfig, Token, config};
+use clap::{Parser, builder::RangedU64ValueParser};
+use log::{error, info, warn};
+use xdt_central::{Central, Config, OtlpConfig, Token, config, state::Shared};
+use xdt_systemd::{config_file, logging, notify::Notifier};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "xdt-central",
     version,
-    about = "xdt central server: receives agents' telemetry, serves the dashboard, /metrics.json and /metrics, pushes OTLP"
+    about = "xdt central server: receives agents' telemetry, serves the dashboard, /metrics.json and /metrics, pushes OTLP",
+    args_override_self = true
 )]
 struct Cli {
+    /// KEY=VALUE file of these flags' environment variables (`XDT_HTTP_LISTEN=[::]:8080`), read
+    /// at start and again at SIGHUP. The command line wins over it, it over the environment.
+    #[arg(long, env = "XDT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address for agents' telemetry connections.
     #[arg(long, env = "XDT_TELEMETRY_LISTEN", default_value = config::DEFAULT_TELEMETRY_LISTEN, value_name = "ADDR:PORT")]
     telemetry_listen: SocketAddr,
     /// Address of the dashboard, /metrics.json, /metrics and /healthz.
     #[arg(long, env = "XDT_HTTP_LISTEN", default_value = config::DEFAULT_HTTP_LISTEN, value_name = "ADDR:PORT")]
     http_listen: SocketAddr,
-    /// File holding the shared agent token (surrounding whitespace is ignored).
+    /// File holding the shared agent token (surrounding whitespace is ignored) [default: the
+    /// systemd credential `token`, i.e. $CREDENTIALS_DIRECTORY/token].
     #[arg(long, env = "XDT_TOKEN_FILE", value_name = "PATH")]
-    token_file: PathBuf,
+    token_file: Option<PathBuf>,
     /// OpenTelemetry collector to push metrics to over OTLP/HTTP (http://HOST:4318).
     #[arg(long, env = "XDT_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
@@ -46,53 +61,39 @@ struct Cli {
     #[arg(long, env = "XDT_MAX_AGENTS", default_value_t = config::DEFAULT_MAX_AGENTS, value_name = "N",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_agents: usize,
-    /// Log level (RUST_LOG, if set, refines it).
-    #[arg(long, env = "XDT_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
-    log_level: LogLevel,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl From<LogLevel> for log::LevelFilter {
-    fn from(level: LogLevel) -> Self {
-        match level {
-            LogLevel::Error => Self::Error,
-            LogLevel::Warn => Self::Warn,
-            LogLevel::Info => Self::Info,
-            LogLevel::Debug => Self::Debug,
-            LogLevel::Trace => Self::Trace,
-        }
-    }
+    /// Log level (the journal under systemd, else stderr, where RUST_LOG refines it).
+    #[arg(long, env = "XDT_LOG_LEVEL", value_enum, default_value_t = logging::Level::Info)]
+    log_level: logging::Level,
 }
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match config_file::parse::<Cli>(|c| c.config.as_deref(), "XDT_CONFIG") {
         Ok(cli) => cli,
         Err(e) => {
-            let usage_error = e.use_stderr();
-            let _ = e.print();
-            std::process::exit(i32::from(usage_error));
+            eprintln!("xdt-central: error: {e}");
+            std::process::exit(2);
         }
     };
-    env_logger::Builder::new()
-        .filter_level(cli.log_level.into())
-        .parse_env("RUST_LOG")
-        .init();
-    if let Err(e) = run(cli) {
-        eprintln!("xdt-central: error: {e:#}");
+    let destination = logging::init("xdt-central", cli.log_level, &[]);
+    if let Err(e) = run(cli, argv) {
+        match destination {
+            logging::Destination::Journal => error!("{e:#}"),
+            logging::Destination::Stderr => eprintln!("xdt-central: error: {e:#}"),
+        }
         std::process::exit(1);
     }
 }
 
 fn config(cli: Cli) -> Result<Config> {
-    let token = Token::from_file(&cli.token_file)?;
+    let token_file = match (cli.token_file, std::env::var_os("CREDENTIALS_DIRECTORY")) {
+        (Some(path), _) => path,
+        (None, Some(dir)) => Path::new(&dir).join("token"),
+        (None, None) => anyhow::bail!(
+            "no token: pass --token-file (XDT_TOKEN_FILE) or a systemd credential named token"
+        ),
+    };
+    let token = Token::from_file(&token_file)?;
     let mut config = Config::new(token);
     config.telemetry_listen = cli.telemetry_listen;
     config.http_listen = cli.http_listen;
@@ -113,14 +114,104 @@ fn config(cli: Cli) -> Result<Config> {
     Ok(config)
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, argv: Vec<OsString>) -> Result<()> {
     let config = config(cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(xdt_central::run(config, shutdown_signal()))?;
+    runtime.block_on(async move {
+        let notifier = Notifier::new();
+        let central = Central::bind(config.clone()).await?;
+        let listening = format!(
+            "telemetry on {}, dashboard on http://{}/",
+            central.telemetry_addr(),
+            central.http_addr()
+        );
+        notifier.ready(&listening);
+        let status = tokio::spawn(report_status(central.state(), notifier.clone(), listening));
+        let reloads = tokio::spawn(reload_on_hangup(argv, config, notifier.clone()));
+        let result = central
+            .run(async {
+                shutdown_signal().await;
+                notifier.stopping("saving state, closing connections");
+            })
+            .await;
+        status.abort();
+        reloads.abort();
+        result
+    })?;
     Ok(())
+}
+
+/// `STATUS=` (agents, event rate) and `WATCHDOG=1` every few seconds. Feeding the watchdog
+/// takes the state's lock, so a deadlocked state or a starved runtime gets central restarted.
+async fn report_status(state: Shared, notifier: Notifier, listening: String) {
+    let period = notifier
+        .watchdog_period()
+        .unwrap_or(Duration::from_secs(5))
+        .min(Duration::from_secs(5));
+    let mut ticker = tokio::time::interval(period);
+    let mut last: Option<(u64, Instant)> = None;
+    loop {
+        ticker.tick().await;
+        let (agents, connected, events) = {
+            let state = state.read();
+            let connected = state.agents().filter(|a| a.connected()).count();
+            (state.agents().count(), connected, state.total_events())
+        };
+        let now = Instant::now();
+        let rate = last.map_or(0.0, |(before, at)| {
+            #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+            let delta = events.saturating_sub(before) as f64;
+            delta / now.duration_since(at).as_secs_f64().max(1e-3)
+        });
+        last = Some((events, now));
+        notifier.status(&format!(
+            "{connected} of {agents} agents connected, {rate:.0} events/s; {listening}"
+        ));
+        notifier.watchdog();
+    }
+}
+
+/// SIGHUP: re-read the config file. The log level applies at once; other changes are named as
+/// needing a restart (listeners, token and OTLP are set up once).
+async fn reload_on_hangup(argv: Vec<OsString>, mut running: Config, notifier: Notifier) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        error!("cannot install the SIGHUP handler; reloads are not possible");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        notifier.reloading();
+        match reread(&argv) {
+            Ok((level, new)) => {
+                logging::set_level(level);
+                let changed = running.changed_needing_restart(&new);
+                if changed.is_empty() {
+                    info!("reloaded: log level {level:?}");
+                } else {
+                    warn!(
+                        "reloaded the log level ({level:?}); changed {} take effect at the next restart",
+                        changed.join(", ")
+                    );
+                }
+                running = new;
+            }
+            Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
+        }
+        notifier.reloaded("configuration reloaded");
+    }
+}
+
+fn reread(argv: &[OsString]) -> Result<(logging::Level, Config)> {
+    let cli = Cli::try_parse_from(argv).context("the command line")?;
+    let cli = match &cli.config {
+        Some(path) => config_file::reparse::<Cli>(argv, path, "XDT_CONFIG")?,
+        None => cli,
+    };
+    let level = cli.log_level;
+    Ok((level, config(cli)?))
 }
 
 /// Completes at the first SIGINT or SIGTERM.

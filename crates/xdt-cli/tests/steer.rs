@@ -366,18 +366,35 @@ fn steered_requests_are_inspected_and_answered() {
         http_paths(n).contains("/echo/resumed")
     });
 
-    // A clean stop removes the re-entry pair.
-    agent.stop();
+    // Everything is open: every thread of the agent has dropped every capability.
+    let threads = xdt_testkit::process::thread_capabilities(agent.id());
+    assert!(threads.len() >= 2, "main and steering threads: {threads:?}");
     assert!(
-        !lab.node
+        threads.iter().all(|&(_, eff, prm)| eff == 0 && prm == 0),
+        "capabilities left (tid, CapEff, CapPrm): {threads:x?}"
+    );
+
+    // Without CAP_NET_ADMIN a clean stop cannot delete the re-entry pair; `--cleanup` (the
+    // unit's ExecStopPost) does.
+    agent.stop();
+    let pair_exists = || {
+        lab.node
             .command("ip")
             .args(["link", "show", &pair])
             .output()
             .expect("ip")
             .status
-            .success(),
-        "{pair} left behind"
-    );
+            .success()
+    };
+    assert!(pair_exists(), "{pair} is gone although the agent had no capability left");
+    let cleanup = lab
+        .node
+        .command(sibling("xdt-agent").to_str().expect("path"))
+        .args(["--interface", &lab.node_if, "--cleanup"])
+        .output()
+        .expect("xdt-agent --cleanup");
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    assert!(!pair_exists(), "{pair} left behind after --cleanup");
 }
 
 fn node_ifindex(lab: &SteerLab) -> u32 {

@@ -2,7 +2,8 @@
 //! `200 ok`; `GET /echo/...` answers with its own path and `POST /echo` with the request body
 //! (up to 16 MiB), so a client can check that what it sent arrived unchanged; any other path
 //! `404`. It prints `listening on ADDR` once bound (so `--listen
-//! 127.0.0.1:0` can be used by tests) and serves on a few threads until killed.
+//! 127.0.0.1:0` can be used by tests; under systemd it also sends `READY=1`) and serves on a few
+//! threads until killed.
 
 use std::{
     io::{Read as _, Write as _},
@@ -47,6 +48,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let addr = server.server_addr().to_ip().context("not an IP listener")?;
     println!("listening on {addr}");
     std::io::stdout().flush()?;
+    xdt_systemd::notify::Notifier::new().ready(&format!("listening on {addr}"));
     let server = Arc::new(server);
     let workers: Vec<_> = (0..args.threads.max(1))
         .map(|_| {

@@ -70,3 +70,27 @@ impl Drop for Process {
         let _ = self.0.wait();
     }
 }
+
+/// `(thread id, CapEff, CapPrm)` of every thread of process `pid`, from
+/// `/proc/PID/task/*/status` (capabilities are per thread).
+#[must_use]
+pub fn thread_capabilities(pid: u32) -> Vec<(u32, u64, u64)> {
+    let mut threads = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/PID/task");
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .expect("capability field")
+        };
+        let tid = task.file_name().to_string_lossy().parse().expect("tid");
+        threads.push((tid, field("CapEff:"), field("CapPrm:")));
+    }
+    threads
+}
+

@@ -97,7 +97,7 @@ pub enum Reinject {
     Egress(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SteerConfig {
     pub reinject: Reinject,
     pub mode: BindMode,
@@ -105,6 +105,9 @@ pub struct SteerConfig {
     pub frames: u32,
     /// How long the probe keeps steering without hearing from the agent.
     pub lease: Duration,
+    /// Drop every capability of the sockets' thread once they are open (the agent's default;
+    /// the re-entry pair is then left for `xdt-agent --cleanup` at a stop).
+    pub drop_capabilities: bool,
 }
 
 impl Default for SteerConfig {
@@ -114,6 +117,7 @@ impl Default for SteerConfig {
             mode: BindMode::Auto,
             frames: 2048,
             lease: Duration::from_secs(1),
+            drop_capabilities: false,
         }
     }
 }
@@ -140,6 +144,8 @@ pub enum SteerError {
     },
     #[error("starting the steering thread failed")]
     Thread(#[source] std::io::Error),
+    #[error("dropping the steering thread's capabilities failed")]
+    DropCapabilities(#[source] crate::privileges::Error),
 }
 
 /// Receives the events of steered packets (the agent's pending batch).
@@ -156,6 +162,9 @@ struct Counters {
     rx_ring_full: AtomicU64,
     rx_fill_ring_empty: AtomicU64,
     tx_invalid_descs: AtomicU64,
+    /// When the sockets' loop last went round (CLOCK_MONOTONIC ns): its liveness for the
+    /// watchdog.
+    heartbeat_ns: AtomicU64,
 }
 
 /// Running steering: the sockets' thread and what it reports.
@@ -167,6 +176,8 @@ pub struct Steering {
     mode: &'static str,
     reinject: String,
     sockets: u32,
+    /// The pair stays at a stop: the agent no longer has the capability to delete it.
+    keep_pair: bool,
 }
 
 impl fmt::Debug for Steering {
@@ -233,12 +244,19 @@ impl Steering {
                         return;
                     }
                 };
+                let names = crate::labels::LabelNames::open(&setup.iface);
+                if setup.config.drop_capabilities
+                    && let Err(e) = crate::privileges::drop_all()
+                {
+                    let _ = ready.send(Err(SteerError::DropCapabilities(e)));
+                    return;
+                }
                 let zerocopy = (rx.iter().all(|q| q.zerocopy), tx.mode());
                 if ready.send(Ok(zerocopy)).is_err() {
                     return;
                 }
                 Worker {
-                    iface: setup.iface,
+                    names,
                     rx,
                     tx,
                     maps,
@@ -290,6 +308,7 @@ impl Steering {
             mode,
             reinject,
             sockets: queues,
+            keep_pair: config.drop_capabilities,
         })
     }
 
@@ -321,11 +340,21 @@ impl Steering {
         }
         if let Some(pair) = self.pair.take() {
             let name = pair.agent_end.clone();
-            if let Err(e) = pair.remove().await {
+            if self.keep_pair {
+                info!("leaving the re-entry pair {name} to `xdt-agent --cleanup` (no capabilities)");
+            } else if let Err(e) = pair.remove().await {
                 warn!("removing the re-entry pair {name} failed: {e}");
             }
         }
         self.stats()
+    }
+
+    /// Whether the sockets' loop went round within `max_age` (it does at least every 100 ms).
+    #[must_use]
+    pub fn alive(&self, max_age: Duration) -> bool {
+        let beat = self.counters.heartbeat_ns.load(Ordering::Relaxed);
+        let age = xdt_datapath::sys::monotonic_ns().unwrap_or(0).saturating_sub(beat);
+        u128::from(age) <= max_age.as_nanos()
     }
 }
 
@@ -365,7 +394,7 @@ impl Setup {
 const RX_BATCH: u32 = 64;
 
 struct Worker {
-    iface: String,
+    names: crate::labels::LabelNames,
     rx: Vec<RxQueue>,
     tx: Tx,
     maps: SteerMaps,
@@ -378,7 +407,6 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let mut names = crate::labels::LabelNames::open(&self.iface);
         let offset = crate::monotonic_to_unix_offset();
         let renew_every = self.lease / 4;
         let mut renewed = Instant::now();
@@ -394,6 +422,9 @@ impl Worker {
             .collect();
         let mut events = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
+            self.counters
+                .heartbeat_ns
+                .store(xdt_datapath::sys::monotonic_ns().unwrap_or(0), Ordering::Relaxed);
             if renewed.elapsed() >= renew_every {
                 match self.maps.renew(self.lease) {
                     Ok(()) => renew_failed = false,
@@ -426,7 +457,7 @@ impl Worker {
                         .received_bytes
                         .fetch_add(rx.frame.len() as u64, Ordering::Relaxed);
                     let known = match &meta {
-                        Some(m) => names.covering(m.label),
+                        Some(m) => self.names.covering(m.label),
                         None => &[],
                     };
                     events.push(event(

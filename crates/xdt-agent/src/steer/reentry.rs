@@ -107,16 +107,32 @@ impl ReentryPair {
 
     /// Deletes the pair (both ends go with one delete).
     pub async fn remove(self) -> Result<(), ReentryError> {
-        let Ok(index) = nix::net::if_::if_nametoindex(self.agent_end.as_str()) else {
-            return Ok(());
-        };
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(ReentryError::Socket)?;
-        let task = tokio::spawn(connection);
-        let result = handle.link().del(index).execute().await;
-        task.abort();
-        result?;
-        Ok(())
+        delete(&self.agent_end).await.map(drop)
     }
+}
+
+/// Deletes the re-entry pair an agent of `iface` left behind (a stop after the agent dropped
+/// its capabilities leaves it to `xdt-agent --cleanup`). Returns the pair's agent end if there
+/// was one.
+pub async fn remove_left_behind(iface: &str) -> Result<Option<String>, ReentryError> {
+    let Some(monitored) = link(iface).await? else {
+        return Ok(None);
+    };
+    let (agent_end, _) = names(monitored.index);
+    Ok(delete(&agent_end).await?.then_some(agent_end))
+}
+
+/// Deletes the link `name` (and so its veth peer); `false` if there is no such link.
+async fn delete(name: &str) -> Result<bool, ReentryError> {
+    let Ok(index) = nix::net::if_::if_nametoindex(name) else {
+        return Ok(false);
+    };
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(ReentryError::Socket)?;
+    let task = tokio::spawn(connection);
+    let result = handle.link().del(index).execute().await;
+    task.abort();
+    result?;
+    Ok(true)
 }
 
 /// What the agent needs to know of a link. Read over netlink, not sysfs: /sys/class/net shows

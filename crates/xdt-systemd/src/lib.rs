@@ -1,0 +1,13 @@
+//! What xdt's daemons (`xdt-agent`, `xdt-central`, `xdt-service-health`) share for running
+//! under systemd, and equally well from a shell:
+//!
+//! - [`logging`]: records go to the journal with structured fields when stderr is connected to
+//!   it (`$JOURNAL_STREAM`), to stderr otherwise; the level can change at run time (SIGHUP).
+//! - [`notify`]: `READY=1`, `STATUS=`, `RELOADING=1`, `WATCHDOG=1` and `STOPPING=1` (sd_notify(3));
+//!   no-ops outside systemd.
+//! - [`config_file`]: a `KEY=VALUE` file of the daemon's environment variable names (the
+//!   syntax of systemd's `EnvironmentFile=`), read at start and again at SIGHUP.
+
+pub mod config_file;
+pub mod logging;
+pub mod notify;
