@@ -56,7 +56,7 @@ pub enum Command {
     Attach {
         #[command(flatten)]
         interface: Interface,
-        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        #[arg(long, env = "XDT_ATTACH_MODE", value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
         /// Rules file to start with (see docs/rules.md); none means count only.
         #[arg(long, value_name = "FILE")]

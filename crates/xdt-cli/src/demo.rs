@@ -80,7 +80,7 @@ impl Binaries {
         Ok(Self {
             central: find("xdt-central")?,
             agent: find("xdt-agent")?,
-            service: find("service-health")?,
+            service: find("xdt-service-health")?,
         })
     }
 }
@@ -324,7 +324,7 @@ pub fn run(options: &Options) -> Result<()> {
             .arg(&token),
     )?;
     lab.spawn(
-        "service-health",
+        "xdt-service-health",
         nsenter(NODE_NS, &binaries.service).args(["--listen", &format!("[::]:{SERVICE_PORT}")]),
     )?;
     if which("ping") {

@@ -1,4 +1,4 @@
-//! AF_XDP steering end to end, as root: a client namespace speaks HTTP to `service-health` in a
+//! AF_XDP steering end to end, as root: a client namespace speaks HTTP to `xdt-service-health` in a
 //! node namespace whose interface carries the probe with a `steer` rule; the real `xdt-agent`
 //! takes the steered packets, reports them to the real `xdt-central` and re-injects them. The
 //! service must answer every request, with steering, across a hung agent, and across an agent
@@ -84,7 +84,7 @@ impl SteerLab {
         for port in [8081, 8082] {
             let mut service = lab
                 .node
-                .command(sibling("service-health").to_str().expect("path"));
+                .command(sibling("xdt-service-health").to_str().expect("path"));
             service
                 .args(["--listen", &format!("[::]:{port}")])
                 .stdout(std::process::Stdio::null());
@@ -618,7 +618,7 @@ fn egress_mode_forwards_between_two_ports() {
     }
     let _service = Process::start(
         server
-            .command(sibling("service-health").to_str().expect("path"))
+            .command(sibling("xdt-service-health").to_str().expect("path"))
             .args(["--listen", "10.91.0.2:8081"])
             .stdout(std::process::Stdio::null()),
     );

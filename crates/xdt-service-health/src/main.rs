@@ -1,4 +1,4 @@
-//! `service-health`: the sample service protected in the xdt demo. `GET /healthz` answers
+//! `xdt-service-health`: the sample service protected in the xdt demo. `GET /healthz` answers
 //! `200 ok`; `GET /echo/...` answers with its own path and `POST /echo` with the request body
 //! (up to 16 MiB), so a client can check that what it sent arrived unchanged; any other path
 //! `404`. It prints `listening on ADDR` once bound (so `--listen
@@ -16,7 +16,7 @@ use tiny_http::{Header, Method, Response, Server};
 
 #[derive(Debug, Parser)]
 #[command(
-    name = "service-health",
+    name = "xdt-service-health",
     version,
     about = "Sample HTTP service answering /healthz"
 )]
