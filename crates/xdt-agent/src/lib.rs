@@ -24,6 +24,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use std::fmt::Write as _;
+
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 use tokio::{io::unix::AsyncFd, sync::Notify};
@@ -192,7 +194,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watchdog_period = notifier.watchdog_period();
-    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
+    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_hours(1)));
     let mut sequence = 0u64;
     let mut runtime = RuntimeSampler::new(&config);
     let mut status = StatusLine::new(&config, steering.as_ref());
@@ -214,7 +216,7 @@ pub async fn run(
                 None | Some(Control::Stop) => break,
                 Some(Control::Reload(new)) => {
                     notifier.reloading();
-                    reload(&mut config, *new, &shared, &mut ticker);
+                    reload(&mut config, &new, &shared, &mut ticker);
                     status = StatusLine::new(&config, steering.as_ref());
                     notifier.reloaded(&status.line(None, &shared));
                     continue;
@@ -271,12 +273,7 @@ pub async fn run(
 }
 
 /// Applies what a reload can change in place and names what needs a restart.
-fn reload(
-    config: &mut Config,
-    new: Config,
-    shared: &Shared,
-    ticker: &mut tokio::time::Interval,
-) {
+fn reload(config: &mut Config, new: &Config, shared: &Shared, ticker: &mut tokio::time::Interval) {
     let mut restart = Vec::new();
     if new.interface != config.interface {
         restart.push("interface");
@@ -358,7 +355,7 @@ impl StatusLine {
                     packets.saturating_sub(p0) as f64 / seconds,
                     bytes.saturating_sub(b0) as f64 * 8.0 / seconds,
                 );
-                line += &format!(": {} pps, {} bit/s", si(pps), si(bps));
+                let _ = write!(line, ": {} pps, {} bit/s", si(pps), si(bps));
             }
             self.last = Some((packets, bytes, now));
         }
@@ -367,17 +364,17 @@ impl StatusLine {
         } else {
             "connecting"
         };
-        line += &format!("; central {} {central}", self.central);
+        let _ = write!(line, "; central {} {central}", self.central);
         let unacked = shared.outbox().len();
         if unacked > 1 {
-            line += &format!(" ({unacked} batches queued)");
+            let _ = write!(line, " ({unacked} batches queued)");
         }
         if let Some(steering) = &self.steering {
-            line += &format!("; {steering}");
+            let _ = write!(line, "; {steering}");
         }
         let dropped = shared.dropped_events();
         if dropped > 0 {
-            line += &format!("; {dropped} events dropped");
+            let _ = write!(line, "; {dropped} events dropped");
         }
         line
     }

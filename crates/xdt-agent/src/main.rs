@@ -136,7 +136,7 @@ fn main() {
         args.log_level,
         &[("AGENT_ID", &agent_id), ("IFACE", &args.interface)],
     );
-    if let Err(e) = start(args, argv) {
+    if let Err(e) = start(&args, argv) {
         match destination {
             logging::Destination::Journal => error!("{e:#}"),
             logging::Destination::Stderr => eprintln!("xdt-agent: error: {e:#}"),
@@ -145,7 +145,7 @@ fn main() {
     }
 }
 
-fn start(args: Args, argv: Vec<OsString>) -> anyhow::Result<()> {
+fn start(args: &Args, argv: Vec<OsString>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -158,7 +158,7 @@ fn start(args: Args, argv: Vec<OsString>) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    let config = config(&args)?;
+    let config = config(args)?;
     let (control, controlled) = tokio::sync::mpsc::unbounded_channel();
     runtime.block_on(async move {
         let signals = tokio::spawn(forward_signals(argv, control));

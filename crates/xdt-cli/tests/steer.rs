@@ -386,7 +386,10 @@ fn steered_requests_are_inspected_and_answered() {
             .status
             .success()
     };
-    assert!(pair_exists(), "{pair} is gone although the agent had no capability left");
+    assert!(
+        pair_exists(),
+        "{pair} is gone although the agent had no capability left"
+    );
     let cleanup = lab
         .node
         .command(sibling("xdt-agent").to_str().expect("path"))

@@ -29,7 +29,7 @@ fn get(addr: &str, path: &str) -> String {
 
 #[test]
 fn answers_healthz_and_404() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_service-health"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xdt-service-health"))
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
@@ -88,7 +88,7 @@ fn answers_healthz_and_404() {
 
 #[test]
 fn refuses_a_bad_listen_address() {
-    let out = Command::new(env!("CARGO_BIN_EXE_service-health"))
+    let out = Command::new(env!("CARGO_BIN_EXE_xdt-service-health"))
         .args(["--listen", "not-an-address"])
         .output()
         .expect("run");

@@ -56,12 +56,14 @@ pub fn arguments(
             continue;
         }
         let Some((key, value)) = trimmed.split_once('=') else {
-            return Err(line_error(line, format!("expected KEY=VALUE, not {trimmed:?}")));
+            return Err(line_error(
+                line,
+                format!("expected KEY=VALUE, not {trimmed:?}"),
+            ));
         };
         let key = key.trim();
-        let value = unquote(value.trim()).ok_or_else(|| {
-            line_error(line, format!("unbalanced quotes in the value of {key}"))
-        })?;
+        let value = unquote(value.trim())
+            .ok_or_else(|| line_error(line, format!("unbalanced quotes in the value of {key}")))?;
         let flag = command
             .get_arguments()
             .find(|arg| arg.get_env().is_some_and(|env| env == key) && key != config_key)
@@ -80,9 +82,9 @@ pub fn arguments(
             return Err(line_error(line, format!("{key} is set twice")));
         }
         seen.push(key);
-        let long = flag.get_long().ok_or_else(|| {
-            line_error(line, format!("{key} cannot be set in a config file"))
-        })?;
+        let long = flag
+            .get_long()
+            .ok_or_else(|| line_error(line, format!("{key} cannot be set in a config file")))?;
         match flag.get_action() {
             ArgAction::SetTrue => match value.as_str() {
                 "1" | "true" | "yes" | "on" => args.push(format!("--{long}").into()),
@@ -224,9 +226,15 @@ mod tests {
     #[test]
     fn bad_files_name_the_line_and_key() {
         let cases = [
-            ("T_CENTRAL=a\nT_BOGUS=1\n", "line 2: unknown key T_BOGUS (known: T_CENTRAL"),
+            (
+                "T_CENTRAL=a\nT_BOGUS=1\n",
+                "line 2: unknown key T_BOGUS (known: T_CENTRAL",
+            ),
             ("T_CENTRAL\n", "line 1: expected KEY=VALUE"),
-            ("T_CENTRAL=a\nT_CENTRAL=b\n", "line 2: T_CENTRAL is set twice"),
+            (
+                "T_CENTRAL=a\nT_CENTRAL=b\n",
+                "line 2: T_CENTRAL is set twice",
+            ),
             ("T_NO_STEER=maybe\n", "T_NO_STEER takes true or false"),
             ("T_CENTRAL=\"a\n", "unbalanced quotes"),
             ("T_CONFIG=/etc/x\n", "unknown key T_CONFIG"),

@@ -50,6 +50,7 @@ pub enum Destination {
 /// records carry `fields` plus their own key-values as journal fields and `identifier` as
 /// `SYSLOG_IDENTIFIER`; otherwise they go to stderr, where `RUST_LOG` (if set) refines the
 /// level per module. Call once, first thing in `main`.
+#[must_use = "the destination says where errors before exit should go"]
 pub fn init(identifier: &str, level: Level, fields: &[(&str, &str)]) -> Destination {
     if systemd_journal_logger::connected_to_journal() {
         match systemd_journal_logger::JournalLog::new() {

@@ -93,4 +93,3 @@ pub fn thread_capabilities(pid: u32) -> Vec<(u32, u64, u64)> {
     }
     threads
 }
-

@@ -341,7 +341,9 @@ impl Steering {
         if let Some(pair) = self.pair.take() {
             let name = pair.agent_end.clone();
             if self.keep_pair {
-                info!("leaving the re-entry pair {name} to `xdt-agent --cleanup` (no capabilities)");
+                info!(
+                    "leaving the re-entry pair {name} to `xdt-agent --cleanup` (no capabilities)"
+                );
             } else if let Err(e) = pair.remove().await {
                 warn!("removing the re-entry pair {name} failed: {e}");
             }
@@ -353,7 +355,9 @@ impl Steering {
     #[must_use]
     pub fn alive(&self, max_age: Duration) -> bool {
         let beat = self.counters.heartbeat_ns.load(Ordering::Relaxed);
-        let age = xdt_datapath::sys::monotonic_ns().unwrap_or(0).saturating_sub(beat);
+        let age = xdt_datapath::sys::monotonic_ns()
+            .unwrap_or(0)
+            .saturating_sub(beat);
         u128::from(age) <= max_age.as_nanos()
     }
 }
@@ -422,9 +426,10 @@ impl Worker {
             .collect();
         let mut events = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
-            self.counters
-                .heartbeat_ns
-                .store(xdt_datapath::sys::monotonic_ns().unwrap_or(0), Ordering::Relaxed);
+            self.counters.heartbeat_ns.store(
+                xdt_datapath::sys::monotonic_ns().unwrap_or(0),
+                Ordering::Relaxed,
+            );
             if renewed.elapsed() >= renew_every {
                 match self.maps.renew(self.lease) {
                     Ok(()) => renew_failed = false,

@@ -1,0 +1,189 @@
+# The xdt appliance under real systemd, written once against the NixOS test driver's API
+# (start_all, subtest, machine.succeed / wait_for_unit / wait_until_succeeds, ...): the Debian
+# harness (vm-tests/debian/run.py) and the NixOS VM test (vm-tests/nixos.nix) both run it.
+#
+# Nodes (alphabetical order gives NixOS's addresses 192.168.VLAN.N):
+#   central (1): xdt-central.service; eth1 on vlan 2 (agents), eth2 on vlan 3 (the client)
+#   client  (2): eth1 on vlan 1 (the node's service), eth2 on vlan 3 (the dashboard)
+#   node    (3): xdt-attach@eth1 + xdt-agent@eth1 (probe and agent on vlan 1, facing the
+#                client), xdt-service-health on 8081; eth2 on vlan 2 reaches central
+# The node's rules (vm-tests/rules/node-eth1.rules): `counted` = UDP to 9999, `web` = TCP to
+# 8081 steered through AF_XDP. Its agent runs with XDT_TEST_FAULTS=hang-on-sigusr2.
+
+import json
+import time
+
+NODE = "192.168.1.3"  # the node's eth1, where the probe is attached
+DASHBOARD = "http://192.168.3.1:8080"  # central, as the client reaches it
+AGENT = "xdt-agent@eth1.service"
+ATTACH = "xdt-attach@eth1.service"
+
+
+def metrics():
+    return json.loads(client.succeed(f"curl -sf --max-time 10 {DASHBOARD}/metrics.json"))
+
+
+def agent_node():
+    """The node's entry in central's /metrics.json, or None before its first batch."""
+    for n in metrics()["nodes"]:
+        if n["agent_id"] == "node":
+            return n
+    return None
+
+
+def label_packets(entry, label):
+    for c in (entry or {}).get("label_counts", []):
+        if c["label"] == label:
+            return c["packets"]
+    return 0
+
+
+def wait_for_central(what, predicate, timeout=120):
+    """Polls central's view of the node until `predicate(entry)` holds."""
+    deadline = time.monotonic() + timeout
+    entry = None
+    while time.monotonic() < deadline:
+        entry = agent_node()
+        if entry is not None and predicate(entry):
+            return entry
+        time.sleep(1)
+    raise Exception(f"central never showed {what}; last view of the node: {json.dumps(entry)[:2000]}")
+
+
+def probe_label(label):
+    stats = json.loads(node.succeed("xdt stats --interface eth1 --json"))
+    return next((c["packets"] for c in stats["labels"] if c["label"] == label), 0)
+
+
+def send_udp(port, count):
+    # One datagram per write; bash's /dev/udp needs nothing installed.
+    client.succeed(
+        f"for i in $(seq {count}); do printf x > /dev/udp/{NODE}/{port}; done"
+    )
+
+
+def unit_property(machine, unit, prop):
+    return machine.succeed(f"systemctl show --value -p {prop} {unit}").strip()
+
+
+def service_answers(times=10):
+    for i in range(times):
+        client.succeed(f"curl -sf --max-time 5 http://{NODE}:8081/echo/check{i} | grep -q /echo/check{i}")
+
+
+def rules_file(lines):
+    text = "\n".join(lines) + "\n"
+    node.succeed(f"cat > /etc/xdt/rules/eth1.rules <<'EOF'\n{text}EOF")
+
+
+start_all()
+
+with subtest("the units start and say how they are"):
+    central.wait_for_unit("xdt-central.service")
+    node.wait_for_unit(ATTACH)
+    node.wait_for_unit("xdt-service-health.service")
+    node.wait_for_unit(AGENT)
+    client.wait_for_unit("multi-user.target")
+    node.wait_until_succeeds(
+        f"systemctl show -p StatusText {AGENT} | grep -q 'central .* connected'", timeout=120
+    )
+    central.wait_until_succeeds(
+        "systemctl show -p StatusText xdt-central.service | grep -q '1 of 1 agents connected'",
+        timeout=120,
+    )
+
+with subtest("the agent logs structured lines to the journal"):
+    lines = node.succeed(f"journalctl -u {AGENT} -o json --no-pager").splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    ours = [r for r in records if r.get("SYSLOG_IDENTIFIER") == "xdt-agent"]
+    assert ours, f"no xdt-agent records in the journal: {lines[:20]}"
+    assert all(r.get("IFACE") == "eth1" and r.get("AGENT_ID") == "node" for r in ours), ours[:3]
+    messages = [r.get("MESSAGE", "") for r in ours]
+    assert "capabilities dropped" in messages, messages
+    assert any(r.get("PEER") for r in ours), "no record names its peer (central)"
+
+with subtest("the agent runs without capabilities"):
+    pid = unit_property(node, AGENT, "MainPID")
+    caps = node.succeed(f"grep -h -E '^Cap(Eff|Prm):' /proc/{pid}/task/*/status").split("\n")
+    caps = [c for c in caps if c.strip()]
+    assert len(caps) >= 4, caps  # main and steering threads, two lines each
+    assert all(c.split()[1] == "0000000000000000" for c in caps), caps
+
+with subtest("the dashboard is reachable from the client"):
+    client.wait_for_open_port(8080, "192.168.3.1")
+    page = client.succeed(f"curl -sf --max-time 10 {DASHBOARD}/")
+    assert "<html" in page.lower(), page[:200]
+    wait_for_central("the node connected", lambda n: n["connected"])
+
+with subtest("client traffic is counted exactly"):
+    client.succeed(f"ping -c 3 -W 5 {NODE}")  # neighbours resolved before counting
+    before_probe = probe_label("counted")
+    before_central = label_packets(agent_node(), "counted")
+    assert before_probe == before_central == 0, (before_probe, before_central)
+    send_udp(9999, 500)
+    wait_for_central("500 counted packets", lambda n: label_packets(n, "counted") == 500)
+    assert probe_label("counted") == 500
+    time.sleep(3)  # nothing arrives late
+    assert label_packets(agent_node(), "counted") == 500
+
+with subtest("steered HTTP is inspected and answered"):
+    service_answers()
+    entry = wait_for_central(
+        "steered requests",
+        lambda n: (n["agent"].get("steering") or {}).get("received_packets", 0) > 0
+        and any(
+            ((e.get("inspection") or {}).get("http") or {}).get("path", "").startswith("/echo/check")
+            for e in n["recent_events"]
+        ),
+    )
+    steering = entry["agent"]["steering"]
+    assert steering["rx_dropped"] == 0 and steering["reinject_dropped"] == 0, steering
+
+with subtest("a killed agent is restarted and the service keeps answering"):
+    restarts = int(unit_property(node, AGENT, "NRestarts"))
+    old_pid = unit_property(node, AGENT, "MainPID")
+    node.succeed(f"systemctl kill -s KILL {AGENT}")
+    service_answers(20)
+    node.wait_until_succeeds(
+        f"test $(systemctl show --value -p NRestarts {AGENT}) -gt {restarts}", timeout=60
+    )
+    node.wait_for_unit(AGENT)
+    assert unit_property(node, AGENT, "MainPID") != old_pid
+    service_answers()
+
+with subtest("a hung agent is restarted by the watchdog"):
+    restarts = int(unit_property(node, AGENT, "NRestarts"))
+    node.succeed(f"systemctl kill -s USR2 --kill-who=main {AGENT}")
+    service_answers()  # steering's own thread still renews its lease; the kernel path takes over after
+    node.wait_until_succeeds(
+        f"journalctl -u {AGENT} --no-pager | grep -q 'Watchdog timeout'", timeout=90
+    )
+    node.wait_until_succeeds(
+        f"test $(systemctl show --value -p NRestarts {AGENT}) -gt {restarts}", timeout=60
+    )
+    node.wait_for_unit(AGENT)
+    service_answers()
+
+with subtest("reloading the attach unit applies new rules atomically"):
+    original = node.succeed("cat /etc/xdt/rules/eth1.rules")
+    rules_file(["counted proto udp dport 9999", "web proto tcp dport 8081 action steer",
+                "reloaded proto udp dport 9998"])
+    node.succeed(f"systemctl reload {ATTACH}")
+    node.succeed("xdt rules list --interface eth1 | grep -q '^reloaded'")
+    send_udp(9998, 100)
+    wait_for_central("100 packets of the new label", lambda n: label_packets(n, "reloaded") == 100)
+    node.wait_until_succeeds(f"journalctl -u {AGENT} --no-pager | grep -q 'reloaded'", timeout=30)
+    # A bad file is refused whole: the reload fails and the rules stay.
+    rules_file(["counted proto udp dport 9999", "broken proto nonsense"])
+    node.fail(f"systemctl reload {ATTACH}")
+    node.succeed("xdt rules list --interface eth1 | grep -q '^reloaded'")
+    rules_file(original.rstrip("\n").split("\n"))
+    node.succeed(f"systemctl reload {ATTACH}")
+
+with subtest("stopping the probe stops the agent and leaves the service up"):
+    node.succeed(f"systemctl stop {ATTACH}")
+    node.wait_until_succeeds(f"! systemctl is-active {AGENT}", timeout=60)
+    node.fail("test -e /sys/fs/bpf/xdt/eth1")
+    node.fail("ip -o link show | grep -q ': xdt[0-9]*a@'")  # ExecStopPost removed the re-entry pair
+    node.succeed(f"journalctl -u {AGENT} --no-pager | grep -q 'stopped after'")
+    service_answers()
