@@ -125,6 +125,7 @@ fn main() {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let args = match config_file::parse::<Args>(|a| a.config.as_deref(), "XDT_CONFIG") {
         Ok(args) => args,
+        Err(config_file::Error::Arguments(e)) => e.exit(),
         Err(e) => {
             eprintln!("xdt-agent: error: {e}");
             std::process::exit(2);

@@ -70,9 +70,15 @@ fn main() {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cli = match config_file::parse::<Cli>(|c| c.config.as_deref(), "XDT_CONFIG") {
         Ok(cli) => cli,
+        Err(config_file::Error::Arguments(e)) => {
+            // Usage errors exit 1 like every other bad configuration; --help and --version 0.
+            let code = i32::from(e.use_stderr());
+            let _ = e.print();
+            std::process::exit(code);
+        }
         Err(e) => {
             eprintln!("xdt-central: error: {e}");
-            std::process::exit(2);
+            std::process::exit(1);
         }
     };
     let destination = logging::init("xdt-central", cli.log_level, &[]);

@@ -29,6 +29,10 @@ pub enum Error {
     },
     #[error("config file {}: {source}", path.display())]
     Invalid { path: PathBuf, source: clap::Error },
+    /// The command line itself is wrong, or asks for `--help` or `--version`: for the caller to
+    /// print (`clap::Error::print`) and exit with.
+    #[error("{0}")]
+    Arguments(clap::Error),
 }
 
 /// The arguments `path` stands for, checked against the flags of `command`: every key must be
@@ -103,8 +107,8 @@ pub fn arguments(
 }
 
 /// Parses `P` from the process's command line with the config file named by its
-/// `config_flag` (if any) underneath. The usual `clap` exit on `--help` or bad arguments; a bad
-/// config file is an [`Error`] for the caller to report.
+/// `config_flag` (if any) underneath. A bad command line (or `--help`) is
+/// [`Error::Arguments`], a bad config file another [`Error`], for the caller to report.
 ///
 /// `P` must set `#[command(args_override_self = true)]` so a flag on the command line can
 /// override the same flag from the file.
@@ -113,7 +117,7 @@ pub fn parse<P: clap::Parser>(
     config_key: &str,
 ) -> Result<P, Error> {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let first = P::parse_from(&argv);
+    let first = P::try_parse_from(&argv).map_err(Error::Arguments)?;
     match config_path(&first) {
         None => Ok(first),
         Some(path) => reparse(&argv, path, config_key),
