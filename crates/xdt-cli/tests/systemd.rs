@@ -21,20 +21,28 @@ use xdt_testkit::{
     root_or_skip,
 };
 
-/// The test's end of a daemon's `NOTIFY_SOCKET`.
+/// The test's end of a daemon's `NOTIFY_SOCKET`, drained by a thread as systemd would (a
+/// datagram socket whose queue fills up blocks the sender).
 struct Notifications {
-    socket: UnixDatagram,
+    received: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Notifications {
     fn bind(path: &Path) -> Self {
         let socket = UnixDatagram::bind(path).expect("bind the notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
+        let (sender, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if sender.send(message).is_err() {
+                    return;
+                }
+            }
+        });
         Self {
-            socket,
+            received,
             seen: Vec::new(),
         }
     }
@@ -42,12 +50,10 @@ impl Notifications {
     /// Waits up to `within` for a message with a line satisfying `pick`; returns that line.
     fn expect(&mut self, what: &str, within: Duration, pick: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + within;
-        let mut buf = vec![0u8; 4096];
-        while Instant::now() < deadline {
-            let Ok(n) = self.socket.recv(&mut buf) else {
-                continue;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(message) = self.received.recv_timeout(left) else {
+                break;
             };
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
             self.seen.push(message.clone());
             if let Some(line) = message.lines().find(|l| pick(l)) {
                 return line.to_owned();
@@ -57,7 +63,7 @@ impl Notifications {
     }
 }
 
-fn with_notify(command: &mut Command, socket: &Path, watchdog: Duration) -> &mut Command {
+fn with_notify<'a>(command: &'a mut Command, socket: &Path, watchdog: Duration) -> &'a mut Command {
     command
         .env("NOTIFY_SOCKET", socket)
         .env("WATCHDOG_USEC", watchdog.as_micros().to_string())

@@ -67,11 +67,21 @@ pub fn init(identifier: &str, level: Level, fields: &[(&str, &str)]) -> Destinat
             Err(e) => eprintln!("{identifier}: cannot log to the journal ({e}); using stderr"),
         }
     }
+    // The filter lets everything through unless RUST_LOG says otherwise; the level is the
+    // global maximum, which `set_level` can raise or lower later.
+    let refined = std::env::var_os("RUST_LOG").is_some();
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level.into()).parse_env("RUST_LOG");
+    builder
+        .filter_level(LevelFilter::Trace)
+        .parse_env("RUST_LOG");
     if builder.try_init().is_ok() {
-        // RUST_LOG may ask for more than `level`: keep what the filter allows.
-        log::set_max_level(log::max_level().max(level.into()));
+        let level = LevelFilter::from(level);
+        // RUST_LOG may ask for more than `level`: keep what it allows.
+        log::set_max_level(if refined {
+            log::max_level().max(level)
+        } else {
+            level
+        });
     }
     Destination::Stderr
 }
