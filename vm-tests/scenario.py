@@ -7,8 +7,9 @@
 #   client  (2): eth1 on vlan 1 (the node's service), eth2 on vlan 3 (the dashboard)
 #   node    (3): xdt-attach@eth1 + xdt-agent@eth1 (probe and agent on vlan 1, facing the
 #                client), xdt-service-health on 8081; eth2 on vlan 2 reaches central
-# The node's rules (vm-tests/rules/node-eth1.rules): `counted` = UDP to 9999, `web` = TCP to
-# 8081 steered through AF_XDP. Its agent runs with XDT_TEST_FAULTS=hang-on-sigusr2.
+# The node's rules (/etc/xdt/rules/eth1.rules; vm-tests/debian/nodes/node/rootfs/ for Debian):
+# `counted` = UDP to 9999, `web` = TCP to 8081 steered through AF_XDP. Its agent runs with
+# XDT_TEST_FAULTS=hang-on-sigusr2.
 
 import json
 import time
