@@ -7,8 +7,8 @@ machine's serial console is kept in <run>/<machine>/console.log.
 """
 
 import base64
+import codecs
 import contextlib
-import ctypes
 import dataclasses
 import os
 import re
@@ -32,7 +32,15 @@ BOOT_TIMEOUT = 600  # seconds from qemu start to the guest's root shell
 SHUTDOWN_TIMEOUT = 300
 # How long past its own `timeout` a command may take before the guest counts as hung.
 HOST_GRACE = 60
-CONSOLE_TAIL = 40
+CONSOLE_TAIL = 30
+JOURNAL_TAIL = 40
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+ANSI_ESCAPE_START = re.compile(r"\x1b(\[[0-?]*[ -/]*)?$")  # one cut short by a chunk's end
+# Console lines whose time (since qemu started) each boot's timings record.
+MILESTONES = {
+    "root shell": "xdt-backdoor: root shell ready",
+    "multi-user.target": "Reached target multi-user.target",
+}
 
 
 class TestScriptError(Exception):
@@ -111,9 +119,9 @@ def retry(fn: Callable[[bool], bool], timeout_seconds: float = 900) -> None:
         )
 
 
-def _die_with_parent() -> None:
-    """In a child before exec: get SIGKILL when the parent (thread) dies, even by SIGKILL."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+# Prefix of every qemu command: qemu gets SIGKILL when the thread that started it dies, so no
+# VM outlives the driver, even one killed by SIGKILL.
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +153,10 @@ def probe_accel(kernel: Path, log: Callable[[str], None]) -> str:
         log("no usable /dev/kvm: using TCG")
         return "tcg"
     process = subprocess.Popen(
-        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "max", "-m", "256", "-nodefaults",
-         "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
-         "-append", "console=ttyS0 panic=-1"],
+        [*DIE_WITH_PARENT, "qemu-system-x86_64", "-accel", "kvm", "-cpu", "max", "-m", "256",
+         "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+         "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
     )
     assert process.stdout
     output = b""
@@ -195,7 +202,7 @@ class Machine:
         self._console_changed = threading.Condition()
         self._console_thread: threading.Thread | None = None
         self._started_at = 0.0
-        # Per start(): seconds to the root shell and to each unit wait_for_unit saw active.
+        # Per boot: seconds from its start to each of the MILESTONES seen on the console.
         self.boots: list[dict[str, float]] = []
 
     def __repr__(self) -> str:
@@ -216,14 +223,23 @@ class Machine:
             text = self._console_text
         return "\n".join(text.splitlines()[-lines:])
 
+    def save_journal(self) -> str:
+        """For failure reports: the failed units and the journal of this boot, saved to
+        journal.txt in the state directory; returns the failed units and the journal's tail."""
+        _, failed = self.execute("systemctl --failed --no-legend --plain", timeout=30)
+        _, journal = self.execute("journalctl -b --no-pager -o short-monotonic", timeout=60)
+        (self.state_dir / "journal.txt").write_text(journal)
+        tail = "\n".join(journal.splitlines()[-JOURNAL_TAIL:])
+        return f"failed units: {failed.strip() or 'none'}\n{tail}"
+
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _qemu_command(self) -> list[str]:
+    def _qemu_command(self, allow_reboot: bool) -> list[str]:
         c = self.config
         cmd = [
-            "qemu-system-x86_64", "-name", self.name, "-accel", c.accel, "-cpu", "max",
-            "-smp", "1", "-m", str(c.memory), "-nodefaults", "-no-user-config",
-            "-display", "none", "-no-reboot",
+            *DIE_WITH_PARENT, "qemu-system-x86_64", "-name", self.name, "-accel", c.accel,
+            "-cpu", "max", "-smp", "1", "-m", str(c.memory), "-nodefaults", "-no-user-config",
+            "-display", "none", *([] if allow_reboot else ["-no-reboot"]),
             "-kernel", str(c.kernel), "-initrd", str(c.initrd), "-append", c.cmdline,
             "-drive", f"file={c.disk},format=raw,if=virtio,cache=unsafe",
             "-chardev", f"socket,id=console,path={self._console_path}",
@@ -245,8 +261,9 @@ class Machine:
     def is_up(self) -> bool:
         return self.booted and self.connected
 
-    def start(self) -> None:
-        """Start the VM; like NixOS, this does not wait for it to boot."""
+    def start(self, allow_reboot: bool = False) -> None:
+        """Start the VM; like NixOS, this does not wait for it to boot. Unless allow_reboot,
+        a reboot in the guest powers the VM off."""
         if self.booted:
             return
         self.log("starting vm")
@@ -264,8 +281,8 @@ class Machine:
         self.boots.append({})
         with open(self.state_dir / "qemu.log", "ab") as qemu_log:
             self.process = subprocess.Popen(
-                self._qemu_command(), stdin=subprocess.DEVNULL, stdout=qemu_log,
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                self._qemu_command(allow_reboot), stdin=subprocess.DEVNULL, stdout=qemu_log,
+                stderr=subprocess.STDOUT,
             )
         try:
             self._shell = self._accept(listeners[self._backdoor_path])
@@ -298,14 +315,26 @@ class Machine:
                     raise MachineError(f"{self.name}: qemu did not connect to {listener}")
 
     def _read_console(self, conn: socket.socket) -> None:
+        """Keep the serial console in console.log (as is) and in memory (as text without
+        terminal escapes, for wait_for_console_text and failure reports)."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
         with conn, open(self.console_log, "ab") as out:
             while chunk := conn.recv(65536):
                 out.write(chunk)
                 out.flush()
-                text = chunk.decode(errors="replace").replace("\r", "")
+                text = pending + decoder.decode(chunk)
+                cut = ANSI_ESCAPE_START.search(text)
+                pending = text[cut.start():] if cut else ""
+                text = text[: cut.start()] if cut else text
+                text = ANSI_ESCAPE.sub("", text).replace("\r", "")
                 with self._console_changed:
+                    recent = self._console_text[-100:] + text
                     self._console_text += text
                     self._console_changed.notify_all()
+                for milestone, line in MILESTONES.items():
+                    if milestone not in self.boots[-1] and line in recent:
+                        self.boots[-1][milestone] = time.monotonic() - self._started_at
 
     def _check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -329,8 +358,7 @@ class Machine:
             except MachineError as e:
                 raise MachineError(f"no root shell within {BOOT_TIMEOUT} s of starting: {e}")
             self.connected = True
-            self.boots[-1]["root shell"] = time.monotonic() - self._started_at
-            self.log(f"connected to guest root shell after {self.boots[-1]['root shell']:.1f} s")
+            self.log("connected to guest root shell")
 
     def _fill(self, deadline: float | None) -> None:
         """Read more of the shell's output into the buffer."""
@@ -382,6 +410,13 @@ class Machine:
             return
         self.execute("systemctl poweroff", check_return=False, check_output=False)
         self.wait_for_shutdown()
+
+    def reboot(self) -> None:
+        """Reboot the guest (started with allow_reboot=True); the next command waits for it."""
+        self.execute("systemctl reboot", check_return=False, check_output=False)
+        self.connected = False
+        self._started_at = time.monotonic()
+        self.boots.append({})
 
     def crash(self) -> None:
         """Simulate a sudden power failure: kill the VM at once."""
@@ -622,7 +657,6 @@ class Machine:
             f"waiting for unit {unit}" + (f" with user {user}" if user is not None else "")
         ):
             retry(check_active, timeout)
-        self.boots[-1].setdefault(unit, time.monotonic() - self._started_at)
 
     # -- console and files ---------------------------------------------------------------
 
@@ -750,13 +784,15 @@ def install_global_timeout(seconds: int) -> None:
 
 
 def exit_on_signals() -> None:
-    """Turn SIGTERM and SIGHUP into SystemExit, so `finally` blocks release the VMs."""
+    """Turn SIGTERM and SIGHUP into SystemExit and SIGINT into KeyboardInterrupt (even where
+    it was inherited ignored), so `finally` blocks release the VMs."""
 
     def terminate(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        raise SystemExit(f"stopped by {signal.Signals(signum).name}")
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def script_frames(exc: BaseException, script: Path) -> list[str]:

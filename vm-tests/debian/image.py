@@ -7,6 +7,7 @@ network, host name and hosts files, written into a raw ext4 image with `mkfs.ext
 """
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -33,8 +34,8 @@ PACKAGES = [
 INITRD_MODULES = ["virtio_pci", "virtio_blk", "ext4"]
 # Kernel modules no guest here can use (real hardware), dropped to make node disks faster to write.
 PRUNED_MODULE_DIRS = [
-    "drivers/gpu", "drivers/media", "drivers/infiniband", "drivers/scsi", "drivers/usb",
-    "drivers/net/ethernet", "drivers/net/wireless", "drivers/iio", "sound",
+    "drivers/ata", "drivers/gpu", "drivers/media", "drivers/infiniband", "drivers/scsi",
+    "drivers/usb", "drivers/net/ethernet", "drivers/net/wireless", "drivers/iio", "sound",
     "net/bluetooth", "net/mac80211", "net/wireless",
 ]
 MMDEBSTRAP_ARGS = [
@@ -43,7 +44,8 @@ MMDEBSTRAP_ARGS = [
     "--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" "
     "\"$1/usr/share/initramfs-tools/modules.d\""
     " && echo MODULES=list >\"$1/etc/initramfs-tools/conf.d/xdt-vm.conf\""
-    f" && printf '%s\\n' {' '.join(INITRD_MODULES)} >\"$1/usr/share/initramfs-tools/modules.d/xdt-vm\"",
+    f" && printf '%s\\n' {' '.join(INITRD_MODULES)}"
+    " >\"$1/usr/share/initramfs-tools/modules.d/xdt-vm\"",
     "--customize-hook=cd \"$1\"/usr/lib/modules/* && rm -rf "
     + " ".join(f"kernel/{d}" for d in PRUNED_MODULE_DIRS)
     + " && chroot \"$1\" depmod -a \"${PWD##*/}\"",
@@ -95,38 +97,47 @@ def base(log: Log) -> Base:
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     root = cache_dir() / "base"
     done = root / key
-    if not (done / "ok").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        for old in root.iterdir():
-            shutil.rmtree(old)
-        building = root / f"{key}.building"
-        sources = apt_sources()
-        log(f"building the Debian {SUITE} base {key} with mmdebstrap from {sources}")
-        started = time.monotonic()
-        building.mkdir()
-        with open(building / "mmdebstrap.log", "wb") as out:
-            result = subprocess.run(
-                ["mmdebstrap", *MMDEBSTRAP_ARGS, SUITE, str(building / "rootfs"), str(sources)],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        if result.returncode != 0:
-            tail = (building / "mmdebstrap.log").read_text(errors="replace").splitlines()[-30:]
-            raise SystemExit("mmdebstrap failed:\n" + "\n".join(tail))
-        boot = building / "rootfs" / "boot"
-        (kernel,) = boot.glob("vmlinuz-*")
-        (initrd,) = boot.glob("initrd.img-*")
-        shutil.copy(kernel, building / "vmlinuz")
-        shutil.copy(initrd, building / "initrd.img")
-        (building / "kernel-version").write_text(kernel.name.removeprefix("vmlinuz-"))
-        (building / "ok").touch()
-        building.rename(done)
-        log(f"built the base in {time.monotonic() - started:.0f} s")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / "base.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait and reuse it
+        if (done / "ok").exists():
+            log(f"using the cached base {done}")
+        else:
+            _build_base(root, key, log)
     return Base(
         rootfs=done / "rootfs",
         kernel=done / "vmlinuz",
         initrd=done / "initrd.img",
         kernel_version=(done / "kernel-version").read_text(),
     )
+
+
+def _build_base(root: Path, key: str, log: Log) -> None:
+    """Build base `key` in `root`, replacing any other."""
+    for old in root.iterdir():
+        shutil.rmtree(old)
+    building = root / f"{key}.building"
+    sources = apt_sources()
+    log(f"building the Debian {SUITE} base {key} with mmdebstrap from {sources}")
+    started = time.monotonic()
+    building.mkdir()
+    with open(building / "mmdebstrap.log", "wb") as out:
+        result = subprocess.run(
+            ["mmdebstrap", *MMDEBSTRAP_ARGS, SUITE, str(building / "rootfs"), str(sources)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    if result.returncode != 0:
+        tail = (building / "mmdebstrap.log").read_text(errors="replace").splitlines()[-30:]
+        raise SystemExit("mmdebstrap failed:\n" + "\n".join(tail))
+    boot = building / "rootfs" / "boot"
+    (kernel,) = boot.glob("vmlinuz-*")
+    (initrd,) = boot.glob("initrd.img-*")
+    shutil.copy(kernel, building / "vmlinuz")
+    shutil.copy(initrd, building / "initrd.img")
+    (building / "kernel-version").write_text(kernel.name.removeprefix("vmlinuz-"))
+    (building / "ok").touch()
+    building.rename(root / key)
+    log(f"built the base in {time.monotonic() - started:.0f} s")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ import argparse
 import atexit
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -69,14 +70,16 @@ def new_run_dir() -> Path:
     return run
 
 
-def make_machines(
-    nodes: list[image.Node], base: image.Base, run: Path, accel: str, logger: Logger
-) -> list[Machine]:
-    def socket(vlan: int, node: image.Node) -> Path:
-        path = run / "vlan" / f"{vlan}-{node.name}.sock"
+def make_machines(nodes: list[image.Node], run: Path, accel: str, logger: Logger) -> list[Machine]:
+    """The nodes' VMs, booting the kernel and initrd copied to the run directory."""
+
+    def socket(path: Path) -> Path:
         if len(str(path)) > SOCKET_PATH_MAX:
-            raise SystemExit(f"socket path too long for AF_UNIX, use a shorter XDT_VM_CACHE: {path}")
+            raise SystemExit(f"AF_UNIX socket path too long (set a shorter XDT_VM_CACHE): {path}")
         return path
+
+    def vlan_socket(vlan: int, node: image.Node) -> Path:
+        return socket(run / "vlan" / f"{vlan}-{node.name}.sock")
 
     machines = []
     for node in nodes:
@@ -84,13 +87,16 @@ def make_machines(
         for vlan in node.vlans:
             peers = [n for n in nodes if n is not node and vlan in n.vlans]
             if peers:
-                nics.append(Nic(node.mac(vlan), socket(vlan, node), socket(vlan, peers[0])))
+                nics.append(
+                    Nic(node.mac(vlan), vlan_socket(vlan, node), vlan_socket(vlan, peers[0]))
+                )
             else:
                 logger.log(f"{node.name}: vlan {vlan} has no other node in this run: unplugged")
                 nics.append(Nic(node.mac(vlan)))
         state_dir = run / node.name
+        socket(state_dir / "backdoor.sock")
         config = QemuConfig(
-            kernel=base.kernel, initrd=base.initrd, cmdline=image.KERNEL_CMDLINE,
+            kernel=run / "vmlinuz", initrd=run / "initrd.img", cmdline=image.KERNEL_CMDLINE,
             disk=state_dir / "disk.img", memory=node.memory, nics=tuple(nics), accel=accel,
         )
         machines.append(Machine(node.name, state_dir, config, logger))
@@ -113,6 +119,8 @@ def main() -> int:
         t = time.monotonic()
         base = image.base(logger.log)
         timings.append(f"base image: {time.monotonic() - t:.1f} s (kernel {base.kernel_version})")
+        shutil.copy(base.kernel, run / "vmlinuz")  # the base may be replaced during the run
+        shutil.copy(base.initrd, run / "initrd.img")
 
         nodes = image.load_nodes([n for n in args.nodes.split(",") if n])
         for node in nodes:
@@ -126,27 +134,29 @@ def main() -> int:
 
         accel = args.accel if args.accel != "auto" else probe_accel(base.kernel, logger.log)
         timings.append(f"accelerator: {accel}")
-        driver = Driver(make_machines(nodes, base, run, accel, logger), logger)
+        driver = Driver(make_machines(nodes, run, accel, logger), logger)
         atexit.register(driver.release)
 
         t = time.monotonic()
         driver.run_script(scenario)
         timings.append(f"scenario: {time.monotonic() - t:.1f} s")
         result = 0
-    except BaseException as e:  # noqa: B036 - reported, then the VMs are released
+    except BaseException as e:  # whatever it is, it is reported and the VMs are released
+        signal.alarm(0)
         report_failure(e, scenario, logger, driver)
         result = 1
     finally:
+        signal.alarm(0)
         if driver is not None:
             driver.release()
             for machine in driver.machines:
                 for boot, seen in enumerate(machine.boots, start=1):
-                    timings.append(f"{machine.name} boot {boot}: " + ", ".join(
+                    timings.append(f"{machine.name} boot {boot}: " + (", ".join(
                         f"{what} after {secs:.1f} s" for what, secs in seen.items()
-                    ))
+                    ) or "no root shell yet"))
         if not args.keep:
-            for disk in run.glob("*/disk.img"):
-                disk.unlink()
+            for disk in [*run.glob("*/disk.img"), run / "vmlinuz", run / "initrd.img"]:
+                disk.unlink(missing_ok=True)
         shutil.rmtree(run / "vlan", ignore_errors=True)
     timings.append(f"total: {time.monotonic() - started:.1f} s")
     logger.log("timings:\n  " + "\n  ".join(timings))
@@ -156,7 +166,7 @@ def main() -> int:
 
 def report_failure(e: BaseException, scenario: Path, logger: Logger, driver: Driver | None) -> None:
     logger.log("!!! " + (f"subtest {' > '.join(logger.subtests)}: " if logger.subtests else "")
-               + f"{type(e).__name__}: {e}")
+               + type(e).__name__ + (f": {e}" if str(e) else ""))
     frames = script_frames(e, scenario)
     if frames:
         logger.log("!!! in the test script:\n" + "\n".join(frames))
@@ -167,7 +177,15 @@ def report_failure(e: BaseException, scenario: Path, logger: Logger, driver: Dri
     for machine in driver.machines if driver else []:
         if machine.console_log.exists():
             logger.log(f"--- {machine.name}: last lines of {machine.console_log} ---\n"
-                       + machine.console_tail())
+                       + (machine.console_tail() or "(no console output yet)"))
+        # Only a script failure leaves the guest shells free to answer.
+        if machine.is_up() and not isinstance(e, (MachineError, GlobalTimeout, KeyboardInterrupt)):
+            try:
+                journal = machine.save_journal()
+            except (MachineError, TestScriptError) as why:
+                journal = f"(no journal: {why})"
+            logger.log(f"--- {machine.name}: journal ({machine.state_dir / 'journal.txt'}) ---\n"
+                       + journal)
 
 
 if __name__ == "__main__":
