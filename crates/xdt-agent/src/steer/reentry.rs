@@ -29,7 +29,7 @@ pub enum ReentryError {
     Netlink(#[from] rtnetlink::Error),
     #[error("opening a netlink socket failed")]
     Socket(#[source] io::Error),
-    #[error("{0} has no MAC address, or vanished right after it was created")]
+    #[error("{0} vanished, or lost the address it was given, right after it was created")]
     Vanished(String),
     #[error("{what} {path} failed")]
     Sysfs {
@@ -50,6 +50,7 @@ impl ReentryPair {
     /// Creates (or re-creates) the pair for the monitored interface `ifindex` with `mtu`.
     pub async fn create(ifindex: u32, mtu: u32) -> Result<Self, ReentryError> {
         let (agent_end, host_end) = names(ifindex);
+        let host_mac = local_mac();
         let (connection, handle, _) = rtnetlink::new_connection().map_err(ReentryError::Socket)?;
         let task = tokio::spawn(connection);
         let result = async {
@@ -72,10 +73,18 @@ impl ReentryPair {
                 &format!("/proc/sys/net/ipv4/conf/{host_end}/rp_filter"),
                 "0",
             )?;
-            for name in [&host_end, &agent_end] {
+            // Both ends get addresses of ours: a veth's random address is fair game for udev's
+            // MACAddressPolicy=persistent, which would replace the host end's after we read it
+            // and send every re-injected frame to a MAC nobody has (seen in the VM test).
+            for (name, mac) in [(&host_end, host_mac), (&agent_end, local_mac())] {
                 handle
                     .link()
-                    .set(LinkUnspec::new_with_name(name).up().build())
+                    .set(
+                        LinkUnspec::new_with_name(name)
+                            .address(mac.to_vec())
+                            .up()
+                            .build(),
+                    )
                     .execute()
                     .await?;
             }
@@ -93,10 +102,9 @@ impl ReentryPair {
                 all.as_deref().unwrap_or("?").trim()
             );
         }
-        let host_mac = link(&host_end)
-            .await?
-            .and_then(|l| l.mac)
-            .ok_or_else(|| ReentryError::Vanished(host_end.clone()))?;
+        if link(&host_end).await?.and_then(|l| l.mac) != Some(host_mac) {
+            return Err(ReentryError::Vanished(host_end.clone()));
+        }
         info!("re-entry pair {agent_end} -> {host_end} (mtu {mtu}) is up");
         Ok(Self {
             agent_end,
@@ -253,4 +261,13 @@ fn read_sysctl(path: &str) -> Result<String, ReentryError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// A random, locally administered unicast MAC address.
+fn local_mac() -> [u8; 6] {
+    let random = crate::random_u64().to_ne_bytes();
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&random[..6]);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }
