@@ -683,22 +683,21 @@ class Machine:
             return self._console_text
 
     def copy_from_host(self, source: str, target: str) -> None:
-        """Copy a (small) file or directory from the host to `target` in the machine, with
-        its modes, owned by root."""
+        """Copy a file or directory from the host to `target` in the machine with `cp -r`, as
+        NixOS does (so into `target` if that is a directory). Meant for small ones: they
+        travel inside a command."""
+        name = Path(source).name
         data = BytesIO()
         with tarfile.open(fileobj=data, mode="w") as tar:
-            tar.add(source, arcname="x", filter=lambda info: info.replace(uid=0, gid=0,
-                                                                          uname="", gname=""))
-        # One argv word holds at most 128 KiB, so the archive travels inside the script.
-        quoted = shlex.quote(target)
+            tar.add(source, arcname=name)
         script = (
-            f"mkdir -p \"$(dirname {quoted})\"\n"
             "tmp=$(mktemp -d)\n"
-            "base64 -d >\"$tmp/x.tar\" <<'XDT_COPY_EOF'\n"
+            "base64 -d <<'XDT_COPY_EOF' | tar -x --no-same-owner -C \"$tmp\"\n"
             + base64.encodebytes(data.getvalue()).decode()
             + "XDT_COPY_EOF\n"
-            f"tar -xf \"$tmp/x.tar\" -C \"$tmp\" && rm -rf {quoted} && mv \"$tmp/x\" {quoted}"
-            " && rm -rf \"$tmp\""
+            f"mkdir -p {shlex.quote(str(Path(target).parent))}\n"
+            f"cp -r \"$tmp\"/{shlex.quote(name)} {shlex.quote(target)}\n"
+            "rm -rf \"$tmp\"\n"
         )
         with self.nested(f"copying {source} from the host to {target}"):
             status, _ = self.execute(script, timeout=None)

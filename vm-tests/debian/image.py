@@ -264,12 +264,12 @@ def build_disk(
         subprocess.run(["cp", "-a", str(base.rootfs), str(rootfs)], check=True)
         _copy_tree(GUEST_DIR, rootfs)
         _install_payload(rootfs, bin_dir, systemd_dir, log)
-        if node.overlay.is_dir():
-            _copy_tree(node.overlay, rootfs)
         for path, content in _network_files(node, nodes).items():
             _replace(rootfs / path, content)
         machine_id = hashlib.sha256(f"xdt-vm {node.name}".encode()).hexdigest()[:32]
         _replace(rootfs / "etc/machine-id", machine_id + "\n")
+        if node.overlay.is_dir():  # last: a node may override any of the above
+            _copy_tree(node.overlay, rootfs)
         subprocess.run(["systemd-sysusers", f"--root={rootfs}"], check=True)
         for verb, units in (
             ("enable", [*GUEST_ENABLED_UNITS, *node.units]), ("mask", GUEST_MASKED_UNITS),
