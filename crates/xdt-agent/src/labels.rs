@@ -49,22 +49,25 @@ impl LabelNames {
         if generation != self.generation {
             self.generation = generation;
             self.missing = None;
-            if let Some(fresher) = self.maps.as_ref().and_then(|m| m.label_names().ok()) {
-                self.names = fresher;
-            }
+            self.reread();
         }
         let known = self.names.get(id as usize).is_some_and(Option::is_some);
         let recently_missing = self
             .missing
             .is_some_and(|(m, at)| m == id && at.elapsed() < Duration::from_secs(1));
         if !known && !recently_missing {
-            if let Some(fresher) = self.maps.as_ref().and_then(|m| m.label_names().ok()) {
-                self.names = fresher;
-            }
+            self.reread();
             if self.names.get(id as usize).is_none_or(Option::is_none) {
                 self.missing = Some((id, Instant::now()));
             }
         }
         &self.names
+    }
+
+    /// Reads the table afresh; keeps the names it had if the read fails.
+    fn reread(&mut self) {
+        if let Some(fresher) = self.maps.as_ref().and_then(|m| m.label_names().ok()) {
+            self.names = fresher;
+        }
     }
 }

@@ -230,7 +230,7 @@ pub async fn run(
             },
         }
         let steer_stats = steering.as_ref().map(steer::Steering::stats);
-        make_batches(
+        let snapshot = make_batches(
             &source,
             &shared,
             &mut sequence,
@@ -238,7 +238,7 @@ pub async fn run(
             &mut runtime,
             steer_stats.as_ref(),
         )?;
-        notifier.status(&status.line(source.snapshot().ok().as_ref(), &shared));
+        notifier.status(&status.line(Some(&snapshot), &shared));
     }
     notifier.stopping("flushing unacknowledged batches");
     // Steering off first (the probe passes steered packets from here on), then a last batch
@@ -274,28 +274,21 @@ pub async fn run(
 
 /// Applies what a reload can change in place and names what needs a restart.
 fn reload(config: &mut Config, new: &Config, shared: &Shared, ticker: &mut tokio::time::Interval) {
-    let mut restart = Vec::new();
-    if new.interface != config.interface {
-        restart.push("interface");
-    }
-    if new.central != config.central {
-        restart.push("central");
-    }
-    if new.agent_id != config.agent_id {
-        restart.push("agent id");
-    }
-    if new.token != config.token {
-        restart.push("token");
-    }
-    if new.foreign_map != config.foreign_map {
-        restart.push("map");
-    }
-    if new.steer != config.steer {
-        restart.push("steering");
-    }
-    if new.drop_capabilities != config.drop_capabilities {
-        restart.push("capabilities");
-    }
+    let restart: Vec<&str> = [
+        (new.interface != config.interface, "interface"),
+        (new.central != config.central, "central"),
+        (new.agent_id != config.agent_id, "agent id"),
+        (new.token != config.token, "token"),
+        (new.foreign_map != config.foreign_map, "map"),
+        (new.steer != config.steer, "steering"),
+        (
+            new.drop_capabilities != config.drop_capabilities,
+            "capabilities",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(changed, name)| changed.then_some(name))
+    .collect();
     if new.interval != config.interval {
         *ticker = tokio::time::interval(new.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,7 +385,7 @@ fn si(value: f64) -> String {
 
 /// Batches everything pending: one batch, or as many as the events need at
 /// `max_events_per_batch` each (all with the same counter snapshot), so the batch size bounds
-/// frames, not throughput.
+/// frames, not throughput. Returns the counters it read (for the status line).
 fn make_batches(
     source: &Source,
     shared: &Shared,
@@ -400,7 +393,7 @@ fn make_batches(
     config: &Config,
     runtime: &mut RuntimeSampler,
     steering: Option<&xdt_wire::SteeringStats>,
-) -> Result<()> {
+) -> Result<source::Snapshot> {
     let snapshot = source.snapshot()?;
     let mut events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
     let probe_ns_per_packet = runtime.sample();
@@ -432,7 +425,7 @@ fn make_batches(
     }
     drop(outbox);
     shared.new_batch.notify_one();
-    Ok(())
+    Ok(snapshot)
 }
 
 /// The probe's mean cost per packet over the last interval, from the program's run time and

@@ -1,13 +1,8 @@
 //! `xdt-agent`: parses flags (or a config file, or their environment variables), sets up
 //! logging (the journal under systemd), turns signals into [`Control`]s and runs the agent.
 
-use std::{
-    ffi::OsString,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
 use clap::Parser;
 use log::{error, info};
 use tokio::sync::mpsc::UnboundedSender;
@@ -138,10 +133,7 @@ fn main() {
         &[("AGENT_ID", &agent_id), ("IFACE", &args.interface)],
     );
     if let Err(e) = start(&args, argv) {
-        match destination {
-            logging::Destination::Journal => error!("{e:#}"),
-            logging::Destination::Stderr => eprintln!("xdt-agent: error: {e:#}"),
-        }
+        destination.report_fatal("xdt-agent", &format!("{e:#}"));
         std::process::exit(1);
     }
 }
@@ -182,13 +174,12 @@ fn config(args: &Args) -> anyhow::Result<Config> {
             args.steer_lease
         );
     }
-    let token_file = match (&args.token_file, std::env::var_os("CREDENTIALS_DIRECTORY")) {
-        (Some(path), _) => path.clone(),
-        (None, Some(dir)) => Path::new(&dir).join("token"),
-        (None, None) => anyhow::bail!(
-            "no token: pass --token-file (XDT_TOKEN_FILE) or a systemd credential named token"
-        ),
-    };
+    let token_file = xdt_systemd::credential(
+        args.token_file.as_deref(),
+        "token",
+        "--token-file (XDT_TOKEN_FILE)",
+    )
+    .map_err(anyhow::Error::msg)?;
     Ok(Config {
         interface: args.interface.clone(),
         central: args.central.clone(),
@@ -265,11 +256,7 @@ async fn forward_signals(argv: Vec<OsString>, control: UnboundedSender<Control>)
 
 /// The configuration from the original command line and the config file's current content.
 fn reread(argv: &[OsString]) -> anyhow::Result<Config> {
-    let args = Args::try_parse_from(argv).context("the command line")?;
-    let args = match &args.config {
-        Some(path) => config_file::reparse::<Args>(argv, path, "XDT_CONFIG")?,
-        None => args,
-    };
+    let args: Args = config_file::parse_from(argv, |a: &Args| a.config.as_deref(), "XDT_CONFIG")?;
     logging::set_level(args.log_level);
     config(&args)
 }

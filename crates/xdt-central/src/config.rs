@@ -68,27 +68,25 @@ impl Config {
     /// at start), by option name.
     #[must_use]
     pub fn changed_needing_restart(&self, new: &Self) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut check = |differs: bool, name| {
-            if differs {
-                changed.push(name);
-            }
-        };
-        check(
-            self.telemetry_listen != new.telemetry_listen,
-            "--telemetry-listen",
-        );
-        check(self.http_listen != new.http_listen, "--http-listen");
-        check(self.token != new.token, "the token");
-        check(self.otlp != new.otlp, "--otlp-endpoint/--otlp-interval");
-        check(self.state_dir != new.state_dir, "--state-dir");
-        check(
-            self.max_connections != new.max_connections,
-            "--max-connections",
-        );
-        check(self.recent_events != new.recent_events, "--recent-events");
-        check(self.max_agents != new.max_agents, "--max-agents");
-        changed
+        [
+            (
+                self.telemetry_listen != new.telemetry_listen,
+                "--telemetry-listen",
+            ),
+            (self.http_listen != new.http_listen, "--http-listen"),
+            (self.token != new.token, "the token"),
+            (self.otlp != new.otlp, "--otlp-endpoint/--otlp-interval"),
+            (self.state_dir != new.state_dir, "--state-dir"),
+            (
+                self.max_connections != new.max_connections,
+                "--max-connections",
+            ),
+            (self.recent_events != new.recent_events, "--recent-events"),
+            (self.max_agents != new.max_agents, "--max-agents"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect()
     }
 
     /// Refuses limits that cannot work, naming the option.

@@ -6,7 +6,7 @@
 use std::{
     ffi::OsString,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -83,22 +83,18 @@ fn main() {
     };
     let destination = logging::init("xdt-central", cli.log_level, &[]);
     if let Err(e) = run(cli, argv) {
-        match destination {
-            logging::Destination::Journal => error!("{e:#}"),
-            logging::Destination::Stderr => eprintln!("xdt-central: error: {e:#}"),
-        }
+        destination.report_fatal("xdt-central", &format!("{e:#}"));
         std::process::exit(1);
     }
 }
 
 fn config(cli: Cli) -> Result<Config> {
-    let token_file = match (cli.token_file, std::env::var_os("CREDENTIALS_DIRECTORY")) {
-        (Some(path), _) => path,
-        (None, Some(dir)) => Path::new(&dir).join("token"),
-        (None, None) => anyhow::bail!(
-            "no token: pass --token-file (XDT_TOKEN_FILE) or a systemd credential named token"
-        ),
-    };
+    let token_file = xdt_systemd::credential(
+        cli.token_file.as_deref(),
+        "token",
+        "--token-file (XDT_TOKEN_FILE)",
+    )
+    .map_err(anyhow::Error::msg)?;
     let token = Token::from_file(&token_file)?;
     let mut config = Config::new(token);
     config.telemetry_listen = cli.telemetry_listen;
@@ -211,11 +207,7 @@ async fn reload_on_hangup(argv: Vec<OsString>, mut running: Config, notifier: No
 }
 
 fn reread(argv: &[OsString]) -> Result<(logging::Level, Config)> {
-    let cli = Cli::try_parse_from(argv).context("the command line")?;
-    let cli = match &cli.config {
-        Some(path) => config_file::reparse::<Cli>(argv, path, "XDT_CONFIG")?,
-        None => cli,
-    };
+    let cli: Cli = config_file::parse_from(argv, |c: &Cli| c.config.as_deref(), "XDT_CONFIG")?;
     let level = cli.log_level;
     Ok((level, config(cli)?))
 }

@@ -4,7 +4,7 @@
 //! double quotes). A file turns into command-line arguments placed before the real ones, so the
 //! command line wins over the file, and the file over the environment.
 //!
-//! The daemon re-reads the file at SIGHUP with [`reparse`]; a bad file is refused whole with the
+//! The daemon re-reads the file at SIGHUP with [`parse_from`]; a bad file is refused whole with the
 //! line and key named, and the running configuration stays as it was.
 
 use std::{
@@ -117,20 +117,25 @@ pub fn parse<P: clap::Parser>(
     config_key: &str,
 ) -> Result<P, Error> {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let first = P::try_parse_from(&argv).map_err(Error::Arguments)?;
+    parse_from(&argv, config_path, config_key)
+}
+
+/// [`parse`] from `argv` (the command line the process started with), with the config file's
+/// current content: what start-up and a reload both do.
+pub fn parse_from<P: clap::Parser>(
+    argv: &[OsString],
+    config_path: impl Fn(&P) -> Option<&Path>,
+    config_key: &str,
+) -> Result<P, Error> {
+    let first = P::try_parse_from(argv).map_err(Error::Arguments)?;
     match config_path(&first) {
         None => Ok(first),
-        Some(path) => reparse(&argv, path, config_key),
+        Some(path) => reparse(argv, path, config_key),
     }
 }
 
-/// Parses `P` again from `argv` (the command line the process started with) with the current
-/// content of the config file at `path`: what a reload does.
-pub fn reparse<P: clap::Parser>(
-    argv: &[OsString],
-    path: &Path,
-    config_key: &str,
-) -> Result<P, Error> {
+/// Parses `P` from `argv` with the config file at `path` underneath.
+fn reparse<P: clap::Parser>(argv: &[OsString], path: &Path, config_key: &str) -> Result<P, Error> {
     let command = P::command();
     let from_file = arguments(&command, path, config_key)?;
     let mut combined = Vec::with_capacity(argv.len() + from_file.len());
@@ -218,7 +223,7 @@ mod tests {
         let f = file(
             "# agent\n\nT_CENTRAL=\"10.0.0.1:50051\"\n; comment\nT_INTERVAL = 2.5\nT_NO_STEER=yes\n",
         );
-        let args: Args = reparse(&argv(&[]), &f.0, "T_CONFIG").expect("parse");
+        let args: Args = reparse::<Args>(&argv(&[]), &f.0, "T_CONFIG").expect("parse");
         assert_eq!(args.central, "10.0.0.1:50051");
         assert!((args.interval - 2.5).abs() < f64::EPSILON);
         assert!(args.no_steer);

@@ -7,7 +7,24 @@
 //!   no-ops outside systemd.
 //! - [`config_file`]: a `KEY=VALUE` file of the daemon's environment variable names (the
 //!   syntax of systemd's `EnvironmentFile=`), read at start and again at SIGHUP.
+//! - [`credential`]: where a secret file is, from its flag or systemd's `LoadCredential=`.
 
 pub mod config_file;
 pub mod logging;
 pub mod notify;
+
+/// The file of the credential `name`: `explicit` (its flag) if given, else
+/// `$CREDENTIALS_DIRECTORY/NAME` (systemd's `LoadCredential=NAME:...`).
+pub fn credential(
+    explicit: Option<&std::path::Path>,
+    name: &str,
+    flag: &str,
+) -> Result<std::path::PathBuf, String> {
+    match (explicit, std::env::var_os("CREDENTIALS_DIRECTORY")) {
+        (Some(path), _) => Ok(path.to_owned()),
+        (None, Some(dir)) => Ok(std::path::Path::new(&dir).join(name)),
+        (None, None) => Err(format!(
+            "no {name}: pass {flag} or a systemd credential named {name}"
+        )),
+    }
+}

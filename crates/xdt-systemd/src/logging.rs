@@ -86,6 +86,17 @@ pub fn init(identifier: &str, level: Level, fields: &[(&str, &str)]) -> Destinat
     Destination::Stderr
 }
 
+impl Destination {
+    /// Reports the error that ends the process: a journal record, or `PROGRAM: error: ...` on
+    /// stderr.
+    pub fn report_fatal(self, program: &str, error: &dyn std::fmt::Display) {
+        match self {
+            Self::Journal => log::error!("{error}"),
+            Self::Stderr => eprintln!("{program}: error: {error}"),
+        }
+    }
+}
+
 /// Changes the level at run time (a reload); records below it are no longer formatted.
 pub fn set_level(level: Level) {
     log::set_max_level(level.into());
