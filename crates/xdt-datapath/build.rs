@@ -9,6 +9,9 @@
 //!   (packagers, Nix): nothing is compiled.
 //! - `XDT_BPF_RUSTC`, `XDT_BPF_CARGO`: the compiler and cargo to use (default /usr/bin/rustc,
 //!   /usr/bin/cargo).
+//! - `XDT_BPF_RUST_SRC`: the standard library's source (its `library` directory) when the
+//!   compiler's sysroot has none, as with Nix's rustc and rustPlatform.rustLibSrc (the flake's
+//!   dev shell sets it).
 use std::{
     env,
     path::{Path, PathBuf},
@@ -36,7 +39,12 @@ fn main() {
         println!("cargo::rerun-if-changed={}", path.display());
     }
     println!("cargo::rerun-if-changed={}", common.join("src").display());
-    for var in ["XDT_PROBE_DIR", "XDT_BPF_RUSTC", "XDT_BPF_CARGO"] {
+    for var in [
+        "XDT_PROBE_DIR",
+        "XDT_BPF_RUSTC",
+        "XDT_BPF_CARGO",
+        "XDT_BPF_RUST_SRC",
+    ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
 
@@ -61,11 +69,21 @@ fn build_probe(bpf: &Path) -> PathBuf {
             "no Rust compiler at {rustc} (it needs one with the standard library source): {SETUP}"
         )),
     };
-    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-        fail(&format!(
-            "{rustc} has no standard library source (rust-src), which -Z build-std=core needs: \
-             {SETUP}"
-        ));
+    let rust_src = env::var_os("XDT_BPF_RUST_SRC").map(PathBuf::from);
+    let library = rust_src
+        .clone()
+        .unwrap_or_else(|| sysroot.join("lib/rustlib/src/rust/library"));
+    if !library.join("core").is_dir() {
+        fail(&match &rust_src {
+            Some(library) => format!(
+                "XDT_BPF_RUST_SRC={} is not the standard library's source (no core/ in it)",
+                library.display()
+            ),
+            None => format!(
+                "{rustc} has no standard library source (rust-src), which -Z build-std=core \
+                 needs: {SETUP}"
+            ),
+        });
     }
     if Command::new(&cargo).arg("--version").output().is_err() {
         fail(&format!("no cargo at {cargo}: {SETUP}"));
@@ -107,6 +125,10 @@ fn build_probe(bpf: &Path) -> PathBuf {
         if !keep && (key.starts_with("CARGO") || key.starts_with("RUST")) {
             command.env_remove(&key);
         }
+    }
+    // cargo's build-std takes the library's source from here instead of the sysroot.
+    if let Some(library) = &rust_src {
+        command.env("__CARGO_TESTS_ONLY_SRC_ROOT", library);
     }
     let status = command
         .current_dir(bpf)

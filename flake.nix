@@ -1,0 +1,233 @@
+{
+  description = "xdt: XDP packet telemetry (Rust probe, capability-less agent, central server) with a NixOS module";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs = { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      # XDP and AF_XDP are Linux's.
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: lib.genAttrs systems (system: f (import nixpkgs {
+        inherit system;
+        overlays = [ self.overlays.default ];
+      }));
+
+      version = (lib.importTOML ./Cargo.toml).workspace.package.version;
+
+      # The host workspace and everything its build scripts read (ui/ is embedded into central,
+      # bpf/ is compiled by xdt-probe), the unit files; no target/ directories, docs or VM tests.
+      src = lib.fileset.toSource {
+        root = ./.;
+        fileset = lib.fileset.unions [
+          ./Cargo.toml
+          ./Cargo.lock
+          ./crates
+          ./bpf/Cargo.toml
+          ./bpf/Cargo.lock
+          ./bpf/src
+          ./ui
+          ./systemd
+        ];
+      };
+
+      # The XDP probe: bpf/ for bpfel-unknown-none with `-Z build-std=core`, which needs the
+      # standard library's source (rustPlatform.rustLibSrc) and the crates it depends on, so both
+      # lock files are vendored: bpf/Cargo.lock and the library's own.
+      # Reading the library's lock file is an import from derivation (rustLibSrc is built).
+      probe =
+        { lib, stdenv, rustPlatform, rustc, cargo, bpf-linker }:
+        let
+          vendored = [
+            (rustPlatform.importCargoLock { lockFile = ./bpf/Cargo.lock; })
+            (rustPlatform.importCargoLock { lockFile = "${rustPlatform.rustLibSrc}/Cargo.lock"; })
+          ];
+        in
+        stdenv.mkDerivation {
+          pname = "xdt-probe";
+          inherit version src;
+          nativeBuildInputs = [ rustc cargo bpf-linker ];
+          env = {
+            # build-std is unstable; stable rustc allows it with RUSTC_BOOTSTRAP.
+            RUSTC_BOOTSTRAP = "1";
+            # Where cargo's build-std finds the library (a sysroot without rust-src otherwise).
+            __CARGO_TESTS_ONLY_SRC_ROOT = "${rustPlatform.rustLibSrc}";
+            CARGO_TARGET_DIR = "target";
+          };
+          buildPhase = ''
+            runHook preBuild
+            export CARGO_HOME="$TMPDIR/cargo-home"
+            mkdir -p "$CARGO_HOME" "$TMPDIR/vendor"
+            for crate in ${lib.concatMapStringsSep " " (v: "${v}/*") vendored}; do
+              ln -sfn "$crate" "$TMPDIR/vendor/$(basename "$crate")"
+            done
+            cat > "$CARGO_HOME/config.toml" <<EOF
+            [source.crates-io]
+            replace-with = "vendored"
+            [source.vendored]
+            directory = "$TMPDIR/vendor"
+            EOF
+            (cd bpf && cargo build --offline --locked --release \
+              --target bpfel-unknown-none -Z build-std=core)
+            runHook postBuild
+          '';
+          installPhase = ''
+            runHook preInstall
+            for object in xdt bench-pass bench-lpm demo-counter; do
+              install -Dm444 "bpf/target/bpfel-unknown-none/release/$object" "$out/$object"
+            done
+            runHook postInstall
+          '';
+          meta = {
+            description = "The xdt XDP probe and its benchmark baselines (BPF objects)";
+            license = [ lib.licenses.mit lib.licenses.asl20 ];
+            platforms = lib.platforms.linux;
+          };
+        };
+
+      # The binaries (xdt, xdt-agent, xdt-central, xdt-service-health) with the probe built in,
+      # and the unit files of systemd/ with their paths pointed into the store.
+      xdt =
+        { lib, rustPlatform, coreutils, xdt-probe }:
+        rustPlatform.buildRustPackage {
+          pname = "xdt";
+          inherit version src;
+          cargoLock.lockFile = ./Cargo.lock;
+          cargoBuildFlags = [ "--workspace" "--bins" ];
+          # xdt-datapath's build script takes the prebuilt objects instead of compiling bpf/.
+          env.XDT_PROBE_DIR = "${xdt-probe}";
+          # The tests are checks.<system>.cargo-test (most need root, which a build has not).
+          doCheck = false;
+          postInstall = ''
+            install -Dm444 -t "$out/lib/systemd/system" systemd/*.service
+            for unit in "$out"/lib/systemd/system/*.service; do
+              substituteInPlace "$unit" \
+                --replace-quiet /usr/bin/ "$out/bin/" \
+                --replace-quiet /bin/kill ${coreutils}/bin/kill
+            done
+            mkdir -p "$out/share/xdt"
+            cp -r ui "$out/share/xdt/ui"
+          '';
+          passthru.probe = xdt-probe;
+          meta = {
+            description = "XDP packet telemetry: probe, agent, central server, dashboard";
+            license = [ lib.licenses.mit lib.licenses.asl20 ];
+            platforms = lib.platforms.linux;
+            mainProgram = "xdt";
+          };
+        };
+    in
+    {
+      overlays.default = final: _prev: {
+        xdt-probe = final.callPackage probe { };
+        xdt = final.callPackage xdt { };
+      };
+
+      packages = forAllSystems (pkgs: {
+        inherit (pkgs) xdt xdt-probe;
+        default = pkgs.xdt;
+      });
+
+      # `sudo nix run .#demo`: the throw-away lab of `xdt demo` (network namespaces, needs root).
+      apps = forAllSystems (pkgs: {
+        demo = {
+          type = "app";
+          program = lib.getExe (pkgs.writeShellApplication {
+            name = "xdt-demo";
+            runtimeInputs = [ pkgs.xdt pkgs.iproute2 pkgs.iputils pkgs.util-linux pkgs.curl ];
+            text = ''exec xdt demo "$@"'';
+          });
+          meta.description = "A throw-away lab in network namespaces with live telemetry";
+        };
+        default = self.apps.${pkgs.stdenv.hostPlatform.system}.demo;
+      });
+
+      nixosModules.default = { lib, pkgs, ... }: {
+        imports = [ ./nixos-modules/xdt.nix ];
+        services.xdt.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.xdt;
+      };
+
+      checks = forAllSystems (pkgs:
+        let
+          inherit (pkgs) xdt;
+          nixFiles = lib.fileset.toSource {
+            root = ./.;
+            fileset = lib.fileset.fileFilter (file: file.hasExt "nix") ./.;
+          };
+        in
+        {
+          package = xdt;
+          probe = pkgs.xdt-probe;
+
+          # The tests that need no root: the root-only ones report themselves skipped.
+          cargo-test = xdt.overrideAttrs (old: {
+            pname = "xdt-cargo-test";
+            doCheck = true;
+            nativeCheckInputs = (old.nativeCheckInputs or [ ]) ++ [
+              pkgs.prometheus # promtool
+              pkgs.systemd # systemd-analyze
+              (pkgs.python3.withPackages (ps: [ ps.opentelemetry-proto ]))
+            ];
+            cargoTestFlags = [ "--workspace" ];
+            # Each needs something a build sandbox has not: Nix itself, a checkout of nixpkgs'
+            # lib, or root with qemu.
+            checkFlags = [
+              "--skip=every_nix_file_parses"
+              "--skip=nix_files_are_formatted"
+              "--skip=the_module_evaluates"
+            ];
+          });
+
+          clippy = xdt.overrideAttrs (old: {
+            pname = "xdt-clippy";
+            nativeBuildInputs = old.nativeBuildInputs ++ [ pkgs.clippy ];
+            buildPhase = ''
+              runHook preBuild
+              cargo clippy --offline --workspace --all-targets -- -D warnings
+              runHook postBuild
+            '';
+            installPhase = "touch $out";
+            doCheck = false;
+          });
+
+          rustfmt = pkgs.runCommand "xdt-rustfmt" { nativeBuildInputs = [ pkgs.rustfmt ]; } ''
+            cd ${src}
+            find crates bpf/src -name '*.rs' -not -path '*/target/*' -print0 \
+              | xargs -0 rustfmt --edition 2024 --check
+            touch $out
+          '';
+
+          nix-format = pkgs.runCommand "xdt-nix-format" { nativeBuildInputs = [ pkgs.nixpkgs-fmt ]; } ''
+            nixpkgs-fmt --check ${nixFiles}
+            touch $out
+          '';
+
+          # The appliance under real systemd: three NixOS VMs running vm-tests/scenario.py.
+          vm = pkgs.testers.runNixOSTest (import ./vm-tests/nixos.nix { inherit self; });
+        });
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ pkgs.xdt ];
+          packages = [
+            pkgs.bpf-linker
+            pkgs.bpftool
+            pkgs.clippy
+            pkgs.rustfmt
+            pkgs.rust-analyzer
+            pkgs.iproute2
+            pkgs.prometheus
+            pkgs.nixpkgs-fmt
+            (pkgs.python3.withPackages (ps: [ ps.opentelemetry-proto ]))
+          ];
+          # crates/xdt-datapath/build.rs compiles bpf/ with these (docs/building.md).
+          XDT_BPF_RUSTC = "${pkgs.rustc}/bin/rustc";
+          XDT_BPF_CARGO = "${pkgs.cargo}/bin/cargo";
+          XDT_BPF_RUST_SRC = "${pkgs.rustPlatform.rustLibSrc}";
+          RUST_SRC_PATH = "${pkgs.rustPlatform.rustLibSrc}";
+        };
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixpkgs-fmt);
+    };
+}

@@ -1,0 +1,466 @@
+# services.xdt: the xdt appliance on NixOS.
+#
+# It runs the unit files shipped in the package (systemd/ of the source tree, the single source
+# of hardening) through systemd.packages, and adds only drop-ins: which instances start, the
+# token's path, the attach mode, restart and reload triggers. Options land where the Debian
+# install keeps them: /etc/xdt/agent.conf, /etc/xdt/central.conf (KEY=VALUE with the flags'
+# environment names), /etc/xdt/rules/IF.rules, /etc/xdt/service-health.env.
+# docs/nixos.md is the guide.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib)
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    mkPackageOption
+    literalExpression
+    types
+    ;
+
+  cfg = config.services.xdt;
+  agentCfg = cfg.agent;
+  centralCfg = cfg.central;
+  healthCfg = cfg.serviceHealth;
+
+  # Values of a KEY=VALUE file (systemd's EnvironmentFile= syntax, read by `--config`).
+  settingValue = types.oneOf [ types.bool types.int (types.strMatching "[^\n]*") ];
+  renderValue = v: if v == true then "true" else if v == false then "false" else toString v;
+  renderSettings = what: settings:
+    lib.concatStrings (
+      [ "# ${what}: written by the services.xdt NixOS module.\n" ]
+      ++ lib.mapAttrsToList (k: v: "${k}=${renderValue v}\n") (
+        lib.filterAttrs (_: v: v != null) settings
+      )
+    );
+
+  # An address and a port as the daemons take them: IPv6 addresses in brackets.
+  hostPort = address: port:
+    if lib.hasInfix ":" address then "[${address}]:${toString port}" else "${address}:${toString port}";
+
+  listenOption = what: address: port: {
+    address = mkOption {
+      type = types.str;
+      default = address;
+      example = "::";
+      description = "Address ${what} listens on (`::` or `0.0.0.0` for every address).";
+    };
+    port = mkOption {
+      type = types.port;
+      default = port;
+      description = "TCP port ${what} listens on.";
+    };
+  };
+
+  # Interface names the kernel takes (at most 15 bytes, no slash or blank), and units can carry.
+  validInterface = name: builtins.match "[A-Za-z0-9_.-]{1,15}" name != null && name != "." && name != "..";
+  # The template units' instance names: systemd escapes `-` (the units use %I for the name).
+  instance = name: lib.replaceStrings [ "-" ] [ "\\x2d" ] name;
+
+  # One rule of docs/rules.md. Checked here for shape, and the whole file by `xdt rules check`
+  # when the system is built, so a bad rule fails nixos-rebuild, not the boot.
+  ruleType = types.submodule {
+    options = {
+      label = mkOption {
+        type = types.strMatching "[A-Za-z0-9_.:-]{1,60}";
+        description = "Name the matching packets are counted under; several rules may share one.";
+      };
+      src = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "192.0.2.0/24";
+        description = "Source prefix (`ADDR/LEN` or a bare address).";
+      };
+      dst = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "2001:db8::/32";
+        description = "Destination prefix (`ADDR/LEN` or a bare address).";
+      };
+      proto = mkOption {
+        type = types.nullOr (types.either (types.enum [ "tcp" "udp" "icmp" "icmpv6" ]) (types.ints.between 0 255));
+        default = null;
+        description = "Upper-layer protocol, after IPv6 extension headers.";
+      };
+      dport = mkOption {
+        type = types.nullOr (types.either types.port (types.strMatching "[0-9]{1,5}-[0-9]{1,5}"));
+        default = null;
+        example = "80-443";
+        description = "Destination port or inclusive range `N-M`; needs `proto` tcp or udp.";
+      };
+      priority = mkOption {
+        type = types.nullOr types.ints.unsigned;
+        default = null;
+        description = "Lower matches first (the file's default is 100); ties go to the earlier rule.";
+      };
+      action = mkOption {
+        type = types.strMatching "count|drop|steer|sample [1-9][0-9]*";
+        default = "count";
+        example = "sample 100";
+        description = ''
+          `count`; `sample N` (one metadata event per N matching packets and CPU); `drop`
+          (XDP_DROP after counting); `steer` (through the agent's AF_XDP socket, re-injected, and
+          passed on when no live agent takes it).
+        '';
+      };
+    };
+  };
+
+  renderRule = r:
+    lib.concatStringsSep " " (
+      [ r.label ]
+      ++ lib.optionals (r.src != null) [ "src" r.src ]
+      ++ lib.optionals (r.dst != null) [ "dst" r.dst ]
+      ++ lib.optionals (r.proto != null) [ "proto" (toString r.proto) ]
+      ++ lib.optionals (r.dport != null) [ "dport" (toString r.dport) ]
+      ++ lib.optionals (r.priority != null) [ "priority" (toString r.priority) ]
+      ++ lib.optionals (r.action != "count") [ "action" r.action ]
+    );
+
+  rulesText = name: icfg:
+    lib.concatStrings (
+      [ "# Rules of ${name}: written by the services.xdt NixOS module (docs/rules.md).\n" ]
+      ++ map (r: renderRule r + "\n") icfg.rules
+      ++ lib.optional (icfg.extraRules != "") icfg.extraRules
+    );
+
+  # The rendered file, refused at build time if `xdt rules check` refuses it (it runs unprivileged
+  # and reads nothing but the file). Skipped when the package cannot run on the build machine.
+  checkedRules = name: icfg:
+    let
+      text = rulesText name icfg;
+      canRun = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
+    in
+    pkgs.runCommand "xdt-${name}.rules" { inherit text; passAsFile = [ "text" ]; } (
+      if canRun then ''
+        cp "$textPath" "$out"
+        ${cfg.package}/bin/xdt rules check "$out"
+      '' else ''
+        cp "$textPath" "$out"
+      ''
+    );
+
+  agentSettings = {
+    XDT_CENTRAL = agentCfg.central;
+    XDT_AGENT_ID = agentCfg.agentId;
+  } // agentCfg.settings;
+  agentConf = renderSettings "xdt-agent" agentSettings;
+
+  centralSettings = {
+    XDT_HTTP_LISTEN = hostPort centralCfg.http.address centralCfg.http.port;
+    XDT_TELEMETRY_LISTEN = hostPort centralCfg.telemetry.address centralCfg.telemetry.port;
+    XDT_OTLP_ENDPOINT = centralCfg.otlpEndpoint;
+  } // centralCfg.settings;
+  centralConf = renderSettings "xdt-central" centralSettings;
+
+  # Keys the module sets itself, or that are per instance, or that would bypass the credential.
+  reservedAgentKeys = [ "XDT_CONFIG" "XDT_INTERFACE" "XDT_TOKEN_FILE" ];
+  reservedCentralKeys = [ "XDT_CONFIG" "XDT_TOKEN_FILE" ];
+  reservedIn = keys: settings: lib.filter (k: settings ? ${k}) keys;
+
+  # The units read the token as the credential `token`; the drop-in replaces its source.
+  tokenCredential = file: [ "" "token:${file}" ];
+
+  tokenAssertions = name: opt: file: [
+    {
+      assertion = file != null;
+      message = ''
+        services.xdt.${name}.tokenFile is not set: ${opt} needs the file holding the shared token
+        that central and its agents authenticate with (for example a secret deployed to
+        /run/keys/xdt-token, readable by root only).
+      '';
+    }
+    {
+      assertion = file == null || lib.hasPrefix "/" file;
+      message = "services.xdt.${name}.tokenFile must be an absolute path, not \"${toString file}\".";
+    }
+  ];
+
+  # Steered packets come back into the host stack through the agent's re-entry veth pairs
+  # (xdt<ifindex>a/h), with the client's source address: a strict reverse-path check drops them.
+  steering = agentCfg.enable && !(agentCfg.settings.XDT_NO_STEER or false)
+    && (agentCfg.settings.XDT_EGRESS or null) == null;
+  firewall = config.networking.firewall;
+  rpfilterExemption = steering && firewall.enable && firewall.checkReversePath != false;
+
+  kernelVersion = config.boot.kernelPackages.kernel.version;
+  badInterfaces = lib.filter (n: !validInterface n) (lib.attrNames agentCfg.interfaces);
+  rulesFiles = lib.mapAttrs checkedRules agentCfg.interfaces;
+  healthEnv = "XDT_SERVICE_LISTEN=${hostPort healthCfg.listen.address healthCfg.listen.port}\n";
+in
+{
+  options.services.xdt = {
+    enable = mkEnableOption "xdt, XDP packet telemetry (pick the roles below)";
+
+    package = mkPackageOption pkgs "xdt" { };
+
+    agent = {
+      enable = mkEnableOption "the xdt probe and agent on `services.xdt.agent.interfaces`";
+
+      interfaces = mkOption {
+        type = types.attrsOf (types.submodule {
+          options = {
+            rules = mkOption {
+              type = types.listOf ruleType;
+              default = [ ];
+              example = literalExpression ''
+                [
+                  { label = "dns"; proto = "udp"; dport = 53; action = "sample 100"; }
+                  { label = "web"; proto = "tcp"; dport = "80-443"; action = "steer"; }
+                ]
+              '';
+              description = ''
+                Rules of this interface, in order (docs/rules.md). Rendered to
+                /etc/xdt/rules/IF.rules and checked with `xdt rules check` when the system is
+                built; a change is applied by `nixos-rebuild switch` as an atomic reload.
+              '';
+            };
+            extraRules = mkOption {
+              type = types.lines;
+              default = "";
+              example = "blocked src 192.0.2.0/24 action drop priority 1";
+              description = "Rule lines in the file's own syntax, after `rules`.";
+            };
+            mode = mkOption {
+              type = types.enum [ "auto" "native" "generic" ];
+              default = agentCfg.mode;
+              defaultText = literalExpression "config.services.xdt.agent.mode";
+              description = "XDP attach mode of this interface.";
+            };
+          };
+        });
+        default = { };
+        example = literalExpression ''{ eth1.rules = [ { label = "web"; proto = "tcp"; dport = 443; } ]; }'';
+        description = ''
+          Interfaces to attach the probe to, each with its rules: one `xdt-attach@IF` and one
+          `xdt-agent@IF` unit per interface.
+        '';
+      };
+
+      mode = mkOption {
+        type = types.enum [ "auto" "native" "generic" ];
+        default = "auto";
+        description = ''
+          XDP attach mode: `native` (driver) where the driver supports it with `auto`, `generic`
+          (slower, every interface) otherwise.
+        '';
+      };
+
+      central = mkOption {
+        type = types.str;
+        example = "central.example.org:50051";
+        description = "Central's telemetry address, HOST:PORT.";
+      };
+
+      agentId = mkOption {
+        type = types.nullOr (types.strMatching "[^\n]+");
+        default = if config.networking.hostName == "" then null else config.networking.hostName;
+        defaultText = literalExpression "config.networking.hostName";
+        description = ''
+          This node's name at central. `null` leaves it to the agent, which takes the host
+          name at run time.
+        '';
+      };
+
+      tokenFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/keys/xdt-token";
+        description = ''
+          File holding the shared token (kept out of the Nix store: give a path as a string).
+          The agent reads it as the systemd credential `token`.
+        '';
+      };
+
+      settings = mkOption {
+        type = types.submodule { freeformType = types.attrsOf (types.nullOr settingValue); };
+        default = { };
+        example = { XDT_INTERVAL = 5; XDT_XSK_MODE = "copy"; XDT_LOG_LEVEL = "debug"; };
+        description = ''
+          Further options of /etc/xdt/agent.conf: the environment names of `xdt-agent`'s flags
+          (`xdt-agent --help`); `null` leaves one out. The agent refuses unknown keys and bad
+          values at start, naming the line. A change restarts the agents.
+        '';
+      };
+    };
+
+    central = {
+      enable = mkEnableOption "the xdt central server (telemetry, dashboard, /metrics, OTLP)";
+
+      http = listenOption "the dashboard, /metrics.json, /metrics and /healthz" "127.0.0.1" 8080;
+      telemetry = listenOption "agents' telemetry" "0.0.0.0" 50051;
+
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the telemetry and HTTP ports in the firewall.";
+      };
+
+      tokenFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/keys/xdt-token";
+        description = "File holding the shared token the agents must present (outside the store).";
+      };
+
+      otlpEndpoint = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "http://127.0.0.1:4318";
+        description = "OpenTelemetry collector to push metrics to over OTLP/HTTP.";
+      };
+
+      settings = mkOption {
+        type = types.submodule { freeformType = types.attrsOf (types.nullOr settingValue); };
+        default = { };
+        example = { XDT_RECENT_EVENTS = 1024; XDT_OTLP_INTERVAL = 30; };
+        description = ''
+          Further options of /etc/xdt/central.conf: the environment names of `xdt-central`'s
+          flags (`xdt-central --help`). A change restarts central.
+        '';
+      };
+    };
+
+    serviceHealth = {
+      enable = mkEnableOption "xdt-service-health, the sample HTTP service (/healthz, /echo) the demo steers";
+      listen = listenOption "the sample service" "::" 8081;
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the sample service's port in the firewall.";
+      };
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = agentCfg.enable || centralCfg.enable || healthCfg.enable;
+          message = ''
+            services.xdt.enable is set but no role is: enable services.xdt.agent,
+            services.xdt.central or services.xdt.serviceHealth.
+          '';
+        }
+      ];
+      environment.systemPackages = [ cfg.package ];
+      systemd.packages = [ cfg.package ];
+    }
+
+    (mkIf agentCfg.enable {
+      assertions = [
+        {
+          assertion = agentCfg.interfaces != { };
+          message = ''
+            services.xdt.agent.enable is set without an interface: name at least one in
+            services.xdt.agent.interfaces (for example `interfaces.eth0.rules = [ ];`).
+          '';
+        }
+        {
+          assertion = reservedIn reservedAgentKeys agentCfg.settings == [ ];
+          message = ''
+            services.xdt.agent.settings sets ${lib.concatStringsSep ", " (reservedIn reservedAgentKeys agentCfg.settings)}:
+            the module sets the config file and the interface per instance, and the token comes from
+            services.xdt.agent.tokenFile.
+          '';
+        }
+        {
+          assertion = lib.versionAtLeast kernelVersion "5.9";
+          message = ''
+            xdt needs Linux 5.9 or later (BPF ring buffer, CAP_BPF, bpf_link for XDP); this
+            system's kernel is ${kernelVersion} (boot.kernelPackages).
+          '';
+        }
+        {
+          assertion = lib.versionAtLeast kernelVersion "5.19" || (agentCfg.settings.XDT_KEEP_CAPABILITIES or false);
+          message = ''
+            Linux ${kernelVersion} is too old for the capability-less agent: reading maps through
+            held descriptors without CAP_BPF needs 5.19. Use a newer boot.kernelPackages, or set
+            services.xdt.agent.settings.XDT_KEEP_CAPABILITIES = true to keep the agent's
+            capabilities after setup.
+          '';
+        }
+        {
+          assertion = badInterfaces == [ ];
+          message = ''
+            services.xdt.agent.interfaces: ${lib.concatMapStringsSep ", " (n: "\"${n}\"") badInterfaces}
+            is not an interface name (1-15 of A-Z a-z 0-9 _ . -).
+          '';
+        }
+      ] ++ tokenAssertions "agent" "the agent" agentCfg.tokenFile;
+
+      environment.etc = {
+        "xdt/agent.conf".text = agentConf;
+      } // lib.mapAttrs'
+        (name: icfg:
+          lib.nameValuePair "xdt/rules/${name}.rules" {
+            source = rulesFiles.${name};
+            # A copy, not a link into the store: `xdt rules load` and operators may edit it in place
+            # until the next switch.
+            mode = "0644";
+          })
+        agentCfg.interfaces;
+
+      systemd.services = lib.mkMerge (lib.mapAttrsToList
+        (name: icfg: {
+          "xdt-attach@${instance name}" = {
+            overrideStrategy = "asDropin";
+            wantedBy = [ "multi-user.target" ];
+            environment.XDT_ATTACH_MODE = icfg.mode;
+            # New rules are a reload: atomic, counters kept, the agent reloads with it.
+            reloadTriggers = [ rulesFiles.${name} ];
+          };
+          "xdt-agent@${instance name}" = {
+            overrideStrategy = "asDropin";
+            wantedBy = [ "multi-user.target" ];
+            serviceConfig.LoadCredential = tokenCredential agentCfg.tokenFile;
+            restartTriggers = [ agentConf agentCfg.tokenFile ];
+          };
+        })
+        agentCfg.interfaces);
+
+      # The re-entry pairs' host ends pass the firewall's reverse-path check (the agent already
+      # turns the kernel's rp_filter off on them).
+      networking.firewall.extraReversePathFilterRules = mkIf (rpfilterExemption && firewall.backend == "nftables") ''
+        iifname "xdt*" accept comment "xdt re-entry pairs: steered packets re-injected"
+      '';
+      networking.firewall.extraCommands = mkIf (rpfilterExemption && firewall.backend == "iptables") ''
+        ip46tables -t mangle -I nixos-fw-rpfilter -i xdt+ -j RETURN
+      '';
+    })
+
+    (mkIf centralCfg.enable {
+      assertions = tokenAssertions "central" "central" centralCfg.tokenFile ++ [
+        {
+          assertion = reservedIn reservedCentralKeys centralCfg.settings == [ ];
+          message = ''
+            services.xdt.central.settings sets ${lib.concatStringsSep ", " (reservedIn reservedCentralKeys centralCfg.settings)}:
+            the module sets the config file, and the token comes from services.xdt.central.tokenFile.
+          '';
+        }
+      ];
+      environment.etc."xdt/central.conf".text = centralConf;
+      systemd.services.xdt-central = {
+        overrideStrategy = "asDropin";
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig.LoadCredential = tokenCredential centralCfg.tokenFile;
+        restartTriggers = [ centralConf centralCfg.tokenFile ];
+      };
+      networking.firewall.allowedTCPPorts = mkIf centralCfg.openFirewall [
+        centralCfg.http.port
+        centralCfg.telemetry.port
+      ];
+    })
+
+    (mkIf healthCfg.enable {
+      environment.etc."xdt/service-health.env".text = healthEnv;
+      systemd.services.xdt-service-health = {
+        overrideStrategy = "asDropin";
+        wantedBy = [ "multi-user.target" ];
+        restartTriggers = [ healthEnv ];
+      };
+      networking.firewall.allowedTCPPorts = mkIf healthCfg.openFirewall [ healthCfg.listen.port ];
+    })
+  ]);
+}
