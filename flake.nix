@@ -105,6 +105,11 @@
                 --replace-quiet /usr/bin/ "$out/bin/" \
                 --replace-quiet /bin/kill ${coreutils}/bin/kill
             done
+            # Every command of the units must now be in the store.
+            if grep -nE '(^|[=+-])/(usr/)?s?bin/' "$out"/lib/systemd/system/*.service; then
+              echo "unit files still name programs outside the store (above)" >&2
+              exit 1
+            fi
             mkdir -p "$out/share/xdt"
             cp -r ui "$out/share/xdt/ui"
           '';
@@ -169,6 +174,8 @@
               (pkgs.python3.withPackages (ps: [ ps.opentelemetry-proto ]))
             ];
             cargoTestFlags = [ "--workspace" ];
+            # One test at a time, as the README runs them.
+            dontUseCargoParallelTests = true;
             # Each needs something a build sandbox has not: Nix itself, a checkout of nixpkgs'
             # lib, or root with qemu.
             checkFlags = [
@@ -208,8 +215,9 @@
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
-          inputsFrom = [ pkgs.xdt ];
           packages = [
+            pkgs.rustc
+            pkgs.cargo
             pkgs.bpf-linker
             pkgs.bpftool
             pkgs.clippy
