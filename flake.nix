@@ -14,6 +14,8 @@
       }));
 
       version = (lib.importTOML ./Cargo.toml).workspace.package.version;
+      # The OTLP test's receiver decodes requests with the official protobufs.
+      otlpPython = pkgs: pkgs.python3.withPackages (ps: [ ps.opentelemetry-proto ]);
 
       # The host workspace and everything its build scripts read (ui/ is embedded into central,
       # bpf/ is compiled by xdt-probe), the unit files; no target/ directories, docs or VM tests.
@@ -171,7 +173,7 @@
             nativeCheckInputs = (old.nativeCheckInputs or [ ]) ++ [
               pkgs.prometheus # promtool
               pkgs.systemd # systemd-analyze
-              (pkgs.python3.withPackages (ps: [ ps.opentelemetry-proto ]))
+              (otlpPython pkgs)
             ];
             cargoTestFlags = [ "--workspace" ];
             # One test at a time, as the README runs them.
@@ -226,7 +228,7 @@
             pkgs.iproute2
             pkgs.prometheus
             pkgs.nixpkgs-fmt
-            (pkgs.python3.withPackages (ps: [ ps.opentelemetry-proto ]))
+            (otlpPython pkgs)
           ];
           # crates/xdt-datapath/build.rs compiles bpf/ with these (docs/building.md).
           XDT_BPF_RUSTC = "${pkgs.rustc}/bin/rustc";

@@ -53,6 +53,28 @@ let
     };
   };
 
+  tokenFileOption = who: mkOption {
+    type = types.nullOr types.str;
+    default = null;
+    example = "/run/keys/xdt-token";
+    description = ''
+      File holding the shared token (kept out of the Nix store: give a path as a string).
+      ${who} reads it as the systemd credential `token`.
+    '';
+  };
+
+  # RFC 42 settings: the environment names of the daemon's flags, in /etc/xdt/FILE.
+  settingsOption = daemon: file: example: mkOption {
+    type = types.submodule { freeformType = types.attrsOf (types.nullOr settingValue); };
+    default = { };
+    inherit example;
+    description = ''
+      Further options of /etc/xdt/${file}: the environment names of `${daemon}`'s flags
+      (`${daemon} --help`); `null` leaves one out. ${daemon} refuses unknown keys and bad values
+      at start, naming the line. A change restarts it.
+    '';
+  };
+
   # Interface names the kernel takes (at most 15 bytes, no slash or blank), and units can carry.
   validInterface = name: builtins.match "[A-Za-z0-9_.-]{1,15}" name != null && name != "." && name != "..";
   # The template units' instance names: systemd escapes `-` (the units use %I for the name).
@@ -133,11 +155,11 @@ let
       canRun = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
     in
     pkgs.runCommand "xdt-${name}.rules" { inherit text; passAsFile = [ "text" ]; } (
-      if canRun then ''
+      ''
         cp "$textPath" "$out"
+      ''
+      + lib.optionalString canRun ''
         ${cfg.package}/bin/xdt rules check "$out"
-      '' else ''
-        cp "$textPath" "$out"
       ''
     );
 
@@ -155,9 +177,15 @@ let
   centralConf = renderSettings "xdt-central" centralSettings;
 
   # Keys the module sets itself, or that are per instance, or that would bypass the credential.
-  reservedAgentKeys = [ "XDT_CONFIG" "XDT_INTERFACE" "XDT_TOKEN_FILE" ];
-  reservedCentralKeys = [ "XDT_CONFIG" "XDT_TOKEN_FILE" ];
-  reservedIn = keys: settings: lib.filter (k: settings ? ${k}) keys;
+  reservedKeysAssertion = role: keys: why:
+    let set = lib.filter (k: cfg.${role}.settings ? ${k}) keys; in
+    {
+      assertion = set == [ ];
+      message = ''
+        services.xdt.${role}.settings sets ${lib.concatStringsSep ", " set}:
+        ${why}
+      '';
+    };
 
   # The units read the token as the credential `token`; the drop-in replaces its source.
   tokenCredential = file: [ "" "token:${file}" ];
@@ -263,26 +291,9 @@ in
         '';
       };
 
-      tokenFile = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        example = "/run/keys/xdt-token";
-        description = ''
-          File holding the shared token (kept out of the Nix store: give a path as a string).
-          The agent reads it as the systemd credential `token`.
-        '';
-      };
+      tokenFile = tokenFileOption "The agent";
 
-      settings = mkOption {
-        type = types.submodule { freeformType = types.attrsOf (types.nullOr settingValue); };
-        default = { };
-        example = { XDT_INTERVAL = 5; XDT_XSK_MODE = "copy"; XDT_LOG_LEVEL = "debug"; };
-        description = ''
-          Further options of /etc/xdt/agent.conf: the environment names of `xdt-agent`'s flags
-          (`xdt-agent --help`); `null` leaves one out. The agent refuses unknown keys and bad
-          values at start, naming the line. A change restarts the agents.
-        '';
-      };
+      settings = settingsOption "xdt-agent" "agent.conf" { XDT_INTERVAL = 5; XDT_XSK_MODE = "copy"; XDT_LOG_LEVEL = "debug"; };
     };
 
     central = {
@@ -297,12 +308,7 @@ in
         description = "Open the telemetry and HTTP ports in the firewall.";
       };
 
-      tokenFile = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        example = "/run/keys/xdt-token";
-        description = "File holding the shared token the agents must present (outside the store).";
-      };
+      tokenFile = tokenFileOption "Central (checking the agents' token)";
 
       otlpEndpoint = mkOption {
         type = types.nullOr types.str;
@@ -311,15 +317,7 @@ in
         description = "OpenTelemetry collector to push metrics to over OTLP/HTTP.";
       };
 
-      settings = mkOption {
-        type = types.submodule { freeformType = types.attrsOf (types.nullOr settingValue); };
-        default = { };
-        example = { XDT_RECENT_EVENTS = 1024; XDT_OTLP_INTERVAL = 30; };
-        description = ''
-          Further options of /etc/xdt/central.conf: the environment names of `xdt-central`'s
-          flags (`xdt-central --help`). A change restarts central.
-        '';
-      };
+      settings = settingsOption "xdt-central" "central.conf" { XDT_RECENT_EVENTS = 1024; XDT_OTLP_INTERVAL = 30; };
     };
 
     serviceHealth = {
@@ -357,14 +355,9 @@ in
             services.xdt.agent.interfaces (for example `interfaces.eth0.rules = [ ];`).
           '';
         }
-        {
-          assertion = reservedIn reservedAgentKeys agentCfg.settings == [ ];
-          message = ''
-            services.xdt.agent.settings sets ${lib.concatStringsSep ", " (reservedIn reservedAgentKeys agentCfg.settings)}:
-            the module sets the config file and the interface per instance, and the token comes from
-            services.xdt.agent.tokenFile.
-          '';
-        }
+        (reservedKeysAssertion "agent" [ "XDT_CONFIG" "XDT_INTERFACE" "XDT_TOKEN_FILE" ] ''
+          the module sets the config file and the interface per instance, and the token comes from
+          services.xdt.agent.tokenFile.'')
         {
           assertion = lib.versionAtLeast kernelVersion "5.9";
           message = ''
@@ -432,13 +425,8 @@ in
 
     (mkIf centralCfg.enable {
       assertions = tokenAssertions "central" "central" centralCfg.tokenFile ++ [
-        {
-          assertion = reservedIn reservedCentralKeys centralCfg.settings == [ ];
-          message = ''
-            services.xdt.central.settings sets ${lib.concatStringsSep ", " (reservedIn reservedCentralKeys centralCfg.settings)}:
-            the module sets the config file, and the token comes from services.xdt.central.tokenFile.
-          '';
-        }
+        (reservedKeysAssertion "central" [ "XDT_CONFIG" "XDT_TOKEN_FILE" ] ''
+          the module sets the config file, and the token comes from services.xdt.central.tokenFile.'')
       ];
       environment.etc."xdt/central.conf".text = centralConf;
       systemd.services.xdt-central = {

@@ -17,16 +17,27 @@ pub fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
+    skip_outside_ci(
+        test,
+        "needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces); run the tests as root",
+    );
+    false
+}
+
+/// A test that cannot run for `reason` (no root, a missing tool): outside CI it says so and the
+/// caller returns; in CI (`CI` set) that is a failure of the CI setup, so it panics.
+pub fn skip_outside_ci(test: &str, reason: &str) {
     assert!(
         std::env::var_os("CI").is_none(),
-        "{test}: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces) and CI must run it as root"
+        "{test}: {reason}; CI must provide it"
     );
-    // Straight to file descriptor 2, past the test harness's output capture, so it is seen.
-    let line = format!(
-        "{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces); run the tests as root\n"
-    );
-    let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
-    false
+    say(&format!("{test}: skipped: {reason}"));
+}
+
+/// Prints `line` straight to file descriptor 2, past the test harness's output capture, so a
+/// skip is seen also when the test passes.
+pub fn say(line: &str) {
+    let _ = nix::unistd::write(std::io::stderr(), format!("{line}\n").as_bytes());
 }
 
 /// A name unique to this process and call, short enough for an interface (15 bytes).
