@@ -1,5 +1,7 @@
 //! The xdt XDP probe: counts every frame, labels IP packets by the first matching rule, samples
-//! metadata of `sample` rules into a ring buffer and drops only for `drop` rules.
+//! metadata of `sample` rules into a ring buffer, redirects packets of `steer` rules to the
+//! agent's AF_XDP socket (passing them when the agent cannot take them) and drops only for
+//! `drop` rules.
 //!
 //! It reads top to bottom like the packet: Ethernet, VLAN tags, IPv4 or IPv6 (extension headers,
 //! fragments), L4 ports, rule match, count, sample, verdict. Any frame the probe cannot follow is
@@ -504,6 +506,10 @@ fn steer(ctx: &XdpContext, counters: &mut Counters, rule: &Rule) -> u32 {
     // Packet pointers are invalid after adjust_meta: read them again.
     let meta = ctx.metadata();
     if meta + META_LEN as usize > ctx.data() {
+        // Unreachable after a successful adjust (the verifier needs the check): the packet
+        // still leaves as it came, without the metadata.
+        // SAFETY: as above; shrinking by what was added cannot fail.
+        unsafe { bpf_xdp_adjust_meta(ctx.ctx, META_LEN) };
         bump(counters, Counter::SteerFallbackPackets);
         return XDP_PASS;
     }

@@ -11,6 +11,8 @@ use crate::user_pod;
 
 pub const RULES_MAP: &str = "XDT_RULES";
 pub const CANDIDATES_MAP: &str = "XDT_CANDIDATES";
+/// Per rule slot (both generations), per CPU: matches of a `sample N` rule since its last event.
+pub const SAMPLE_HITS_MAP: &str = "XDT_SAMPLE_HITS";
 /// Default rule slots per generation (`xdt attach --max-rules` changes it).
 pub const DEFAULT_MAX_RULES: u32 = 4096;
 /// Most rules one address (or the wildcard list) can be a candidate for.

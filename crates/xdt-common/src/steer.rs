@@ -3,8 +3,8 @@
 //!
 //! Fail-open: the probe redirects a `steer` match only when all of these hold, and otherwise
 //! passes the packet to the kernel stack and counts it in `steer_fallback_packets`:
-//! - the lease in `XDT_STEER` has not expired (the agent renews it from its main loop, so a
-//!   hung agent stops receiving within one lease);
+//! - the lease in `XDT_STEER` has not expired (the agent renews it from its steering thread,
+//!   so a hung agent stops receiving within one lease);
 //! - `XDT_XSKS` holds a socket at the packet's RX queue, bound to that same queue (a closed or
 //!   killed agent's sockets leave the map with the socket);
 //! - the metadata fits in front of the frame.

@@ -80,7 +80,7 @@ impl LoadedProbe {
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(raw::RULES_MAP, 2 * capacity.max_rules)
-            .map_max_entries("XDT_SAMPLE_HITS", 2 * capacity.max_rules)
+            .map_max_entries(raw::SAMPLE_HITS_MAP, 2 * capacity.max_rules)
             .map_max_entries(raw::CANDIDATES_MAP, 2 * capacity.max_lists())
             .map_max_entries(
                 trie::MAP,
@@ -207,7 +207,7 @@ pub const ALL_MAPS: [&str; 11] = [
     raw::RULES_MAP,
     raw::CANDIDATES_MAP,
     trie::MAP,
-    "XDT_SAMPLE_HITS",
+    raw::SAMPLE_HITS_MAP,
     xdt_common::events::MAP,
     xdt_common::steer::XSKS_MAP,
     xdt_common::steer::LEASE_MAP,
