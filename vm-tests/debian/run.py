@@ -56,7 +56,8 @@ def check_host() -> None:
     missing = [t for t in ("mmdebstrap", "qemu-system-x86_64", "mkfs.ext4") if not shutil.which(t)]
     if missing:
         raise SystemExit(
-            f"missing {', '.join(missing)}: apt-get install -y qemu-system-x86 mmdebstrap e2fsprogs"
+            f"missing {', '.join(missing)}: `cargo xtask setup --tests` installs them"
+            " (qemu-system-x86, mmdebstrap, e2fsprogs)"
         )
 
 

@@ -96,6 +96,69 @@ fn demo_shows_telemetry_and_cleans_up() {
         out.contains(&format!("dashboard   http://127.0.0.1:{http}/")),
         "{out}"
     );
+    assert_cleaned_up(http, &out);
+}
+
+/// `--duration` ends the demo by itself, through the same cleanup as Ctrl-C: every process it
+/// started is stopped, and no namespace, link or pin is left.
+#[test]
+fn demo_with_duration_stops_and_cleans_up_by_itself() {
+    if !root_or_skip("demo_with_duration_stops_and_cleans_up_by_itself") {
+        return;
+    }
+    let http = free_port();
+    let started = Instant::now();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_xdt"))
+        .args(["demo", "--duration", "8"])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--telemetry-port", &free_port().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start xdt demo");
+    // Alive and serving before the end of its duration.
+    let mut served = false;
+    while started.elapsed() < Duration::from_secs(7) && !served {
+        served = metrics(http).is_some();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let limit = Duration::from_mins(1);
+    let status = loop {
+        if let Some(status) = demo.try_wait().expect("wait for xdt demo") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = demo.kill();
+            let _ = demo.wait();
+            panic!("xdt demo --duration 8 still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = started.elapsed();
+    let mut out = String::new();
+    demo.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    assert!(status.success(), "demo failed: {status}\n{out}");
+    assert!(served, "central never answered during the demo:\n{out}");
+    assert!(
+        took >= Duration::from_secs(8),
+        "the demo ended after {took:?}, before its 8 s:\n{out}"
+    );
+    for stopped in [
+        "stopping the demo",
+        "stopped xdt-agent",
+        "stopped xdt-central",
+    ] {
+        assert!(out.contains(stopped), "no \"{stopped}\" in:\n{out}");
+    }
+    assert_cleaned_up(http, &out);
+}
+
+/// No namespace, pin or link of the demo is left, and central no longer answers.
+fn assert_cleaned_up(http: u16, out: &str) {
     let namespaces = String::from_utf8_lossy(
         &Command::new("ip")
             .args(["netns", "list"])
@@ -106,7 +169,7 @@ fn demo_shows_telemetry_and_cleans_up() {
     .into_owned();
     assert!(
         !namespaces.contains("xdtdemo"),
-        "namespaces left: {namespaces}"
+        "namespaces left: {namespaces}\n{out}"
     );
     assert!(
         !std::path::Path::new("/sys/fs/bpf/xdt/xdtdemo-n").exists(),
