@@ -213,7 +213,10 @@ qemu-utils | 1:7.2+dfsg-7+deb12u15 | http://deb.debian.org/debian-security bookw
 
     #[test]
     fn no_candidate_is_none() {
-        assert_eq!(candidate_in("foo:\n  Installed: (none)\n  Candidate: (none)\n"), None);
+        assert_eq!(
+            candidate_in("foo:\n  Installed: (none)\n  Candidate: (none)\n"),
+            None
+        );
         assert_eq!(candidate_in(""), None);
     }
 }

@@ -12,7 +12,8 @@ use anyhow::{Context as _, Result, bail};
 
 /// The repository's root (xtask lives in crates/xtask).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    path.canonicalize().unwrap_or(path)
 }
 
 pub fn is_root() -> bool {

@@ -55,18 +55,23 @@ fn probe_toolchain(apt: &mut Apt) -> Result<()> {
             "rust-web-src is installed but /usr/lib/rustlib/src/rust/library/core is missing: reinstall it (`apt-get install --reinstall rust-web-src`)"
         );
     }
-    let linker = cmd::output(Command::new("bpf-linker").arg("--version"))
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if linker.contains(BPF_LINKER) {
-        println!("bpf-linker: installed ({})", linker.trim());
-    } else {
-        cargo_install("bpf-linker", BPF_LINKER)?;
-    }
-    Ok(())
+    cargo_install_once(&["bpf-linker"], "bpf-linker", BPF_LINKER)
 }
 
-fn cargo_install(krate: &str, version: &str) -> Result<()> {
+/// `cargo install KRATE@VERSION` unless `command --version` already prints that version
+/// (whatever its exit status: nixpkgs-fmt exits 1 after printing it).
+fn cargo_install_once(command: &[&str], krate: &str, version: &str) -> Result<()> {
+    let printed = cmd::output(
+        Command::new(command[0])
+            .args(&command[1..])
+            .arg("--version"),
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    .unwrap_or_default();
+    if printed.contains(version) {
+        println!("{krate}: installed ({})", printed.trim());
+        return Ok(());
+    }
     cmd::run(cargo().args(["install", &format!("{krate}@{version}"), "--locked"]))
         .map_err(|e| anyhow::anyhow!("installing {krate} {version} from crates.io: {e}"))
 }
@@ -122,21 +127,13 @@ fn test_tools(apt: &mut Apt) -> Result<Tools> {
         ]))
         .map_err(|e| anyhow::anyhow!("installing the Python package opentelemetry-proto: {e}"))?;
     }
-    if cmd::succeeds("cargo", &["fuzz", "--version"]) {
-        println!("cargo-fuzz: installed");
-    } else {
-        cargo_install("cargo-fuzz", CARGO_FUZZ)?;
-    }
+    cargo_install_once(&["cargo", "fuzz"], "cargo-fuzz", CARGO_FUZZ)?;
     if !cmd::succeeds("rustup", &["run", "nightly", "rustc", "--version"]) {
         bail!(
             "the fuzz run needs rustup's nightly toolchain (cargo-fuzz builds with sanitizers): `rustup toolchain install nightly`"
         );
     }
-    if cmd::succeeds("nixpkgs-fmt", &["--version"]) {
-        println!("nixpkgs-fmt: installed");
-    } else {
-        cargo_install("nixpkgs-fmt", NIXPKGS_FMT)?;
-    }
+    cargo_install_once(&["nixpkgs-fmt"], "nixpkgs-fmt", NIXPKGS_FMT)?;
     Ok(Tools {
         nixpkgs_lib: nixpkgs_lib()?,
     })
