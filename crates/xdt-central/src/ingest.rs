@@ -9,7 +9,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::{Buf as _, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use log::{debug, info, warn};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -25,7 +25,8 @@ use xdt_wire::{
 use crate::{
     config::Token,
     error::CloseReason,
-    state::{Shared, now_unix},
+    journal::{Journal, Record},
+    state::{Applied, Shared, now_unix},
 };
 
 /// Connections refused with `Busy` that may be finishing at once; beyond, they are just closed.
@@ -46,6 +47,8 @@ pub(crate) struct Context {
     pub token: Token,
     pub hello_timeout: Duration,
     pub frame_timeout: Duration,
+    /// With `--state-dir`: batches are journaled and synced before their `Ack`.
+    pub journal: Option<Arc<Journal>>,
 }
 
 /// Accepts connections until `shutdown` fires. Each session holds a clone of `done`, so the
@@ -160,7 +163,7 @@ async fn session(
             last_sequence,
         }))?;
         wire.flush().await?;
-        stream_batches(&mut wire, context, &agent_id, hello.instance, &mut stop).await
+        stream_batches(&mut wire, context, &hello, &mut stop).await
     }
     .await;
     drop(registered);
@@ -175,8 +178,8 @@ async fn handshake(wire: &mut Wire, context: &Context) -> Result<Hello, CloseRea
     wire.read_preamble().await?;
     wire.write_preamble().await?;
     let hello = match wire.read_message(context.frame_timeout).await? {
-        Some(Message::Hello(hello)) => hello,
-        Some(other) => {
+        Some((Message::Hello(hello), _)) => hello,
+        Some((other, _)) => {
             return Err(CloseReason::Unexpected {
                 got: kind(&other),
                 when: "instead of Hello",
@@ -195,14 +198,17 @@ async fn handshake(wire: &mut Wire, context: &Context) -> Result<Hello, CloseRea
     Ok(hello)
 }
 
-/// Applies batches and acknowledges each until the agent closes or central stops.
+/// Applies batches and acknowledges each until the agent closes or central stops. With a
+/// journal, a batch is acknowledged once its record is synced (a duplicate once the record
+/// that applied it first is), so an `Ack` survives a crash of central.
 async fn stream_batches(
     wire: &mut Wire,
     context: &Context,
-    agent_id: &str,
-    instance: u64,
+    hello: &Hello,
     stop: &mut broadcast::Receiver<()>,
 ) -> Result<(), CloseReason> {
+    let agent_id = hello.agent_id.as_str();
+    let instance = hello.instance;
     loop {
         let message = tokio::select! {
             message = wire.read_message(context.frame_timeout) => message?,
@@ -216,18 +222,37 @@ async fn stream_batches(
                 wire.flush().await?;
                 return Ok(());
             }
-            Some(Message::Batch(batch)) => {
+            Some((Message::Batch(batch), payload)) => {
                 let sequence = batch.sequence;
-                context
-                    .state
-                    .write()
-                    .apply(agent_id, instance, batch, now_unix());
+                let ticket = {
+                    let now = now_unix();
+                    let mut state = context.state.write();
+                    let applied = state.apply(agent_id, instance, batch, now);
+                    context.journal.as_ref().map(|journal| match applied {
+                        Applied::New => journal.append(&Record {
+                            agent_id,
+                            hostname: &hello.hostname,
+                            interface: &hello.interface,
+                            probe_version: &hello.probe_version,
+                            instance,
+                            received_unix: now,
+                            payload: &payload,
+                        }),
+                        Applied::Duplicate => journal.newest(),
+                    })
+                };
+                if let (Some(journal), Some(ticket)) = (&context.journal, ticket) {
+                    wire.flush().await?;
+                    if journal.durable(ticket).await.is_err() {
+                        return Err(CloseReason::Shutdown);
+                    }
+                }
                 wire.queue(&Message::Ack(Ack { sequence }))?;
             }
-            Some(Message::Error(ErrorMessage { code, message })) => {
+            Some((Message::Error(ErrorMessage { code, message }), _)) => {
                 return Err(CloseReason::PeerError { code, message });
             }
-            Some(other) => {
+            Some((other, _)) => {
                 return Err(CloseReason::Unexpected {
                     got: kind(&other),
                     when: "after Hello",
@@ -327,19 +352,20 @@ impl Wire {
         self.stream.write_all(&Preamble::ours().encode()).await
     }
 
-    /// The next message; `None` when the peer closed between frames. Waiting for a frame to
+    /// The next message and its frame payload; `None` when the peer closed between frames. Waiting for a frame to
     /// start has no deadline; once its first byte is in, it must complete within
     /// `frame_timeout`. Queued frames are sent before waiting for the peer.
     async fn read_message(
         &mut self,
         frame_timeout: Duration,
-    ) -> Result<Option<Message>, CloseReason> {
+    ) -> Result<Option<(Message, Bytes)>, CloseReason> {
         loop {
             if let Some(len) = frame::check(&self.buffer)? {
-                let message = frame::decode(&self.buffer[HEADER_LEN..len]);
-                self.buffer.advance(len);
+                let mut frame = self.buffer.split_to(len);
+                frame.advance(HEADER_LEN);
+                let payload = frame.freeze();
                 self.frame_deadline = None;
-                return Ok(Some(message?));
+                return Ok(Some((frame::decode(&payload)?, payload)));
             }
             self.flush().await?;
             if self.buffer.len() >= HEADER_LEN {

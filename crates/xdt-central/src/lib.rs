@@ -7,9 +7,11 @@
 //! HTTP and OTLP threads.
 
 pub mod config;
+pub mod counters;
 pub mod error;
 mod http;
 mod ingest;
+mod journal;
 mod json;
 mod otlp;
 pub mod persist;
@@ -32,6 +34,7 @@ pub use crate::{
 use crate::{
     http::Http,
     ingest::Context,
+    journal::Journal,
     otlp::Otlp,
     state::{Shared, State},
 };
@@ -48,6 +51,7 @@ pub struct Central {
     telemetry_addr: SocketAddr,
     http_addr: SocketAddr,
     state: Shared,
+    journal: Option<Arc<Journal>>,
 }
 
 impl std::fmt::Debug for Central {
@@ -61,10 +65,13 @@ impl std::fmt::Debug for Central {
 }
 
 impl Central {
-    /// Validates the configuration, loads `state.json` and opens both listeners.
+    /// Validates the configuration, loads `state.json`, replays the journal and opens both
+    /// listeners.
     pub async fn bind(config: Config) -> Result<Self> {
         config.validate()?;
         let mut state = State::new(config.max_agents, config.recent_events);
+        let mut journal = None;
+        let counters = Arc::<counters::Counters>::default();
         if let Some(dir) = &config.state_dir {
             if let Some(saved) = persist::load(dir)? {
                 let agents = saved.agents.len();
@@ -73,6 +80,11 @@ impl Central {
             } else {
                 info!(path:% = persist::path(dir).display(); "no saved state yet");
             }
+            journal = Some(Arc::new(Journal::open(
+                dir,
+                &mut state,
+                Arc::clone(&counters),
+            )?));
         }
         let listener = TcpListener::bind(config.telemetry_listen)
             .await
@@ -93,7 +105,8 @@ impl Central {
             http_server,
             telemetry_addr,
             http_addr,
-            state: Shared::new(state),
+            state: Shared::with_counters(state, counters),
+            journal,
         })
     }
 
@@ -123,6 +136,7 @@ impl Central {
             telemetry_addr,
             http_addr,
             state,
+            journal,
         } = self;
         let otlp = match &config.otlp {
             Some(otlp) => Some(Otlp::start(otlp, state.clone())?),
@@ -150,11 +164,13 @@ impl Central {
             token: config.token.clone(),
             hello_timeout: config.hello_timeout,
             frame_timeout: config.frame_timeout,
+            journal: journal.clone(),
         });
         let persister = config.state_dir.clone().map(|dir| {
             tokio::spawn(persist_loop(
                 state.clone(),
                 dir,
+                journal.clone(),
                 config.persist_interval,
                 notify_shutdown.subscribe(),
             ))
@@ -178,10 +194,13 @@ impl Central {
             let _ = persister.await;
         }
         let saved = match &config.state_dir {
-            Some(dir) => save(&state, dir.clone()).await,
+            Some(dir) => save(&state, dir.clone(), journal.as_ref()).await,
             None => Ok(()),
         };
         stop_blocking(move || {
+            if let Some(journal) = journal {
+                journal.close();
+            }
             http.stop();
             if let Some(otlp) = otlp {
                 otlp.stop();
@@ -204,23 +223,36 @@ async fn stop_blocking(f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Writes `state.json` now (the file is written off the async threads).
-async fn save(state: &Shared, dir: PathBuf) -> Result<()> {
-    let bytes = {
+/// Writes `state.json` now (serialised and written off the lock and the async threads); then
+/// the journal segments the snapshot holds are pruned. A failed save loses nothing: the
+/// journal keeps every record until a snapshot holding it is durable.
+async fn save(state: &Shared, dir: PathBuf, journal: Option<&Arc<Journal>>) -> Result<()> {
+    let (persisted, segment) = {
         let state = state.read();
-        serde_json::to_vec(&state.to_persisted())
+        // Under the same lock: the records before the new segment are all in this snapshot.
+        (state.to_persisted(), journal.map(|j| j.rotate()))
     };
-    let bytes = bytes.map_err(|e| Error::SaveState {
-        path: persist::path(&dir),
-        source: e.into(),
-    })?;
-    match tokio::task::spawn_blocking(move || persist::save(&dir, &bytes)).await {
+    let written = tokio::task::spawn_blocking(move || {
+        let bytes = serde_json::to_vec(&persisted).map_err(|e| Error::SaveState {
+            path: persist::path(&dir),
+            source: e.into(),
+        })?;
+        persist::save(&dir, &bytes)
+    })
+    .await;
+    let result = match written {
         Ok(result) => result,
         Err(e) => Err(Error::SaveState {
             path: PathBuf::from(persist::FILE_NAME),
             source: std::io::Error::other(e),
         }),
+    };
+    if result.is_ok()
+        && let (Some(journal), Some(segment)) = (journal, segment)
+    {
+        journal.prune(segment);
     }
+    result
 }
 
 /// Saves the state every `interval` while it changes, until shutdown (the final save is
@@ -228,6 +260,7 @@ async fn save(state: &Shared, dir: PathBuf) -> Result<()> {
 async fn persist_loop(
     state: Shared,
     dir: PathBuf,
+    journal: Option<Arc<Journal>>,
     interval: Duration,
     mut stop: broadcast::Receiver<()>,
 ) {
@@ -243,9 +276,15 @@ async fn persist_loop(
         if saved_generation == Some(generation) {
             continue;
         }
-        match save(&state, dir.clone()).await {
+        match save(&state, dir.clone(), journal.as_ref()).await {
             Ok(()) => saved_generation = Some(generation),
-            Err(e) => error!(cause:% = error_chain(&e); "saving the state failed"),
+            Err(e) => {
+                counters::Counters::add(&state.counters().state_save_failures);
+                error!(
+                    cause:% = error_chain(&e);
+                    "saving the state failed; nothing is lost (the journal keeps the batches), retrying"
+                );
+            }
         }
     }
 }

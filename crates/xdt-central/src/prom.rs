@@ -77,6 +77,12 @@ fn agent_labels(agent: &AgentState) -> [(&'static str, &str); 2] {
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in self.state.counters().all() {
+            let name = format!("xdt_central_{name}");
+            let family = encoder.encode_descriptor(&name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+
         let state = self.state.read();
         let agents: Vec<&AgentState> = state.agents().collect();
 

@@ -15,6 +15,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use xdt_wire::{Batch, Event, Hello};
 
+use crate::counters::Counters;
+
 /// Upper bound accepted for `--recent-events`.
 pub const MAX_RECENT_EVENTS: usize = 65_536;
 /// Rate points kept per agent (two minutes at a 1 s batch interval).
@@ -38,13 +40,19 @@ pub const MAX_INSPECTED: usize = 255;
 
 /// The state shared by the ingest tasks, the HTTP threads, the Prometheus collector and the
 /// OTLP callbacks. A poisoned lock is recovered: every update leaves the state consistent.
+/// Central's own counters travel with it (they are atomics, outside the lock).
 #[derive(Debug, Clone)]
-pub struct Shared(Arc<RwLock<State>>);
+pub struct Shared(Arc<RwLock<State>>, Arc<Counters>);
 
 impl Shared {
     #[must_use]
     pub fn new(state: State) -> Self {
-        Self(Arc::new(RwLock::new(state)))
+        Self::with_counters(state, Arc::default())
+    }
+
+    #[must_use]
+    pub fn with_counters(state: State, counters: Arc<Counters>) -> Self {
+        Self(Arc::new(RwLock::new(state)), counters)
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -53,6 +61,12 @@ impl Shared {
 
     pub fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What central dropped, refused or failed to do.
+    #[must_use]
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.1
     }
 }
 
@@ -169,6 +183,23 @@ impl State {
         self.generation += 1;
         agent.apply(instance, batch, cap);
         Applied::New
+    }
+
+    /// Applies a batch from the journal at start: the agent is registered as its `Hello` said
+    /// (not connected, whatever the table's limits: it was admitted before), then the batch
+    /// goes through [`State::apply`], whose dedup drops what the snapshot already holds.
+    pub(crate) fn replay(&mut self, record: &crate::journal::Record<'_>, batch: Batch) {
+        let agent_id = clipped(record.agent_id, MAX_NAME);
+        let agent = self
+            .agents
+            .entry(agent_id.to_owned())
+            .or_insert_with(|| AgentState::new(agent_id.to_owned()));
+        clipped(record.hostname, MAX_NAME).clone_into(&mut agent.hostname);
+        clipped(record.interface, MAX_NAME).clone_into(&mut agent.interface);
+        clipped(record.probe_version, MAX_NAME).clone_into(&mut agent.probe_version);
+        agent.instance = record.instance;
+        self.generation += 1;
+        self.apply(agent_id, record.instance, batch, record.received_unix);
     }
 
     /// What survives a restart.
