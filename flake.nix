@@ -1,17 +1,18 @@
 {
   description = "xdt: XDP packet telemetry (Rust probe, capability-less agent, central server) with a NixOS module";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+  # Pinned by commit (docs/nixos.md: how it was chosen): a revision whose rustc ships `core` for
+  # bpfel-unknown-none and whose bpf-linker is built against rustc's own LLVM. The first `nix`
+  # command writes flake.lock; commit it.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/af39089706442082f28a864b146c86d094e18e61";
 
   outputs = { self, nixpkgs }:
     let
       inherit (nixpkgs) lib;
       # XDP and AF_XDP are Linux's.
       systems = [ "x86_64-linux" "aarch64-linux" ];
-      forAllSystems = f: lib.genAttrs systems (system: f (import nixpkgs {
-        inherit system;
-        overlays = [ self.overlays.default ];
-      }));
+      forAllSystems = f: lib.genAttrs systems (system:
+        f (nixpkgs.legacyPackages.${system}.extend self.overlays.default));
 
       version = (lib.importTOML ./Cargo.toml).workspace.package.version;
       # The OTLP test's receiver decodes requests with the official protobufs.
@@ -33,44 +34,42 @@
         ];
       };
 
-      # The XDP probe: bpf/ for bpfel-unknown-none with `-Z build-std=core`, which needs the
-      # standard library's source (rustPlatform.rustLibSrc) and the crates it depends on, so both
-      # lock files are vendored: bpf/Cargo.lock and the library's own.
-      # Reading the library's lock file is an import from derivation (rustLibSrc is built).
+      # The XDP probe's sources: bpf/, the shared types it builds with, and the workspace
+      # manifest those inherit their package fields from.
+      probeSrc = lib.fileset.toSource {
+        root = ./.;
+        fileset = lib.fileset.unions [
+          ./Cargo.toml
+          ./bpf/Cargo.toml
+          ./bpf/Cargo.lock
+          ./bpf/src
+          ./crates/xdt-common
+        ];
+      };
+
+      # The XDP probe: bpf/ for bpfel-unknown-none, the way nixpkgs builds aya-ebpf probes (its
+      # jail-ai package): nixpkgs' rustc ships `core` for that target, so there is no build-std,
+      # no standard-library source and nothing to vendor but bpf/Cargo.lock, a file of this
+      # repository (no import from derivation).
       probe =
         { lib, stdenv, rustPlatform, rustc, cargo, bpf-linker }:
-        let
-          vendored = [
-            (rustPlatform.importCargoLock { lockFile = ./bpf/Cargo.lock; })
-            (rustPlatform.importCargoLock { lockFile = "${rustPlatform.rustLibSrc}/Cargo.lock"; })
-          ];
-        in
         stdenv.mkDerivation {
           pname = "xdt-probe";
-          inherit version src;
-          nativeBuildInputs = [ rustc cargo bpf-linker ];
+          inherit version;
+          src = probeSrc;
+          cargoRoot = "bpf";
+          cargoDeps = rustPlatform.importCargoLock { lockFile = ./bpf/Cargo.lock; };
+          nativeBuildInputs = [ rustPlatform.cargoSetupHook rustc cargo bpf-linker ];
           env = {
-            # build-std is unstable; stable rustc allows it with RUSTC_BOOTSTRAP.
+            # The target is tier 3: a stable compiler builds for it with RUSTC_BOOTSTRAP.
             RUSTC_BOOTSTRAP = "1";
-            # Where cargo's build-std finds the library (a sysroot without rust-src otherwise).
-            __CARGO_TESTS_ONLY_SRC_ROOT = "${rustPlatform.rustLibSrc}";
-            CARGO_TARGET_DIR = "target";
+            # As jail-ai: replaces any rustflags of the cargo configuration (cargoSetupHook's are
+            # for the build platform's targets), so nothing but the defaults reaches BPF codegen.
+            RUSTFLAGS = "-C target-feature=";
           };
           buildPhase = ''
             runHook preBuild
-            export CARGO_HOME="$TMPDIR/cargo-home"
-            mkdir -p "$CARGO_HOME" "$TMPDIR/vendor"
-            for crate in ${lib.concatMapStringsSep " " (v: "${v}/*") vendored}; do
-              ln -sfn "$crate" "$TMPDIR/vendor/$(basename "$crate")"
-            done
-            cat > "$CARGO_HOME/config.toml" <<EOF
-            [source.crates-io]
-            replace-with = "vendored"
-            [source.vendored]
-            directory = "$TMPDIR/vendor"
-            EOF
-            (cd bpf && cargo build --offline --locked --release \
-              --target bpfel-unknown-none -Z build-std=core)
+            (cd bpf && cargo build --offline --locked --release --target bpfel-unknown-none)
             runHook postBuild
           '';
           installPhase = ''
@@ -133,6 +132,10 @@
       packages = forAllSystems (pkgs: {
         inherit (pkgs) xdt xdt-probe;
         default = pkgs.xdt;
+        # The appliance under real systemd: three NixOS VMs running vm-tests/scenario.py. Not a
+        # check: it needs KVM (the `kvm` and `nixos-test` system features), which `nix flake check`
+        # must not require. `nix build .#vm-test -L` where KVM is; `nix flake check` evaluates it.
+        vm-test = pkgs.testers.runNixOSTest (import ./vm-tests/nixos.nix { inherit self; });
       });
 
       # `sudo nix run .#demo`: the throw-away lab of `xdt demo` (network namespaces, needs root).
@@ -157,9 +160,11 @@
       checks = forAllSystems (pkgs:
         let
           inherit (pkgs) xdt;
+          # Where the .nix files are (not all of ./., which holds target/ in a working tree).
           nixFiles = lib.fileset.toSource {
             root = ./.;
-            fileset = lib.fileset.fileFilter (file: file.hasExt "nix") ./.;
+            fileset = lib.fileset.unions ([ ./flake.nix ]
+              ++ map (lib.fileset.fileFilter (file: file.hasExt "nix")) [ ./nixos-modules ./vm-tests ]);
           };
         in
         {
@@ -187,12 +192,15 @@
             ];
           });
 
+          # Correctness lints and the workspace's own denials (unwrap_used, unsafe_op_in_unsafe_fn)
+          # fail the check; everything else warns, so a newer clippy's new lints do not break the
+          # build of a pinned revision. CI denies every warning with its own toolchain.
           clippy = xdt.overrideAttrs (old: {
             pname = "xdt-clippy";
             nativeBuildInputs = old.nativeBuildInputs ++ [ pkgs.clippy ];
             buildPhase = ''
               runHook preBuild
-              cargo clippy --offline --workspace --all-targets -- -D warnings
+              cargo clippy --offline --workspace --all-targets -- -D clippy::correctness
               runHook postBuild
             '';
             installPhase = "touch $out";
@@ -211,8 +219,6 @@
             touch $out
           '';
 
-          # The appliance under real systemd: three NixOS VMs running vm-tests/scenario.py.
-          vm = pkgs.testers.runNixOSTest (import ./vm-tests/nixos.nix { inherit self; });
         });
 
       devShells = forAllSystems (pkgs: {
@@ -230,10 +236,11 @@
             pkgs.nixpkgs-fmt
             (otlpPython pkgs)
           ];
-          # crates/xdt-datapath/build.rs compiles bpf/ with these (docs/building.md).
+          # crates/xdt-datapath/build.rs compiles bpf/ with these (docs/building.md); this rustc
+          # ships core for bpfel-unknown-none, so build.rs passes no build-std.
           XDT_BPF_RUSTC = "${pkgs.rustc}/bin/rustc";
           XDT_BPF_CARGO = "${pkgs.cargo}/bin/cargo";
-          XDT_BPF_RUST_SRC = "${pkgs.rustPlatform.rustLibSrc}";
+          # For rust-analyzer.
           RUST_SRC_PATH = "${pkgs.rustPlatform.rustLibSrc}";
         };
       });

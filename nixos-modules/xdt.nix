@@ -163,9 +163,9 @@ let
       ''
     );
 
+  # XDT_AGENT_ID is per instance (the drop-ins below): the file would override it.
   agentSettings = {
     XDT_CENTRAL = agentCfg.central;
-    XDT_AGENT_ID = agentCfg.agentId;
   } // agentCfg.settings;
   agentConf = renderSettings "xdt-agent" agentSettings;
 
@@ -211,6 +211,15 @@ let
     && (agentCfg.settings.XDT_EGRESS or null) == null;
   firewall = config.networking.firewall;
   rpfilterExemption = steering && firewall.enable && firewall.checkReversePath != false;
+  # firewalld's reverse-path filter is IPv6 only and global: no interface can be exempted. These
+  # modes let the re-injected packets (addressed to this host, with a route back to the client
+  # through the watched interface) through.
+  firewalldRpfilter = config.services.firewalld.settings.IPv6_rpfilter or "strict";
+  firewalldPasses = lib.elem firewalldRpfilter [ "no" "loose" "strict-forward" "loose-forward" ];
+  # IPv4: the kernel takes the larger of all/ and the interface's rp_filter, so a strict (1)
+  # all/ overrides the agent's 0 on its re-entry interfaces; loose (2) lets them through.
+  ipv4Rpfilter = toString (config.boot.kernel.sysctl."net.ipv4.conf.all.rp_filter" or "");
+  noSteering = "or turn steering off (services.xdt.agent.settings.XDT_NO_STEER = true)";
 
   kernelVersion = config.boot.kernelPackages.kernel.version;
   badInterfaces = lib.filter (n: !validInterface n) (lib.attrNames agentCfg.interfaces);
@@ -285,9 +294,11 @@ in
         type = types.nullOr (types.strMatching "[^\n]+");
         default = if config.networking.hostName == "" then null else config.networking.hostName;
         defaultText = literalExpression "config.networking.hostName";
+        example = "edge-7";
         description = ''
-          This node's name at central. `null` leaves it to the agent, which takes the host
-          name at run time.
+          This node's name at central, the prefix of its agents' ids: one agent per interface,
+          and the agent of `eth0` reports as `AGENTID/eth0`. `null` leaves the id to the agent,
+          which takes `HOSTNAME/eth0` at run time (the same with the default).
         '';
       };
 
@@ -355,9 +366,30 @@ in
             services.xdt.agent.interfaces (for example `interfaces.eth0.rules = [ ];`).
           '';
         }
-        (reservedKeysAssertion "agent" [ "XDT_CONFIG" "XDT_INTERFACE" "XDT_TOKEN_FILE" ] ''
-          the module sets the config file and the interface per instance, and the token comes from
+        (reservedKeysAssertion "agent" [ "XDT_CONFIG" "XDT_INTERFACE" "XDT_TOKEN_FILE" "XDT_AGENT_ID" ] ''
+          the module sets the config file, the interface and the agent id (from
+          services.xdt.agent.agentId) per instance, and the token comes from
           services.xdt.agent.tokenFile.'')
+        {
+          assertion = !(steering && firewall.enable && firewall.backend == "firewalld") || firewalldPasses;
+          message = ''
+            services.xdt.agent steers packets back into this host through its re-entry interfaces
+            (xdt<ifindex>h) with the client's source address, and firewalld's IPv6 reverse-path
+            filter (services.firewalld.settings.IPv6_rpfilter = "${firewalldRpfilter}") would drop
+            them; firewalld cannot exempt an interface from it. Use "loose", "strict-forward",
+            "loose-forward" or "no" (the firewalld backend derives it from
+            networking.firewall.checkReversePath and filterForward), ${noSteering}.
+          '';
+        }
+        {
+          assertion = !steering || ipv4Rpfilter != "1";
+          message = ''
+            boot.kernel.sysctl."net.ipv4.conf.all.rp_filter" is 1 (strict): the kernel applies the
+            larger of it and the 0 the agent sets on its re-entry interfaces (xdt<ifindex>h), so
+            every steered IPv4 packet would be dropped. Use 2 (loose) or 0 (the firewalld backend
+            derives it from networking.firewall.checkReversePath), ${noSteering}.
+          '';
+        }
         {
           assertion = lib.versionAtLeast kernelVersion "5.9";
           message = ''
@@ -400,6 +432,9 @@ in
           "xdt-attach@${instance name}" = {
             overrideStrategy = "asDropin";
             wantedBy = [ "multi-user.target" ];
+            # The unit's EnvironmentFile= (/etc/xdt/attach.env, Debian's) would win over
+            # Environment=: cleared, so a leftover file cannot override the mode set here.
+            serviceConfig.EnvironmentFile = [ "" ];
             environment.XDT_ATTACH_MODE = icfg.mode;
             # New rules are a reload: atomic, counters kept, the agent reloads with it.
             reloadTriggers = [ rulesFiles.${name} ];
@@ -407,6 +442,9 @@ in
           "xdt-agent@${instance name}" = {
             overrideStrategy = "asDropin";
             wantedBy = [ "multi-user.target" ];
+            environment = lib.optionalAttrs (agentCfg.agentId != null) {
+              XDT_AGENT_ID = "${agentCfg.agentId}/${name}";
+            };
             serviceConfig.LoadCredential = tokenCredential agentCfg.tokenFile;
             restartTriggers = [ agentConf agentCfg.tokenFile ];
           };

@@ -1,7 +1,8 @@
 # The NixOS VM test: the nodes of the Debian harness (vm-tests/debian/nodes/), configured through
 # services.xdt instead of files, running the same vm-tests/scenario.py. The test driver gives
 # node N (alphabetical: central 1, client 2, node 3) the address 192.168.VLAN.N on each of its
-# vlans, eth1 first. Run: nix build .#checks.x86_64-linux.vm (nix flake check runs it too).
+# vlans, eth1 first. Run where KVM is: nix build .#vm-test -L (a package, not a check: nix flake
+# check only evaluates it).
 { self }:
 
 let

@@ -1,25 +1,24 @@
 //! Builds the XDP probe (../../bpf) for bpfel-unknown-none and hands the objects to the crate.
 //!
-//! The probe needs a Rust compiler that has its standard library's source (for
-//! `-Z build-std=core`) and bpf-linker. On Debian 12 `bpf/setup-toolchain.sh` installs both
-//! (Debian's rustc-web/rust-web-src 1.96 and bpf-linker 0.10.4); docs/building.md has the
-//! details. Environment overrides:
+//! The probe needs bpf-linker and a Rust compiler that either ships `core` for the target (as
+//! nixpkgs' rustc does: then the probe builds like any other target) or has its standard
+//! library's source, from which `-Z build-std=core` compiles it. On Debian 12
+//! `cargo xtask setup` installs the second kind (Debian's rustc-web/rust-web-src 1.96) and
+//! bpf-linker 0.10.4; docs/building.md has the details. Environment overrides:
 //! - `XDT_PROBE_DIR`: a directory with prebuilt `xdt`, `bench-pass`, `bench-lpm` and `demo-counter`
 //!   objects
 //!   (packagers, Nix): nothing is compiled.
 //! - `XDT_BPF_RUSTC`, `XDT_BPF_CARGO`: the compiler and cargo to use (default /usr/bin/rustc,
-//!   /usr/bin/cargo).
-//! - `XDT_BPF_RUST_SRC`: the standard library's source (its `library` directory) when the
-//!   compiler's sysroot has none, as with Nix's rustc and rustPlatform.rustLibSrc (the flake's
-//!   dev shell sets it).
+//!   /usr/bin/cargo; the flake's dev shell sets nixpkgs' own).
 use std::{
     env,
     path::{Path, PathBuf},
     process::{Command, exit},
 };
 
+const TARGET: &str = "bpfel-unknown-none";
 const OBJECTS: [&str; 4] = ["xdt", "bench-pass", "bench-lpm", "demo-counter"];
-const SETUP: &str = "run `sudo bpf/setup-toolchain.sh` (Debian 12) or see docs/building.md";
+const SETUP: &str = "run `cargo xtask setup` (Debian 12) or see docs/building.md";
 
 fn fail(what: &str) -> ! {
     eprintln!("\nerror: cannot build the xdt XDP probe: {what}\n");
@@ -39,12 +38,7 @@ fn main() {
         println!("cargo::rerun-if-changed={}", path.display());
     }
     println!("cargo::rerun-if-changed={}", common.join("src").display());
-    for var in [
-        "XDT_PROBE_DIR",
-        "XDT_BPF_RUSTC",
-        "XDT_BPF_CARGO",
-        "XDT_BPF_RUST_SRC",
-    ] {
+    for var in ["XDT_PROBE_DIR", "XDT_BPF_RUSTC", "XDT_BPF_CARGO"] {
         println!("cargo::rerun-if-env-changed={var}");
     }
 
@@ -63,27 +57,32 @@ fn main() {
 fn build_probe(bpf: &Path) -> PathBuf {
     let rustc = env::var("XDT_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     let cargo = env::var("XDT_BPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
-    let sysroot = match Command::new(&rustc).args(["--print", "sysroot"]).output() {
+    let print = |what: &[&str]| match Command::new(&rustc).arg("--print").args(what).output() {
         Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
         _ => fail(&format!(
-            "no Rust compiler at {rustc} (it needs one with the standard library source): {SETUP}"
+            "no Rust compiler at {rustc} (it needs one that ships core for {TARGET} or has the \
+             standard library's source): {SETUP}"
         )),
     };
-    let rust_src = env::var_os("XDT_BPF_RUST_SRC").map(PathBuf::from);
-    let library = rust_src
-        .clone()
-        .unwrap_or_else(|| sysroot.join("lib/rustlib/src/rust/library"));
-    if !library.join("core").is_dir() {
-        fail(&match &rust_src {
-            Some(library) => format!(
-                "XDT_BPF_RUST_SRC={} is not the standard library's source (no core/ in it)",
-                library.display()
-            ),
-            None => format!(
-                "{rustc} has no standard library source (rust-src), which -Z build-std=core \
-                 needs: {SETUP}"
-            ),
+    // A compiler that ships `core` for the target needs nothing more; otherwise build-std
+    // compiles it from the source in the sysroot (rust-src).
+    let ships_core =
+        std::fs::read_dir(print(&["target-libdir", "--target", TARGET])).is_ok_and(|dir| {
+            dir.flatten().any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("libcore-") && name.ends_with(".rlib")
+            })
         });
+    if !ships_core
+        && !print(&["sysroot"])
+            .join("lib/rustlib/src/rust/library/core")
+            .is_dir()
+    {
+        fail(&format!(
+            "{rustc} ships no core for {TARGET} and has no standard library source (rust-src), \
+             from which -Z build-std=core would build it: {SETUP}"
+        ));
     }
     if Command::new(&cargo).arg("--version").output().is_err() {
         fail(&format!("no cargo at {cargo}: {SETUP}"));
@@ -126,26 +125,19 @@ fn build_probe(bpf: &Path) -> PathBuf {
             command.env_remove(&key);
         }
     }
-    // cargo's build-std takes the library's source from here instead of the sysroot.
-    if let Some(library) = &rust_src {
-        command.env("__CARGO_TESTS_ONLY_SRC_ROOT", library);
+    command.args(["build", "--release", "--target", TARGET]);
+    if !ships_core {
+        command.args(["-Z", "build-std=core"]);
     }
+    // The target is tier 3: stable compilers build for it (and build-std) with RUSTC_BOOTSTRAP.
     let status = command
         .current_dir(bpf)
         .env("RUSTC", &rustc)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("LD_LIBRARY_PATH", library_path)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
         .status();
     match status {
-        Ok(s) if s.success() => bpf.join("target/bpfel-unknown-none/release"),
+        Ok(s) if s.success() => bpf.join("target").join(TARGET).join("release"),
         Ok(s) => fail(&format!(
             "`cargo build` of {} failed ({s}); its output is above",
             bpf.display()

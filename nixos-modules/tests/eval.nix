@@ -6,6 +6,17 @@
 { lib }:
 
 let
+  # nixpkgs' lib.fileset reads file types with builtins.readFileType (Nix 2.14); Debian's Nix 2.8,
+  # which runs this test, gets them from the directory listing, as older lib did.
+  lib' = if builtins ? readFileType then lib else
+  lib.extend (_: prev: {
+    filesystem = prev.filesystem // {
+      pathType = path: (builtins.readDir (dirOf path)).${baseNameOf path};
+    };
+  });
+in
+let
+  lib = lib';
   inherit (lib) mkOption types;
 
   storePath = name: "/nix/store/0000000000000000000000000000000x-${name}";
@@ -17,9 +28,11 @@ let
     outPath = storePath "xdt-0.1.0";
     meta = { };
   };
-  # What the module uses of pkgs: its package, runCommand and the platforms.
+  # What the module uses of pkgs: its package, runCommand and the platforms (and curl, which the
+  # VM test's client installs).
   pkgs = {
     xdt = stubPackage;
+    curl = stubPackage // { name = "curl"; outPath = storePath "curl"; };
     runCommand = name: env: script: env // {
       type = "derivation";
       inherit name script;
@@ -67,7 +80,7 @@ let
       networking.hostName = mkOption { type = types.str; default = "nixos"; };
       networking.firewall = {
         enable = mkOption { type = types.bool; default = true; };
-        backend = mkOption { type = types.enum [ "iptables" "nftables" ]; default = "iptables"; };
+        backend = mkOption { type = types.enum [ "iptables" "nftables" "firewalld" ]; default = "iptables"; };
         checkReversePath = mkOption {
           type = types.either types.bool (types.enum [ "strict" "loose" ]);
           default = true;
@@ -75,7 +88,25 @@ let
         allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
         extraCommands = mkOption { type = types.lines; default = ""; };
         extraReversePathFilterRules = mkOption { type = types.lines; default = ""; };
+        filterForward = mkOption { type = types.bool; default = false; };
       };
+      services.firewalld.settings = mkOption {
+        type = types.submodule {
+          freeformType = types.attrsOf (types.oneOf [ types.bool types.str ]);
+          options.IPv6_rpfilter = mkOption {
+            type = types.enum [ "strict" "loose" "strict-forward" "loose-forward" "no" ];
+            default = "strict";
+          };
+        };
+        default = { };
+      };
+      boot.kernel.sysctl = mkOption {
+        type = types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]));
+        default = { };
+      };
+      # What the NixOS test driver adds (vm-tests/nixos.nix).
+      virtualisation.vlans = mkOption { type = types.listOf types.ints.unsigned; default = [ ]; };
+      virtualisation.memorySize = mkOption { type = types.ints.positive; default = 1024; };
       boot.kernelPackages = mkOption {
         type = types.raw;
         default = { kernel.version = "6.12.41"; };
@@ -90,10 +121,105 @@ let
     }).config;
   evaluate = evaluateWith ../xdt.nix;
 
-  # The flake's outputs, with nixpkgs' lib for its nixpkgs input: what can be looked at without
-  # instantiating nixpkgs (its attribute names, and the module as the flake exports it).
+  # A stand-in for nixpkgs, for the flake's outputs: nixpkgs' lib, and packages that are real
+  # derivations (`derivation`; nothing is built, the test computes their paths) with the
+  # attributes the flake uses. Its importCargoLock reads the lock file during evaluation as
+  # nixpkgs' does, so reading one out of a derivation's output (import from derivation) cannot
+  # pass: it names that case, and anything else that needs a build fails the read-only evaluation.
+  standInPkgs = system: lib.makeExtensible (final:
+    let
+      derivationValue = v: lib.isDerivation v || lib.isString v || lib.isPath v || lib.isBool v
+        || lib.isInt v || v == null || (lib.isList v && lib.all derivationValue v);
+      mkDerivation = args:
+        let
+          name = args.name or "${args.pname}-${args.version}";
+          flat = removeAttrs args [ "name" "env" "meta" "passthru" ] // args.env or { };
+          drv = derivation ({ inherit name system; builder = "/bin/sh"; }
+            // lib.filterAttrs (_: derivationValue) flat);
+        in
+        args // args.passthru or { } // drv // {
+          meta = args.meta or { };
+          overrideAttrs = f: mkDerivation (args // f args);
+        };
+      stub = name: mkDerivation { inherit name; };
+    in
+    {
+      inherit lib;
+      callPackage = fn: args: lib.callPackageWith final fn args;
+      stdenv = {
+        hostPlatform.system = system;
+        buildPlatform.canExecute = _: true;
+        inherit mkDerivation;
+      };
+      rustPlatform = {
+        importCargoLock = { lockFile, ... }:
+          assert lib.assertMsg (!builtins.hasContext (toString lockFile))
+            "importCargoLock reads ${toString lockFile}, which a derivation builds: import from derivation";
+          mkDerivation {
+            name = "cargo-vendor-dir";
+            crates = toString (lib.length (builtins.fromTOML (builtins.readFile lockFile)).package);
+            passthru = { inherit lockFile; };
+          };
+        buildRustPackage = args: mkDerivation (removeAttrs args [ "cargoLock" ] // {
+          nativeBuildInputs = args.nativeBuildInputs or [ ]
+          ++ [ final.rustPlatform.cargoSetupHook final.cargo final.rustc ];
+          cargoDeps = final.rustPlatform.importCargoLock args.cargoLock;
+        });
+        cargoSetupHook = stub "cargo-setup-hook.sh";
+        rustLibSrc = stub "rust-lib-src";
+      };
+      runCommand = name: env: buildCommand: mkDerivation (env // { inherit name buildCommand; });
+      writeShellApplication = { name, text, runtimeInputs ? [ ] }:
+        mkDerivation { inherit name text runtimeInputs; meta.mainProgram = name; };
+      mkShell = args: mkDerivation (args // { name = "nix-shell"; });
+      python3.withPackages = f:
+        mkDerivation { name = "python3-env"; packages = f { opentelemetry-proto = stub "opentelemetry-proto"; }; };
+      testers.runNixOSTest = test: mkDerivation { name = "vm-test-run-${test.name}"; inherit (test) testScript; };
+    } // lib.genAttrs [
+      "rustc"
+      "cargo"
+      "bpf-linker"
+      "clippy"
+      "rustfmt"
+      "rust-analyzer"
+      "bpftool"
+      "coreutils"
+      "iproute2"
+      "iputils"
+      "util-linux"
+      "curl"
+      "prometheus"
+      "systemd"
+      "nixpkgs-fmt"
+    ]
+      stub);
+
   flake = import ../../flake.nix;
-  outputs = flake.outputs { self = outputs; nixpkgs = { inherit lib; }; };
+  outputs = flake.outputs {
+    self = outputs;
+    nixpkgs = {
+      inherit lib;
+      legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] standInPkgs;
+    };
+  };
+  # Every derivation the flake outputs, for both systems.
+  flakeDerivations = lib.concatMap
+    (system: lib.attrValues outputs.packages.${system} ++ lib.attrValues outputs.checks.${system}
+      ++ [ outputs.devShells.${system}.default outputs.formatter.${system} ])
+    (lib.attrNames outputs.packages);
+  probe = outputs.packages.x86_64-linux.xdt-probe;
+  vmTest = import ../../vm-tests/nixos.nix { self = outputs; };
+  # A node of the NixOS VM test, configured as the test driver does (its defaults, the node, the
+  # host name).
+  vmNode = name: (lib.evalModules {
+    modules = [
+      nixosStandIns
+      vmTest.defaults
+      vmTest.nodes.${name}
+      { networking.hostName = name; services.xdt.package = stubPackage; }
+    ];
+    specialArgs = { inherit pkgs; };
+  }).config;
 
   failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
@@ -129,7 +255,6 @@ let
           c.environment.etc."xdt/agent.conf".text
           ''
             # xdt-agent: written by the services.xdt NixOS module.
-            XDT_AGENT_ID=node
             XDT_CENTRAL=192.168.2.1:50051
           ''
         ]
@@ -153,12 +278,18 @@ let
         [ "attach starts at boot" c.systemd.services."xdt-attach@eth1".wantedBy [ "multi-user.target" ] ]
         [ "attach mode" c.systemd.services."xdt-attach@eth1".environment.XDT_ATTACH_MODE "auto" ]
         [
+          "attach.env cannot override the mode"
+          c.systemd.services."xdt-attach@eth1".serviceConfig.EnvironmentFile or null
+          [ "" ]
+        ]
+        [
           "new rules reload the attach unit"
           c.systemd.services."xdt-attach@eth1".reloadTriggers
           [ c.environment.etc."xdt/rules/eth1.rules".source ]
         ]
         [ "agent is a drop-in" c.systemd.services."xdt-agent@eth1".overrideStrategy "asDropin" ]
         [ "agent starts at boot" c.systemd.services."xdt-agent@eth1".wantedBy [ "multi-user.target" ] ]
+        [ "one agent id per interface" c.systemd.services."xdt-agent@eth1".environment { XDT_AGENT_ID = "node/eth1"; } ]
         [
           "the token credential is replaced"
           c.systemd.services."xdt-agent@eth1".serviceConfig.LoadCredential
@@ -238,6 +369,7 @@ let
       [
         [ "no failed assertion" (failedAssertions c) [ ] ]
         [ "escaped instance" (c.systemd.services ? "xdt-agent@br\\x2dlan") true ]
+        [ "its agent id names the interface" c.systemd.services."xdt-agent@br\\x2dlan".environment.XDT_AGENT_ID or null "node/br-lan" ]
         [ "its mode" c.systemd.services."xdt-attach@br\\x2dlan".environment.XDT_ATTACH_MODE "generic" ]
         [ "its rules file keeps the name" (c.environment.etc ? "xdt/rules/br-lan.rules") true ]
       ];
@@ -261,6 +393,47 @@ let
           ''
         ]
         [ "no reverse-path exemption without steering" c.networking.firewall.extraReversePathFilterRules "" ]
+        [ "no agent id: the agent's own" c.systemd.services."xdt-agent@eth1".environment { } ]
+      ];
+
+    "an agent id prefix of our own" =
+      let c = evaluate (withAgent { agentId = "edge-7"; interfaces.eth2 = { }; }); in [
+        [ "eth1" c.systemd.services."xdt-agent@eth1".environment.XDT_AGENT_ID or null "edge-7/eth1" ]
+        [ "eth2" c.systemd.services."xdt-agent@eth2".environment.XDT_AGENT_ID or null "edge-7/eth2" ]
+        [ "not in the shared agent.conf" (lib.hasInfix "XDT_AGENT_ID" c.environment.etc."xdt/agent.conf".text) false ]
+      ];
+
+    "firewalld" =
+      let
+        firewalld = rpfilter: extra: evaluate (lib.recursiveUpdate (withAgent extra) {
+          networking.firewall.backend = "firewalld";
+          services.firewalld.settings.IPv6_rpfilter = rpfilter;
+        });
+        refused = c: map (lib.hasInfix "firewalld's IPv6 reverse-path") (failedAssertions c);
+      in
+      [
+        [ "strict drops the steered packets" (refused (firewalld "strict" { })) [ true ] ]
+        [ "strict-forward passes them (NixOS's default)" (failedAssertions (firewalld "strict-forward" { })) [ ] ]
+        [ "loose passes them" (failedAssertions (firewalld "loose" { })) [ ] ]
+        [ "strict is fine without steering" (failedAssertions (firewalld "strict" { settings.XDT_NO_STEER = true; })) [ ] ]
+        [ "no iptables or nftables exemption" (firewalld "loose" { }).networking.firewall.extraCommands "" ]
+      ];
+
+    "the IPv4 reverse-path filter" =
+      let
+        withAll = value: extra: evaluate (lib.recursiveUpdate (withAgent extra) {
+          boot.kernel.sysctl."net.ipv4.conf.all.rp_filter" = value;
+        });
+      in
+      [
+        [
+          "strict overrides the re-entry interfaces' 0"
+          (map (lib.hasPrefix ''boot.kernel.sysctl."net.ipv4.conf.all.rp_filter" is 1'') (failedAssertions (withAll 1 { })))
+          [ true ]
+        ]
+        [ "as a string too" (lib.length (failedAssertions (withAll "1" { }))) 1 ]
+        [ "loose is fine" (failedAssertions (withAll 2 { })) [ ] ]
+        [ "strict is fine without steering" (failedAssertions (withAll 1 { settings.XDT_EGRESS = "eth9"; })) [ ] ]
       ];
 
     "nftables gets its own exemption" =
@@ -287,6 +460,39 @@ let
         ]
         [ "its systems" (lib.attrNames outputs.packages) [ "aarch64-linux" "x86_64-linux" ] ]
         [ "nixpkgs is its one input" (lib.attrNames flake.inputs) [ "nixpkgs" ] ]
+        [
+          "pinned by commit"
+          (builtins.match "github:NixOS/nixpkgs/[0-9a-f]{40}" flake.inputs.nixpkgs.url != null)
+          true
+        ]
+        [
+          "every package, check, dev shell and formatter evaluates with nothing built (no import from derivation)"
+          (lib.all (d: lib.hasPrefix builtins.storeDir d.drvPath) flakeDerivations)
+          true
+        ]
+        [ "as many derivations" (lib.length flakeDerivations) 24 ]
+        [ "the demo app" (lib.hasSuffix "/bin/xdt-demo" outputs.apps.x86_64-linux.default.program) true ]
+        [ "the probe vendors bpf/Cargo.lock alone" probe.cargoDeps.lockFile ../../bpf/Cargo.lock ]
+        [ "the probe uses no build-std" (lib.hasInfix "build-std" probe.buildPhase) false ]
+        [ "nor the library's source" (probe ? __CARGO_TESTS_ONLY_SRC_ROOT) false ]
+        [ "the probe as nixpkgs' jail-ai" [ probe.RUSTC_BOOTSTRAP probe.RUSTFLAGS ] [ "1" "-C target-feature=" ] ]
+        [
+          "clippy denies correctness, not every warning"
+          (map (lib.flip lib.hasInfix outputs.checks.x86_64-linux.clippy.buildPhase) [ "-D clippy::correctness" "-D warnings" ])
+          [ true false ]
+        ]
+        [ "the VM test is no check (it needs KVM)" (outputs.checks.x86_64-linux ? vm) false ]
+        [ "but a package" outputs.packages.x86_64-linux.vm-test.name "vm-test-run-xdt" ]
+        [
+          "the VM test's nodes are valid configurations"
+          (map (n: failedAssertions (vmNode n)) [ "central" "client" "node" ])
+          [ [ ] [ ] [ ] ]
+        ]
+        [
+          "the VM node's agent: its id and the test fault"
+          (vmNode "node").systemd.services."xdt-agent@eth1".environment
+          { XDT_AGENT_ID = "node/eth1"; XDT_TEST_FAULTS = "hang-on-sigusr2"; }
+        ]
         [ "an overlay function" (lib.isFunction outputs.overlays.default) true ]
         [ "its module sets the same units up" (failedAssertions c) [ ] ]
         [ "with the package given" c.systemd.packages [ stubPackage ] ]
@@ -342,6 +548,12 @@ let
         "settings the module owns"
         (map (lib.hasPrefix "services.xdt.agent.settings sets XDT_INTERFACE")
           (failedAssertions (evaluate (withAgent { settings.XDT_INTERFACE = "eth0"; }))))
+        [ true ]
+      ]
+      [
+        "the agent id is per instance, not a setting"
+        (map (lib.hasPrefix "services.xdt.agent.settings sets XDT_AGENT_ID")
+          (failedAssertions (evaluate (withAgent { settings.XDT_AGENT_ID = "x"; }))))
         [ true ]
       ]
       [
