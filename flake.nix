@@ -94,7 +94,8 @@
           pname = "xdt";
           inherit version src;
           cargoLock.lockFile = ./Cargo.lock;
-          cargoBuildFlags = [ "--workspace" "--bins" ];
+          # xtask is the Debian machines' set-up and test runner, not part of the appliance.
+          cargoBuildFlags = [ "--workspace" "--exclude" "xtask" "--bins" ];
           # xdt-datapath's build script takes the prebuilt objects instead of compiling bpf/.
           env.XDT_PROBE_DIR = "${xdt-probe}";
           # The tests are checks.<system>.cargo-test (most need root, which a build has not).

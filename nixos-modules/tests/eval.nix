@@ -481,6 +481,11 @@ let
           (map (lib.flip lib.hasInfix outputs.checks.x86_64-linux.clippy.buildPhase) [ "-D clippy::correctness" "-D warnings" ])
           [ true false ]
         ]
+        [
+          "the package's binaries, not xtask"
+          outputs.packages.x86_64-linux.xdt.cargoBuildFlags
+          [ "--workspace" "--exclude" "xtask" "--bins" ]
+        ]
         [ "the VM test is no check (it needs KVM)" (outputs.checks.x86_64-linux ? vm) false ]
         [ "but a package" outputs.packages.x86_64-linux.vm-test.name "vm-test-run-xdt" ]
         [
