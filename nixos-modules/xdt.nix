@@ -214,6 +214,7 @@ let
   # firewalld's reverse-path filter is IPv6 only and global: no interface can be exempted. These
   # modes let the re-injected packets (addressed to this host, with a route back to the client
   # through the watched interface) through.
+  firewalld = config.services.firewalld.enable or false || (firewall.enable && firewall.backend == "firewalld");
   firewalldRpfilter = config.services.firewalld.settings.IPv6_rpfilter or "strict";
   firewalldPasses = lib.elem firewalldRpfilter [ "no" "loose" "strict-forward" "loose-forward" ];
   # IPv4: the kernel takes the larger of all/ and the interface's rp_filter, so a strict (1)
@@ -371,7 +372,7 @@ in
           services.xdt.agent.agentId) per instance, and the token comes from
           services.xdt.agent.tokenFile.'')
         {
-          assertion = !(steering && firewall.enable && firewall.backend == "firewalld") || firewalldPasses;
+          assertion = !(steering && firewalld) || firewalldPasses;
           message = ''
             services.xdt.agent steers packets back into this host through its re-entry interfaces
             (xdt<ifindex>h) with the client's source address, and firewalld's IPv6 reverse-path

@@ -90,6 +90,7 @@ let
         extraReversePathFilterRules = mkOption { type = types.lines; default = ""; };
         filterForward = mkOption { type = types.bool; default = false; };
       };
+      services.firewalld.enable = mkOption { type = types.bool; default = false; };
       services.firewalld.settings = mkOption {
         type = types.submodule {
           freeformType = types.attrsOf (types.oneOf [ types.bool types.str ]);
@@ -417,6 +418,14 @@ let
         [ "loose passes them" (failedAssertions (firewalld "loose" { })) [ ] ]
         [ "strict is fine without steering" (failedAssertions (firewalld "strict" { settings.XDT_NO_STEER = true; })) [ ] ]
         [ "no iptables or nftables exemption" (firewalld "loose" { }).networking.firewall.extraCommands "" ]
+        [
+          "firewalld run on its own, without NixOS's firewall"
+          (refused (evaluate (lib.recursiveUpdate node {
+            networking.firewall.enable = false;
+            services.firewalld.enable = true;
+          })))
+          [ true ]
+        ]
       ];
 
     "the IPv4 reverse-path filter" =
