@@ -24,6 +24,15 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the state file is rewritten (and once more at shutdown).
 pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `--http-max-connections`.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
+/// Default `--http-timeout`, seconds.
+pub const DEFAULT_HTTP_TIMEOUT_SECONDS: u64 = 10;
+/// Default `--max-handshakes`.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 128;
+/// File descriptors kept for everything but connections: the runtime, the journal, the state
+/// file, the OTLP exporter's sockets, logging.
+pub const FD_RESERVE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +51,12 @@ pub struct Config {
     pub persist_interval: Duration,
     /// Threads answering HTTP requests.
     pub http_threads: usize,
+    /// HTTP connections at once (the front refuses more with 503).
+    pub http_max_connections: usize,
+    /// A request head must arrive within this time.
+    pub http_timeout: Duration,
+    /// Telemetry connections not yet authenticated, at once.
+    pub max_handshakes: usize,
 }
 
 impl Config {
@@ -61,7 +76,65 @@ impl Config {
             frame_timeout: FRAME_TIMEOUT,
             persist_interval: PERSIST_INTERVAL,
             http_threads: 4,
+            http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            http_timeout: Duration::from_secs(DEFAULT_HTTP_TIMEOUT_SECONDS),
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
         }
+    }
+
+    /// File descriptors central may hold at once with these limits: one per telemetry
+    /// connection (admitted, authenticating, or being refused), four per HTTP connection (see
+    /// `http::FDS_PER_CONNECTION`), and [`FD_RESERVE`].
+    #[must_use]
+    pub fn descriptors_needed(&self) -> usize {
+        self.max_connections + self.descriptors_besides_sessions()
+    }
+
+    fn descriptors_besides_sessions(&self) -> usize {
+        self.max_handshakes
+            + crate::ingest::MAX_REFUSING
+            + self.http_max_connections * crate::http::FDS_PER_CONNECTION
+            + crate::http::MAX_REFUSING
+            + FD_RESERVE
+    }
+
+    /// Makes the limits fit `RLIMIT_NOFILE`: raises the soft limit up to the hard one if
+    /// needed, and if that is not enough lowers `max_connections` to what fits (returning the
+    /// old value). Refuses when not even a few connections fit.
+    pub fn fit_descriptors(&mut self) -> Result<Option<usize>> {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let needed = self.descriptors_needed() as u64;
+        let (mut soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| Error::Config {
+            option: "RLIMIT_NOFILE",
+            reason: format!("cannot read it: {e}"),
+        })?;
+        if soft < needed && setrlimit(Resource::RLIMIT_NOFILE, needed.min(hard), hard).is_ok() {
+            soft = needed.min(hard);
+        }
+        self.fit_within(usize::try_from(soft).unwrap_or(usize::MAX))
+    }
+
+    /// [`Config::fit_descriptors`] for a given limit.
+    pub fn fit_within(&mut self, limit: usize) -> Result<Option<usize>> {
+        if self.descriptors_needed() <= limit {
+            return Ok(None);
+        }
+        let besides = self.descriptors_besides_sessions();
+        let fits = limit.saturating_sub(besides);
+        if fits < 16 {
+            return Err(Error::Config {
+                option: "--max-connections",
+                reason: format!(
+                    "RLIMIT_NOFILE is {limit}, below the {} descriptors of the HTTP side, the \
+                     handshakes and the reserve plus 16 connections; raise LimitNOFILE= (or \
+                     ulimit -n)",
+                    besides + 16
+                ),
+            });
+        }
+        let old = self.max_connections;
+        self.max_connections = fits;
+        Ok(Some(old))
     }
 
     /// What differs in `new` that a running server cannot take over (everything is set up once
@@ -83,6 +156,15 @@ impl Config {
             ),
             (self.recent_events != new.recent_events, "--recent-events"),
             (self.max_agents != new.max_agents, "--max-agents"),
+            (
+                self.http_max_connections != new.http_max_connections,
+                "--http-max-connections",
+            ),
+            (self.http_timeout != new.http_timeout, "--http-timeout"),
+            (
+                self.max_handshakes != new.max_handshakes,
+                "--max-handshakes",
+            ),
         ]
         .into_iter()
         .filter_map(|(changed, name)| changed.then_some(name))
@@ -96,6 +178,8 @@ impl Config {
             ("--recent-events", self.recent_events),
             ("--max-agents", self.max_agents),
             ("HTTP threads", self.http_threads),
+            ("--http-max-connections", self.http_max_connections),
+            ("--max-handshakes", self.max_handshakes),
         ];
         for (option, value) in positive {
             if value == 0 {

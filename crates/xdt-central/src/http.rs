@@ -1,59 +1,207 @@
-//! The HTTP side on a few plain threads sharing one tiny_http server: the dashboard (embedded
-//! from `ui/`), `/metrics.json`, `/metrics` and `/healthz`.
+//! The HTTP side: the dashboard (embedded from `ui/`), `/metrics.json`, `/metrics` and
+//! `/healthz`, answered by tiny_http on a few plain threads, behind a bounded front.
+//!
+//! tiny_http 0.12 takes only a listener: its accept thread ends at the first failed accept (out
+//! of file descriptors, say) and never restarts; it reads the request line and headers with no
+//! bound and no timeout; and it gives every connection a thread of its own. So the public port
+//! is ours: a tokio task accepts under a connection limit (overall and per peer address), reads
+//! the request head within `--http-timeout` and at most [`MAX_HEAD`] bytes, refuses a body, and
+//! hands tiny_http a minimal request (`METHOD PATH`, `Connection: close`) over a Unix socket in
+//! a private directory; the response is copied back within the same kind of deadline. tiny_http
+//! sees only well-formed, small requests from us, at most `--http-max-connections` at a time.
+//!
+//! [`HttpHealth::check`] asks tiny_http for `/healthz` over that socket and checks the front is
+//! accepting: the watchdog is fed only while both answer.
 
 use std::{
+    collections::HashMap,
     io::Cursor,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use log::{debug, error, warn};
 use prometheus_client::registry::Registry;
 use tiny_http::{Header, Method, Request, Response, Server};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UnixStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{Instant, timeout, timeout_at},
+};
 
 use crate::{
+    counters::Counters,
     error::{Error, Result},
     json, prom,
     state::Shared,
     ui,
 };
 
-/// The running HTTP threads; [`Http::stop`] ends them.
+/// Longest request head (request line and headers) read, in bytes.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most headers in a request head.
+const MAX_HEADERS: usize = 64;
+/// HTTP connections one peer address may hold at once (a browser opens about 6).
+pub const MAX_PER_PEER: usize = 16;
+/// Refusals (503) being written at once; beyond, a connection over the limit is just closed.
+pub(crate) const MAX_REFUSING: usize = 16;
+/// How long a refusal or an error answer may take to write, and how long (and how much) of the
+/// client's unread request is drained after it, so the answer is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 8 << 20;
+/// Longest a response may take to reach the client (a large /metrics.json to a slow reader).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The health check's deadline.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// File descriptors an HTTP connection takes: the client's, our end of the Unix socket, and
+/// tiny_http's accepted end with the clone it makes of it.
+pub const FDS_PER_CONNECTION: usize = 4;
+
+/// The front's limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub threads: usize,
+    pub max_connections: usize,
+    pub timeout: Duration,
+}
+
+/// The running HTTP side; [`Http::stop`] ends it.
 pub(crate) struct Http {
     server: Arc<Server>,
     threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
+    front: tokio::task::JoinHandle<()>,
+    health: HttpHealth,
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for Http {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http")
-            .field("server", &self.server.server_addr())
+            .field("socket", &self.health.socket)
             .field("threads", &self.threads.len())
             .finish_non_exhaustive()
     }
 }
 
-/// Opens the HTTP listener (so a taken port fails startup, before anything runs).
-pub(crate) fn bind(addr: SocketAddr) -> Result<(Arc<Server>, SocketAddr)> {
-    let server = Server::http(addr).map_err(|e| Error::HttpBind {
+/// Whether the HTTP side answers (for the watchdog).
+#[derive(Debug, Clone)]
+pub struct HttpHealth {
+    socket: PathBuf,
+    front_alive: Arc<AtomicBool>,
+}
+
+impl HttpHealth {
+    /// `Ok` when the front is accepting and tiny_http answers `/healthz` within 2 s.
+    pub async fn check(&self) -> std::result::Result<(), String> {
+        if !self.front_alive.load(Ordering::SeqCst) {
+            return Err("the HTTP accept task has stopped".into());
+        }
+        let ask = async {
+            let mut stream = UnixStream::connect(&self.socket).await?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: central\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut answer = Vec::new();
+            (&mut stream).take(4096).read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        match timeout(HEALTH_TIMEOUT, ask).await {
+            Ok(Ok(answer)) if answer.starts_with(b"HTTP/1.1 200") => Ok(()),
+            Ok(Ok(answer)) => Err(format!(
+                "/healthz answered {:?}",
+                String::from_utf8_lossy(&answer[..answer.len().min(40)])
+            )),
+            Ok(Err(e)) => Err(format!("/healthz failed: {e}")),
+            Err(_) => Err(format!(
+                "/healthz did not answer within {} s",
+                HEALTH_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// The HTTP listeners, open but not served yet.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    listener: Option<TcpListener>,
+    pub addr: SocketAddr,
+    backend: std::os::unix::net::UnixListener,
+    dir: PathBuf,
+    pub health: HttpHealth,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Opens the public HTTP listener (so a taken port fails startup, before anything runs) and
+/// tiny_http's private one.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<Bound> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| Error::HttpBind {
         addr,
         reason: e.to_string(),
     })?;
-    let local = server.server_addr().to_ip().unwrap_or(addr);
-    Ok((Arc::new(server), local))
+    let local = listener.local_addr().unwrap_or(addr);
+    let dir = private_dir().map_err(|e| Error::HttpBind {
+        addr,
+        reason: format!("cannot create the private socket directory: {e}"),
+    })?;
+    let socket = dir.join("http.sock");
+    let backend = match std::os::unix::net::UnixListener::bind(&socket) {
+        Ok(backend) => backend,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Error::HttpBind {
+                addr,
+                reason: format!("cannot listen on {}: {e}", socket.display()),
+            });
+        }
+    };
+    Ok(Bound {
+        listener: Some(listener),
+        addr: local,
+        backend,
+        dir,
+        health: HttpHealth {
+            socket,
+            front_alive: Arc::new(AtomicBool::new(true)),
+        },
+    })
 }
 
 impl Http {
-    pub(crate) fn start(server: Arc<Server>, state: &Shared, threads: usize) -> Result<Self> {
+    pub(crate) fn start(mut bound: Bound, state: &Shared, limits: Limits) -> Result<Self> {
+        let addr = bound.addr;
+        let backend = bound.backend.try_clone().map_err(|e| Error::HttpBind {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let server =
+            Arc::new(
+                Server::from_listener(backend, None).map_err(|e| Error::HttpBind {
+                    addr,
+                    reason: e.to_string(),
+                })?,
+            );
+        let dir = std::mem::take(&mut bound.dir);
+        let health = bound.health.clone();
+        let socket = health.socket.clone();
         let stopping = Arc::new(AtomicBool::new(false));
         let registry = Arc::new(prom::registry(state.clone()));
-        let mut handles = Vec::with_capacity(threads);
-        for i in 0..threads {
+        let mut handles = Vec::with_capacity(limits.threads);
+        for i in 0..limits.threads {
             let server = Arc::clone(&server);
             let state = state.clone();
             let registry = Arc::clone(&registry);
@@ -67,24 +215,291 @@ impl Http {
                 })?;
             handles.push(handle);
         }
+        let front = Front {
+            socket: socket.clone(),
+            limits,
+            counters: Arc::clone(state.counters()),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            per_peer: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let alive = Alive(Arc::clone(&health.front_alive));
+        let Some(listener) = bound.listener.take() else {
+            return Err(Error::HttpBind {
+                addr,
+                reason: "the listener was already served".into(),
+            });
+        };
+        let front = tokio::spawn(front.run(listener, alive));
         Ok(Self {
             server,
             threads: handles,
             stopping,
+            front,
+            health,
+            dir,
         })
     }
 
-    /// Wakes every thread and waits for them; the listener closes when the last reference to
-    /// the server is dropped.
-    pub(crate) fn stop(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for _ in &self.threads {
-            self.server.unblock();
-        }
-        for thread in self.threads {
-            if thread.join().is_err() {
-                error!("an HTTP thread panicked");
+    /// Closes the public listener, wakes every thread and waits for them.
+    pub(crate) async fn stop(self) {
+        self.front.abort();
+        let _ = self.front.await;
+        let Self {
+            server,
+            threads,
+            stopping,
+            dir,
+            ..
+        } = self;
+        let joined = tokio::task::spawn_blocking(move || {
+            stopping.store(true, Ordering::SeqCst);
+            for _ in &threads {
+                server.unblock();
             }
+            for thread in threads {
+                if thread.join().is_err() {
+                    error!("an HTTP thread panicked");
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .await;
+        if joined.is_err() {
+            error!("stopping the HTTP threads panicked");
+        }
+    }
+}
+
+/// A directory only central's user can enter, for the Unix socket between the front and
+/// tiny_http (nobody else may reach tiny_http without the front's limits).
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "xdt-central-http-{}-{nanos:09}",
+        std::process::id()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// Clears the front's liveness flag however its task ends.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+struct Front {
+    socket: PathBuf,
+    limits: Limits,
+    counters: Arc<Counters>,
+    connections: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A connection's slot: overall and for its peer address.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    peer: IpAddr,
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_peer = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Why a request head was refused.
+enum Refusal {
+    Timeout,
+    TooLarge,
+    Malformed,
+    Body,
+    Closed,
+}
+
+impl Front {
+    async fn run(self, listener: TcpListener, alive: Alive) {
+        let front = Arc::new(self);
+        let _alive = alive;
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually out of file descriptors: wait for connections to end, go on.
+                    Counters::add(&front.counters.http_accept_errors);
+                    warn!(cause:% = e; "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if let Some(slot) = front.admit(peer.ip()) {
+                let front = Arc::clone(&front);
+                tokio::spawn(async move {
+                    front.serve_one(stream, peer).await;
+                    drop(slot);
+                });
+                continue;
+            }
+            Counters::add(&front.counters.http_refused);
+            debug!(peer:% = peer; "HTTP connection refused: at the connection limit");
+            if let Ok(permit) = Arc::clone(&front.refusing).try_acquire_owned() {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let _ = timeout(
+                        LINGER,
+                        stream.write_all(&answer(503, "too many connections; retry\n")),
+                    )
+                    .await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    fn admit(&self, peer: IpAddr) -> Option<Slot> {
+        let mut per_peer = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = per_peer.get(&peer).copied().unwrap_or(0);
+        if held >= MAX_PER_PEER {
+            return None;
+        }
+        let permit = Arc::clone(&self.connections).try_acquire_owned().ok()?;
+        per_peer.insert(peer, held + 1);
+        Some(Slot {
+            _permit: permit,
+            peer,
+            per_peer: Arc::clone(&self.per_peer),
+        })
+    }
+
+    /// One request: its head within the limits, then tiny_http's answer copied back.
+    async fn serve_one(&self, mut stream: TcpStream, peer: SocketAddr) {
+        let deadline = Instant::now() + self.limits.timeout;
+        let forward = match timeout_at(deadline, read_head(&mut stream)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(refusal)) => return self.refuse(stream, peer, refusal).await,
+            Err(_) => return self.refuse(stream, peer, Refusal::Timeout).await,
+        };
+        let relay = async {
+            let mut backend = UnixStream::connect(&self.socket).await?;
+            backend.write_all(forward.as_bytes()).await?;
+            tokio::io::copy(&mut backend, &mut stream).await?;
+            stream.shutdown().await
+        };
+        match timeout(RESPONSE_TIMEOUT, relay).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(peer:% = peer, cause:% = e; "relaying an HTTP response failed"),
+            Err(_) => {
+                Counters::add(&self.counters.http_rejected);
+                debug!(peer:% = peer; "an HTTP response was not taken in time: closed");
+            }
+        }
+    }
+
+    /// Answers a refused head with its status (when the client is still there) and closes.
+    async fn refuse(&self, mut stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
+        let (status, body) = match refusal {
+            Refusal::Closed => return,
+            Refusal::Timeout => (408, "request not complete in time\n"),
+            Refusal::TooLarge => (431, "request head too large or too many headers\n"),
+            Refusal::Malformed => (400, "malformed request\n"),
+            Refusal::Body => (413, "requests with a body are not served\n"),
+        };
+        Counters::add(&self.counters.http_rejected);
+        debug!(peer:% = peer, status; "HTTP request refused");
+        let send = async {
+            stream.write_all(&answer(status, body)).await?;
+            stream.shutdown().await
+        };
+        if !matches!(timeout(LINGER, send).await, Ok(Ok(()))) {
+            return;
+        }
+        // Drain what the client is still sending for a moment, so our answer is not
+        // overtaken by a reset.
+        let drain = async {
+            let mut buf = vec![0; 64 * 1024];
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = timeout(LINGER, drain).await;
+    }
+}
+
+/// A complete HTTP/1.1 answer with a plain-text body, closing the connection.
+fn answer(status: u16, body: &str) -> Vec<u8> {
+    let reason = match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads the request head (at most [`MAX_HEAD`] bytes) and returns the request to hand to
+/// tiny_http: the method and target only, and `Connection: close`.
+async fn read_head(stream: &mut TcpStream) -> std::result::Result<String, Refusal> {
+    let mut buf = vec![0; MAX_HEAD];
+    let mut len = 0;
+    loop {
+        if len == MAX_HEAD {
+            return Err(Refusal::TooLarge);
+        }
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|_| Refusal::Closed)?;
+        if n == 0 {
+            return Err(Refusal::Closed);
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf[..len]) {
+            Ok(httparse::Status::Partial) => {}
+            Ok(httparse::Status::Complete(_)) => {
+                let has_body = request.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("transfer-encoding")
+                        || (h.name.eq_ignore_ascii_case("content-length")
+                            && h.value.iter().any(|b| (b'1'..=b'9').contains(b)))
+                });
+                if has_body {
+                    return Err(Refusal::Body);
+                }
+                let (Some(method), Some(path)) = (request.method, request.path) else {
+                    return Err(Refusal::Malformed);
+                };
+                return Ok(format!(
+                    "{method} {path} HTTP/1.1\r\nHost: central\r\nConnection: close\r\n\r\n"
+                ));
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
+            Err(_) => return Err(Refusal::Malformed),
         }
     }
 }

@@ -24,13 +24,14 @@ use xdt_wire::{
 
 use crate::{
     config::Token,
+    counters::Counters,
     error::CloseReason,
     journal::{Journal, Record},
     state::{Applied, Shared, now_unix},
 };
 
 /// Connections refused with `Busy` that may be finishing at once; beyond, they are just closed.
-const MAX_REFUSING: usize = 64;
+pub(crate) const MAX_REFUSING: usize = 64;
 /// How long and how much of the peer's data is drained after an error before closing, so the
 /// error reaches the peer instead of being overtaken by a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -72,6 +73,7 @@ pub(crate) async fn accept_loop(
             Ok(accepted) => accepted,
             Err(e) => {
                 // Usually out of file descriptors: wait for sessions to end, keep serving.
+                Counters::add(&context.state.counters().telemetry_accept_errors);
                 warn!(cause:% = e; "accepting a telemetry connection failed");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -90,6 +92,7 @@ pub(crate) async fn accept_loop(
                 drop(done);
             });
         } else {
+            Counters::add(&context.state.counters().connections_refused);
             warn!(peer:% = peer, limit = max_connections; "connection refused: central is at its connection limit");
             if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
                 let done = done.clone();

@@ -30,6 +30,7 @@ use tokio::{
 pub use crate::{
     config::{Config, OtlpConfig, Token},
     error::{Error, Result},
+    http::HttpHealth,
 };
 use crate::{
     http::Http,
@@ -47,7 +48,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Central {
     config: Config,
     listener: TcpListener,
-    http_server: Arc<tiny_http::Server>,
+    http: http::Bound,
     telemetry_addr: SocketAddr,
     http_addr: SocketAddr,
     state: Shared,
@@ -67,8 +68,14 @@ impl std::fmt::Debug for Central {
 impl Central {
     /// Validates the configuration, loads `state.json`, replays the journal and opens both
     /// listeners.
-    pub async fn bind(config: Config) -> Result<Self> {
+    pub async fn bind(mut config: Config) -> Result<Self> {
         config.validate()?;
+        if let Some(asked) = config.fit_descriptors()? {
+            warn!(
+                asked, max_connections = config.max_connections, needed = config.descriptors_needed();
+                "--max-connections lowered to fit RLIMIT_NOFILE (raise LimitNOFILE= to allow more)"
+            );
+        }
         let mut state = State::new(config.max_agents, config.recent_events);
         let mut journal = None;
         let counters = Arc::<counters::Counters>::default();
@@ -98,11 +105,12 @@ impl Central {
             addr: config.telemetry_listen,
             source,
         })?;
-        let (http_server, http_addr) = http::bind(config.http_listen)?;
+        let http = http::bind(config.http_listen).await?;
+        let http_addr = http.addr;
         Ok(Self {
             config,
             listener,
-            http_server,
+            http,
             telemetry_addr,
             http_addr,
             state: Shared::with_counters(state, counters),
@@ -120,6 +128,19 @@ impl Central {
         self.http_addr
     }
 
+    /// Whether the HTTP side answers, for the watchdog.
+    #[must_use]
+    pub fn http_health(&self) -> HttpHealth {
+        self.http.health.clone()
+    }
+
+    /// The configuration in effect (`--max-connections` may have been lowered to fit the
+    /// file descriptor limit).
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The live state, for a status line (systemd's `STATUS=`).
     #[must_use]
     pub fn state(&self) -> Shared {
@@ -132,7 +153,7 @@ impl Central {
         let Self {
             config,
             listener,
-            http_server,
+            http,
             telemetry_addr,
             http_addr,
             state,
@@ -142,7 +163,12 @@ impl Central {
             Some(otlp) => Some(Otlp::start(otlp, state.clone())?),
             None => None,
         };
-        let http = match Http::start(http_server, &state, config.http_threads) {
+        let limits = http::Limits {
+            threads: config.http_threads,
+            max_connections: config.http_max_connections,
+            timeout: config.http_timeout,
+        };
+        let http = match Http::start(http, &state, limits) {
             Ok(http) => http,
             Err(e) => {
                 if let Some(otlp) = otlp {
@@ -197,11 +223,11 @@ impl Central {
             Some(dir) => save(&state, dir.clone(), journal.as_ref()).await,
             None => Ok(()),
         };
+        http.stop().await;
         stop_blocking(move || {
             if let Some(journal) = journal {
                 journal.close();
             }
-            http.stop();
             if let Some(otlp) = otlp {
                 otlp.stop();
             }

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, builder::RangedU64ValueParser};
 use log::{error, info, warn};
-use xdt_central::{Central, Config, OtlpConfig, Token, config, state::Shared};
+use xdt_central::{Central, Config, HttpHealth, OtlpConfig, Token, config, state::Shared};
 use xdt_systemd::{config_file, logging, notify::Notifier};
 
 #[derive(Debug, Parser)]
@@ -61,12 +61,26 @@ struct Cli {
     #[arg(long, env = "XDT_MAX_AGENTS", default_value_t = config::DEFAULT_MAX_AGENTS, value_name = "N",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_agents: usize,
+    /// Most HTTP connections at once (16 per client address); more get 503.
+    #[arg(long, env = "XDT_HTTP_MAX_CONNECTIONS", default_value_t = config::DEFAULT_HTTP_MAX_CONNECTIONS, value_name = "N",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    http_max_connections: usize,
+    /// Seconds an HTTP client has to send its request head; slower ones get 408.
+    #[arg(long, env = "XDT_HTTP_TIMEOUT", default_value_t = config::DEFAULT_HTTP_TIMEOUT_SECONDS, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    http_timeout: u64,
+    /// Most telemetry connections still authenticating at once (8 per peer address); more are
+    /// closed at once. They never take --max-connections slots.
+    #[arg(long, env = "XDT_MAX_HANDSHAKES", default_value_t = config::DEFAULT_MAX_HANDSHAKES, value_name = "N",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    max_handshakes: usize,
     /// Log level (the journal under systemd, else stderr, where RUST_LOG refines it).
     #[arg(long, env = "XDT_LOG_LEVEL", value_enum, default_value_t = logging::Level::Info)]
     log_level: logging::Level,
 }
 
 fn main() {
+    xdt_clidoc::generate_if_asked(<Cli as clap::CommandFactory>::command, "8");
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cli = match config_file::parse::<Cli>(|c| c.config.as_deref(), "XDT_CONFIG") {
         Ok(cli) => cli,
@@ -112,6 +126,9 @@ fn config(cli: Cli) -> Result<Config> {
     config.max_connections = cli.max_connections;
     config.recent_events = cli.recent_events;
     config.max_agents = cli.max_agents;
+    config.http_max_connections = cli.http_max_connections;
+    config.http_timeout = Duration::from_secs(cli.http_timeout);
+    config.max_handshakes = cli.max_handshakes;
     config.validate()?;
     Ok(config)
 }
@@ -131,7 +148,12 @@ fn run(cli: Cli, argv: Vec<OsString>) -> Result<()> {
             central.http_addr()
         );
         notifier.ready(&listening);
-        let status = tokio::spawn(report_status(central.state(), notifier.clone(), listening));
+        let status = tokio::spawn(report_status(
+            central.state(),
+            central.http_health(),
+            notifier.clone(),
+            listening,
+        ));
         let reloads = tokio::spawn(reload_on_hangup(argv, config, notifier.clone()));
         let result = central
             .run(async {
@@ -147,8 +169,9 @@ fn run(cli: Cli, argv: Vec<OsString>) -> Result<()> {
 }
 
 /// `STATUS=` (agents, event rate) and `WATCHDOG=1` every few seconds. Feeding the watchdog
-/// takes the state's lock, so a deadlocked state or a starved runtime gets central restarted.
-async fn report_status(state: Shared, notifier: Notifier, listening: String) {
+/// takes the state's lock and asks the HTTP side for `/healthz` first, so a deadlocked state,
+/// a starved runtime or a dead HTTP side gets central restarted.
+async fn report_status(state: Shared, http: HttpHealth, notifier: Notifier, listening: String) {
     let period = notifier
         .watchdog_period()
         .unwrap_or(Duration::from_secs(5))
@@ -169,10 +192,18 @@ async fn report_status(state: Shared, notifier: Notifier, listening: String) {
             delta / now.duration_since(at).as_secs_f64().max(1e-3)
         });
         last = Some((events, now));
-        notifier.status(&format!(
-            "{connected} of {agents} agents connected, {rate:.0} events/s; {listening}"
-        ));
-        notifier.watchdog();
+        match http.check().await {
+            Ok(()) => {
+                notifier.status(&format!(
+                    "{connected} of {agents} agents connected, {rate:.0} events/s; {listening}"
+                ));
+                notifier.watchdog();
+            }
+            Err(e) => {
+                error!(cause:% = e; "the HTTP side does not answer; the watchdog is not fed");
+                notifier.status(&format!("HTTP side not answering: {e}"));
+            }
+        }
     }
 }
 

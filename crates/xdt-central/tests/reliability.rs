@@ -69,3 +69,265 @@ async fn acknowledged_batches_survive_sigkill_of_central() {
         Some(2010.0)
     );
 }
+
+fn raise_nofile(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < needed {
+        assert!(
+            hard >= needed,
+            "RLIMIT_NOFILE hard limit {hard} is below {needed}"
+        );
+        setrlimit(Resource::RLIMIT_NOFILE, needed, hard).expect("setrlimit");
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (all of 127/8 is loopback), so a
+/// test can be two different peers.
+async fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind source");
+    tokio::time::timeout(common::STEP, socket.connect(to))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// Threads of a process, from /proc.
+fn threads(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads")
+}
+
+/// Out of file descriptors (the unit's old default of 1024 against 4096 connections): more
+/// telemetry connections than descriptors never take the HTTP side down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_survives_file_descriptor_exhaustion() {
+    const PEERS: usize = 1100;
+    raise_nofile(4 * PEERS as u64 + 256);
+    let dir = TempDir::new("emfile");
+    let state = dir.path().join("state");
+    let central = CentralProcess::start(dir.path(), Some(&state), &[], Some(1024));
+    let mut idle = Vec::new();
+    for _ in 0..PEERS {
+        idle.push(
+            tokio::time::timeout(
+                common::STEP,
+                tokio::net::TcpStream::connect(central.telemetry),
+            )
+            .await
+            .expect("connect in time")
+            .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = get(central.http, "/healthz").await;
+    assert_eq!(
+        health.status, 200,
+        "with {PEERS} telemetry connections open"
+    );
+    // An agent still gets through once the idle peers are gone, and HTTP still answers.
+    drop(idle);
+    let start = std::time::Instant::now();
+    loop {
+        let mut agent = TestAgent::connect(central.telemetry).await;
+        agent
+            .send(&xdt_wire::Message::Hello(hello("after-emfile", 1, TOKEN)))
+            .await;
+        match agent.recv().await {
+            Some(xdt_wire::Message::Welcome(_)) => break,
+            other => {
+                assert!(start.elapsed() < common::STEP, "never admitted: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eq!(get(central.http, "/healthz").await.status, 200);
+    assert_eq!(get(central.http, "/metrics.json").await.status, 200);
+}
+
+/// Writes `bytes` to `stream` until done or the peer stops reading/closes; bounded in time.
+async fn write_until_refused(stream: &mut tokio::net::TcpStream, bytes: &[u8]) -> usize {
+    use tokio::io::AsyncWriteExt as _;
+    let mut written = 0;
+    let start = std::time::Instant::now();
+    while written < bytes.len() && start.elapsed() < common::STEP {
+        let end = (written + 64 * 1024).min(bytes.len());
+        match tokio::time::timeout(Duration::from_secs(2), stream.write(&bytes[written..end])).await
+        {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => written += n,
+        }
+    }
+    written
+}
+
+/// Sends `bytes` (as much as central takes) and returns the status line central answers with,
+/// or an empty string if it closed without one; bounded in time.
+async fn refused_with(http: std::net::SocketAddr, bytes: &[u8]) -> (usize, String) {
+    use tokio::io::AsyncReadExt as _;
+    let mut stream = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let sent = write_until_refused(&mut stream, bytes).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "central neither answered nor closed ({sent} bytes sent)"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    (sent, answer.lines().next().unwrap_or_default().to_owned())
+}
+
+/// A request line without end, and a head of 100,000 headers, are refused after a bounded
+/// number of bytes: central answers at once and does not grow with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_http_requests_are_refused_without_growing_central() {
+    let dir = TempDir::new("http-size");
+    let central = CentralProcess::start(dir.path(), None, &[], None);
+    assert_eq!(get(central.http, "/healthz").await.status, 200);
+    let before = central.rss_kib();
+
+    let (sent, status) = refused_with(central.http, &vec![b'a'; 4 << 20]).await;
+    assert!(
+        status.starts_with("HTTP/1.1 431"),
+        "{status:?} after {sent} bytes of request line"
+    );
+    let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..100_000 {
+        head.extend_from_slice(format!("X-{i}: {}\r\n", "v".repeat(32)).as_bytes());
+    }
+    let (sent, status) = refused_with(central.http, &head).await;
+    assert!(
+        status.starts_with("HTTP/1.1 431"),
+        "{status:?} after {sent} bytes of headers"
+    );
+    // A body is refused too (only GET and HEAD are served, without one).
+    let (_, status) = refused_with(
+        central.http,
+        b"POST / HTTP/1.1\r\nContent-Length: 100000000\r\n\r\nxx",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status:?}");
+    let after = central.rss_kib();
+    assert!(
+        after.saturating_sub(before) < 16 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert_eq!(get(central.http, "/healthz").await.status, 200);
+}
+
+/// Slow clients (a request head that never ends) cost neither a thread each nor a slot for
+/// ever: they are held to a per-address limit and closed at the request timeout, and others
+/// are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_http_clients_are_bounded_and_time_out() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const SLOW: usize = 300;
+    raise_nofile(4 * SLOW as u64 + 256);
+    let dir = TempDir::new("http-slow");
+    let central = CentralProcess::start(dir.path(), None, &["--http-timeout", "2"], None);
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut stream = connect_from([127, 0, 0, 2], central.http).await;
+        let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let threads = threads(central.pid());
+    assert!(threads < 40, "{threads} threads with {SLOW} slow clients");
+    // Another client is served meanwhile.
+    assert_eq!(get(central.http, "/healthz").await.status, 200);
+    // Every slow client is closed by the request timeout (2 s here).
+    let start = std::time::Instant::now();
+    for stream in &mut slow {
+        let mut buf = [0; 512];
+        let left = (common::STEP).saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(_) => {}
+            Err(e) => panic!("a slow client was never closed: {e}"),
+        }
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// The watchdog is fed only while the HTTP side answers: with tiny_http unreachable, systemd
+/// gets no `WATCHDOG=1` (and restarts central) instead of a healthy-looking process without
+/// its HTTP side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_fed_only_while_http_answers() {
+    let dir = TempDir::new("watchdog");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let central = CentralProcess::start_with_env(
+        dir.path(),
+        None,
+        &[],
+        None,
+        &[
+            ("NOTIFY_SOCKET", notify_path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("1000000")),
+            ("TMPDIR", tmp.as_os_str()),
+        ],
+    );
+    // Messages in the next `window`, joined.
+    let received = |window: Duration| {
+        let start = std::time::Instant::now();
+        let mut text = String::new();
+        let mut buf = [0; 4096];
+        while start.elapsed() < window {
+            if let Ok(n) = notify.recv(&mut buf) {
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                text.push('\n');
+            }
+        }
+        text
+    };
+    let healthy = received(Duration::from_secs(2));
+    assert!(
+        healthy.contains("WATCHDOG=1"),
+        "fed while healthy: {healthy}"
+    );
+    assert_eq!(get(central.http, "/healthz").await.status, 200);
+
+    // Take tiny_http's socket away: the HTTP side no longer answers.
+    let private: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("tmp")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("xdt-central-http-")
+        })
+        .collect();
+    assert_eq!(private.len(), 1, "one private socket directory");
+    std::fs::remove_file(private[0].path().join("http.sock")).expect("remove the socket");
+    let _ = received(Duration::from_millis(700));
+    let dead = received(Duration::from_secs(2));
+    assert!(!dead.contains("WATCHDOG=1"), "fed without HTTP: {dead}");
+    assert!(dead.contains("HTTP side not answering"), "{dead}");
+    central.wait_for_line(&["the HTTP side does not answer"]);
+}

@@ -602,9 +602,20 @@ pub struct CentralProcess {
 
 impl CentralProcess {
     /// Starts the binary with `args` (after `--token-file`, the loopback listeners and
-    /// `--state-dir` when given) and waits (bounded) for its "listening" line. `limits`
-    /// applies `prlimit`-like resource limits to the child before it runs.
+    /// `--state-dir` when given) and waits (bounded) for its "listening" line. `nofile` is
+    /// the child's RLIMIT_NOFILE (soft and hard), as the unit's `LimitNOFILE=` sets it.
     pub fn start(dir: &Path, state_dir: Option<&Path>, args: &[&str], nofile: Option<u64>) -> Self {
+        Self::start_with_env(dir, state_dir, args, nofile, &[])
+    }
+
+    /// [`CentralProcess::start`] with environment variables set.
+    pub fn start_with_env(
+        dir: &Path,
+        state_dir: Option<&Path>,
+        args: &[&str],
+        nofile: Option<u64>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         use std::io::BufRead as _;
         use std::os::unix::process::CommandExt as _;
         let token = dir.join("token");
@@ -630,6 +641,9 @@ impl CentralProcess {
             command.arg("--state-dir").arg(state_dir);
         }
         command.args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
         if let Some(nofile) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
