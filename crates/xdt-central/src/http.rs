@@ -199,16 +199,19 @@ impl Http {
         let health = bound.health.clone();
         let socket = health.socket.clone();
         let stopping = Arc::new(AtomicBool::new(false));
-        let registry = Arc::new(prom::registry(state.clone()));
+        let handler = Arc::new(Handler {
+            state: state.clone(),
+            registry: prom::registry(state.clone()),
+            json: json::Cache::default(),
+        });
         let mut handles = Vec::with_capacity(limits.threads);
         for i in 0..limits.threads {
             let server = Arc::clone(&server);
-            let state = state.clone();
-            let registry = Arc::clone(&registry);
+            let handler = Arc::clone(&handler);
             let stopping = Arc::clone(&stopping);
             let handle = std::thread::Builder::new()
                 .name(format!("xdt-http-{i}"))
-                .spawn(move || serve(&server, &state, &registry, &stopping))
+                .spawn(move || serve(&server, &handler, &stopping))
                 .map_err(|source| Error::Thread {
                     name: "HTTP",
                     source,
@@ -504,10 +507,50 @@ async fn read_head(stream: &mut TcpStream) -> std::result::Result<String, Refusa
     }
 }
 
-fn serve(server: &Server, state: &Shared, registry: &Registry, stopping: &AtomicBool) {
+/// What the HTTP threads share: the state, the Prometheus registry and the rendered
+/// `/metrics.json`.
+struct Handler {
+    state: Shared,
+    registry: Registry,
+    json: json::Cache,
+}
+
+/// A response body: owned, embedded, or the shared `/metrics.json` document (not copied per
+/// request).
+enum Body {
+    Owned(Vec<u8>),
+    Static(&'static [u8]),
+    Shared(json::Document),
+}
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Owned(bytes) => bytes,
+            Self::Static(bytes) => bytes,
+            Self::Shared(document) => document.as_ref(),
+        }
+    }
+}
+
+fn response(status: u16, content_type: &str, body: Body) -> Response<Cursor<Body>> {
+    let len = body.as_ref().len();
+    Response::new(
+        tiny_http::StatusCode(status),
+        vec![
+            header("Content-Type", content_type),
+            header("Cache-Control", "no-store"),
+        ],
+        Cursor::new(body),
+        Some(len),
+        None,
+    )
+}
+
+fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool) {
     loop {
         match server.recv() {
-            Ok(request) => handle(request, state, registry),
+            Ok(request) => handle(request, handler),
             Err(e) => {
                 if stopping.load(Ordering::SeqCst) {
                     return;
@@ -522,55 +565,52 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static ASCII header")
 }
 
-fn text(status: u16, body: &str) -> Response<Cursor<Vec<u8>>> {
-    Response::from_data(body.as_bytes().to_vec())
-        .with_status_code(status)
-        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+fn text(status: u16, body: &'static str) -> Response<Cursor<Body>> {
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        Body::Static(body.as_bytes()),
+    )
 }
 
-fn handle(request: Request, state: &Shared, registry: &Registry) {
-    let response = respond(&request, state, registry);
+fn handle(request: Request, handler: &Handler) {
+    let response = respond(&request, handler);
     if let Err(e) = request.respond(response) {
         debug!(cause:% = e; "writing an HTTP response failed");
     }
 }
 
-fn respond(request: &Request, state: &Shared, registry: &Registry) -> Response<Cursor<Vec<u8>>> {
+fn respond(request: &Request, handler: &Handler) -> Response<Cursor<Body>> {
     if !matches!(request.method(), Method::Get | Method::Head) {
         return text(405, "only GET and HEAD are served\n")
-            .with_header(header("Allow", "GET, HEAD"))
-            .with_header(header("Cache-Control", "no-store"));
+            .with_header(header("Allow", "GET, HEAD"));
     }
     let path = request.url().split(['?', '#']).next().unwrap_or("/");
-    let response =
-        match path {
-            "/healthz" => text(200, "ok\n"),
-            "/metrics.json" => {
-                let body = json::render(&state.read());
-                Response::from_data(body).with_header(header("Content-Type", "application/json"))
+    match path {
+        "/healthz" => text(200, "ok\n"),
+        "/metrics.json" => response(
+            200,
+            "application/json",
+            Body::Shared(handler.json.get(&handler.state)),
+        ),
+        "/metrics" => match prom::render(&handler.registry) {
+            Ok(body) => response(200, prom::CONTENT_TYPE, Body::Owned(body.into_bytes())),
+            Err(e) => {
+                error!(cause:% = e; "cannot render /metrics");
+                text(500, "cannot render metrics\n")
             }
-            "/metrics" => match prom::render(registry) {
-                Ok(body) => Response::from_data(body.into_bytes())
-                    .with_header(header("Content-Type", prom::CONTENT_TYPE)),
-                Err(e) => {
-                    error!(cause:% = e; "cannot render /metrics");
-                    text(500, "cannot render metrics\n")
-                }
-            },
-            "/" => match ui::file("/index.html") {
-                Some((content_type, body)) => Response::from_data(body.to_vec())
-                    .with_header(header("Content-Type", content_type)),
-                None => text(
-                    404,
-                    "no dashboard: ui/index.html was missing when xdt-central was built \
+        },
+        "/" => match ui::file("/index.html") {
+            Some((content_type, body)) => response(200, content_type, Body::Static(body)),
+            None => text(
+                404,
+                "no dashboard: ui/index.html was missing when xdt-central was built \
                  (/metrics.json, /metrics and /healthz are served)\n",
-                ),
-            },
-            path => match ui::file(path) {
-                Some((content_type, body)) => Response::from_data(body.to_vec())
-                    .with_header(header("Content-Type", content_type)),
-                None => text(404, "not found\n"),
-            },
-        };
-    response.with_header(header("Cache-Control", "no-store"))
+            ),
+        },
+        path => match ui::file(path) {
+            Some((content_type, body)) => response(200, content_type, Body::Static(body)),
+            None => text(404, "not found\n"),
+        },
+    }
 }

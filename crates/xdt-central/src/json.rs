@@ -1,6 +1,12 @@
 //! `/metrics.json`: the seed's shape `{ total_events, nodes: [ { agent_id, total_events,
 //! label_counts, recent_events } ] }`, with more fields per node (never fewer). Agent-supplied
 //! strings are data: serde_json escapes them.
+//!
+//! The document is rendered a few agents at a time, each slice under its own short read lock,
+//! so ingest waits at most for one slice, never for the whole fleet. Its size is bounded for any
+//! fleet: the recent events and payload points of each node are the newest of a share of a
+//! fleet-wide budget ([`EVENT_BUDGET`], [`PAYLOAD_BUDGET`]). [`Cache`] renders it at most once
+//! at a time and serves the rendered document to every reader that comes while it is fresh.
 
 use std::net::IpAddr;
 
@@ -8,12 +14,43 @@ use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
 use xdt_wire::Inspection;
 
-use crate::state::{AgentState, AgentStats, LabelCount, Rates, State, SteeringRates, seconds};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
-#[derive(Serialize)]
-struct Metrics<'a> {
-    total_events: u64,
-    nodes: Vec<Node<'a>>,
+use crate::state::{AgentState, AgentStats, LabelCount, Rates, Shared, SteeringRates, seconds};
+
+/// Recent events in one document, shared among the nodes (each gets at least
+/// [`MIN_EVENTS_PER_NODE`], at most `--recent-events`).
+pub const EVENT_BUDGET: usize = 16_384;
+pub const MIN_EVENTS_PER_NODE: usize = 4;
+/// Payload-history points in one document, shared the same way.
+pub const PAYLOAD_BUDGET: usize = 65_536;
+pub const MIN_PAYLOAD_PER_NODE: usize = 16;
+/// Agents rendered per hold of the read lock.
+const SLICE: usize = 8;
+/// A document is served again for up to this multiple of the time it took to render (and
+/// at most [`MAX_AGE`]), so rendering takes at most about a fifth of a core however many
+/// dashboards poll; a document whose state has not changed is served until it does.
+const AGE_PER_RENDER_TIME: u32 = 4;
+const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// How many of a node's recent events and payload points go into the document.
+#[derive(Debug, Clone, Copy)]
+struct Shares {
+    events: usize,
+    payload: usize,
+}
+
+impl Shares {
+    fn for_fleet(agents: usize) -> Self {
+        let agents = agents.max(1);
+        Self {
+            events: (EVENT_BUDGET / agents).max(MIN_EVENTS_PER_NODE),
+            payload: (PAYLOAD_BUDGET / agents).max(MIN_PAYLOAD_PER_NODE),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -119,7 +156,9 @@ fn inspection(i: &Inspection) -> InspectionJson<'_> {
     }
 }
 
-fn node(agent: &AgentState) -> Node<'_> {
+fn node(agent: &AgentState, shares: Shares) -> Node<'_> {
+    let skip_events = agent.recent_events.len().saturating_sub(shares.events);
+    let skip_payload = agent.payload_history.len().saturating_sub(shares.payload);
     Node {
         agent_id: &agent.agent_id,
         total_events: agent.total_events,
@@ -127,6 +166,7 @@ fn node(agent: &AgentState) -> Node<'_> {
         recent_events: agent
             .recent_events
             .iter()
+            .skip(skip_events)
             .map(|e| EventJson {
                 timestamp_unix_ns: e.timestamp_unix_ns,
                 label: &e.label,
@@ -158,23 +198,109 @@ fn node(agent: &AgentState) -> Node<'_> {
         rates: agent.rates,
         steering_rates: agent.steering_rates,
         rate_history: agent.rate_history.iter().copied().collect(),
-        payload_history: agent.payload_history.iter().copied().collect(),
+        payload_history: agent
+            .payload_history
+            .iter()
+            .skip(skip_payload)
+            .copied()
+            .collect(),
         agent: &agent.agent_stats,
         lost_events: agent.counter("lost_events").unwrap_or(0),
         ignored_entries: agent.ignored_entries,
     }
 }
 
-/// The body of `/metrics.json`.
-pub fn render(state: &State) -> Vec<u8> {
-    let metrics = Metrics {
-        total_events: state.total_events(),
-        nodes: state.agents().map(node).collect(),
-    };
-    // Serialising plain structs of strings and numbers cannot fail (non-finite floats become
-    // null), but never panic on it either.
-    serde_json::to_vec(&metrics).unwrap_or_else(|e| {
-        log::error!(cause:% = e; "cannot render /metrics.json");
-        b"{\"total_events\":0,\"nodes\":[]}".to_vec()
-    })
+/// The body of `/metrics.json`, rendered a slice of agents per read lock.
+#[must_use]
+pub fn render(shared: &Shared) -> Vec<u8> {
+    let shares = Shares::for_fleet(shared.read().agent_count());
+    let mut out = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(b"{\"nodes\":[");
+    let mut total_events = 0u64;
+    let mut after: Option<String> = None;
+    let mut first = true;
+    loop {
+        let state = shared.read();
+        let mut rendered = 0;
+        for agent in state.agents_after(after.as_deref()).take(SLICE) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // Serialising plain structs of strings and numbers into a Vec cannot fail
+            // (non-finite floats become null); never panic on it either.
+            if let Err(e) = serde_json::to_writer(&mut out, &node(agent, shares)) {
+                log::error!(cause:% = e; "cannot render a node of /metrics.json");
+                out.extend_from_slice(b"null");
+            }
+            total_events += agent.total_events;
+            rendered += 1;
+            after = Some(agent.agent_id.clone());
+        }
+        if rendered < SLICE {
+            break;
+        }
+    }
+    out.extend_from_slice(format!("],\"total_events\":{total_events}}}").as_bytes());
+    out
+}
+
+/// A rendered document.
+#[derive(Debug, Clone)]
+pub struct Document(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Document {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    document: Document,
+    generation: u64,
+    rendered_at: Instant,
+    took: Duration,
+}
+
+/// The newest rendered document, shared by all readers while fresh.
+#[derive(Debug, Default)]
+pub struct Cache {
+    newest: Mutex<Option<Cached>>,
+    /// Held while rendering: readers that come meanwhile wait, then take its document.
+    rendering: Mutex<()>,
+}
+
+impl Cache {
+    /// The document: the cached one while fresh, else a new one (one render at a time).
+    pub fn get(&self, shared: &Shared) -> Document {
+        if let Some(document) = self.fresh(shared) {
+            return document;
+        }
+        let _rendering = self
+            .rendering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(document) = self.fresh(shared) {
+            return document;
+        }
+        let generation = shared.read().generation();
+        let start = Instant::now();
+        let document = Document(Arc::new(render(shared)));
+        *self.newest.lock().unwrap_or_else(PoisonError::into_inner) = Some(Cached {
+            document: document.clone(),
+            generation,
+            rendered_at: Instant::now(),
+            took: start.elapsed(),
+        });
+        document
+    }
+
+    fn fresh(&self, shared: &Shared) -> Option<Document> {
+        let newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = newest.as_ref()?;
+        let max_age = (cached.took * AGE_PER_RENDER_TIME).min(MAX_AGE);
+        let unchanged = shared.read().generation() == cached.generation;
+        (unchanged || cached.rendered_at.elapsed() < max_age).then(|| cached.document.clone())
+    }
 }

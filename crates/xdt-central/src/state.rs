@@ -116,6 +116,25 @@ impl State {
         self.agents.values()
     }
 
+    /// How many agents the table holds.
+    #[must_use]
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Agents by id, from the first after `after` (from the first of all with `None`).
+    pub fn agents_after<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a AgentState> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let range = match after {
+            Some(after) => self.agents.range::<str, _>((Excluded(after), Unbounded)),
+            None => self.agents.range::<str, _>((Unbounded, Unbounded)),
+        };
+        range.map(|(_, agent)| agent)
+    }
+
     #[must_use]
     pub fn agent(&self, agent_id: &str) -> Option<&AgentState> {
         self.agents.get(agent_id)

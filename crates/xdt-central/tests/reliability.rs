@@ -331,3 +331,97 @@ async fn the_watchdog_is_fed_only_while_http_answers() {
     assert!(dead.contains("HTTP side not answering"), "{dead}");
     central.wait_for_line(&["the HTTP side does not answer"]);
 }
+
+/// `/metrics.json` with a fleet of agents, asked by several dashboards at once, neither holds
+/// ingest up nor grows without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_json_is_bounded_and_does_not_stall_ingest() {
+    const AGENTS: u64 = 1000;
+    raise_nofile(4096);
+    let dir = TempDir::new("json-stall");
+    let central = CentralProcess::start(dir.path(), None, &[], None);
+    for i in 0..AGENTS {
+        let (mut agent, _) =
+            TestAgent::hello(central.telemetry, hello(&format!("fleet-{i:04}"), i, TOKEN)).await;
+        let events = (0..256).map(|e| event(e, "web", 64)).collect();
+        assert_eq!(agent.batch(batch(1, 1, i, events)).await, 1);
+    }
+    let start = std::time::Instant::now();
+    let first = get(central.http, "/metrics.json").await;
+    eprintln!(
+        "first /metrics.json: {} bytes in {:?}",
+        first.body.len(),
+        start.elapsed()
+    );
+    assert!(
+        first.body.len() < 16 << 20,
+        "/metrics.json of {AGENTS} agents is {} bytes",
+        first.body.len()
+    );
+    assert_eq!(
+        first.json()["nodes"].as_array().map(Vec::len),
+        Some(AGENTS as usize)
+    );
+
+    // Four dashboards polling while one agent streams batches.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Plain threads with blocking sockets: the readers must not starve this test's agent of
+    // its runtime threads.
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (http, stop) = (central.http, std::sync::Arc::clone(&stop));
+        readers.push(std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let mut n = 0;
+            let mut body = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut stream = std::net::TcpStream::connect(http).expect("connect");
+                stream
+                    .set_read_timeout(Some(common::STEP))
+                    .expect("timeout");
+                stream
+                    .write_all(
+                        b"GET /metrics.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    )
+                    .expect("request");
+                body.clear();
+                stream.read_to_end(&mut body).expect("response");
+                assert!(
+                    body.starts_with(b"HTTP/1.1 200"),
+                    "{:?}",
+                    &body[..body.len().min(40)]
+                );
+                n += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            n
+        }));
+    }
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("streamer", 1, TOKEN)).await;
+    let mut delays = Vec::new();
+    for s in 1..=60 {
+        let start = std::time::Instant::now();
+        assert_eq!(agent.batch(batch(s, s, s, events(10))).await, s);
+        delays.push(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    delays.sort_unstable();
+    let (p90, worst) = (delays[delays.len() * 9 / 10], delays[delays.len() - 1]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut requests = 0;
+    for reader in readers {
+        requests += reader.join().expect("reader");
+    }
+    let rss = central.rss_kib();
+    eprintln!(
+        "batch->Ack p90 {p90:?}, worst {worst:?} with {requests} /metrics.json requests; RSS {rss} KiB"
+    );
+    // The old rendering held the lock for the whole document (seconds for this fleet in a
+    // debug build): every batch during a render waited for all of it.
+    assert!(p90 < Duration::from_millis(100), "batch->Ack p90 {p90:?}");
+    assert!(
+        worst < Duration::from_secs(3),
+        "a batch waited {worst:?} for its Ack"
+    );
+    assert!(rss < 256 * 1024, "RSS {rss} KiB");
+}
