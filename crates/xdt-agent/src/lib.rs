@@ -12,6 +12,7 @@ mod labels;
 pub mod outbox;
 pub mod privileges;
 pub mod source;
+mod split;
 pub mod steer;
 mod uplink;
 
@@ -57,8 +58,6 @@ pub struct Config {
     pub max_batches: usize,
     /// Events kept in unacknowledged batches and not yet batched, together.
     pub max_events: usize,
-    /// Events per batch (the rest go into the next one); keeps frames under 1 MiB.
-    pub max_events_per_batch: usize,
     /// AF_XDP steering of `steer` rules; `None` leaves them to the kernel path (fail-open).
     pub steer: Option<steer::SteerConfig>,
     /// Drop every capability once the maps, ring buffer and sockets are open.
@@ -89,6 +88,9 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
     }
     Ok(token.to_owned())
 }
+
+/// How long a stop waits for central to acknowledge what is left.
+const FLUSH: Duration = Duration::from_secs(5);
 
 /// State the tasks share.
 #[derive(Debug)]
@@ -184,7 +186,7 @@ pub async fn run(
         tokio::spawn(read_events(ring, names, shared.clone(), config.max_events))
     });
     let (stop_uplink, uplink_stop) = tokio::sync::watch::channel(false);
-    let uplink = tokio::spawn(uplink::run(
+    let mut uplink = tokio::spawn(uplink::run(
         config.central.clone(),
         hello,
         shared.clone(),
@@ -234,7 +236,6 @@ pub async fn run(
             &source,
             &shared,
             &mut sequence,
-            &config,
             &mut runtime,
             steer_stats.as_ref(),
         )?;
@@ -242,7 +243,10 @@ pub async fn run(
     }
     notifier.stopping("flushing unacknowledged batches");
     // Steering off first (the probe passes steered packets from here on), then a last batch
-    // with what is pending, then up to 5 s to deliver everything.
+    // with what is pending, then what is left of FLUSH to deliver everything. Nothing in here
+    // waits on central beyond it: the uplink drops its connection when told to stop, even in
+    // the middle of a write to a central that stopped reading.
+    let deadline = tokio::time::Instant::now() + FLUSH;
     let steer_stats = match steering {
         Some(steering) => Some(steering.stop().await),
         None => None,
@@ -251,23 +255,33 @@ pub async fn run(
         &source,
         &shared,
         &mut sequence,
-        &config,
         &mut runtime,
         steer_stats.as_ref(),
     )?;
     if let Some(events) = events {
         events.abort();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !shared.outbox().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = shared.outbox().len();
-    if left > 0 {
-        warn!("stopping with {left} unacknowledged batches");
-    }
     let _ = stop_uplink.send(true);
-    let _ = uplink.await;
+    if tokio::time::timeout(Duration::from_millis(500), &mut uplink)
+        .await
+        .is_err()
+    {
+        uplink.abort();
+    }
+    let (left, events) = {
+        let outbox = shared.outbox();
+        (outbox.len(), outbox.events())
+    };
+    if left > 0 {
+        warn!(
+            "stopping with {left} batches central did not acknowledge within {FLUSH:?}: \
+             {events} sampled or steered events in them are lost (counters are not: they are \
+             cumulative)"
+        );
+    }
     info!("xdt-agent stopped after {sequence} batches");
     Ok(())
 }
@@ -383,45 +397,57 @@ fn si(value: f64) -> String {
     }
 }
 
-/// Batches everything pending: one batch, or as many as the events need at
-/// `max_events_per_batch` each (all with the same counter snapshot), so the batch size bounds
-/// frames, not throughput. Returns the counters it read (for the status line).
+/// Batches everything pending: one batch, or as many as the events need to keep every frame
+/// within the wire's maximum (all with the same counter snapshot; see [`split`]). Returns the
+/// counters it read (for the status line).
 fn make_batches(
     source: &Source,
     shared: &Shared,
     sequence: &mut u64,
-    config: &Config,
     runtime: &mut RuntimeSampler,
     steering: Option<&xdt_wire::SteeringStats>,
 ) -> Result<source::Snapshot> {
     let snapshot = source.snapshot()?;
-    let mut events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
+    let events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
     let probe_ns_per_packet = runtime.sample();
-    let dropped_events = shared.dropped_events();
     let taken_at_unix_ns = unix_ns();
+    let agent = |dropped_events, unacked_batches| AgentStats {
+        dropped_events,
+        unacked_batches,
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        probe_ns_per_packet,
+        steering: steering.cloned(),
+    };
+    // The widest numbers any of these batches can carry: varints grow with the value.
+    let template = Batch {
+        sequence: u64::MAX,
+        taken_at_unix_ns,
+        counters: snapshot.counters.clone(),
+        labels: snapshot.labels.clone(),
+        events: Vec::new(),
+        agent: agent(u64::MAX, u32::MAX),
+    };
+    let groups = split::split(&template, events, xdt_wire::MAX_FRAME)?;
+    if groups.unfit > 0 {
+        warn!(
+            "{} events do not fit in a frame even alone: dropped",
+            groups.unfit
+        );
+        shared
+            .pending_dropped
+            .fetch_add(groups.unfit as u64, Ordering::Relaxed);
+    }
+    let dropped_events = shared.dropped_events();
     let mut outbox = shared.outbox();
-    loop {
-        let rest = events.split_off(events.len().min(config.max_events_per_batch));
+    for events in groups.groups {
         *sequence += 1;
-        let unacked_batches = outbox.len() as u32;
+        let unacked_batches = u32::try_from(outbox.len()).unwrap_or(u32::MAX);
         outbox.push(Batch {
             sequence: *sequence,
-            taken_at_unix_ns,
-            counters: snapshot.counters.clone(),
-            labels: snapshot.labels.clone(),
             events,
-            agent: AgentStats {
-                dropped_events,
-                unacked_batches,
-                reconnects: shared.reconnects.load(Ordering::Relaxed),
-                probe_ns_per_packet,
-                steering: steering.cloned(),
-            },
+            agent: agent(dropped_events, unacked_batches),
+            ..template.clone()
         });
-        if rest.is_empty() {
-            break;
-        }
-        events = rest;
     }
     drop(outbox);
     shared.new_batch.notify_one();

@@ -193,7 +193,6 @@ fn config(args: &Args) -> anyhow::Result<Config> {
             .or(args.map_id.map(MapSelector::Id)),
         max_batches: args.buffer_batches,
         max_events: args.buffer_events,
-        max_events_per_batch: 8192,
         steer: (!args.no_steer).then(|| SteerConfig {
             reinject: args.egress.clone().map_or(Reinject::Host, Reinject::Egress),
             mode: match args.xsk_mode {

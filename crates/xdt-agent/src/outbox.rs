@@ -67,6 +67,24 @@ impl Outbox {
         }
     }
 
+    /// Makes batch `sequence` sendable after its frame was refused as too large: drops its
+    /// events (counted), or the batch itself if it had none (its counters are cumulative: the
+    /// next batch carries them). Returns how many events went.
+    pub fn shed(&mut self, sequence: u64) -> usize {
+        let Some(at) = self.batches.iter().position(|b| b.sequence == sequence) else {
+            return 0;
+        };
+        let dropped = self.batches[at].events.len();
+        if dropped == 0 {
+            self.batches.remove(at);
+        } else {
+            self.batches[at].events = Vec::new();
+        }
+        self.events -= dropped;
+        self.dropped_events += dropped as u64;
+        dropped
+    }
+
     /// The batches after `sequence`, oldest first.
     pub fn after(&self, sequence: u64) -> impl Iterator<Item = &Batch> {
         self.batches.iter().filter(move |b| b.sequence > sequence)
@@ -146,6 +164,18 @@ mod tests {
         assert_eq!(o.events(), 5);
         assert_eq!(o.dropped_events, 1 + 2 + 3 + 2);
         assert_eq!(o.len(), 3, "batches stay: their counters still count");
+    }
+
+    #[test]
+    fn shedding_drops_events_then_the_batch() {
+        let mut o = Outbox::new(10, 100);
+        o.push(batch(1, 3));
+        o.push(batch(2, 0));
+        assert_eq!(o.shed(1), 3);
+        assert_eq!((o.len(), o.events(), o.dropped_events), (2, 0, 3));
+        assert_eq!(o.shed(2), 0);
+        assert_eq!(o.after(0).map(|b| b.sequence).collect::<Vec<_>>(), [1]);
+        assert_eq!(o.shed(9), 0);
     }
 
     #[test]

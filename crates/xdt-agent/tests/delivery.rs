@@ -46,7 +46,6 @@ fn config(central: String, map_id: u32) -> Config {
         foreign_map: Some(MapSelector::Id(map_id)),
         max_batches: 100,
         max_events: 1000,
-        max_events_per_batch: 100,
         steer: None,
         drop_capabilities: false,
     }

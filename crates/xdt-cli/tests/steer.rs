@@ -22,7 +22,8 @@ const XDT: &str = env!("CARGO_BIN_EXE_xdt");
 const NODE4: &str = "10.90.0.2";
 const NODE6: &str = "fd00:90::2";
 const AGENT: &str = "steer-node";
-const RULES: &str = "api proto tcp dport 8081 action steer\nplain proto tcp dport 8082\n";
+const RULES: &str = "api proto tcp dport 8081 action steer\nplain proto tcp dport 8082\n\
+                     dns proto udp dport 53 action steer\n";
 
 /// Client and node namespaces, the probe, two services, central; the agent on demand.
 struct SteerLab {
@@ -117,6 +118,11 @@ impl SteerLab {
     }
 
     fn agent(&self) -> Process {
+        self.agent_with(&[])
+    }
+
+    /// The agent with more options (a repeated option overrides the default).
+    fn agent_with(&self, options: &[&str]) -> Process {
         Process::start(
             self.node
                 .command(sibling("xdt-agent").to_str().expect("path"))
@@ -124,7 +130,8 @@ impl SteerLab {
                 .args(["--interval", "0.2", "--log-level", "info"])
                 .args(["--central", &format!("127.0.0.1:{}", self.telemetry)])
                 .arg("--token-file")
-                .arg(&self.token),
+                .arg(&self.token)
+                .args(options),
         )
     }
 
@@ -685,4 +692,103 @@ fn egress_mode_forwards_between_two_ports() {
         // Each request is at least SYN, request, ACK, FIN one way and three segments back.
         assert!(counter(&s, "steered_packets") >= 10 * 3, "{dev}: {s}");
     }
+}
+
+/// A DNS query for `name` (type A): the header, the name as labels of at most 63 bytes, the
+/// type and class.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(name.len() + 18);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Sends `count` UDP datagrams from the client namespace to the node's port 53, `burst` at a
+/// time with `pause` between bursts; `payload(i)` makes datagram `i`.
+fn send_udp(
+    lab: &SteerLab,
+    count: usize,
+    burst: usize,
+    pause: Duration,
+    payload: impl Fn(usize) -> Vec<u8> + Send + Sync,
+) {
+    lab.client.enter(|| {
+        let socket = std::net::UdpSocket::bind("10.90.0.1:0").expect("bind");
+        for i in 0..count {
+            socket
+                .send_to(&payload(i), (NODE4, 53))
+                .expect("send a query");
+            if (i + 1) % burst == 0 {
+                std::thread::sleep(pause);
+            }
+        }
+    });
+}
+
+fn steering(node: &Value, name: &str) -> u64 {
+    node["agent"]["steering"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no agent.steering.{name}: {node}"))
+}
+
+/// The report's burst: 8,000 steered DNS queries with 250-byte names within one interval
+/// (about 2.6 MB of events). Batches were capped by count (8,192 events), so
+/// the agent made one batch of about 2.6 MB, over the 1 MiB frame maximum, and retried it for
+/// as long as it stayed in its buffer: nothing more reached central. Now the events go in
+/// batches that fit, every one arrives, and telemetry after the burst flows.
+#[test]
+fn a_burst_of_long_dns_queries_does_not_stall_telemetry() {
+    if !root_or_skip("a_burst_of_long_dns_queries_does_not_stall_telemetry") {
+        return;
+    }
+    let lab = SteerLab::new(1);
+    // An interval long enough to gather the burst (paced so that even a debug build of the
+    // agent keeps up with it) into one interval's events: 2.6 MB.
+    let _agent = lab.agent_with(&["--interval", "5"]);
+    lab.steering_up(1);
+    let name = [
+        "a".repeat(62),
+        "b".repeat(62),
+        "c".repeat(62),
+        "d".repeat(61),
+    ]
+    .join(".");
+    assert_eq!(name.len(), 250);
+    let started = Instant::now();
+    send_udp(&lab, 8000, 100, Duration::from_millis(20), |i| {
+        dns_query(i as u16, &name)
+    });
+    let took = started.elapsed();
+    let steered = counter(&lab.stats(), "steered_packets");
+    assert!(steered >= 8000, "only {steered} queries steered");
+    // A request after the burst: its event arrives only if telemetry still flows.
+    lab.echo(NODE4, 8081, "after-the-burst");
+    let node = lab.node_when("every event of the burst, then the request after it", |n| {
+        http_paths(n).contains("/echo/after-the-burst")
+            && n["total_events"] == n["agent"]["steering"]["received_packets"]
+    });
+    let received = steering(&node, "received_packets");
+    assert!(
+        received >= 8000,
+        "the agent took only {received} of the burst: {}",
+        node["agent"]["steering"]
+    );
+    assert_eq!(node["agent"]["dropped_events"], 0, "{node}");
+    let long_names = node["recent_events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["inspection"]["dns"]["name"] == name.as_str())
+        .count();
+    assert!(long_names > 0, "no query with the long name in telemetry");
+    xdt_testkit::say(&format!(
+        "a_burst_of_long_dns_queries_does_not_stall_telemetry: 8000 queries sent in {took:?}, \
+         {} events at central in batches up to sequence {}",
+        node["total_events"], node["last_sequence"]
+    ));
 }

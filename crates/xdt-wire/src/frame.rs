@@ -75,6 +75,15 @@ pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
     }
 }
 
+/// The length of `value`'s postcard encoding, computed without encoding it. Postcard is
+/// concatenative (a struct is its fields one after the other, a sequence its length as a varint
+/// and then its items), so a sender can add up the parts of a message to keep its frame within
+/// [`MAX_FRAME`].
+pub fn encoded_len<T: serde::Serialize + ?Sized>(value: &T) -> Result<usize, FrameError> {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .map_err(|reason| FrameError::Malformed { reason })
+}
+
 /// Appends the frame of `message` to `out`.
 pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
@@ -219,6 +228,15 @@ mod tests {
         let mut other = ours.encode();
         other[5] = 9;
         assert_eq!(Preamble::decode(&other).expect("magic ok").version, 9);
+    }
+
+    #[test]
+    fn encoded_len_is_the_payload_length() {
+        for message in samples() {
+            let mut buf = Vec::new();
+            encode(&message, &mut buf).expect("encode");
+            assert_eq!(encoded_len(&message), Ok(buf.len() - HEADER_LEN));
+        }
     }
 
     #[test]

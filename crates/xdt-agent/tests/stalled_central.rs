@@ -1,0 +1,270 @@
+//! The real `xdt-agent` against a central that stops reading, as root: the probe attached in a
+//! node namespace samples every frame a client namespace sends, and a "central" in the node
+//! namespace does the handshake and then never reads again (a frozen process: its socket
+//! buffers fill, and the agent's writes can no longer proceed). The agent must still stop
+//! within its 5 s flush on SIGTERM and say what it could not deliver, and left alone it must
+//! give the connection up and connect again.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use xdt_testkit::{
+    frames::{ETH_P_IP, UDP, ethernet, ipv4, udp},
+    net::{FrameSender, Netns, quiet_veth},
+    process::{Process, sibling},
+    root_or_skip,
+};
+use xdt_wire::{Message, Preamble, Welcome, frame};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_xdt-agent");
+const RULES: &str = "all proto udp action sample 1\n";
+
+/// Client and node namespaces, the probe on the node's end sampling every UDP frame.
+struct Lab {
+    dir: PathBuf,
+    client_if: String,
+    node_if: String,
+    client: Netns,
+    node: Netns,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let client = Netns::new("xfc");
+        let node = Netns::new("xfn");
+        let client_if = xdt_testkit::unique_name("fc");
+        let node_if = xdt_testkit::unique_name("fn");
+        quiet_veth(&client, &client_if, &node, &node_if, 1);
+        // Loopback's 64 KiB MTU lets TCP grow the agent's send buffer past a megabyte; at an
+        // Ethernet MTU it stays small, and a central that stops reading stops the agent's
+        // writes after a few batches.
+        node.ip(&["link", "set", "lo", "mtu", "1500"]);
+        let dir = std::env::temp_dir().join(xdt_testkit::unique_name("xdt-frozen-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("rules"), RULES).expect("rules");
+        std::fs::write(dir.join("token"), "frozen-token\n").expect("token");
+        let lab = Self {
+            dir,
+            client_if,
+            node_if,
+            client,
+            node,
+        };
+        let out = lab
+            .node
+            .command(sibling("xdt").to_str().expect("path"))
+            .args(["attach", "-i", &lab.node_if, "--mode", "native", "--rules"])
+            .arg(lab.dir.join("rules"))
+            .output()
+            .expect("xdt attach");
+        assert!(
+            out.status.success(),
+            "attach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    /// The agent in the node namespace, its stderr in `log`.
+    fn agent(&self, central: u16, log: &std::path::Path) -> Process {
+        Process::start(
+            self.node
+                .command(AGENT)
+                .args(["--interface", &self.node_if, "--agent-id", "frozen-test"])
+                .args(["--interval", "0.05", "--no-steer"])
+                .args(["--central", &format!("127.0.0.1:{central}")])
+                .arg("--token-file")
+                .arg(self.dir.join("token"))
+                .stderr(std::fs::File::create(log).expect("log file")),
+        )
+    }
+
+    /// `count` sampled UDP frames from the client.
+    fn send(&self, count: usize) {
+        let iface = self.client_if.clone();
+        let frame = ethernet(
+            ETH_P_IP,
+            &ipv4([10, 88, 0, 9], [10, 88, 0, 5], UDP, &udp(5353, 9999, b"x")),
+        );
+        self.client.enter(move || {
+            let sender = FrameSender::open(&iface);
+            for _ in 0..count {
+                sender.send(&frame);
+            }
+        });
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self
+            .node
+            .command(sibling("xdt").to_str().expect("path"))
+            .args(["detach", "-i", &self.node_if])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A listener in the node namespace with a small receive buffer (inherited by what it
+/// accepts), so a central that stops reading stops the agent's writes after little data.
+fn listener(lab: &Lab) -> (TcpListener, u16) {
+    lab.node.enter(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::RcvBuf, &4096)
+            .expect("SO_RCVBUF");
+        let port = listener.local_addr().expect("addr").port();
+        (listener, port)
+    })
+}
+
+fn read_frame(stream: &mut TcpStream) -> Message {
+    let mut header = [0; 4];
+    stream.read_exact(&mut header).expect("frame header");
+    let mut payload = vec![0; u32::from_be_bytes(header) as usize];
+    stream.read_exact(&mut payload).expect("frame payload");
+    frame::decode(&payload).expect("a message")
+}
+
+/// Accepts one agent, exchanges preambles, takes its Hello and welcomes it; from then on the
+/// connection is read no more. Returns the connection (to keep it open) and the Hello's
+/// instance.
+fn accept_and_freeze(listener: &TcpListener) -> (TcpStream, u64) {
+    let (mut stream, _) = listener.accept().expect("accept");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut preamble = [0; Preamble::LEN];
+    stream.read_exact(&mut preamble).expect("agent preamble");
+    stream
+        .write_all(&Preamble::ours().encode())
+        .expect("preamble");
+    let Message::Hello(hello) = read_frame(&mut stream) else {
+        panic!("no Hello");
+    };
+    let mut out = Vec::new();
+    frame::encode(
+        &Message::Welcome(Welcome {
+            central_version: "frozen".into(),
+            last_sequence: 0,
+        }),
+        &mut out,
+    )
+    .expect("encode");
+    stream.write_all(&out).expect("welcome");
+    (stream, hello.instance)
+}
+
+/// Accepts connections on a thread until the test ends; each accepted agent's instance is
+/// sent on the channel as it connects.
+fn frozen_central(listener: TcpListener) -> mpsc::Receiver<(u64, Instant)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        loop {
+            let (stream, instance) = accept_and_freeze(&listener);
+            kept.push(stream);
+            if tx.send((instance, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn sigterm(process: &Process) {
+    let pid = nix::unistd::Pid::from_raw(process.id().cast_signed());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+}
+
+#[test]
+fn sigterm_stops_the_agent_within_its_flush_when_central_stopped_reading() {
+    if !root_or_skip("sigterm_stops_the_agent_within_its_flush_when_central_stopped_reading") {
+        return;
+    }
+    let lab = Lab::new();
+    let (listener, port) = listener(&lab);
+    let connected = frozen_central(listener);
+    let log = lab.dir.join("agent.log");
+    let mut agent = lab.agent(port, &log);
+    connected
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the agent connects");
+    // About 2.4 MB of events: far more than the frozen connection's buffers take.
+    lab.send(40_000);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        matches!(agent.0.try_wait(), Ok(None)),
+        "the agent died: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let stopping = Instant::now();
+    sigterm(&agent);
+    let bound = Duration::from_secs(5) + Duration::from_millis(1500);
+    let status = loop {
+        if let Some(status) = agent.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(20),
+            "the agent still runs {:?} after SIGTERM: {}",
+            stopping.elapsed(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = stopping.elapsed();
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        took <= bound,
+        "stopped {took:?} after SIGTERM, over {bound:?}: {log}"
+    );
+    assert!(status.success(), "{status}: {log}");
+    let lost = log
+        .lines()
+        .find(|l| l.contains("central did not acknowledge"))
+        .unwrap_or_else(|| panic!("no count of what was not delivered: {log}"));
+    assert!(lost.contains("events in them are lost"), "{lost}");
+    xdt_testkit::say(&format!(
+        "sigterm_stops_the_agent_within_its_flush_when_central_stopped_reading: stopped after {took:?}; {lost}"
+    ));
+}
+
+#[test]
+fn a_central_that_stopped_reading_is_left_for_a_new_connection() {
+    if !root_or_skip("a_central_that_stopped_reading_is_left_for_a_new_connection") {
+        return;
+    }
+    let lab = Lab::new();
+    let (listener, port) = listener(&lab);
+    let connected = frozen_central(listener);
+    let log = lab.dir.join("agent.log");
+    let _agent = lab.agent(port, &log);
+    let (instance, first) = connected
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the agent connects");
+    lab.send(40_000);
+    let (again, second) = connected
+        .recv_timeout(Duration::from_secs(40))
+        .unwrap_or_else(|_| {
+            panic!(
+                "no new connection within 40 s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    assert_eq!(again, instance, "the same agent process");
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        log.contains("timed out") || log.contains("took no data"),
+        "{log}"
+    );
+    xdt_testkit::say(&format!(
+        "a_central_that_stopped_reading_is_left_for_a_new_connection: reconnected {:?} after the first connection",
+        second - first
+    ));
+}
