@@ -68,14 +68,30 @@ impl Tx {
 
     fn transmitted(&self) -> u64 {
         match self {
-            Self::Xsk(t) => t.complete_total(),
+            Self::Xsk(t) => t.transmitted(),
             Self::Packet(t) => t.sent(),
+        }
+    }
+
+    /// Frames the kernel took and dropped (a packet socket's refusals are `queue`'s `false`).
+    fn dropped(&self) -> u64 {
+        match self {
+            Self::Xsk(t) => t.dropped(),
+            Self::Packet(_) => 0,
         }
     }
 
     fn in_flight(&self) -> u32 {
         match self {
             Self::Xsk(t) => t.in_flight(),
+            Self::Packet(_) => 0,
+        }
+    }
+
+    /// Frames on the TX ring the kernel has not taken.
+    fn on_ring(&self) -> u32 {
+        match self {
+            Self::Xsk(t) => t.on_ring(),
             Self::Packet(_) => 0,
         }
     }
@@ -265,6 +281,7 @@ impl Steering {
                     stop: worker_stop,
                     counters: worker_counters,
                     sink,
+                    tx_dropped: 0,
                 }
                 .run();
             });
@@ -407,6 +424,8 @@ struct Worker {
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
     sink: EventSink,
+    /// `tx.dropped()` as last counted.
+    tx_dropped: u64,
 }
 
 impl Worker {
@@ -449,6 +468,10 @@ impl Worker {
                 received += n;
                 for i in 0..n {
                     let Some(rx) = q.frame(i, size_of::<SteerMeta>()) else {
+                        // A descriptor outside the UMEM: nothing to re-inject, and received.
+                        self.counters
+                            .reinject_dropped
+                            .fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
                     let meta = read_meta(rx.headroom);
@@ -482,16 +505,7 @@ impl Worker {
                     .received_packets
                     .fetch_add(received as u64, Ordering::Relaxed);
             }
-            let rejected = self.tx.flush();
-            if rejected > 0 {
-                self.counters
-                    .reinject_dropped
-                    .fetch_add(rejected as u64, Ordering::Relaxed);
-            }
-            let completed = self.tx.transmitted();
-            self.counters
-                .reinjected_packets
-                .store(completed, Ordering::Relaxed);
+            self.flush_tx();
             if !events.is_empty() {
                 (self.sink)(std::mem::take(&mut events));
             }
@@ -517,14 +531,33 @@ impl Worker {
         for q in &self.rx {
             let _ = self.maps.clear_socket(q.queue);
         }
-        // Let what is on the TX ring go out.
-        for _ in 0..10 {
-            if self.tx.flush() == 0 && self.tx.in_flight() == 0 {
+        // Let what is on the TX ring go out; what the kernel has not taken when the socket
+        // closes never goes, and is counted.
+        for _ in 0..100 {
+            self.flush_tx();
+            if self.tx.in_flight() == 0 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.counters
+            .reinject_dropped
+            .fetch_add(u64::from(self.tx.on_ring()), Ordering::Relaxed);
         self.read_kernel_stats();
+    }
+
+    /// Hands the queued frames to the kernel and brings the TX figures up to date: frames that
+    /// found no room on the ring and frames the kernel dropped are `reinject_dropped`.
+    fn flush_tx(&mut self) {
+        let rejected = self.tx.flush() as u64;
+        let dropped = self.tx.dropped();
+        let newly = rejected + dropped.saturating_sub(self.tx_dropped);
+        self.tx_dropped = dropped;
+        if newly > 0 {
+            self.counters
+                .reinject_dropped
+                .fetch_add(newly, Ordering::Relaxed);
+        }
         self.counters
             .reinjected_packets
             .store(self.tx.transmitted(), Ordering::Relaxed);
