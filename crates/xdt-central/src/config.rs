@@ -28,6 +28,8 @@ pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
 /// Default `--http-timeout`, seconds.
 pub const DEFAULT_HTTP_TIMEOUT_SECONDS: u64 = 10;
+/// Default `--agent-expiry`, seconds (a week).
+pub const DEFAULT_AGENT_EXPIRY_SECONDS: u64 = 7 * 24 * 3600;
 /// Default `--max-handshakes`.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 128;
 /// File descriptors kept for everything but connections: the runtime, the journal, the state
@@ -57,6 +59,8 @@ pub struct Config {
     pub http_timeout: Duration,
     /// Telemetry connections not yet authenticated, at once.
     pub max_handshakes: usize,
+    /// An agent without a connection for this long is removed.
+    pub agent_expiry: Duration,
 }
 
 impl Config {
@@ -79,6 +83,7 @@ impl Config {
             http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             http_timeout: Duration::from_secs(DEFAULT_HTTP_TIMEOUT_SECONDS),
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            agent_expiry: Duration::from_secs(DEFAULT_AGENT_EXPIRY_SECONDS),
         }
     }
 
@@ -165,6 +170,7 @@ impl Config {
                 self.max_handshakes != new.max_handshakes,
                 "--max-handshakes",
             ),
+            (self.agent_expiry != new.agent_expiry, "--agent-expiry"),
         ]
         .into_iter()
         .filter_map(|(changed, name)| changed.then_some(name))

@@ -103,9 +103,12 @@ pub enum CloseReason {
     /// The peer closed the connection inside a frame.
     #[error("connection closed inside a frame ({buffered} bytes buffered)")]
     Truncated { buffered: usize },
-    /// The agent is new and central already holds `--max-agents` agents.
-    #[error("agent table full ({max} agents): new agent refused")]
+    /// The agent is new and central already holds `--max-agents` agents, all connected.
+    #[error("agent table full ({max} agents, all connected): new agent refused")]
     AgentTableFull { max: usize },
+    /// The agent is new and too many new agents came at once.
+    #[error("too many new agents at once: new agent refused, retry later")]
+    TooManyNewAgents,
     /// The agent reported an error and closed.
     #[error("the agent sent an error: {code:?}: {message}")]
     PeerError { code: ErrorCode, message: String },
@@ -126,7 +129,7 @@ impl CloseReason {
             Self::Frame(FrameError::Malformed { .. }) | Self::Unexpected { .. } => {
                 Some(ErrorCode::Malformed)
             }
-            Self::AgentTableFull { .. } => Some(ErrorCode::Busy),
+            Self::AgentTableFull { .. } | Self::TooManyNewAgents => Some(ErrorCode::Busy),
             Self::Frame(FrameError::BadMagic { .. })
             | Self::NotXdt { .. }
             | Self::HelloTimeout { .. }

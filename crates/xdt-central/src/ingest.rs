@@ -27,7 +27,7 @@ use crate::{
     counters::Counters,
     error::CloseReason,
     journal::{Journal, Record},
-    state::{Applied, Shared, now_unix},
+    state::{Applied, Refused, Shared, now_unix},
 };
 
 /// Connections refused with `Busy` that may be finishing at once; beyond, they are just closed.
@@ -143,11 +143,22 @@ async fn session(
         }
     };
     let agent_id = hello.agent_id.clone();
-    let connected = context.state.write().connect(&hello, now_unix());
+    let connected = {
+        let mut state = context.state.write();
+        let connected = state.connect(&hello, now_unix());
+        let removed = state.take_removed();
+        if let Some(journal) = &context.journal {
+            journal.removed(&removed);
+        }
+        connected
+    };
     let last_sequence = match connected {
         Ok(last) => last,
-        Err(full) => {
-            let reason = CloseReason::AgentTableFull { max: full.max };
+        Err(refused) => {
+            let reason = match refused {
+                Refused::TableFull { max } => CloseReason::AgentTableFull { max },
+                Refused::TooManyNew => CloseReason::TooManyNewAgents,
+            };
             return fail(wire, peer, Some(&agent_id), reason).await;
         }
     };

@@ -41,6 +41,16 @@ const PREFIX: &str = "journal.";
 /// After a failed write or sync, wait this long before trying again in a fresh segment.
 const RETRY: Duration = Duration::from_millis(200);
 
+/// One journal entry.
+#[derive(Debug, Serialize, Deserialize)]
+enum Entry<'a> {
+    #[serde(borrow)]
+    Batch(Record<'a>),
+    /// The agent was removed from the table (evicted or expired): a replay must not bring
+    /// it back from its older records.
+    Removed(&'a str),
+}
+
 /// The agent's identity as its `Hello` gave it, and the batch's frame payload.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Record<'a> {
@@ -129,8 +139,19 @@ impl Journal {
     /// Hands a record to the writer and returns its ticket. Call it under the state's write
     /// lock, right after applying the batch, so records are in the order of the state.
     pub(crate) fn append(&self, record: &Record<'_>) -> u64 {
+        self.append_entry(&Entry::Batch(Record { ..*record }))
+    }
+
+    /// Records that the agents were removed from the table (under the state's write lock).
+    pub(crate) fn removed(&self, agent_ids: &[String]) {
+        for agent_id in agent_ids {
+            self.append_entry(&Entry::Removed(agent_id));
+        }
+    }
+
+    fn append_entry(&self, entry: &Entry<'_>) -> u64 {
         let mut bytes = vec![0; 8];
-        if postcard::to_io(record, &mut bytes).is_err() {
+        if postcard::to_io(entry, &mut bytes).is_err() {
             // Serialising into a Vec cannot fail; the newest ticket keeps the order anyway.
             return self.appended.load(Ordering::SeqCst);
         }
@@ -359,8 +380,8 @@ fn replay(path: &Path, state: &mut State) -> Result<u64> {
             );
             break;
         };
-        match postcard::from_bytes::<Record<'_>>(record) {
-            Ok(record) => match xdt_wire::frame::decode(record.payload) {
+        match postcard::from_bytes::<Entry<'_>>(record) {
+            Ok(Entry::Batch(record)) => match xdt_wire::frame::decode(record.payload) {
                 Ok(xdt_wire::Message::Batch(batch)) => {
                     state.replay(&record, batch);
                     count += 1;
@@ -369,6 +390,7 @@ fn replay(path: &Path, state: &mut State) -> Result<u64> {
                     warn!(path:% = path.display(); "a journal record holds no batch: skipped");
                 }
             },
+            Ok(Entry::Removed(agent_id)) => state.forget(agent_id),
             Err(e) => {
                 warn!(path:% = path.display(), cause:% = e; "an unreadable journal record: skipped");
             }

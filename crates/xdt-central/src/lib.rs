@@ -78,7 +78,6 @@ impl Central {
         }
         let mut state = State::new(config.max_agents, config.recent_events);
         let mut journal = None;
-        let counters = Arc::<counters::Counters>::default();
         if let Some(dir) = &config.state_dir {
             if let Some(saved) = persist::load(dir)? {
                 let agents = saved.agents.len();
@@ -87,11 +86,8 @@ impl Central {
             } else {
                 info!(path:% = persist::path(dir).display(); "no saved state yet");
             }
-            journal = Some(Arc::new(Journal::open(
-                dir,
-                &mut state,
-                Arc::clone(&counters),
-            )?));
+            let counters = Arc::clone(state.counters());
+            journal = Some(Arc::new(Journal::open(dir, &mut state, counters)?));
         }
         let listener = TcpListener::bind(config.telemetry_listen)
             .await
@@ -113,7 +109,7 @@ impl Central {
             http,
             telemetry_addr,
             http_addr,
-            state: Shared::with_counters(state, counters),
+            state: Shared::new(state),
             journal,
         })
     }
@@ -202,6 +198,13 @@ impl Central {
             ))
         });
 
+        let expirer = tokio::spawn(expire_loop(
+            state.clone(),
+            journal.clone(),
+            config.agent_expiry,
+            notify_shutdown.subscribe(),
+        ));
+
         tokio::select! {
             () = ingest::accept_loop(listener, context, config.max_connections, notify_shutdown.clone(), done.clone()) => {}
             () = shutdown => info!("shutting down"),
@@ -219,6 +222,7 @@ impl Central {
         if let Some(persister) = persister {
             let _ = persister.await;
         }
+        let _ = expirer.await;
         let saved = match &config.state_dir {
             Some(dir) => save(&state, dir.clone(), journal.as_ref()).await,
             None => Ok(()),
@@ -311,6 +315,31 @@ async fn persist_loop(
                     "saving the state failed; nothing is lost (the journal keeps the batches), retrying"
                 );
             }
+        }
+    }
+}
+
+/// Removes agents without a connection for longer than `expiry`, checking a few times per
+/// `expiry` (at most every minute), until shutdown.
+async fn expire_loop(
+    state: Shared,
+    journal: Option<Arc<Journal>>,
+    expiry: Duration,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let period = (expiry / 4).clamp(Duration::from_millis(100), Duration::from_mins(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.recv() => return,
+        }
+        let mut state = state.write();
+        state.expire(state::now_unix(), expiry.as_secs_f64());
+        let removed = state.take_removed();
+        if let Some(journal) = &journal {
+            journal.removed(&removed);
         }
     }
 }

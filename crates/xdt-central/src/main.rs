@@ -74,6 +74,10 @@ struct Cli {
     #[arg(long, env = "XDT_MAX_HANDSHAKES", default_value_t = config::DEFAULT_MAX_HANDSHAKES, value_name = "N",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     max_handshakes: usize,
+    /// Seconds after which an agent without a connection is removed (counted and logged).
+    #[arg(long, env = "XDT_AGENT_EXPIRY", default_value_t = config::DEFAULT_AGENT_EXPIRY_SECONDS, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=10 * 365 * 24 * 3600))]
+    agent_expiry: u64,
     /// Log level (the journal under systemd, else stderr, where RUST_LOG refines it).
     #[arg(long, env = "XDT_LOG_LEVEL", value_enum, default_value_t = logging::Level::Info)]
     log_level: logging::Level,
@@ -129,6 +133,7 @@ fn config(cli: Cli) -> Result<Config> {
     config.http_max_connections = cli.http_max_connections;
     config.http_timeout = Duration::from_secs(cli.http_timeout);
     config.max_handshakes = cli.max_handshakes;
+    config.agent_expiry = Duration::from_secs(cli.agent_expiry);
     config.validate()?;
     Ok(config)
 }

@@ -47,11 +47,7 @@ pub struct Shared(Arc<RwLock<State>>, Arc<Counters>);
 impl Shared {
     #[must_use]
     pub fn new(state: State) -> Self {
-        Self::with_counters(state, Arc::default())
-    }
-
-    #[must_use]
-    pub fn with_counters(state: State, counters: Arc<Counters>) -> Self {
+        let counters = Arc::clone(&state.counters);
         Self(Arc::new(RwLock::new(state)), counters)
     }
 
@@ -77,12 +73,26 @@ pub struct State {
     recent_events: usize,
     /// Bumped by every change, so unchanged state is not saved again.
     generation: u64,
+    /// New agents admitted at once, refilled at [`NEW_AGENTS_PER_SECOND`].
+    new_agent_tokens: f64,
+    new_agent_refill_at: f64,
+    counters: Arc<Counters>,
+    /// Agents removed since [`State::take_removed`] last ran (for the journal).
+    removed: Vec<String>,
 }
 
-/// The agent table is full: a new agent is refused.
+/// New agents admitted in a burst, then this many per second: an authenticated peer cycling
+/// through ids churns the table slowly instead of replacing it at once.
+pub const NEW_AGENT_BURST: u32 = 1024;
+pub const NEW_AGENTS_PER_SECOND: u32 = 64;
+
+/// Why a new agent was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableFull {
-    pub max: usize,
+pub enum Refused {
+    /// The table holds `max` agents and every one is connected.
+    TableFull { max: usize },
+    /// More new agents than [`NEW_AGENT_BURST`] and [`NEW_AGENTS_PER_SECOND`] allow.
+    TooManyNew,
 }
 
 /// What happened to a batch.
@@ -102,7 +112,29 @@ impl State {
             max_agents,
             recent_events: recent_events.min(MAX_RECENT_EVENTS),
             generation: 0,
+            new_agent_tokens: f64::from(NEW_AGENT_BURST),
+            new_agent_refill_at: 0.0,
+            counters: Arc::default(),
+            removed: Vec::new(),
         }
+    }
+
+    /// The ids of the agents evicted or expired since the last call.
+    pub fn take_removed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.removed)
+    }
+
+    /// Removes an agent (a journal replay of its removal).
+    pub(crate) fn forget(&mut self, agent_id: &str) {
+        if self.agents.remove(agent_id).is_some() {
+            self.generation += 1;
+        }
+    }
+
+    /// Central's counters (shared with [`Shared`]).
+    #[must_use]
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 
     /// Changes so far (see [`State::to_persisted`]).
@@ -147,20 +179,17 @@ impl State {
     }
 
     /// Registers a connection of the agent and returns the last sequence held for its instance
-    /// (0 if none). A new agent beyond `max_agents` is refused.
-    pub fn connect(&mut self, hello: &Hello, now: f64) -> Result<u64, TableFull> {
+    /// (0 if none). A new agent is admitted within the new-agent rate; in a full table it takes
+    /// the place of the agent disconnected longest, and is refused only when every agent in
+    /// the table is connected.
+    pub fn connect(&mut self, hello: &Hello, now: f64) -> Result<u64, Refused> {
         let agent_id = clipped(&hello.agent_id, MAX_NAME);
-        let known = self.agents.len();
+        if !self.agents.contains_key(agent_id) {
+            self.admit_new(now)?;
+        }
         let agent = match self.agents.entry(agent_id.to_owned()) {
             Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                if known >= self.max_agents {
-                    return Err(TableFull {
-                        max: self.max_agents,
-                    });
-                }
-                entry.insert(AgentState::new(agent_id.to_owned()))
-            }
+            Entry::Vacant(entry) => entry.insert(AgentState::new(agent_id.to_owned())),
         };
         self.generation += 1;
         clipped(&hello.hostname, MAX_NAME).clone_into(&mut agent.hostname);
@@ -173,6 +202,68 @@ impl State {
         agent.connections += 1;
         agent.last_seen_unix = now;
         Ok(agent.last_sequence(hello.instance))
+    }
+
+    /// Makes room for one new agent, or says why not.
+    fn admit_new(&mut self, now: f64) -> Result<(), Refused> {
+        let elapsed = (now - self.new_agent_refill_at).max(0.0);
+        self.new_agent_tokens = (self.new_agent_tokens
+            + elapsed * f64::from(NEW_AGENTS_PER_SECOND))
+        .min(f64::from(NEW_AGENT_BURST));
+        self.new_agent_refill_at = now;
+        if self.new_agent_tokens < 1.0 {
+            Counters::add(&self.counters.agents_refused);
+            return Err(Refused::TooManyNew);
+        }
+        if self.agents.len() >= self.max_agents {
+            let oldest = self
+                .agents
+                .values()
+                .filter(|a| !a.connected())
+                .min_by(|a, b| a.last_seen_unix.total_cmp(&b.last_seen_unix))
+                .map(|a| a.agent_id.clone());
+            let Some(oldest) = oldest else {
+                Counters::add(&self.counters.agents_refused);
+                return Err(Refused::TableFull {
+                    max: self.max_agents,
+                });
+            };
+            let evicted = self.agents.remove(&oldest);
+            Counters::add(&self.counters.agents_evicted);
+            log::info!(
+                agent_id:? = oldest, last_seen_unix = evicted.map_or(0.0, |a| a.last_seen_unix);
+                "agent evicted: the table is full and a new agent came"
+            );
+            self.removed.push(oldest);
+        }
+        self.new_agent_tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Removes the agents without a connection for longer than `expiry` seconds; returns how
+    /// many.
+    pub fn expire(&mut self, now: f64, expiry: f64) -> usize {
+        let stale: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| !a.connected() && now - a.last_seen_unix > expiry)
+            .map(|a| a.agent_id.clone())
+            .collect();
+        for agent_id in &stale {
+            if let Some(agent) = self.agents.remove(agent_id) {
+                Counters::add(&self.counters.agents_expired);
+                log::info!(
+                    agent_id:? = agent_id, last_seen_unix = agent.last_seen_unix;
+                    "agent expired: no connection for longer than --agent-expiry"
+                );
+            }
+        }
+        let count = stale.len();
+        if count > 0 {
+            self.generation += 1;
+        }
+        self.removed.extend(stale);
+        count
     }
 
     /// A connection of the agent closed.
@@ -886,7 +977,7 @@ mod tests {
         state.connect(&hello("b", 1), 0.0).expect("b");
         assert_eq!(
             state.connect(&hello("c", 1), 0.0),
-            Err(TableFull { max: 2 })
+            Err(Refused::TableFull { max: 2 })
         );
         // A known agent is still let in.
         assert_eq!(state.connect(&hello("b", 1), 0.0), Ok(0));
@@ -906,6 +997,51 @@ mod tests {
             state.apply(&long, 1, batch(1, 1, 1, 1, 1), 0.0),
             Applied::New
         );
+    }
+
+    #[test]
+    fn new_agents_are_rate_limited_and_evict_the_longest_disconnected() {
+        let burst = usize::try_from(NEW_AGENT_BURST).expect("small");
+        let mut state = State::new(burst + 10, 4);
+        for i in 0..burst {
+            state
+                .connect(&hello(&format!("a{i}"), 1), 0.0)
+                .expect("burst");
+        }
+        assert_eq!(
+            state.connect(&hello("late", 1), 0.0),
+            Err(Refused::TooManyNew)
+        );
+        // A known agent is never rate limited.
+        assert_eq!(state.connect(&hello("a0", 1), 0.0), Ok(0));
+        // One second refills NEW_AGENTS_PER_SECOND.
+        for i in 0..NEW_AGENTS_PER_SECOND {
+            let id = format!("b{i}");
+            let result = state.connect(&hello(&id, 1), 1.0);
+            if i < 10 {
+                assert_eq!(result, Ok(0), "{id}");
+            } else {
+                // The table is full of connected agents from here on.
+                assert_eq!(result, Err(Refused::TableFull { max: burst + 10 }), "{id}");
+            }
+        }
+        // Disconnected agents make room, the one seen longest ago first.
+        state.disconnect("a7", 5.0);
+        state.disconnect("a3", 4.0);
+        assert_eq!(state.connect(&hello("c", 1), 10.0), Ok(0));
+        assert!(state.agent("a3").is_none() && state.agent("a7").is_some());
+        assert_eq!(state.take_removed(), ["a3"]);
+        assert_eq!(
+            state
+                .counters()
+                .agents_evicted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Expiry takes the disconnected ones older than the limit.
+        assert_eq!(state.expire(100.0, 50.0), 1);
+        assert!(state.agent("a7").is_none());
+        assert_eq!(state.take_removed(), ["a7"]);
     }
 
     fn steering(received: u64, lost: u64) -> xdt_wire::SteeringStats {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{CentralProcess, TOKEN, TempDir, TestAgent, batch, event, get, hello, node};
 
@@ -424,4 +424,90 @@ async fn metrics_json_is_bounded_and_does_not_stall_ingest() {
         "a batch waited {worst:?} for its Ack"
     );
     assert!(rss < 256 * 1024, "RSS {rss} KiB");
+}
+
+/// Hello and the answer: `Ok(last_sequence)` on Welcome, `Err(message)` on an Error.
+async fn try_hello(addr: std::net::SocketAddr, agent_id: &str) -> Result<(TestAgent, u64), String> {
+    let mut agent = TestAgent::connect(addr).await;
+    agent
+        .send(&xdt_wire::Message::Hello(hello(agent_id, 1, TOKEN)))
+        .await;
+    match agent.recv().await {
+        Some(xdt_wire::Message::Welcome(w)) => Ok((agent, w.last_sequence)),
+        Some(xdt_wire::Message::Error(e)) => Err(format!("{:?}: {}", e.code, e.message)),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// The agent table cannot be filled for good: a full table makes room by evicting the agent
+/// disconnected longest (also after a restart), never a connected one, and disconnected
+/// agents expire after --agent-expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_table_makes_room_and_expires_stale_agents() {
+    let dir = TempDir::new("table");
+    let state = dir.path().join("state");
+    let args = ["--max-agents", "20", "--agent-expiry", "3"];
+    let central = CentralProcess::start(dir.path(), Some(&state), &args, None);
+    for i in 0..20 {
+        let (mut agent, _) = try_hello(central.telemetry, &format!("churn-{i:02}"))
+            .await
+            .expect("admitted");
+        assert_eq!(agent.batch(batch(1, 1, 1, vec![])).await, 1);
+    }
+    // The table is full of disconnected agents: a new one takes the place of the oldest.
+    let (mut real, _) = try_hello(central.telemetry, "real-1")
+        .await
+        .expect("room made");
+    assert_eq!(real.batch(batch(1, 1, 1, vec![])).await, 1);
+    let json = get(central.http, "/metrics.json").await.json();
+    let ids: Vec<_> = json["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["agent_id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    assert!(
+        !ids.contains(&serde_json::json!("churn-00")),
+        "the oldest went: {ids:?}"
+    );
+    central.wait_for_line(&["evicted", "churn-00"]);
+    drop(real);
+    central.kill();
+
+    // After a restart too, and a full table of connected agents refuses instead of evicting.
+    let central = CentralProcess::start(dir.path(), Some(&state), &args, None);
+    let mut live = Vec::new();
+    for i in 0..20 {
+        live.push(
+            try_hello(central.telemetry, &format!("live-{i:02}"))
+                .await
+                .expect("room"),
+        );
+    }
+    let refused = try_hello(central.telemetry, "one-too-many")
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.contains("Busy"), "{refused}");
+    drop(live);
+
+    // Disconnected agents expire (here after 3 s).
+    let start = Instant::now();
+    loop {
+        let json = get(central.http, "/metrics.json").await.json();
+        if json["nodes"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(start.elapsed() < common::STEP, "never expired: {json}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    central.wait_for_line(&["expired"]);
+    let metrics = get(central.http, "/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("xdt_central_agents_expired_total 20")),
+        "{metrics}"
+    );
 }
