@@ -117,6 +117,7 @@ enum XskMode {
 const TEST_FAULTS: &str = "XDT_TEST_FAULTS";
 
 fn main() {
+    xdt_clidoc::generate_if_asked(<Args as clap::CommandFactory>::command, "8");
     let argv: Vec<OsString> = std::env::args_os().collect();
     let args = match config_file::parse::<Args>(|a| a.config.as_deref(), "XDT_CONFIG") {
         Ok(args) => args,

@@ -27,6 +27,7 @@ use xdt_datapath::{
 use crate::cli::{Cli, Command, RulesCommand};
 
 fn main() {
+    xdt_clidoc::generate_if_asked(<Cli as clap::CommandFactory>::command, "1");
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("xdt: error: {e:#}");

@@ -35,6 +35,7 @@ struct Args {
 }
 
 fn main() {
+    xdt_clidoc::generate_if_asked(<Args as clap::CommandFactory>::command, "8");
     if let Err(e) = run(&Args::parse()) {
         eprintln!("service-health: error: {e:#}");
         std::process::exit(1);

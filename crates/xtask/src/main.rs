@@ -8,6 +8,7 @@
 //!   clippy, the bounded fuzz run and `cargo test --workspace -- --test-threads=1`. CI runs
 //!   exactly this (`.ci/run`).
 //! - `cargo xtask setup [--tests]`: only the installs.
+//! - `cargo xtask deb`: the Debian package into target/debian/, checked by lintian (dist.rs).
 //!
 //! Every step is idempotent: what is installed already is left alone, so a second run installs
 //! nothing and needs no network. Any install that fails stops the run with the package and the
@@ -15,6 +16,7 @@
 
 mod apt;
 mod cmd;
+mod dist;
 mod setup;
 
 use std::{path::PathBuf, time::Instant};
@@ -49,6 +51,8 @@ enum Task {
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         fuzz_seconds: u32,
     },
+    /// Build the release binaries and the Debian package `xdt` into target/debian/.
+    Deb(dist::DebArgs),
     /// Only install: the probe's toolchain and the demo's tools, and with --tests the tests'.
     Setup {
         #[arg(long)]
@@ -64,6 +68,8 @@ fn main() {
         Task::Demo { args } => demo(&mut steps, &args),
         Task::Test { fuzz_seconds } => test(&mut steps, fuzz_seconds),
         Task::Setup { tests } => setup::install(&mut steps, tests).map(|_| ()),
+        Task::Deb(args) => setup::install_for_deb(&mut steps)
+            .and_then(|()| dist::deb(&mut steps, &args).map(|_| ())),
     };
     steps.print_summary(started);
     if let Err(e) = outcome {

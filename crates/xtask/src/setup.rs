@@ -18,6 +18,8 @@ use crate::{
 const BPF_LINKER: &str = "0.10.4";
 const CARGO_FUZZ: &str = "0.13.2";
 const NIXPKGS_FMT: &str = "1.3.0";
+/// cargo-deb 3.8 builds with rustc 1.85 and later.
+const CARGO_DEB: &str = "3.8.0";
 /// Where the workplace keeps a fetched copy of nix-community/nixpkgs.lib (never committed):
 /// nixpkgs itself is out of reach, so the NixOS module is evaluated against its lib alone.
 const NIXPKGS_LIB_MIRROR: &str = "/work/.mirror/nix-community+nixpkgs.lib/repo";
@@ -74,6 +76,21 @@ fn cargo_install_once(command: &[&str], krate: &str, version: &str) -> Result<()
     }
     cmd::run(cargo().args(["install", &format!("{krate}@{version}"), "--locked"]))
         .map_err(|e| anyhow::anyhow!("installing {krate} {version} from crates.io: {e}"))
+}
+
+/// What `cargo xtask deb` needs besides the probe's toolchain: cargo-deb, and lintian to check
+/// the package.
+pub fn packaging_tools(apt: &mut Apt) -> Result<()> {
+    apt.ensure("the Debian package", &["lintian"])?;
+    cargo_install_once(&["cargo", "deb"], "cargo-deb", CARGO_DEB)
+}
+
+/// The probe's toolchain and the packaging tools, for `cargo xtask deb`.
+pub fn install_for_deb(steps: &mut Steps) -> Result<()> {
+    install(steps, false)?;
+    steps.run("install: the packaging tools", || {
+        packaging_tools(&mut Apt::default())
+    })
 }
 
 /// The probe's maps are pinned under /sys/fs/bpf.
@@ -134,6 +151,8 @@ fn test_tools(apt: &mut Apt) -> Result<Tools> {
         );
     }
     cargo_install_once(&["nixpkgs-fmt"], "nixpkgs-fmt", NIXPKGS_FMT)?;
+    // The VM and container tests build and install the .deb.
+    packaging_tools(apt)?;
     Ok(Tools {
         nixpkgs_lib: nixpkgs_lib()?,
     })
