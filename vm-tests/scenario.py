@@ -10,6 +10,10 @@
 # The node's rules (/etc/xdt/rules/eth1.rules; vm-tests/debian/nodes/node/rootfs/ for Debian):
 # `counted` = UDP to 9999, `web` = TCP to 8081 steered through AF_XDP. Its agent runs with
 # XDT_TEST_FAULTS=hang-on-sigusr2.
+#
+# Both drivers run each command under bash's `set -euo pipefail`: a `CMD | grep -q` pipeline fails
+# with 141 when grep exits early and CMD then dies of SIGPIPE (a journal longer than the pipe
+# buffer), so output is searched with `grep -q PATTERN < <(CMD)`, whose status is grep's alone.
 
 import json
 import time
@@ -69,7 +73,7 @@ def unit_property(machine, unit, prop):
 
 def service_answers(times=10):
     for i in range(times):
-        client.succeed(f"curl -sf --max-time 5 http://{NODE}:8081/echo/check{i} | grep -q /echo/check{i}")
+        client.succeed(f"grep -q /echo/check{i} < <(curl -sf --max-time 5 http://{NODE}:8081/echo/check{i})")
 
 
 def rules_file(lines):
@@ -86,10 +90,10 @@ with subtest("the units start and say how they are"):
     node.wait_for_unit(AGENT)
     client.wait_for_unit("multi-user.target")
     node.wait_until_succeeds(
-        f"systemctl show -p StatusText {AGENT} | grep -q 'central .* connected'", timeout=120
+        f"grep -q 'central .* connected' < <(systemctl show -p StatusText {AGENT})", timeout=120
     )
     central.wait_until_succeeds(
-        "systemctl show -p StatusText xdt-central.service | grep -q '1 of 1 agents connected'",
+        "grep -q '1 of 1 agents connected' < <(systemctl show -p StatusText xdt-central.service)",
         timeout=120,
     )
 
@@ -157,7 +161,7 @@ with subtest("a hung agent is restarted by the watchdog"):
     node.succeed(f"systemctl kill -s USR2 --kill-who=main {AGENT}")
     service_answers()  # steering's own thread still renews its lease; the kernel path takes over after
     node.wait_until_succeeds(
-        f"journalctl -u {AGENT} --no-pager | grep -q 'Watchdog timeout'", timeout=90
+        f"grep -q 'Watchdog timeout' < <(journalctl -u {AGENT} --no-pager)", timeout=90
     )
     node.wait_until_succeeds(
         f"test $(systemctl show --value -p NRestarts {AGENT}) -gt {restarts}", timeout=60
@@ -170,14 +174,14 @@ with subtest("reloading the attach unit applies new rules atomically"):
     rules_file(["counted proto udp dport 9999", "web proto tcp dport 8081 action steer",
                 "reloaded proto udp dport 9998"])
     node.succeed(f"systemctl reload {ATTACH}")
-    node.succeed("xdt rules list --interface eth1 | grep -q '^reloaded'")
+    node.succeed("grep -q '^reloaded' < <(xdt rules list --interface eth1)")
     send_udp(9998, 100)
     wait_for_central("100 packets of the new label", lambda n: label_packets(n, "reloaded") == 100)
-    node.wait_until_succeeds(f"journalctl -u {AGENT} --no-pager | grep -q 'reloaded'", timeout=30)
+    node.wait_until_succeeds(f"grep -q 'reloaded' < <(journalctl -u {AGENT} --no-pager)", timeout=30)
     # A bad file is refused whole: the reload fails and the rules stay.
     rules_file(["counted proto udp dport 9999", "broken proto nonsense"])
     node.fail(f"systemctl reload {ATTACH}")
-    node.succeed("xdt rules list --interface eth1 | grep -q '^reloaded'")
+    node.succeed("grep -q '^reloaded' < <(xdt rules list --interface eth1)")
     rules_file(original.rstrip("\n").split("\n"))
     node.succeed(f"systemctl reload {ATTACH}")
 
@@ -185,6 +189,70 @@ with subtest("stopping the probe stops the agent and leaves the service up"):
     node.succeed(f"systemctl stop {ATTACH}")
     node.wait_until_succeeds(f"! systemctl is-active {AGENT}", timeout=60)
     node.fail("test -e /sys/fs/bpf/xdt/eth1")
-    node.fail("ip -o link show | grep -q ': xdt[0-9]*a@'")  # ExecStopPost removed the re-entry pair
-    node.succeed(f"journalctl -u {AGENT} --no-pager | grep -q 'stopped after'")
+    node.fail("grep -q ': xdt[0-9]*a@' < <(ip -o link show)")  # ExecStopPost removed the re-entry pair
+    node.succeed(f"grep -q 'stopped after' < <(journalctl -u {AGENT} --no-pager)")
     service_answers()
+
+# The Debian package itself (vm-tests/debian/run.py --deb ... --upgrade-deb NEWER.deb sets
+# XDT_VM_UPGRADE_DEB; NixOS installs no .deb, so there these subtests are skipped).
+UPGRADE_DEB = os.environ.get("XDT_VM_UPGRADE_DEB")
+
+
+def probe_status():
+    (status,) = json.loads(node.succeed("xdt status --interface eth1 --json"))
+    return status
+
+
+if UPGRADE_DEB is None:
+    log("XDT_VM_UPGRADE_DEB is not set: the Debian package subtests are skipped")
+else:
+    with subtest("the installed package starts nothing and wants a token"):
+        # The client has the package but no configuration, as after a plain `apt install`.
+        client.succeed("dpkg-query -W xdt")
+        client.fail("test -e /etc/xdt/token")
+        client.succeed("test -f /etc/xdt/agent.conf -a -f /etc/xdt/central.conf -a -f /etc/xdt/attach.env")
+        client.succeed("grep -qx /etc/xdt/agent.conf < <(dpkg-query -W -f='${Conffiles}\\n' xdt | awk '{print $1}')")
+        for unit in ("xdt-central.service", "xdt-service-health.service"):
+            assert client.execute(f"systemctl is-enabled {unit}")[1].strip() == "disabled", unit
+        active = client.succeed("systemctl list-units --state=active --plain --no-legend 'xdt-*'")
+        assert active.strip() == "", active
+        client.fail("test -e /sys/fs/bpf/xdt")
+        client.fail("systemctl start xdt-central.service")
+        status = client.execute("systemctl status --no-pager xdt-central.service")[1]
+        assert "/etc/xdt/token" in status, status
+        client.succeed("install -m 0600 /dev/null /etc/xdt/token && echo client-token > /etc/xdt/token")
+        client.succeed("systemctl start xdt-central.service")
+        client.succeed("systemctl stop xdt-central.service && rm /etc/xdt/token")
+
+    with subtest("installing a newer package restarts the daemons and keeps the probe attached"):
+        node.succeed(f"systemctl start {ATTACH} {AGENT}")
+        node.wait_for_unit(AGENT)
+        wait_for_central("the node connected again", lambda n: n["connected"])
+        old_version = node.succeed("dpkg-query -W -f='${Version}' xdt")
+        old_agent = unit_property(node, AGENT, "MainPID")
+        old_central = unit_property(central, "xdt-central.service", "MainPID")
+        old_health = unit_property(node, "xdt-service-health.service", "MainPID")
+        attached = unit_property(node, ATTACH, "ActiveEnterTimestampMonotonic")
+        before = probe_status()
+        counted = probe_label("counted")
+        deb = os.path.basename(UPGRADE_DEB)
+        for machine in (node, central):
+            machine.copy_from_host(UPGRADE_DEB, f"/tmp/{deb}")
+            machine.succeed(f"cd /tmp && apt-get install --yes ./{deb}", timeout=300)
+        new_version = node.succeed("dpkg-query -W -f='${Version}' xdt")
+        assert new_version != old_version, (old_version, new_version)
+        node.wait_for_unit(AGENT)
+        central.wait_for_unit("xdt-central.service")
+        assert unit_property(node, AGENT, "MainPID") != old_agent
+        assert unit_property(central, "xdt-central.service", "MainPID") != old_central
+        assert unit_property(node, "xdt-service-health.service", "MainPID") != old_health
+        # The attach unit was not restarted: the same program on the same link, counters kept.
+        assert unit_property(node, ATTACH, "ActiveEnterTimestampMonotonic") == attached
+        after = probe_status()
+        assert (after["program_id"], after["link_id"]) == (before["program_id"], before["link_id"]), (before, after)
+        assert probe_label("counted") == counted
+        at_central = label_packets(wait_for_central("the node connected after the upgrade", lambda n: n["connected"]), "counted")
+        send_udp(9999, 200)
+        wait_for_central("200 more counted packets", lambda n: label_packets(n, "counted") == at_central + 200)
+        assert probe_label("counted") == counted + 200
+        service_answers()
