@@ -31,7 +31,7 @@ pub const DEFAULT_HTTP_TIMEOUT_SECONDS: u64 = 10;
 /// Default `--agent-expiry`, seconds (a week).
 pub const DEFAULT_AGENT_EXPIRY_SECONDS: u64 = 7 * 24 * 3600;
 /// Default `--max-handshakes`.
-pub const DEFAULT_MAX_HANDSHAKES: usize = 128;
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 /// File descriptors kept for everything but connections: the runtime, the journal, the state
 /// file, the OTLP exporter's sockets, logging.
 pub const FD_RESERVE: usize = 64;
@@ -88,25 +88,23 @@ impl Config {
     }
 
     /// File descriptors central may hold at once with these limits: one per telemetry
-    /// connection (admitted, authenticating, or being refused), four per HTTP connection (see
+    /// connection (admitted or authenticating), four per HTTP connection (see
     /// `http::FDS_PER_CONNECTION`), and [`FD_RESERVE`].
     #[must_use]
     pub fn descriptors_needed(&self) -> usize {
-        self.max_connections + self.descriptors_besides_sessions()
+        self.max_connections + self.max_handshakes + self.descriptors_besides_telemetry()
     }
 
-    fn descriptors_besides_sessions(&self) -> usize {
-        self.max_handshakes
-            + crate::ingest::MAX_REFUSING
-            + self.http_max_connections * crate::http::FDS_PER_CONNECTION
+    fn descriptors_besides_telemetry(&self) -> usize {
+        self.http_max_connections * crate::http::FDS_PER_CONNECTION
             + crate::http::MAX_REFUSING
             + FD_RESERVE
     }
 
     /// Makes the limits fit `RLIMIT_NOFILE`: raises the soft limit up to the hard one if
-    /// needed, and if that is not enough lowers `max_connections` to what fits (returning the
-    /// old value). Refuses when not even a few connections fit.
-    pub fn fit_descriptors(&mut self) -> Result<Option<usize>> {
+    /// needed, and if that is not enough lowers `max_handshakes` and `max_connections` to
+    /// what fits (returning their old values). Refuses when not even a few connections fit.
+    pub fn fit_descriptors(&mut self) -> Result<Option<(usize, usize)>> {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
         let needed = self.descriptors_needed() as u64;
         let (mut soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| Error::Config {
@@ -119,26 +117,28 @@ impl Config {
         self.fit_within(usize::try_from(soft).unwrap_or(usize::MAX))
     }
 
-    /// [`Config::fit_descriptors`] for a given limit.
-    pub fn fit_within(&mut self, limit: usize) -> Result<Option<usize>> {
+    /// [`Config::fit_descriptors`] for a given limit: the handshakes get at most a quarter of
+    /// what is left for telemetry, the sessions the rest.
+    pub fn fit_within(&mut self, limit: usize) -> Result<Option<(usize, usize)>> {
         if self.descriptors_needed() <= limit {
             return Ok(None);
         }
-        let besides = self.descriptors_besides_sessions();
-        let fits = limit.saturating_sub(besides);
-        if fits < 16 {
+        let besides = self.descriptors_besides_telemetry();
+        let telemetry = limit.saturating_sub(besides);
+        if telemetry < 32 {
             return Err(Error::Config {
                 option: "--max-connections",
                 reason: format!(
-                    "RLIMIT_NOFILE is {limit}, below the {} descriptors of the HTTP side, the \
-                     handshakes and the reserve plus 16 connections; raise LimitNOFILE= (or \
+                    "RLIMIT_NOFILE is {limit}, below the {} descriptors of the HTTP side and \
+                     the reserve plus 32 telemetry connections; raise LimitNOFILE= (or \
                      ulimit -n)",
-                    besides + 16
+                    besides + 32
                 ),
             });
         }
-        let old = self.max_connections;
-        self.max_connections = fits;
+        let old = (self.max_connections, self.max_handshakes);
+        self.max_handshakes = self.max_handshakes.min((telemetry / 4).max(16));
+        self.max_connections = self.max_connections.min(telemetry - self.max_handshakes);
         Ok(Some(old))
     }
 
@@ -265,10 +265,11 @@ pub struct Token(String);
 impl Token {
     /// The file's content with surrounding whitespace trimmed; an empty token is refused.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::TokenFile {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = xdt_systemd::input::read_text(path, xdt_systemd::input::MAX_TOKEN_BYTES)
+            .map_err(|source| Error::TokenFile {
+                path: path.to_owned(),
+                source,
+            })?;
         Self::new(text.trim()).ok_or_else(|| Error::EmptyToken {
             path: path.to_owned(),
         })
@@ -357,6 +358,28 @@ mod tests {
         assert!(e("https://c:4318").is_err());
         assert!(e("c:4318").is_err());
         assert!(e("http:///v1/metrics").is_err());
+    }
+
+    #[test]
+    fn limits_fit_the_descriptors() {
+        let mut config = Config::new(Token::new("t").expect("token"));
+        assert_eq!(config.fit_within(1 << 20).expect("fits"), None);
+        let (connections, handshakes) = (config.max_connections, config.max_handshakes);
+        assert_eq!(
+            config.fit_within(1024).expect("clamped"),
+            Some((connections, handshakes))
+        );
+        assert!(
+            config.descriptors_needed() <= 1024,
+            "{}",
+            config.descriptors_needed()
+        );
+        assert!(
+            config.max_connections >= 500 && config.max_handshakes >= 100,
+            "{config:?}"
+        );
+        let err = config.fit_within(100).expect_err("too few");
+        assert!(err.to_string().contains("LimitNOFILE"), "{err}");
     }
 
     #[test]

@@ -33,8 +33,8 @@ counters! {
     telemetry_accept_errors,
     /// Authenticated telemetry connections refused with Busy at --max-connections.
     connections_refused,
-    /// Unauthenticated telemetry connections closed at once: the handshake budget or the
-    /// per-address limit was taken.
+    /// Unauthenticated telemetry connections closed: refused at once (--max-handshakes all
+    /// younger than a second), or pushed out by a newer one after a second without Hello.
     handshakes_refused,
     /// Telemetry connections closed because the peer sent no preamble and Hello in time.
     handshake_timeouts,

@@ -7,14 +7,19 @@
 //! `frame_timeout`. Dead peers are found by TCP keepalive. A bad connection is closed with a
 //! logged reason and never affects the others.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use log::{debug, info, warn};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, broadcast, mpsc},
+    sync::{Notify, Semaphore, broadcast, mpsc},
     time::{Instant, timeout, timeout_at},
 };
 use xdt_wire::{
@@ -30,8 +35,6 @@ use crate::{
     state::{Applied, Refused, Shared, now_unix},
 };
 
-/// Connections refused with `Busy` that may be finishing at once; beyond, they are just closed.
-pub(crate) const MAX_REFUSING: usize = 64;
 /// How long and how much of the peer's data is drained after an error before closing, so the
 /// error reaches the peer instead of being overtaken by a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -52,17 +55,99 @@ pub(crate) struct Context {
     pub journal: Option<Arc<Journal>>,
 }
 
+/// An unauthenticated connection younger than this is never pushed out by a newer one: an
+/// agent sends its preamble and `Hello` within a round trip or two.
+pub(crate) const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+
+/// The two budgets of telemetry connections: unauthenticated ones (`--max-handshakes`), and
+/// the agents' sessions (`--max-connections`), taken only after a valid `Hello`.
+struct Budgets {
+    handshakes: Arc<Mutex<Handshakes>>,
+    sessions: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+/// The unauthenticated connections, oldest first.
+struct Handshakes {
+    max: usize,
+    next: u64,
+    waiting: VecDeque<(u64, Instant, Arc<Notify>)>,
+}
+
+/// A connection's place among the unauthenticated ones; given back when dropped. `pushed_out`
+/// fires when a newer connection took it.
+struct HandshakeSlot {
+    id: u64,
+    pushed_out: Arc<Notify>,
+    handshakes: Arc<Mutex<Handshakes>>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut handshakes = self
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(pos) = handshakes
+            .waiting
+            .iter()
+            .position(|(id, _, _)| *id == self.id)
+        {
+            handshakes.waiting.remove(pos);
+        }
+    }
+}
+
+impl Budgets {
+    /// A place for a new connection: free, or taken from the oldest unauthenticated one if it
+    /// has had [`HANDSHAKE_GRACE`]; `None` if all are younger.
+    fn handshake(&self) -> Option<HandshakeSlot> {
+        let mut handshakes = self
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if handshakes.waiting.len() >= handshakes.max {
+            let (_, since, _) = handshakes.waiting.front()?;
+            if since.elapsed() < HANDSHAKE_GRACE {
+                return None;
+            }
+            if let Some((_, _, oldest)) = handshakes.waiting.pop_front() {
+                oldest.notify_one();
+            }
+        }
+        let id = handshakes.next;
+        handshakes.next += 1;
+        let pushed_out = Arc::new(Notify::new());
+        handshakes
+            .waiting
+            .push_back((id, Instant::now(), Arc::clone(&pushed_out)));
+        Some(HandshakeSlot {
+            id,
+            pushed_out,
+            handshakes: Arc::clone(&self.handshakes),
+        })
+    }
+}
+
 /// Accepts connections until `shutdown` fires. Each session holds a clone of `done`, so the
 /// caller knows every session has ended when its receiver yields `None`.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     context: Arc<Context>,
     max_connections: usize,
+    max_handshakes: usize,
     shutdown: broadcast::Sender<()>,
     done: mpsc::Sender<()>,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections));
-    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let budgets = Arc::new(Budgets {
+        handshakes: Arc::new(Mutex::new(Handshakes {
+            max: max_handshakes,
+            next: 0,
+            waiting: VecDeque::new(),
+        })),
+        sessions: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+    });
     let mut stop = shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -81,31 +166,22 @@ pub(crate) async fn accept_loop(
                 }
             }
         };
+        let Some(slot) = budgets.handshake() else {
+            // Nothing is known of the peer yet: it is closed without a word (and without a
+            // log line per connection; the counter says how many).
+            Counters::add(&context.state.counters().handshakes_refused);
+            debug!(peer:% = peer; "connection closed: too many unauthenticated connections");
+            continue;
+        };
         tune(&stream, peer);
-        if let Ok(permit) = Arc::clone(&limit).try_acquire_owned() {
-            let context = Arc::clone(&context);
-            let stop = shutdown.subscribe();
-            let done = done.clone();
-            tokio::spawn(async move {
-                session(stream, peer, &context, stop).await;
-                drop(permit);
-                drop(done);
-            });
-        } else {
-            Counters::add(&context.state.counters().connections_refused);
-            warn!(peer:% = peer, limit = max_connections; "connection refused: central is at its connection limit");
-            if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
-                let done = done.clone();
-                tokio::spawn(async move {
-                    let mut wire = Wire::new(stream);
-                    let message =
-                        format!("central is at its limit of {max_connections} connections");
-                    wire.close_with(ErrorCode::Busy, message).await;
-                    drop(permit);
-                    drop(done);
-                });
-            }
-        }
+        let context = Arc::clone(&context);
+        let budgets = Arc::clone(&budgets);
+        let stop = shutdown.subscribe();
+        let done = done.clone();
+        tokio::spawn(async move {
+            session(stream, peer, &context, &budgets, slot, stop).await;
+            drop(done);
+        });
     }
 }
 
@@ -123,25 +199,52 @@ fn tune(stream: &TcpStream, peer: SocketAddr) {
     }
 }
 
-/// One agent connection, from preamble to close; logs why it ended.
+/// One agent connection, from preamble to close; logs why it ended. The handshake runs in
+/// the unauthenticated budget (`slot`); an agent with a valid `Hello` then takes a session
+/// slot or is told `Busy`.
 async fn session(
     stream: TcpStream,
     peer: SocketAddr,
     context: &Context,
+    budgets: &Budgets,
+    slot: HandshakeSlot,
     mut stop: broadcast::Receiver<()>,
 ) {
     let mut wire = Wire::new(stream);
     let hello_deadline = Instant::now() + context.hello_timeout;
-    let hello = match timeout_at(hello_deadline, handshake(&mut wire, context)).await {
+    let handshake = tokio::select! {
+        handshake = timeout_at(hello_deadline, handshake(&mut wire, context)) => handshake,
+        () = slot.pushed_out.notified() => {
+            Counters::add(&context.state.counters().handshakes_refused);
+            debug!(peer:% = peer; "closed: no Hello yet and a newer connection needed the place");
+            return;
+        }
+    };
+    let hello = match handshake {
         Ok(Ok(hello)) => hello,
         Ok(Err(reason)) => return fail(wire, peer, None, reason).await,
         Err(_) => {
+            Counters::add(&context.state.counters().handshake_timeouts);
             let reason = CloseReason::HelloTimeout {
                 seconds: context.hello_timeout.as_secs_f64(),
             };
             return fail(wire, peer, None, reason).await;
         }
     };
+    let Ok(_permit) = Arc::clone(&budgets.sessions).try_acquire_owned() else {
+        Counters::add(&context.state.counters().connections_refused);
+        warn!(
+            peer:% = peer, agent_id:? = hello.agent_id, limit = budgets.max_connections;
+            "agent refused: central is at its connection limit"
+        );
+        let message = format!(
+            "central is at its limit of {} connections",
+            budgets.max_connections
+        );
+        wire.close_with(ErrorCode::Busy, message).await;
+        return;
+    };
+    drop(slot);
     let agent_id = hello.agent_id.clone();
     let connected = {
         let mut state = context.state.write();

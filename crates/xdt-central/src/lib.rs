@@ -70,10 +70,12 @@ impl Central {
     /// listeners.
     pub async fn bind(mut config: Config) -> Result<Self> {
         config.validate()?;
-        if let Some(asked) = config.fit_descriptors()? {
+        if let Some((connections, handshakes)) = config.fit_descriptors()? {
             warn!(
-                asked, max_connections = config.max_connections, needed = config.descriptors_needed();
-                "--max-connections lowered to fit RLIMIT_NOFILE (raise LimitNOFILE= to allow more)"
+                asked_connections = connections, max_connections = config.max_connections,
+                asked_handshakes = handshakes, max_handshakes = config.max_handshakes,
+                descriptors = config.descriptors_needed();
+                "--max-connections and --max-handshakes lowered to fit RLIMIT_NOFILE (raise LimitNOFILE= to allow more)"
             );
         }
         let mut state = State::new(config.max_agents, config.recent_events);
@@ -206,7 +208,7 @@ impl Central {
         ));
 
         tokio::select! {
-            () = ingest::accept_loop(listener, context, config.max_connections, notify_shutdown.clone(), done.clone()) => {}
+            () = ingest::accept_loop(listener, context, config.max_connections, config.max_handshakes, notify_shutdown.clone(), done.clone()) => {}
             () = shutdown => info!("shutting down"),
         }
 

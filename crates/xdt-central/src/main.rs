@@ -69,8 +69,9 @@ struct Cli {
     #[arg(long, env = "XDT_HTTP_TIMEOUT", default_value_t = config::DEFAULT_HTTP_TIMEOUT_SECONDS, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=600))]
     http_timeout: u64,
-    /// Most telemetry connections still authenticating at once (8 per peer address); more are
-    /// closed at once. They never take --max-connections slots.
+    /// Most telemetry connections still authenticating at once; when all are taken, a new one
+    /// pushes out the oldest if it has waited a second, else it is closed. They never take
+    /// --max-connections slots.
     #[arg(long, env = "XDT_MAX_HANDSHAKES", default_value_t = config::DEFAULT_MAX_HANDSHAKES, value_name = "N",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     max_handshakes: usize,

@@ -553,7 +553,9 @@ async fn over_the_connection_limit_is_busy() {
     let central = TestCentral::start(config).await;
     let (mut a, _) = TestAgent::hello(central.telemetry, hello("a", 1, TOKEN)).await;
     let (_b, _) = TestAgent::hello(central.telemetry, hello("b", 1, TOKEN)).await;
+    // Busy comes after a valid Hello: unauthenticated peers never take these slots.
     let mut c = TestAgent::connect(central.telemetry).await;
+    c.send(&Message::Hello(hello("c", 1, TOKEN))).await;
     let message = c.expect_error(ErrorCode::Busy).await;
     assert!(message.contains("limit of 2"), "{message}");
     wait_for_log(&["connection limit"]).await;

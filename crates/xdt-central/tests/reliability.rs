@@ -511,3 +511,39 @@ async fn the_agent_table_makes_room_and_expires_stale_agents() {
         "{metrics}"
     );
 }
+
+/// Peers that never authenticate cannot lock agents out: they get a budget of their own (and
+/// a per-address share of it), never the --max-connections slots of agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_peers_do_not_lock_agents_out() {
+    const IDLE: usize = 300;
+    raise_nofile(4 * IDLE as u64 + 256);
+    let dir = TempDir::new("handshakes");
+    let args = ["--max-connections", "20", "--max-handshakes", "64"];
+    let central = CentralProcess::start(dir.path(), None, &args, None);
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        idle.push(connect_from([127, 0, 0, 3], central.telemetry).await);
+    }
+    // The idle peers fill the handshake budget and have had their grace second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut admitted = 0;
+    for i in 0..19 {
+        match try_hello(central.telemetry, &format!("legit-{i}")).await {
+            Ok(_) => admitted += 1,
+            Err(e) => eprintln!("attempt {i}: {e}"),
+        }
+    }
+    assert_eq!(
+        admitted, 19,
+        "a legitimate agent was refused while {IDLE} idle peers waited"
+    );
+    drop(idle);
+    let metrics = get(central.http, "/metrics").await.text();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("xdt_central_handshakes_refused_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("the handshakes_refused counter");
+    assert!(refused > 0, "{metrics}");
+}
