@@ -137,6 +137,29 @@
         # check: it needs KVM (the `kvm` and `nixos-test` system features), which `nix flake check`
         # must not require. `nix build .#vm-test -L` where KVM is; `nix flake check` evaluates it.
         vm-test = pkgs.testers.runNixOSTest (import ./vm-tests/nixos.nix { inherit self; });
+      } // {
+        # The OCI images of docs/kubernetes/ (the pods run `sh`, `sleep` and the xdt binaries from
+        # PATH): `nix build .#agent-image && podman load < result`. `cargo xtask images` builds
+        # the same two from the .deb where there is no Nix.
+        agent-image = pkgs.dockerTools.buildLayeredImage {
+          name = "xdt-agent";
+          tag = version;
+          contents = [ pkgs.xdt pkgs.busybox ];
+          config = {
+            Entrypoint = [ "${pkgs.xdt}/bin/xdt-agent" ];
+            Env = [ "PATH=/bin" ];
+          };
+        };
+        central-image = pkgs.dockerTools.buildLayeredImage {
+          name = "xdt-central";
+          tag = version;
+          contents = [ pkgs.xdt ];
+          config = {
+            Entrypoint = [ "${pkgs.xdt}/bin/xdt-central" ];
+            Env = [ "PATH=/bin" ];
+            User = "65534:65534";
+          };
+        };
       });
 
       # `sudo nix run .#demo`: the throw-away lab of `xdt demo` (network namespaces, needs root).
