@@ -80,7 +80,8 @@ pub enum Control {
 
 /// Reads and validates the token file: its content without surrounding whitespace.
 pub fn read_token(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
+    use xdt_systemd::input;
+    let text = input::read_text(path, input::MAX_TOKEN_BYTES)
         .with_context(|| format!("cannot read token file {}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {

@@ -169,6 +169,14 @@ fn config(args: &Args) -> anyhow::Result<Config> {
             args.interval
         );
     }
+    for (flag, value) in [
+        ("--buffer-batches", args.buffer_batches),
+        ("--buffer-events", args.buffer_events),
+    ] {
+        if value == 0 {
+            anyhow::bail!("{flag} must be at least 1, not 0");
+        }
+    }
     if !(0.1..=60.0).contains(&args.steer_lease) {
         anyhow::bail!(
             "--steer-lease must be between 0.1 and 60 seconds, not {}",
@@ -257,6 +265,8 @@ async fn forward_signals(argv: Vec<OsString>, control: UnboundedSender<Control>)
 /// The configuration from the original command line and the config file's current content.
 fn reread(argv: &[OsString]) -> anyhow::Result<Config> {
     let args: Args = config_file::parse_from(argv, |a: &Args| a.config.as_deref(), "XDT_CONFIG")?;
+    let config = config(&args)?;
+    // Only once everything is valid: a refused reload changes nothing.
     logging::set_level(args.log_level);
-    config(&args)
+    Ok(config)
 }

@@ -135,9 +135,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn read_rules(path: &Path) -> Result<Vec<Rule>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read rules file {}", path.display()))?;
-    Ok(rules::parse_rules(&text, &path.display().to_string())?)
+    Ok(rules::read_rules(path)?)
 }
 
 /// Serialises rule changes of one interface between xdt processes.

@@ -14,6 +14,8 @@ use std::{
 
 use clap::ArgAction;
 
+use crate::input;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config file {}: {source}", path.display())]
@@ -27,7 +29,7 @@ pub enum Error {
         line: usize,
         message: String,
     },
-    #[error("config file {}: {source}", path.display())]
+    #[error("config file {}: {}", path.display(), input::clip_words(&source.to_string()))]
     Invalid { path: PathBuf, source: clap::Error },
     /// The command line itself is wrong, or asks for `--help` or `--version`: for the caller to
     /// print (`clap::Error::print`) and exit with.
@@ -42,7 +44,7 @@ pub fn arguments(
     path: &Path,
     config_key: &str,
 ) -> Result<Vec<OsString>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+    let text = input::read_text(path, input::MAX_CONFIG_BYTES).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })?;
@@ -62,12 +64,16 @@ pub fn arguments(
         let Some((key, value)) = trimmed.split_once('=') else {
             return Err(line_error(
                 line,
-                format!("expected KEY=VALUE, not {trimmed:?}"),
+                format!("expected KEY=VALUE, not {:?}", input::clip(trimmed)),
             ));
         };
         let key = key.trim();
-        let value = unquote(value.trim())
-            .ok_or_else(|| line_error(line, format!("unbalanced quotes in the value of {key}")))?;
+        let value = unquote(value.trim()).ok_or_else(|| {
+            line_error(
+                line,
+                format!("unbalanced quotes in the value of {}", input::clip(key)),
+            )
+        })?;
         let flag = command
             .get_arguments()
             .find(|arg| arg.get_env().is_some_and(|env| env == key) && key != config_key)
@@ -79,7 +85,11 @@ pub fn arguments(
                     .collect();
                 line_error(
                     line,
-                    format!("unknown key {key} (known: {})", known.join(", ")),
+                    format!(
+                        "unknown key {} (known: {})",
+                        input::clip(key),
+                        known.join(", ")
+                    ),
                 )
             })?;
         if seen.contains(&key) {
@@ -96,7 +106,7 @@ pub fn arguments(
                 other => {
                     return Err(line_error(
                         line,
-                        format!("{key} takes true or false, not {other:?}"),
+                        format!("{key} takes true or false, not {:?}", input::clip(other)),
                     ));
                 }
             },
@@ -127,10 +137,32 @@ pub fn parse_from<P: clap::Parser>(
     config_path: impl Fn(&P) -> Option<&Path>,
     config_key: &str,
 ) -> Result<P, Error> {
-    let first = P::try_parse_from(argv).map_err(Error::Arguments)?;
+    let first = P::try_parse_from(argv).map_err(|e| Error::Arguments(clipped(e)))?;
     match config_path(&first) {
         None => Ok(first),
         Some(path) => reparse(argv, path, config_key),
+    }
+}
+
+/// `e` with over-long values in its message clipped (clap quotes a bad value whole: a 5 MB
+/// `XDT_INTERVAL` made a 5 MB message); help and version output stay as they are.
+fn clipped(e: clap::Error) -> clap::Error {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return e;
+    }
+    let text = e.render().to_string();
+    match input::clip_words(&text) {
+        std::borrow::Cow::Borrowed(_) => e,
+        std::borrow::Cow::Owned(short) => clap::Error::raw(
+            e.kind(),
+            short.strip_prefix("error: ").unwrap_or(&short).to_owned(),
+        ),
     }
 }
 
@@ -230,6 +262,46 @@ mod tests {
         let args: Args = reparse(&argv(&["--interval", "4"]), &f.0, "T_CONFIG").expect("parse");
         assert!((args.interval - 4.0).abs() < f64::EPSILON);
         assert_eq!(args.central, "10.0.0.1:50051");
+    }
+
+    #[test]
+    fn long_bad_values_are_clipped_in_errors() {
+        let short = |e: &dyn std::fmt::Display| {
+            let text = e.to_string();
+            assert!(text.len() < 400, "{}", &text[..400]);
+            text
+        };
+        // In a file (which is at most 64 KiB)...
+        let long = "9".repeat(60_000);
+        let f = file(&format!("T_INTERVAL=x{long}\n"));
+        let e = reparse::<Args>(&argv(&[]), &f.0, "T_CONFIG").expect_err("invalid");
+        assert!(short(&e).contains("(60003 bytes)"), "{e}");
+        for text in [
+            format!("T_NO_STEER={long}\n"),
+            format!("T_BOGUS{long}\n"),
+            format!("T_{long}=1\n"),
+        ] {
+            let f = file(&text);
+            short(&reparse::<Args>(&argv(&[]), &f.0, "T_CONFIG").expect_err("invalid"));
+        }
+        let f = file(&format!("T_CENTRAL={}\n", "x".repeat(70_000)));
+        let e = reparse::<Args>(&argv(&[]), &f.0, "T_CONFIG").expect_err("too long");
+        assert!(short(&e).ends_with("larger than 65536 bytes"), "{e}");
+        // ...and on the command line (or in the environment), which has no such bound.
+        let long = "x".repeat(5_000_000);
+        let Err(Error::Arguments(e)) = parse_from::<Args>(
+            &argv(&["--interval", &long]),
+            |a| a.config.as_deref(),
+            "T_CONFIG",
+        ) else {
+            panic!("a bad command line")
+        };
+        let text = short(&e.render());
+        assert!(text.starts_with("error: invalid value 'xxx"), "{text}");
+        assert!(
+            text.contains("(5000002 bytes)") && text.contains("--interval"),
+            "{text}"
+        );
     }
 
     #[test]

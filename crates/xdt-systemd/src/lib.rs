@@ -8,8 +8,11 @@
 //! - [`config_file`]: a `KEY=VALUE` file of the daemon's environment variable names (the
 //!   syntax of systemd's `EnvironmentFile=`), read at start and again at SIGHUP.
 //! - [`credential`]: where a secret file is, from its flag or systemd's `LoadCredential=`.
+//! - [`input`]: bounded reads of the files an operator hands xdt (config, token, rules) and
+//!   clipped echoes of bad values; the daemons and the `xdt` command read them all through it.
 
 pub mod config_file;
+pub mod input;
 pub mod logging;
 pub mod notify;
 

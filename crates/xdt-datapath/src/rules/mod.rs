@@ -7,7 +7,9 @@ mod parse;
 use std::{fmt, net::IpAddr};
 
 pub use compile::{CompileError, Compiled, compile};
-pub use parse::{ParseError, RulesError, parse_rule, parse_rules};
+pub use parse::{
+    LoadError, MAX_FILE_BYTES, ParseError, RulesError, parse_rule, parse_rules, read_rules,
+};
 
 /// An address prefix: the network address (host bits zero) and its length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

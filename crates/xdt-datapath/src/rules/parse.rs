@@ -9,10 +9,15 @@
 //!
 //! A file is parsed completely before anything is applied; the first error names the line.
 
-use std::{net::IpAddr, str::FromStr};
+use std::{collections::HashMap, net::IpAddr, path::Path, str::FromStr};
 
 use super::{Action, Cidr, PROTOCOL_NAMES, Rule};
 use xdt_common::labels::MAX_NAME_LEN;
+use xdt_systemd::input::{self, clip};
+
+/// Longest rules file: 4 MiB, 16,384 rules of 256 characters (the probe holds 4,096 by
+/// default).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// Why one rule is invalid.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,6 +68,38 @@ pub enum ParseError {
     /// `sample` with a rate that is not a number from 1.
     #[error("bad sample rate {text:?} (expected N >= 1: one event every N packets)")]
     BadSampleRate { text: String },
+    /// Words are separated by spaces and tabs; a no-break space (or any other Unicode space)
+    /// looks like one and is not.
+    #[error(
+        "{character:?} (U+{code:04X}) in {word:?}: separate words with spaces or tabs",
+        code = u32::from(*character)
+    )]
+    UnicodeSpace { character: char, word: String },
+    /// The very same rule twice.
+    #[error("the same rule as line {first}")]
+    Duplicate { first: usize },
+}
+
+/// A rules file that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read rules file {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] RulesError),
+}
+
+/// Reads (a regular file of at most [`MAX_FILE_BYTES`]) and parses the rules file at `path`.
+pub fn read_rules(path: &Path) -> Result<Vec<Rule>, LoadError> {
+    let text = input::read_text(path, MAX_FILE_BYTES).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(parse_rules(&text, &path.display().to_string())?)
 }
 
 /// A rules file that failed to parse: where, and why.
@@ -76,27 +113,56 @@ pub struct RulesError {
     pub reason: ParseError,
 }
 
-/// Parses a whole rules file; `origin` names it in errors.
+/// Parses a whole rules file; `origin` names it in errors. The very same rule twice is an
+/// error (the second would only shadow the first).
 pub fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RulesError> {
     let mut rules = Vec::new();
+    // Each rule's canonical text (Display round-trips) and its line.
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (index, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.is_empty() {
-            continue;
-        }
-        let rule = parse_rule(&words).map_err(|reason| RulesError {
+        let error = |reason| RulesError {
             origin: origin.to_owned(),
             line: index + 1,
             reason,
-        })?;
+        };
+        let line = line.split('#').next().unwrap_or("");
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        if words.is_empty() {
+            if let Some(character) = line.chars().find(|c| c.is_whitespace()) {
+                return Err(error(ParseError::UnicodeSpace {
+                    character,
+                    word: clip(line.trim_ascii()).into_owned(),
+                }));
+            }
+            continue;
+        }
+        let rule = parse_rule(&words).map_err(error)?;
+        if let Some(first) = seen.insert(rule.to_string(), index + 1) {
+            return Err(error(ParseError::Duplicate { first }));
+        }
         rules.push(rule);
     }
     Ok(rules)
 }
 
+/// Whether `text` is a number in plain decimal digits (`parse` also takes a leading `+`).
+fn number<T: FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 /// Parses one rule from its words: the label, then key/value pairs.
 pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
+    for word in words {
+        if let Some(character) = word.chars().find(|c| c.is_whitespace()) {
+            return Err(ParseError::UnicodeSpace {
+                character,
+                word: clip(word).into_owned(),
+            });
+        }
+    }
     let (label, mut rest) = match words {
         [label, rest @ ..] => (*label, rest),
         [] => {
@@ -118,7 +184,7 @@ pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
             "action" => "action",
             other => {
                 return Err(ParseError::UnknownKey {
-                    key: other.to_owned(),
+                    key: clip(other).into_owned(),
                 });
             }
         };
@@ -136,8 +202,8 @@ pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
             "proto" => rule.protocol = Some(parse_protocol(value)?),
             "dport" => rule.dst_ports = Some(parse_ports(value)?),
             "priority" => {
-                rule.priority = value.parse().map_err(|_| ParseError::BadPriority {
-                    text: (*value).to_owned(),
+                rule.priority = number(value).ok_or_else(|| ParseError::BadPriority {
+                    text: clip(value).into_owned(),
                 })?;
             }
             _ => {
@@ -152,18 +218,18 @@ pub fn parse_rule(words: &[&str]) -> Result<Rule, ParseError> {
                             });
                         };
                         rest = tail;
-                        match rate.parse::<u32>() {
-                            Ok(n) if n >= 1 => Action::Sample(n),
+                        match number::<u32>(rate) {
+                            Some(n) if n >= 1 => Action::Sample(n),
                             _ => {
                                 return Err(ParseError::BadSampleRate {
-                                    text: (*rate).to_owned(),
+                                    text: clip(rate).into_owned(),
                                 });
                             }
                         }
                     }
                     other => {
                         return Err(ParseError::BadAction {
-                            text: other.to_owned(),
+                            text: clip(other).into_owned(),
                         });
                     }
                 };
@@ -184,7 +250,7 @@ fn check_label(label: &str) -> Result<(), ParseError> {
         Ok(())
     } else {
         Err(ParseError::BadLabel {
-            label: label.to_owned(),
+            label: clip(label).into_owned(),
         })
     }
 }
@@ -223,7 +289,7 @@ fn check_consistency(rule: &Rule) -> Result<(), ParseError> {
 /// `ADDR/LEN` or a bare address (a host prefix).
 pub(crate) fn parse_cidr(text: &str) -> Result<Cidr, ParseError> {
     let bad = |reason| ParseError::BadCidr {
-        text: text.to_owned(),
+        text: clip(text).into_owned(),
         reason,
     };
     let (addr, len) = match text.split_once('/') {
@@ -234,8 +300,8 @@ pub(crate) fn parse_cidr(text: &str) -> Result<Cidr, ParseError> {
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
         None => max,
-        Some(len) => match len.parse::<u8>() {
-            Ok(len) if len <= max => len,
+        Some(len) => match number::<u8>(len) {
+            Some(len) if len <= max => len,
             _ if addr.is_ipv4() => return Err(bad("prefix length must be 0-32 for IPv4")),
             _ => return Err(bad("prefix length must be 0-128 for IPv6")),
         },
@@ -244,7 +310,7 @@ pub(crate) fn parse_cidr(text: &str) -> Result<Cidr, ParseError> {
     let network = masked(cidr);
     if network != cidr {
         return Err(ParseError::HostBits {
-            text: text.to_owned(),
+            text: clip(text).into_owned(),
             len,
             network: network.to_string(),
         });
@@ -276,19 +342,19 @@ fn parse_protocol(text: &str) -> Result<u8, ParseError> {
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(text))
         .map(|(_, number)| *number)
-        .or_else(|| text.parse().ok())
+        .or_else(|| number(text))
         .ok_or_else(|| ParseError::BadProtocol {
-            text: text.to_owned(),
+            text: clip(text).into_owned(),
         })
 }
 
 fn parse_ports(text: &str) -> Result<(u16, u16), ParseError> {
     let bad = || ParseError::BadPort {
-        text: text.to_owned(),
+        text: clip(text).into_owned(),
     };
     let (lo, hi) = text.split_once('-').unwrap_or((text, text));
-    let lo: u16 = lo.parse().map_err(|_| bad())?;
-    let hi: u16 = hi.parse().map_err(|_| bad())?;
+    let lo: u16 = number(lo).ok_or_else(bad)?;
+    let hi: u16 = number(hi).ok_or_else(bad)?;
     if lo > hi {
         return Err(bad());
     }
@@ -413,5 +479,85 @@ mod tests {
             ParseError::BadLabel { .. }
         ));
         assert!(matches!(err(&"l".repeat(61)), ParseError::BadLabel { .. }));
+    }
+
+    /// Numbers are plain digits: `parse` alone takes `/+8`, `+80`, `+5`.
+    #[test]
+    fn numbers_are_digits_only() {
+        assert!(matches!(
+            err("x dst 10.0.0.0/+8"),
+            ParseError::BadCidr { .. }
+        ));
+        assert!(matches!(
+            err("x proto tcp dport +80"),
+            ParseError::BadPort { .. }
+        ));
+        assert!(matches!(
+            err("x proto tcp dport 80-+90"),
+            ParseError::BadPort { .. }
+        ));
+        assert!(matches!(err("x proto +6"), ParseError::BadProtocol { .. }));
+        assert!(matches!(
+            err("x priority +5"),
+            ParseError::BadPriority { .. }
+        ));
+        assert!(matches!(
+            err("x action sample +10"),
+            ParseError::BadSampleRate { .. }
+        ));
+        assert_eq!(
+            parse_rules("x dst 10.0.0.0/08\n", "t").expect("leading zero")[0]
+                .dst
+                .map(|c| c.len),
+            Some(8)
+        );
+    }
+
+    /// A no-break space looks like a space: the line is refused, naming the character, not
+    /// split there.
+    #[test]
+    fn unicode_spaces_are_refused() {
+        let e = parse_rules("ok\nweb\u{a0}dst 10.0.0.0/8\n", "rules.txt").expect_err("nbsp");
+        assert_eq!(e.line, 2);
+        assert_eq!(
+            e.to_string(),
+            "rules.txt:2: '\\u{a0}' (U+00A0) in \"web\\u{a0}dst\": separate words with spaces or tabs"
+        );
+        let e = parse_rules("\u{2003}\n", "t").expect_err("em space alone");
+        assert!(matches!(
+            e.reason,
+            ParseError::UnicodeSpace {
+                character: '\u{2003}',
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_rule(&["web", "dst\u{a0}10.0.0.0/8"]),
+            Err(ParseError::UnicodeSpace { .. })
+        ));
+    }
+
+    #[test]
+    fn the_same_rule_twice_is_refused() {
+        let e = parse_rules(
+            "web dst 10.0.0.0/8 proto tcp\ndns proto udp\nweb  proto TCP   dst 10.0.0.0/8 # again\n",
+            "rules.txt",
+        )
+        .expect_err("duplicate");
+        assert_eq!(e.to_string(), "rules.txt:3: the same rule as line 1");
+        // The same match under another label, or another action, is another rule.
+        parse_rules(
+            "a dst 10.0.0.0/8\nb dst 10.0.0.0/8\na dst 10.0.0.0/8 action drop\n",
+            "t",
+        )
+        .expect("different rules");
+    }
+
+    #[test]
+    fn long_words_are_clipped_in_errors() {
+        let long = format!("10.0.0.0/{}", "9".repeat(1_000_000));
+        let e = parse_rules(&format!("x dst {long}\n"), "t").expect_err("bad");
+        assert!(e.to_string().len() < 300, "{}", &e.to_string()[..300]);
+        assert!(e.to_string().contains("1000009 bytes"), "{e}");
     }
 }
