@@ -664,6 +664,8 @@ impl AgentState {
             if counters.len() > MAX_COUNTERS {
                 self.ignored_entries += (counters.len() - MAX_COUNTERS) as u64;
                 counters.truncate(MAX_COUNTERS);
+                // The agent's allocation for all of them would stay otherwise.
+                counters.shrink_to_fit();
             }
             for (name, _) in &mut counters {
                 clip(name, MAX_SHORT);
@@ -789,9 +791,12 @@ fn clipped(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Clips `s` to `max` bytes into an allocation of the clipped size: `truncate` would keep the
+/// agent's whole allocation alive (a 1 MB label kept 1 MB per recent event).
 fn clip(s: &mut String, max: usize) {
-    let len = clipped(s, max).len();
-    s.truncate(len);
+    if s.len() > max {
+        *s = clipped(s, max).to_owned();
+    }
 }
 
 /// Seconds since the Unix epoch.

@@ -547,3 +547,32 @@ async fn unauthenticated_peers_do_not_lock_agents_out() {
         .expect("the handshakes_refused counter");
     assert!(refused > 0, "{metrics}");
 }
+
+/// Oversized strings from an agent are clipped into allocations of their clipped size: 300
+/// batches with a 1 MB label leave central about where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_agent_strings_do_not_grow_central() {
+    let dir = TempDir::new("strings");
+    let central = CentralProcess::start(dir.path(), None, &[], None);
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("big-labels", 1, TOKEN)).await;
+    assert_eq!(agent.batch(batch(1, 1, 1, events(10))).await, 1);
+    let before = central.rss_kib();
+    let label = "x".repeat(1_000_000);
+    for s in 2..=301 {
+        let mut b = batch(s, s, s, vec![event(s, &label, 64)]);
+        b.counters.push((label[..1000].to_owned(), s));
+        assert_eq!(agent.batch(b).await, s);
+    }
+    let after = central.rss_kib();
+    eprintln!("RSS {before} -> {after} KiB");
+    assert!(
+        after.saturating_sub(before) < 32 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    let json = get(central.http, "/metrics.json").await.json();
+    let recent = &node(&json, "big-labels")["recent_events"];
+    let label = recent[recent.as_array().map_or(0, Vec::len) - 1]["label"]
+        .as_str()
+        .expect("label");
+    assert_eq!(label.len(), xdt_central::state::MAX_SHORT);
+}
