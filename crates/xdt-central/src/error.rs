@@ -126,9 +126,12 @@ impl CloseReason {
             Self::VersionMismatch { .. } => Some(ErrorCode::VersionMismatch),
             Self::Unauthorized { .. } => Some(ErrorCode::Unauthorized),
             Self::Frame(FrameError::TooLarge { .. }) => Some(ErrorCode::TooLarge),
-            Self::Frame(FrameError::Malformed { .. }) | Self::Unexpected { .. } => {
-                Some(ErrorCode::Malformed)
-            }
+            Self::Frame(
+                FrameError::Malformed { .. }
+                | FrameError::Trailing { .. }
+                | FrameError::TooLong { .. },
+            )
+            | Self::Unexpected { .. } => Some(ErrorCode::Malformed),
             Self::AgentTableFull { .. } | Self::TooManyNewAgents => Some(ErrorCode::Busy),
             Self::Frame(FrameError::BadMagic { .. })
             | Self::NotXdt { .. }

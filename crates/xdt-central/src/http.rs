@@ -70,6 +70,8 @@ pub(crate) struct Limits {
     pub threads: usize,
     pub max_connections: usize,
     pub timeout: Duration,
+    /// The telemetry side's `--max-connections`, which `/metrics` reports.
+    pub telemetry_max_connections: usize,
 }
 
 /// The running HTTP side; [`Http::stop`] ends it.
@@ -201,7 +203,7 @@ impl Http {
         let stopping = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(Handler {
             state: state.clone(),
-            registry: prom::registry(state.clone()),
+            registry: prom::registry(state.clone(), limits.telemetry_max_connections),
             json: json::Cache::default(),
         });
         let mut handles = Vec::with_capacity(limits.threads);

@@ -367,6 +367,8 @@ async fn stream_batches(
                 wire.queue(&Message::Ack(Ack { sequence }))?;
             }
             Some((Message::Error(ErrorMessage { code, message }), _)) => {
+                // Logged: at most a line's worth of what the peer wrote.
+                let message = message.chars().take(256).collect();
                 return Err(CloseReason::PeerError { code, message });
             }
             Some((other, _)) => {

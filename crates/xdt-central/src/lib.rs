@@ -165,6 +165,7 @@ impl Central {
             threads: config.http_threads,
             max_connections: config.http_max_connections,
             timeout: config.http_timeout,
+            telemetry_max_connections: config.max_connections,
         };
         let http = match Http::start(http, &state, limits) {
             Ok(http) => http,

@@ -46,18 +46,38 @@ const PROBE_COUNTERS: &[(&str, &str, &str)] = &[
         "Sampled events lost in the kernel because the probe's ring buffer was full.",
         "lost_events",
     ),
+    (
+        "xdp_errors",
+        "Internal errors of the probe (a failed map lookup); the packet was passed.",
+        "errors",
+    ),
+    (
+        "xdp_steered_packets",
+        "Packets of steer rules the probe redirected to the agent's AF_XDP socket.",
+        "steered_packets",
+    ),
+    (
+        "xdp_steer_fallback_packets",
+        "Packets of steer rules passed to the stack instead: no live agent socket or lease.",
+        "steer_fallback_packets",
+    ),
 ];
 
 #[derive(Debug)]
 struct StateCollector {
     state: Shared,
+    max_connections: usize,
 }
 
-/// A registry whose only collector reads `state`.
+/// A registry whose only collector reads `state`; `max_connections` is the telemetry
+/// listener's limit, reported next to the connections in use.
 #[must_use]
-pub fn registry(state: Shared) -> Registry {
+pub fn registry(state: Shared, max_connections: usize) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(StateCollector { state }));
+    registry.register_collector(Box::new(StateCollector {
+        state,
+        max_connections,
+    }));
     registry
 }
 
@@ -85,6 +105,34 @@ impl Collector for StateCollector {
 
         let state = self.state.read();
         let agents: Vec<&AgentState> = state.agents().collect();
+
+        // Central's limits next to their use, for alerts before agents are refused.
+        let connections: u32 = agents.iter().map(|a| a.connections).sum();
+        for (name, help, value) in [
+            (
+                "xdt_central_connections",
+                "Authenticated telemetry connections (agents' sessions) open now.",
+                i64::from(connections),
+            ),
+            (
+                "xdt_central_max_connections",
+                "Telemetry connections central accepts at once (--max-connections).",
+                i64::try_from(self.max_connections).unwrap_or(i64::MAX),
+            ),
+            (
+                "xdt_central_agents",
+                "Agents in central's table, connected or not.",
+                i64::try_from(agents.len()).unwrap_or(i64::MAX),
+            ),
+            (
+                "xdt_central_max_agents",
+                "Agents central's table holds at most (--max-agents).",
+                i64::try_from(state.max_agents()).unwrap_or(i64::MAX),
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(family)?;
+        }
 
         for &(name, help, counter) in PROBE_COUNTERS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -172,6 +220,28 @@ impl Collector for StateCollector {
         for agent in &agents {
             ConstGauge::new(i64::from(agent.connected()))
                 .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "xdt_agent_last_seen_timestamp_seconds",
+            "When central last heard from the agent (a Hello, a batch, its disconnect), in Unix seconds.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in &agents {
+            ConstGauge::new(agent.last_seen_unix)
+                .encode(family.encode_family(&agent_labels(agent))?)?;
+        }
+        // Only agents whose node has kernel.bpf_stats_enabled=1 report the probe's run time.
+        let mut family = encoder.encode_descriptor(
+            "xdt_probe_ns_per_packet",
+            "Average run time of the probe per packet between the agent's last two batches.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in &agents {
+            if let Some(ns) = agent.agent_stats.probe_ns_per_packet {
+                ConstGauge::new(ns).encode(family.encode_family(&agent_labels(agent))?)?;
+            }
         }
         let mut family = encoder.encode_descriptor(
             "xdt_events_received",

@@ -29,8 +29,8 @@ pub const MAX_COUNTERS: usize = 64;
 pub const MAX_LABELS: usize = 1024;
 /// Agent instances whose last sequence is remembered per agent.
 pub const MAX_INSTANCES: usize = 8;
-/// Longest agent id, hostname, interface or version kept, in bytes.
-pub const MAX_NAME: usize = 255;
+/// Longest agent id, hostname, interface or version, in bytes (the protocol refuses longer).
+pub const MAX_NAME: usize = xdt_wire::MAX_NAME;
 /// Longest label, action or counter name kept, in bytes (probe labels are at most 60); also an
 /// HTTP method and the steering mode and re-injection target.
 pub const MAX_SHORT: usize = 64;
@@ -152,6 +152,12 @@ impl State {
     #[must_use]
     pub fn agent_count(&self) -> usize {
         self.agents.len()
+    }
+
+    /// How many agents the table can hold (`--max-agents`).
+    #[must_use]
+    pub fn max_agents(&self) -> usize {
+        self.max_agents
     }
 
     /// Agents by id, from the first after `after` (from the first of all with `None`).

@@ -453,6 +453,62 @@ async fn a_payload_that_does_not_decode_is_malformed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_valid_batch_are_malformed() {
+    let central = TestCentral::start(config()).await;
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("trailing", 1, TOKEN)).await;
+    let mut frame_bytes = Vec::new();
+    frame::encode(&Message::Batch(batch(1, 1, 1, vec![])), &mut frame_bytes).expect("encode");
+    // The same Batch with two more bytes inside its frame.
+    frame_bytes.extend_from_slice(&[0xde, 0xad]);
+    let len = u32::try_from(frame_bytes.len() - 4).expect("len");
+    frame_bytes[..4].copy_from_slice(&len.to_be_bytes());
+    agent.write_raw(&frame_bytes).await;
+    let message = agent.expect_error(ErrorCode::Malformed).await;
+    assert!(message.contains("2 bytes after"), "{message}");
+    let json = get(central.http, "/metrics.json").await.json();
+    assert_eq!(node(&json, "trailing")["last_sequence"], 0, "not applied");
+    central.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_agent_id_is_refused_and_never_logged_whole() {
+    let central = TestCentral::start(config()).await;
+    let long = "n".repeat(1 << 18);
+    let mut agent = TestAgent::connect(central.telemetry).await;
+    let local = agent.local_addr();
+    agent.send(&Message::Hello(hello(&long, 1, TOKEN))).await;
+    let message = agent.expect_error(ErrorCode::Malformed).await;
+    assert!(message.contains("agent_id"), "{message}");
+    wait_for_log(&["agent_id", &local]).await;
+    let longest = common::log_lines(&[])
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest < 4096, "a log line of {longest} bytes");
+    // A peer's Error message is not logged whole either.
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("chatty", 1, TOKEN)).await;
+    let local = agent.local_addr();
+    agent
+        .send(&Message::Error(xdt_wire::ErrorMessage {
+            code: ErrorCode::Busy,
+            message: "m".repeat(1 << 19),
+        }))
+        .await;
+    let message = agent.expect_error(ErrorCode::Malformed).await;
+    assert!(message.contains("more than the 4096 allowed"), "{message}");
+    wait_for_log(&[&local, "4096"]).await;
+    let longest = common::log_lines(&[])
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest < 4096, "a log line of {longest} bytes");
+    assert_serves(&central, "after-long-id").await;
+    central.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_protocol_version_gets_our_preamble_and_version_mismatch() {
     let central = TestCentral::start(config()).await;
     // Version 1 (an agent from before steering) and one from the future.

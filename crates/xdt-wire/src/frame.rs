@@ -19,7 +19,22 @@ pub enum FrameError {
     /// The payload is not a valid message.
     #[error("malformed frame: {reason}")]
     Malformed { reason: postcard::Error },
+    /// A valid message followed by more bytes inside its frame.
+    #[error("malformed frame: {len} bytes after the message")]
+    Trailing { len: usize },
+    /// A string longer than the protocol allows.
+    #[error("malformed frame: {field} is {len} bytes, more than the {max} allowed")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
+
+/// Longest agent id, hostname, interface name or probe version in a `Hello`, in bytes.
+pub const MAX_NAME: usize = 255;
+/// Longest token in a `Hello`, and longest message of an `Error`, in bytes.
+pub const MAX_TEXT: usize = 4096;
 
 /// The 8 bytes each side sends first: magic `XDT\0`, protocol version (u16 BE), 2 reserved bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,12 +82,43 @@ pub fn check(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     Ok((buf.len() >= HEADER_LEN + len).then_some(HEADER_LEN + len))
 }
 
-/// Parses the payload of a complete frame.
+/// Parses the payload of a complete frame: exactly one message, its strings within the
+/// protocol's bounds ([`MAX_NAME`], [`MAX_TEXT`]).
 pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
-    match postcard::from_bytes::<Message>(payload) {
-        Ok(message) => Ok(message),
-        Err(reason) => Err(FrameError::Malformed { reason }),
+    let (message, rest) = match postcard::take_from_bytes::<Message>(payload) {
+        Ok(parsed) => parsed,
+        Err(reason) => return Err(FrameError::Malformed { reason }),
+    };
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing { len: rest.len() });
     }
+    check_bounds(&message)?;
+    Ok(message)
+}
+
+fn check_bounds(message: &Message) -> Result<(), FrameError> {
+    let fields: &[(&'static str, &str, usize)] = match message {
+        Message::Hello(h) => &[
+            ("agent_id", &h.agent_id, MAX_NAME),
+            ("hostname", &h.hostname, MAX_NAME),
+            ("interface", &h.interface, MAX_NAME),
+            ("probe_version", &h.probe_version, MAX_NAME),
+            ("token", &h.token, MAX_TEXT),
+        ],
+        Message::Welcome(w) => &[("central_version", &w.central_version, MAX_NAME)],
+        Message::Error(e) => &[("message", &e.message, MAX_TEXT)],
+        Message::Batch(_) | Message::Ack(_) => &[],
+    };
+    for &(field, value, max) in fields {
+        if value.len() > max {
+            return Err(FrameError::TooLong {
+                field,
+                len: value.len(),
+                max,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The length of `value`'s postcard encoding, computed without encoding it. Postcard is
@@ -215,6 +261,35 @@ mod tests {
             decode(&buf[HEADER_LEN..buf.len() - 1]),
             Err(FrameError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn trailing_bytes_and_long_names_are_malformed() {
+        let mut buf = Vec::new();
+        encode(&samples()[2], &mut buf).expect("encode");
+        buf.push(0);
+        assert_eq!(
+            decode(&buf[HEADER_LEN..]),
+            Err(FrameError::Trailing { len: 1 })
+        );
+        let Message::Hello(mut hello) = samples().remove(0) else {
+            unreachable!()
+        };
+        hello.agent_id = "a".repeat(MAX_NAME);
+        let mut buf = Vec::new();
+        encode(&Message::Hello(hello.clone()), &mut buf).expect("encode");
+        assert!(decode(&buf[HEADER_LEN..]).is_ok());
+        hello.agent_id.push('a');
+        let mut buf = Vec::new();
+        encode(&Message::Hello(hello), &mut buf).expect("encode");
+        assert_eq!(
+            decode(&buf[HEADER_LEN..]),
+            Err(FrameError::TooLong {
+                field: "agent_id",
+                len: MAX_NAME + 1,
+                max: MAX_NAME
+            })
+        );
     }
 
     #[test]

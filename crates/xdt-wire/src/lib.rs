@@ -10,7 +10,7 @@ pub mod frame;
 mod message;
 
 pub use connection::{Connection, WireError};
-pub use frame::{FrameError, MAX_FRAME, Preamble};
+pub use frame::{FrameError, MAX_FRAME, MAX_NAME, MAX_TEXT, Preamble};
 pub use message::{
     Ack, AgentStats, Batch, DnsQuery, ErrorCode, ErrorMessage, Event, Hello, HttpRequest,
     Inspection, LabelCount, Message, SteeringStats, Welcome,
