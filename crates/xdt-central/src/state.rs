@@ -297,7 +297,7 @@ impl State {
         }
         agent.set_last_sequence(instance, batch.sequence);
         self.generation += 1;
-        agent.apply(instance, batch, cap);
+        agent.apply(instance, batch, cap, now);
         Applied::New
     }
 
@@ -621,7 +621,12 @@ impl AgentState {
         self.sequences.truncate(MAX_INSTANCES);
     }
 
-    fn apply(&mut self, instance: u64, batch: Batch, recent_cap: usize) {
+    /// Which snapshot is newest is decided by the agent's own order, never by its clock: the
+    /// batches of the instance of the newest `Hello` replace the figures (the dedup lets only
+    /// rising sequences through), a replayed batch of an older instance does not. `taken_at` is
+    /// only used for rates and display, clamped to a few seconds past central's clock, so a
+    /// batch from a clock a year ahead cannot freeze the figures (nor survive in state.json).
+    fn apply(&mut self, instance: u64, batch: Batch, recent_cap: usize, now: f64) {
         let Batch {
             sequence: _,
             taken_at_unix_ns,
@@ -630,13 +635,15 @@ impl AgentState {
             events,
             mut agent,
         } = batch;
+        let taken_at_unix_ns = taken_at_unix_ns.min(unix_ns(now) + FUTURE_TOLERANCE_NS);
+        let current = instance == self.instance;
         let steering = agent.steering.take().map(SteeringStats::from_wire);
 
         // Rates from this snapshot and the previous one; a counter that went backwards was
         // reset (the probe was re-attached), so it counted up from zero since.
         let packets = find(&counters, "total_packets");
         let bytes = find(&counters, "total_bytes");
-        if self.taken_at_unix_ns != 0 && taken_at_unix_ns > self.taken_at_unix_ns {
+        if current && self.taken_at_unix_ns != 0 && taken_at_unix_ns > self.taken_at_unix_ns {
             let elapsed = seconds(taken_at_unix_ns - self.taken_at_unix_ns);
             let delta = |now: Option<u64>, before: Option<u64>| match (now, before) {
                 (Some(now), Some(before)) if now >= before => to_f64(now - before),
@@ -665,8 +672,7 @@ impl AgentState {
                 self.rates.bits_per_second,
             ]);
         }
-        if taken_at_unix_ns >= self.taken_at_unix_ns {
-            // An older snapshot (a clock step back) must not replace a newer one.
+        if current {
             if counters.len() > MAX_COUNTERS {
                 self.ignored_entries += (counters.len() - MAX_COUNTERS) as u64;
                 counters.truncate(MAX_COUNTERS);
@@ -775,6 +781,19 @@ fn to_f64(value: u64) -> f64 {
     value as f64
 }
 
+/// How far past central's clock an agent's `taken_at` may be (clock skew between hosts).
+const FUTURE_TOLERANCE_NS: u64 = 5_000_000_000;
+
+/// Unix seconds as nanoseconds (0 before the epoch).
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a time of day in nanoseconds fits u64 until 2554; negative ones become 0"
+)]
+fn unix_ns(seconds: f64) -> u64 {
+    (seconds * 1e9).max(0.0) as u64
+}
+
 /// Nanoseconds as seconds.
 #[must_use]
 pub fn seconds(ns: u64) -> f64 {
@@ -849,6 +868,9 @@ pub struct PersistedAgent {
 mod tests {
     use super::*;
     use xdt_wire::{AgentStats as WireStats, LabelCount as WireLabel};
+
+    /// Central's clock in these tests: the batches' times (a few hundred seconds) are past.
+    const NOW: f64 = 2e9;
 
     fn hello(agent_id: &str, instance: u64) -> Hello {
         Hello {
@@ -939,22 +961,22 @@ mod tests {
     fn rates_from_the_last_two_snapshots_and_resets() {
         let mut state = State::new(10, 4);
         state.connect(&hello("a", 1), 0.0).expect("connect");
-        state.apply("a", 1, batch(1, 100, 1000, 100_000, 0), 0.0);
+        state.apply("a", 1, batch(1, 100, 1000, 100_000, 0), NOW);
         let a = state.agent("a").expect("a");
         assert_eq!(a.rates, Rates::default());
         assert!(a.rate_history.is_empty());
-        state.apply("a", 1, batch(2, 102, 3000, 300_000, 0), 0.0);
+        state.apply("a", 1, batch(2, 102, 3000, 300_000, 0), NOW);
         let a = state.agent("a").expect("a");
         assert_eq!(a.rates.packets_per_second, 1000.0);
         assert_eq!(a.rates.bits_per_second, 800_000.0);
         assert_eq!(a.rate_history.back(), Some(&[102.0, 1000.0, 800_000.0]));
         // Re-attach: counters start from zero again.
-        state.apply("a", 1, batch(3, 104, 400, 40_000, 0), 0.0);
+        state.apply("a", 1, batch(3, 104, 400, 40_000, 0), NOW);
         let a = state.agent("a").expect("a");
         assert_eq!(a.rates.packets_per_second, 200.0);
         assert_eq!(a.counter("total_packets"), Some(400));
         for s in 4..300 {
-            state.apply("a", 1, batch(s, 100 + s, 400 + s, 40_000, 0), 0.0);
+            state.apply("a", 1, batch(s, 100 + s, 400 + s, 40_000, 0), NOW);
         }
         assert_eq!(
             state.agent("a").expect("a").rate_history.len(),
@@ -966,7 +988,7 @@ mod tests {
     fn bounded_events_and_histories() {
         let mut state = State::new(10, 4);
         state.connect(&hello("a", 1), 0.0).expect("connect");
-        state.apply("a", 1, batch(1, 1, 0, 0, 1000), 0.0);
+        state.apply("a", 1, batch(1, 1, 0, 0, 1000), NOW);
         let a = state.agent("a").expect("a");
         assert_eq!(a.total_events, 1000);
         assert_eq!(a.recent_events.len(), 4);
@@ -1081,7 +1103,7 @@ mod tests {
     fn steering_figures_are_the_newest_snapshot_with_rates() {
         let mut state = State::new(10, 4);
         state.connect(&hello("a", 1), 0.0).expect("connect");
-        state.apply("a", 1, steered(1, 100, 1000, 10), 0.0);
+        state.apply("a", 1, steered(1, 100, 1000, 10), NOW);
         let a = state.agent("a").expect("a");
         let s = a.agent_stats.steering.as_ref().expect("steering");
         assert_eq!(
@@ -1094,7 +1116,7 @@ mod tests {
         );
         assert_eq!(a.steering_rates, None, "one snapshot has no rate");
 
-        state.apply("a", 1, steered(2, 102, 3000, 30), 0.0);
+        state.apply("a", 1, steered(2, 102, 3000, 30), NOW);
         let rates = state.agent("a").expect("a").steering_rates.expect("rates");
         assert_eq!(rates.received_packets_per_second, 1000.0);
         assert_eq!(rates.received_bits_per_second, 800_000.0);
@@ -1105,32 +1127,44 @@ mod tests {
         assert_eq!(rates.rx_fill_ring_empty_per_second, 40.0);
         assert_eq!(rates.tx_invalid_descs_per_second, 50.0);
 
-        // A replayed older snapshot does not turn the cumulative figures back.
-        state.apply("a", 1, steered(3, 101, 2000, 20), 0.0);
+        // Within an instance the sequence orders the snapshots, not the agent's clock: a clock
+        // stepped back does not keep the newer figures out.
+        state.apply("a", 1, steered(3, 101, 2000, 20), NOW);
         let a = state.agent("a").expect("a");
         assert_eq!(
             a.agent_stats.steering.as_ref().map(|s| s.received_packets),
-            Some(3000)
+            Some(2000)
+        );
+        // A batch of an older instance, replayed after a newer one said Hello, does not
+        // replace the newer figures.
+        state.connect(&hello("a", 9), 0.0).expect("connect");
+        state.connect(&hello("a", 1), 0.0).expect("connect");
+        state.apply("a", 9, steered(1, 200, 1, 0), NOW);
+        let a = state.agent("a").expect("a");
+        assert_eq!(
+            a.agent_stats.steering.as_ref().map(|s| s.received_packets),
+            Some(2000)
         );
 
         // A restarted agent (new instance) counts from zero, even above the old figures.
         state.connect(&hello("a", 2), 0.0).expect("connect");
-        state.apply("a", 2, steered(1, 104, 4000, 0), 0.0);
+        state.apply("a", 2, steered(1, 104, 4000, 0), NOW);
         let a = state.agent("a").expect("a");
         assert_eq!(
             a.agent_stats.steering.as_ref().map(|s| s.received_packets),
             Some(4000)
         );
         let rates = a.steering_rates.expect("rates");
-        assert_eq!(rates.received_packets_per_second, 2000.0);
+        // Over the 3 s since the snapshot taken at 101.
+        assert_eq!(rates.received_packets_per_second, 4000.0 / 3.0);
         assert_eq!(rates.reinject_dropped_per_second, 0.0);
         // The same instance going backwards (impossible, but an agent is untrusted) too.
-        state.apply("a", 2, steered(2, 106, 1000, 0), 0.0);
+        state.apply("a", 2, steered(2, 106, 1000, 0), NOW);
         let rates = state.agent("a").expect("a").steering_rates.expect("rates");
         assert_eq!(rates.received_packets_per_second, 500.0);
 
         // An agent that stops steering reports none: the figures and rates go.
-        state.apply("a", 2, batch(3, 108, 1, 1, 0), 0.0);
+        state.apply("a", 2, batch(3, 108, 1, 1, 0), NOW);
         let a = state.agent("a").expect("a");
         assert_eq!(a.agent_stats.steering, None);
         assert_eq!(a.steering_rates, None);
@@ -1165,7 +1199,7 @@ mod tests {
             }),
         }));
         b.events = vec![event(4, 10), http];
-        state.apply("a", 1, b, 0.0);
+        state.apply("a", 1, b, NOW);
         let a = state.agent("a").expect("a");
         let s = a.agent_stats.steering.as_ref().expect("steering");
         assert!(
@@ -1202,7 +1236,7 @@ mod tests {
     fn persisted_steering_round_trips_and_old_files_load() {
         let mut state = State::new(10, 4);
         state.connect(&hello("a", 7), 0.0).expect("connect");
-        state.apply("a", 7, steered(1, 10, 500, 5), 0.0);
+        state.apply("a", 7, steered(1, 10, 500, 5), NOW);
         let json = serde_json::to_string(&state.to_persisted()).expect("json");
         let mut restored = State::new(10, 4);
         restored.restore(serde_json::from_str(&json).expect("parse"));
@@ -1213,7 +1247,7 @@ mod tests {
         );
         // The same instance goes on: its rate counts from the restored figures.
         restored.connect(&hello("a", 7), 0.0).expect("connect");
-        restored.apply("a", 7, steered(2, 12, 700, 5), 0.0);
+        restored.apply("a", 7, steered(2, 12, 700, 5), NOW);
         let rates = restored
             .agent("a")
             .expect("a")
@@ -1238,7 +1272,7 @@ mod tests {
     fn persisted_state_round_trips() {
         let mut state = State::new(10, 4);
         state.connect(&hello("a", 7), 0.0).expect("connect");
-        state.apply("a", 7, batch(3, 10, 5, 500, 2), 0.0);
+        state.apply("a", 7, batch(3, 10, 5, 500, 2), NOW);
         let json = serde_json::to_string(&state.to_persisted()).expect("json");
         let mut restored = State::new(10, 4);
         restored.restore(serde_json::from_str(&json).expect("parse"));

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     STEP, TOKEN, TempDir, TestAgent, TestCentral, batch, config, event, get, hello, node,
-    steered_batch, steering,
+    steered_batch, steering, wait_for_json,
 };
 
 fn events(n: u64) -> Vec<xdt_wire::Event> {
@@ -164,4 +164,48 @@ async fn a_corrupt_state_file_stops_startup_with_its_name() {
         text.contains("state.json") && text.contains("cannot load"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_from_the_future_does_not_freeze_the_counters() {
+    let dir = TempDir::new("future");
+    let mut cfg = config();
+    cfg.state_dir = Some(dir.path().to_owned());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let year = 365 * 24 * 3600;
+    let central = TestCentral::start(cfg.clone()).await;
+    // An agent whose clock is a year ahead (an NTP step, a VM resumed)...
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("clock", 1, TOKEN)).await;
+    assert_eq!(agent.batch(batch(1, now + year, 100, events(1))).await, 1);
+    drop(agent);
+    let json = wait_for_json(central.http, |j| node(j, "clock")["connected"] == false).await;
+    let shown = node(&json, "clock")["counters_taken_at_unix"]
+        .as_f64()
+        .expect("taken at");
+    assert!(
+        shown < (now + 3600) as f64,
+        "a future time is clamped: {shown}"
+    );
+    // ...restarted with a correct clock: its counters are shown.
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("clock", 2, TOKEN)).await;
+    assert_eq!(agent.batch(batch(1, now, 150, events(1))).await, 1);
+    let json = get(central.http, "/metrics.json").await.json();
+    assert_eq!(node(&json, "clock")["counters"]["total_packets"], 150);
+    drop(agent);
+    central.stop().await.expect("clean stop");
+
+    // Also after a restart of central.
+    let central = TestCentral::start(cfg).await;
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("clock", 3, TOKEN)).await;
+    assert_eq!(agent.batch(batch(1, now + 1, 170, events(1))).await, 1);
+    assert_eq!(agent.batch(batch(2, now + 2, 190, events(1))).await, 2);
+    let json = get(central.http, "/metrics.json").await.json();
+    let n = node(&json, "clock");
+    assert_eq!(n["counters"]["total_packets"], 190);
+    assert_eq!(n["rates"]["packets_per_second"], 20.0);
+    drop(agent);
+    central.stop().await.expect("clean stop");
 }
