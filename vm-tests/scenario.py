@@ -31,7 +31,7 @@ def metrics():
 def agent_node():
     """The node's entry in central's /metrics.json, or None before its first batch."""
     for n in metrics()["nodes"]:
-        if n["agent_id"] == "node":
+        if n["agent_id"].startswith("node/"):  # host/interface
             return n
     return None
 

@@ -580,10 +580,11 @@ fn hostname() -> String {
     )
 }
 
-/// The default agent id: the host name.
+/// The default agent id, `host/IF`: one interface, one agent at central (the agents of a
+/// host's interfaces would collide under the host name alone).
 #[must_use]
-pub fn default_agent_id() -> String {
-    hostname()
+pub fn default_agent_id(interface: &str) -> String {
+    format!("{}/{interface}", hostname())
 }
 
 pub(crate) fn random_u64() -> u64 {

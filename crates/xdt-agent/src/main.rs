@@ -37,7 +37,7 @@ struct Args {
         default_value = "127.0.0.1:50051"
     )]
     central: String,
-    /// This agent's name at central (default: the host name).
+    /// This agent's name at central (default: HOST/INTERFACE, e.g. node1/eth0).
     #[arg(long, env = "XDT_AGENT_ID")]
     agent_id: Option<String>,
     /// File holding the shared token [default: the systemd credential `token`, i.e.
@@ -127,7 +127,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let agent_id = args.agent_id.clone().unwrap_or_else(default_agent_id);
+    let agent_id = args
+        .agent_id
+        .clone()
+        .unwrap_or_else(|| default_agent_id(&args.interface));
     let destination = logging::init(
         "xdt-agent",
         args.log_level,
@@ -192,7 +195,10 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     Ok(Config {
         interface: args.interface.clone(),
         central: args.central.clone(),
-        agent_id: args.agent_id.clone().unwrap_or_else(default_agent_id),
+        agent_id: args
+            .agent_id
+            .clone()
+            .unwrap_or_else(|| default_agent_id(&args.interface)),
         token: read_token(&token_file)?,
         interval: Duration::from_secs_f64(args.interval),
         foreign_map: args

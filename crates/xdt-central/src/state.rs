@@ -190,7 +190,7 @@ impl State {
     /// the table is connected.
     pub fn connect(&mut self, hello: &Hello, now: f64) -> Result<u64, Refused> {
         let agent_id = clipped(&hello.agent_id, MAX_NAME);
-        if !self.agents.contains_key(agent_id) {
+        if !self.agents.contains_key(agent_id) && !self.take_over(agent_id, &hello.interface) {
             self.admit_new(now)?;
         }
         let agent = match self.agents.entry(agent_id.to_owned()) {
@@ -208,6 +208,33 @@ impl State {
         agent.connections += 1;
         agent.last_seen_unix = now;
         Ok(agent.last_sequence(hello.instance))
+    }
+
+    /// Agents were named by host only before one interface became one agent (`host/IF`): a
+    /// new `host/IF` takes over the disconnected entry named `host` whose interface is `IF`,
+    /// with its history. Returns whether it did.
+    fn take_over(&mut self, agent_id: &str, interface: &str) -> bool {
+        let Some((host, suffix)) = agent_id.rsplit_once('/') else {
+            return false;
+        };
+        let matches = self.agents.get(host).is_some_and(|old| {
+            !old.connected() && old.interface == interface && suffix == interface
+        });
+        if !matches {
+            return false;
+        }
+        let Some(mut agent) = self.agents.remove(host) else {
+            return false;
+        };
+        agent_id.clone_into(&mut agent.agent_id);
+        self.agents.insert(agent_id.to_owned(), agent);
+        self.removed.push(host.to_owned());
+        self.generation += 1;
+        log::info!(
+            agent_id:? = agent_id, old_agent_id:? = host;
+            "agent id migrated: the entry named by host only is taken over by host/interface"
+        );
+        true
     }
 
     /// Makes room for one new agent, or says why not.

@@ -209,3 +209,49 @@ async fn a_batch_from_the_future_does_not_freeze_the_counters() {
     drop(agent);
     central.stop().await.expect("clean stop");
 }
+
+/// Agents of older versions were named by host only; one interface, one agent now
+/// (`host/IF`): the first `host/IF` agent reporting the old entry's interface takes it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_named_by_host_is_taken_over_by_host_slash_interface() {
+    let dir = TempDir::new("identity");
+    let mut cfg = config();
+    cfg.state_dir = Some(dir.path().to_owned());
+    let central = TestCentral::start(cfg.clone()).await;
+    let mut old = hello("node1", 4, TOKEN);
+    old.interface = "eth0".into();
+    let (mut agent, _) = TestAgent::hello(central.telemetry, old).await;
+    assert_eq!(agent.batch(batch(1, 1, 500, events(5))).await, 1);
+    drop(agent);
+    central.stop().await.expect("clean stop");
+
+    let central = TestCentral::start(cfg).await;
+    let mut other = hello("node1/eth1", 5, TOKEN);
+    other.interface = "eth1".into();
+    let (mut eth1, _) = TestAgent::hello(central.telemetry, other).await;
+    assert_eq!(eth1.batch(batch(1, 2, 7, events(1))).await, 1);
+    let mut new = hello("node1/eth0", 6, TOKEN);
+    new.interface = "eth0".into();
+    let (mut eth0, _) = TestAgent::hello(central.telemetry, new).await;
+    assert_eq!(eth0.batch(batch(1, 3, 600, events(1))).await, 1);
+    let json = get(central.http, "/metrics.json").await.json();
+    let ids: Vec<_> = json["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["agent_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["node1/eth0", "node1/eth1"],
+        "the bare host name is gone"
+    );
+    assert_eq!(
+        node(&json, "node1/eth0")["total_events"],
+        6,
+        "history taken over"
+    );
+    assert_eq!(node(&json, "node1/eth1")["total_events"], 1);
+    drop((eth0, eth1));
+    central.stop().await.expect("clean stop");
+}
