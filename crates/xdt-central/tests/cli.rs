@@ -128,6 +128,20 @@ fn bad_configuration_exits_1_naming_the_problem() {
         "--http-listen",
     );
     assert_fails(&[], &[("XDT_TOKEN_FILE", empty)], "is empty");
+    // The token file is read within a bound: neither /dev/zero nor a FIFO without a writer
+    // takes central's memory or hangs it.
+    assert_fails(
+        &["--token-file", "/dev/zero"],
+        &[],
+        "cannot read the token file",
+    );
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    assert_fails(
+        &["--token-file", fifo.to_str().expect("path")],
+        &[],
+        "cannot read the token file",
+    );
 
     // A taken port is named.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
