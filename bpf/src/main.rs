@@ -18,6 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdt_common::{
+    agent::AgentLedger,
     config::{Config, Generation},
     counters::{Counter, Counters},
     events::{RING_BYTES, SampledEvent},
@@ -61,6 +62,10 @@ static XDT_XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 /// The agent's steering lease (see `xdt_common::steer`).
 #[map]
 static XDT_STEER: Array<SteerLease> = Array::with_max_entries(1, 0);
+/// What the agent holds undelivered, for its successor (see `xdt_common::agent`); never read
+/// here.
+#[map]
+static XDT_AGENT: Array<AgentLedger> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;

@@ -106,6 +106,10 @@ struct Shared {
     /// Whether a session with central is up (for the status line).
     connected: AtomicBool,
     new_batch: Notify,
+    /// Events held (pending or in the outbox), as recorded in the probe's ledger.
+    held: AtomicU64,
+    /// The probe's `XDT_AGENT` (absent for a foreign map, or a probe attached without it).
+    ledger: Mutex<Option<xdt_datapath::ledger::Ledger>>,
 }
 
 impl Shared {
@@ -119,6 +123,74 @@ impl Shared {
 
     fn dropped_events(&self) -> u64 {
         self.outbox().dropped_events + self.pending_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Changes the outbox and records the change in events held.
+    fn change_outbox<T>(&self, change: impl FnOnce(&mut Outbox) -> T) -> T {
+        self.change_outbox_taking(0, change)
+    }
+
+    /// [`Shared::change_outbox`] with `taken` events that left `pending` for it, recorded in
+    /// the same update.
+    fn change_outbox_taking<T>(&self, taken: usize, change: impl FnOnce(&mut Outbox) -> T) -> T {
+        let mut outbox = self.outbox();
+        let before = outbox.events();
+        let result = change(&mut outbox);
+        let after = outbox.events();
+        drop(outbox);
+        self.held_changed(after, before + taken);
+        result
+    }
+
+    /// Records `added` events more and `removed` fewer held, in the probe's ledger too: what a successor counts as
+    /// lost if this process dies now. Written under the ledger's lock with the latest total, so
+    /// the map never goes back to an older figure.
+    fn held_changed(&self, added: usize, removed: usize) {
+        if added == removed {
+            return;
+        }
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some((held + added as u64).saturating_sub(removed as u64))
+            });
+        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ledger) = ledger.as_mut() {
+            let held = self.held.load(Ordering::Relaxed);
+            if let Err(e) = ledger.set_undelivered(held) {
+                warn!("updating the agent ledger failed: {e}");
+            }
+        }
+    }
+}
+
+/// Opens the probe's ledger and takes over from the previous agent: the events it held
+/// undelivered when it ended are lost, and counted here (`dropped_events`).
+fn take_over_ledger(iface: &str, shared: &Shared) {
+    match xdt_datapath::ledger::Ledger::open(iface) {
+        Ok(Some(mut ledger)) => {
+            match ledger.undelivered() {
+                Ok(0) => {}
+                Ok(lost) => {
+                    warn!(
+                        "the previous agent of {iface} ended holding {lost} events central never \
+                         acknowledged (killed, or stopped before central took them): lost, \
+                         counted in dropped_events"
+                    );
+                    shared.pending_dropped.fetch_add(lost, Ordering::Relaxed);
+                }
+                Err(e) => warn!("reading the agent ledger failed: {e}"),
+            }
+            if let Err(e) = ledger.set_undelivered(0) {
+                warn!("resetting the agent ledger failed: {e}");
+            }
+            *shared.ledger.lock().unwrap_or_else(PoisonError::into_inner) = Some(ledger);
+        }
+        Ok(None) => warn!(
+            "the probe on {iface} was attached without an agent ledger (XDT_AGENT): events a \
+             killed agent held cannot be counted; attach it again to have one"
+        ),
+        Err(e) => warn!("opening the agent ledger failed: {e}"),
     }
 }
 
@@ -147,7 +219,12 @@ pub async fn run(
         reconnects: AtomicU64::new(0),
         connected: AtomicBool::new(false),
         new_batch: Notify::new(),
+        held: AtomicU64::new(0),
+        ledger: Mutex::new(None),
     });
+    if source.is_probe() {
+        take_over_ledger(&config.interface, &shared);
+    }
     let hello = Hello {
         agent_id: config.agent_id.clone(),
         hostname: hostname(),
@@ -311,9 +388,7 @@ fn reload(config: &mut Config, new: &Config, shared: &Shared, ticker: &mut tokio
     }
     config.max_batches = new.max_batches;
     config.max_events = new.max_events;
-    shared
-        .outbox()
-        .set_limits(config.max_batches, config.max_events);
+    shared.change_outbox(|o| o.set_limits(config.max_batches, config.max_events));
     labels::reread_all();
     if restart.is_empty() {
         info!(
@@ -410,6 +485,7 @@ fn make_batches(
 ) -> Result<source::Snapshot> {
     let snapshot = source.snapshot()?;
     let events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
+    let moved = events.len();
     let probe_ns_per_packet = runtime.sample();
     let taken_at_unix_ns = unix_ns();
     let agent = |dropped_events, unacked_batches| AgentStats {
@@ -439,18 +515,18 @@ fn make_batches(
             .fetch_add(groups.unfit as u64, Ordering::Relaxed);
     }
     let dropped_events = shared.dropped_events();
-    let mut outbox = shared.outbox();
-    for events in groups.groups {
-        *sequence += 1;
-        let unacked_batches = u32::try_from(outbox.len()).unwrap_or(u32::MAX);
-        outbox.push(Batch {
-            sequence: *sequence,
-            events,
-            agent: agent(dropped_events, unacked_batches),
-            ..template.clone()
-        });
-    }
-    drop(outbox);
+    shared.change_outbox_taking(moved, |outbox| {
+        for events in groups.groups {
+            *sequence += 1;
+            let unacked_batches = u32::try_from(outbox.len()).unwrap_or(u32::MAX);
+            outbox.push(Batch {
+                sequence: *sequence,
+                events,
+                agent: agent(dropped_events, unacked_batches),
+                ..template.clone()
+            });
+        }
+    });
     shared.new_batch.notify_one();
     Ok(snapshot)
 }
@@ -549,6 +625,7 @@ async fn read_events(
 /// Adds events to the next batch, dropping (and counting) the oldest beyond `max_pending`.
 fn push_pending(shared: &Shared, fresh: Vec<Event>, max_pending: usize) {
     let mut pending = shared.pending();
+    let before = pending.len();
     pending.extend(fresh);
     if pending.len() > max_pending {
         let excess = pending.len() - max_pending;
@@ -557,6 +634,9 @@ fn push_pending(shared: &Shared, fresh: Vec<Event>, max_pending: usize) {
             .pending_dropped
             .fetch_add(excess as u64, Ordering::Relaxed);
     }
+    let after = pending.len();
+    drop(pending);
+    shared.held_changed(after, before);
 }
 
 fn unix_ns() -> u64 {

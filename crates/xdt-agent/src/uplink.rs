@@ -164,7 +164,7 @@ async fn session(
     shared
         .connected
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    shared.outbox().acknowledge(last);
+    shared.change_outbox(|o| o.acknowledge(last));
     let mut sent = last;
     let mut acked = last;
     // Since when an Ack is due: set by a write while nothing was outstanding, moved on by
@@ -187,7 +187,7 @@ async fn session(
                 // batches within the maximum, so this is a bug; shed the batch's events (counted)
                 // rather than retry a frame that can never go.
                 Err(WireError::Frame(FrameError::TooLarge { len })) => {
-                    let dropped = shared.outbox().shed(sequence);
+                    let dropped = shared.change_outbox(|o| o.shed(sequence));
                     error!(
                         "batch {sequence} encodes to {len} bytes, over the frame maximum: \
                          {dropped} of its events dropped"
@@ -203,7 +203,7 @@ async fn session(
         tokio::select! {
             message = conn.read_message() => match message? {
                 Some(Message::Ack(ack)) => {
-                    shared.outbox().acknowledge(ack.sequence);
+                    shared.change_outbox(|o| o.acknowledge(ack.sequence));
                     acked = acked.max(ack.sequence);
                     ack_due_since = (sent > acked).then(Instant::now);
                 }

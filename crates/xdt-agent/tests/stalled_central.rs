@@ -268,3 +268,98 @@ fn a_central_that_stopped_reading_is_left_for_a_new_connection() {
         second - first
     ));
 }
+
+/// Accepts one agent and acknowledges every batch it sends for `serve`; returns the batches.
+fn accept_and_acknowledge(listener: &TcpListener, serve: Duration) -> Vec<xdt_wire::Batch> {
+    let (mut stream, _) = listener.accept().expect("accept");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut preamble = [0; Preamble::LEN];
+    stream.read_exact(&mut preamble).expect("agent preamble");
+    stream
+        .write_all(&Preamble::ours().encode())
+        .expect("preamble");
+    let Message::Hello(_) = read_frame(&mut stream) else {
+        panic!("no Hello");
+    };
+    let mut out = Vec::new();
+    frame::encode(
+        &Message::Welcome(Welcome {
+            central_version: "acking".into(),
+            last_sequence: 0,
+        }),
+        &mut out,
+    )
+    .expect("encode");
+    stream.write_all(&out).expect("welcome");
+    let until = Instant::now() + serve;
+    let mut batches = Vec::new();
+    while Instant::now() < until {
+        let Message::Batch(batch) = read_frame(&mut stream) else {
+            panic!("not a Batch");
+        };
+        out.clear();
+        frame::encode(
+            &Message::Ack(xdt_wire::Ack {
+                sequence: batch.sequence,
+            }),
+            &mut out,
+        )
+        .expect("encode");
+        stream.write_all(&out).expect("ack");
+        batches.push(batch);
+    }
+    batches
+}
+
+/// An agent killed while central had acknowledged none of its events: the next agent of the
+/// interface counts every one of them in `dropped_events` (from the probe's `XDT_AGENT`
+/// ledger). Before, they were lost with every loss counter at 0.
+#[test]
+fn events_a_killed_agent_held_are_counted_by_the_next() {
+    if !root_or_skip("events_a_killed_agent_held_are_counted_by_the_next") {
+        return;
+    }
+    let lab = Lab::new();
+    let (frozen, port) = listener(&lab);
+    let connected = frozen_central(frozen);
+    let log = lab.dir.join("killed.log");
+    let killed = lab.agent(port, &log);
+    connected
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the agent connects");
+    lab.send(3000);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(killed); // SIGKILL
+
+    let (acking, port) = listener(&lab);
+    let log = lab.dir.join("next.log");
+    let _next = lab.agent(port, &log);
+    let batches = accept_and_acknowledge(&acking, Duration::from_secs(2));
+    let last = batches.last().expect("batches");
+    let counter = |name: &str| {
+        last.counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(|| panic!("no counter {name}"), |(_, v)| *v)
+    };
+    let (sampled, lost_in_ring) = (counter("sampled_events"), counter("lost_events"));
+    let delivered: u64 = batches.iter().map(|b| b.events.len() as u64).sum();
+    let held_by_the_killed = sampled - lost_in_ring - delivered;
+    assert!(held_by_the_killed > 0, "the killed agent held nothing");
+    assert_eq!(
+        last.agent.dropped_events,
+        held_by_the_killed,
+        "sampled {sampled}, lost in the ring {lost_in_ring}, delivered by the next agent {delivered}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        log.contains(&format!("ended holding {held_by_the_killed} events")),
+        "{log}"
+    );
+    xdt_testkit::say(&format!(
+        "events_a_killed_agent_held_are_counted_by_the_next: {held_by_the_killed} of {sampled} sampled events were held by the killed agent, counted by the next"
+    ));
+}

@@ -6,6 +6,7 @@
 //! fail the build on both sides. Fixed-width integers only, explicit padding, no `bool`.
 #![no_std]
 
+pub mod agent;
 pub mod config;
 pub mod counters;
 pub mod events;

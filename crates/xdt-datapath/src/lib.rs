@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod error;
 pub mod events;
+pub mod ledger;
 pub mod paths;
 pub mod probe;
 pub mod rules;

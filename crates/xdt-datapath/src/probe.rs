@@ -199,7 +199,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
 }
 
 /// Every map of the probe, in the order they are pinned.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     config::MAP,
     counters::MAP,
     labels::STATS_MAP,
@@ -211,6 +211,7 @@ pub const ALL_MAPS: [&str; 11] = [
     xdt_common::events::MAP,
     xdt_common::steer::XSKS_MAP,
     xdt_common::steer::LEASE_MAP,
+    xdt_common::agent::MAP,
 ];
 
 fn load_error(e: aya::EbpfError) -> Error {
