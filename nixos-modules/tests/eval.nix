@@ -176,6 +176,8 @@ let
       python3.withPackages = f:
         mkDerivation { name = "python3-env"; packages = f { opentelemetry-proto = stub "opentelemetry-proto"; }; };
       testers.runNixOSTest = test: mkDerivation { name = "vm-test-run-${test.name}"; inherit (test) testScript; };
+      dockerTools.buildLayeredImage = { name, config ? { }, ... }@args:
+        mkDerivation (removeAttrs args [ "config" ] // { name = "${name}.tar.gz"; passthru.config = config; });
     } // lib.genAttrs [
       "rustc"
       "cargo"
@@ -192,6 +194,7 @@ let
       "prometheus"
       "systemd"
       "nixpkgs-fmt"
+      "busybox"
     ]
       stub);
 
@@ -479,7 +482,7 @@ let
           (lib.all (d: lib.hasPrefix builtins.storeDir d.drvPath) flakeDerivations)
           true
         ]
-        [ "as many derivations" (lib.length flakeDerivations) 24 ]
+        [ "as many derivations" (lib.length flakeDerivations) 28 ]
         [ "the demo app" (lib.hasSuffix "/bin/xdt-demo" outputs.apps.x86_64-linux.default.program) true ]
         [ "the probe vendors bpf/Cargo.lock alone" probe.cargoDeps.lockFile ../../bpf/Cargo.lock ]
         [ "the probe uses no build-std" (lib.hasInfix "build-std" probe.buildPhase) false ]
@@ -494,6 +497,11 @@ let
           "the package's binaries, not xtask"
           outputs.packages.x86_64-linux.xdt.cargoBuildFlags
           [ "--workspace" "--exclude" "xtask" "--bins" ]
+        ]
+        [
+          "the images run the package's daemons"
+          (map (image: outputs.packages.x86_64-linux.${image}.config.Entrypoint) [ "agent-image" "central-image" ])
+          (map (daemon: [ "${outputs.packages.x86_64-linux.xdt}/bin/${daemon}" ]) [ "xdt-agent" "xdt-central" ])
         ]
         [ "the VM test is no check (it needs KVM)" (outputs.checks.x86_64-linux ? vm) false ]
         [ "but a package" outputs.packages.x86_64-linux.vm-test.name "vm-test-run-xdt" ]
