@@ -496,11 +496,15 @@ async fn read_head(stream: &mut TcpStream) -> std::result::Result<String, Refusa
                 if has_body {
                     return Err(Refusal::Body);
                 }
-                let (Some(method), Some(path)) = (request.method, request.path) else {
+                let (Some(method), Some(path), Some(minor)) =
+                    (request.method, request.path, request.version)
+                else {
                     return Err(Refusal::Malformed);
                 };
+                // The client's own version: tiny_http answers HTTP/1.1 with chunked bodies
+                // above 32 KiB, which an HTTP/1.0 client cannot read.
                 return Ok(format!(
-                    "{method} {path} HTTP/1.1\r\nHost: central\r\nConnection: close\r\n\r\n"
+                    "{method} {path} HTTP/1.{minor}\r\nHost: central\r\nConnection: close\r\n\r\n"
                 ));
             }
             Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),

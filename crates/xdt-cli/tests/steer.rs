@@ -863,3 +863,251 @@ fn every_steered_frame_is_reinjected_or_counted() {
         "{steering_now}"
     );
 }
+
+/// A real Prometheus (Debian's) scraping this lab's central: every panel query of the Grafana
+/// dashboards and every alert rule of docs/observability/ is evaluated through Prometheus's
+/// HTTP API and returns data, the counters equal what was sent, and killing the agent makes
+/// its alerts go pending.
+#[test]
+fn prometheus_evaluates_every_panel_and_alert() {
+    const TEST: &str = "prometheus_evaluates_every_panel_and_alert";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        xdt_testkit::skip_outside_ci(TEST, "prometheus is missing (apt-get install prometheus)");
+        return;
+    }
+    let observability =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/observability");
+    // The probe's run time per packet: kernel statistics are on while this descriptor lives.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let lab = SteerLab::new(1);
+    let agent = lab.agent();
+    lab.steering_up(1);
+
+    let port = free_port();
+    let config = lab.dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: xdt-central\n    static_configs:\n      \
+             - targets: ['127.0.0.1:{}']\n",
+            observability.join("prometheus/xdt.rules.yml").display(),
+            lab.http
+        ),
+    )
+    .expect("prometheus.yml");
+    let _prometheus = Process::start(
+        lab.node
+            .command("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                lab.dir.join("prometheus").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    // Instant queries through the HTTP API, from inside the node namespace.
+    let query = |expr: &str| -> Value {
+        let out = lab
+            .node
+            .command("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "10", "-G"])
+            .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .arg("--data-urlencode")
+            .arg(format!("query={expr}"))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "{expr}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: Value = serde_json::from_slice(&out.stdout).expect("prometheus json");
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        answer["data"]["result"].clone()
+    };
+    // The first sample's value as Prometheus prints it ("200" for a counter at 200).
+    let value = |expr: &str| -> Option<String> {
+        Some(
+            query(expr).as_array()?.first()?["value"][1]
+                .as_str()?
+                .to_owned(),
+        )
+    };
+    let get = |path: &str| -> Value {
+        let out = lab
+            .node
+            .command("curl")
+            .args(["-sS", "--fail", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let until = |what: &str, secs: u64, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what} within {secs} s");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    until("prometheus is ready", 30, &|| {
+        lab.node
+            .command("curl")
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}/-/ready"),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+
+    // Known traffic: 200 steered DNS queries, 10 steered and 10 plain HTTP requests; pings
+    // (IPv4 and IPv6) keep packets flowing so that rates and the probe's cost exist.
+    let _ping = Process::start(
+        lab.client
+            .command("ping")
+            .args(["-q", "-i", "0.2", NODE4])
+            .stdout(std::process::Stdio::null()),
+    );
+    let _ping6 = Process::start(
+        lab.client
+            .command("ping")
+            .args(["-q", "-i", "0.2", NODE6])
+            .stdout(std::process::Stdio::null()),
+    );
+    send_udp(&lab, 200, 20, Duration::from_millis(20), |i| {
+        dns_query(i as u16, "example.com")
+    });
+    for i in 0..10 {
+        lab.echo(NODE4, 8081, &format!("prom-{i}"));
+        lab.echo(NODE4, 8082, &format!("plain-{i}"));
+    }
+    let dns = format!("xdp_label_packets_total{{agent_id=\"{AGENT}\",label=\"dns\"}}");
+    until("Prometheus scraped the 200 DNS queries", 30, &|| {
+        value(&dns).as_deref() == Some("200")
+    });
+    until("the probe's cost per packet is reported", 30, &|| {
+        value(&format!("xdt_probe_ns_per_packet{{agent_id=\"{AGENT}\"}}")).is_some()
+    });
+
+    // Every panel query of both dashboards returns data.
+    let mut panels = 0;
+    for board in ["xdt-overview.json", "xdt-agent.json"] {
+        let text =
+            std::fs::read_to_string(observability.join("grafana").join(board)).expect("dashboard");
+        let board: Value = serde_json::from_str(&text).expect("dashboard json");
+        for panel in board["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"]
+                    .as_str()
+                    .expect("expr")
+                    .replace("$__rate_interval", "20s")
+                    .replace("$agent", AGENT);
+                // Rates need two scrapes inside their window: wait for them, not longer.
+                until(
+                    &format!("panel {} returns data: {expr}", panel["title"]),
+                    20,
+                    &|| query(&expr).as_array().is_some_and(|r| !r.is_empty()),
+                );
+                panels += 1;
+            }
+        }
+    }
+    assert!(panels >= 50, "only {panels} panel queries");
+
+    // Every alert rule loaded, evaluates without error, and reads series that exist.
+    let rules = get("/api/v1/rules");
+    let mut alerts = Vec::new();
+    for group in rules["data"]["groups"].as_array().expect("rule groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            let name = rule["name"].as_str().expect("name").to_owned();
+            until(&format!("{name} evaluated"), 10, &|| {
+                get("/api/v1/rules")["data"]["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+                    .any(|r| r["name"] == name.as_str() && r["health"] == "ok")
+            });
+            let expr = rule["query"].as_str().expect("query");
+            for metric in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("xdp_") || w.starts_with("xdt_") || *w == "up")
+            {
+                assert!(
+                    !query(&format!("count({metric})"))
+                        .as_array()
+                        .is_some_and(Vec::is_empty),
+                    "alert {name} reads {metric}, which has no series"
+                );
+            }
+            alerts.push(name);
+        }
+    }
+    assert_eq!(alerts.len(), 10, "alerts: {alerts:?}");
+    let active = |name: &str| -> Option<String> {
+        get("/api/v1/alerts")["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name)
+            .map(|a| a["state"].as_str().unwrap_or("").to_owned())
+    };
+    for quiet in [
+        "XdtAgentDisconnected",
+        "XdtAgentSilent",
+        "XdtCentralDown",
+        "XdtSteeringLoss",
+    ] {
+        assert_eq!(active(quiet), None, "{quiet} is active on a healthy lab");
+    }
+
+    // The counters equal what was sent, and what the probe counted.
+    let stats = lab.stats();
+    for (metric, counted) in [
+        (
+            "xdp_steered_packets_total",
+            counter(&stats, "steered_packets"),
+        ),
+        ("xdp_errors_total", counter(&stats, "errors")),
+    ] {
+        let expr = format!("{metric}{{agent_id=\"{AGENT}\"}}");
+        until(&format!("{expr} = {counted}"), 15, &|| {
+            value(&expr) == Some(counted.to_string())
+        });
+    }
+    let received = format!("xdt_steering_received_packets_total{{agent_id=\"{AGENT}\"}}");
+    let steered = counter(&stats, "steered_packets").to_string();
+    until("the agent received every steered packet", 15, &|| {
+        value(&received).as_ref() == Some(&steered)
+    });
+
+    // Kill the agent: it disconnects, and steered traffic goes around it.
+    kill(&agent, nix::sys::signal::Signal::SIGKILL);
+    send_udp(&lab, 400, 20, Duration::from_millis(50), |i| {
+        dns_query(i as u16, "example.com")
+    });
+    until("XdtAgentDisconnected pending", 30, &|| {
+        active("XdtAgentDisconnected").is_some()
+    });
+    // The probe counted the fallback all along; a restarted agent reports it.
+    drop(agent);
+    let _agent = lab.agent();
+    lab.steering_up(1);
+    until("XdtSteeringFallingBack pending", 30, &|| {
+        active("XdtSteeringFallingBack").is_some()
+    });
+}
