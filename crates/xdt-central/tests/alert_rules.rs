@@ -9,7 +9,11 @@ use std::{path::Path, process::Command};
 
 fn promtool(args: &[&str]) -> Option<(bool, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/observability/prometheus");
-    let out = match Command::new("promtool").args(args).current_dir(dir).output() {
+    let out = match Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+    {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => panic!("cannot run promtool: {e}"),
