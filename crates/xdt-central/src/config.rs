@@ -223,6 +223,9 @@ pub struct OtlpConfig {
     /// The full URL of the collector's metrics path (`http://host:4318/v1/metrics`).
     pub endpoint: String,
     pub interval: Duration,
+    /// With `--otlp-logs`: the collector's logs path (`http://host:4318/v1/logs`), where
+    /// sampled and steered events go as log records.
+    pub logs_endpoint: Option<String>,
 }
 
 impl OtlpConfig {
@@ -249,12 +252,23 @@ impl OtlpConfig {
             return Err(invalid(format!("{endpoint:?} has no host")));
         }
         let path = path.trim_end_matches('/');
-        let endpoint = if path.ends_with("/v1/metrics") {
-            format!("http://{authority}{path}")
-        } else {
-            format!("http://{authority}{path}/v1/metrics")
-        };
-        Ok(Self { endpoint, interval })
+        let base = path.strip_suffix("/v1/metrics").unwrap_or(path);
+        Ok(Self {
+            endpoint: format!("http://{authority}{base}/v1/metrics"),
+            interval,
+            logs_endpoint: None,
+        })
+    }
+
+    /// Also push sampled and steered events as OTLP logs, next to the metrics.
+    #[must_use]
+    pub fn with_logs(mut self) -> Self {
+        let base = self
+            .endpoint
+            .strip_suffix("/v1/metrics")
+            .unwrap_or(&self.endpoint);
+        self.logs_endpoint = Some(format!("{base}/v1/logs"));
+        self
     }
 }
 
@@ -358,6 +372,19 @@ mod tests {
         assert!(e("https://c:4318").is_err());
         assert!(e("c:4318").is_err());
         assert!(e("http:///v1/metrics").is_err());
+        let logs = |s: &str| OtlpConfig::new(s, d).expect("ok").with_logs().logs_endpoint;
+        assert_eq!(
+            logs("http://c:4318").as_deref(),
+            Some("http://c:4318/v1/logs")
+        );
+        assert_eq!(
+            logs("http://c/otlp/v1/metrics").as_deref(),
+            Some("http://c/otlp/v1/logs")
+        );
+        assert_eq!(
+            OtlpConfig::new("http://c", d).expect("ok").logs_endpoint,
+            None
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ counters! {
     /// New agents refused: the table is full of connected agents, or too many new agents
     /// arrived at once.
     agents_refused,
+    /// Sampled and steered events not exported as OTLP logs: the export queue was full, or
+    /// their export failed.
+    otlp_logs_dropped,
 }
 
 impl Counters {

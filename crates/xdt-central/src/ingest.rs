@@ -53,6 +53,8 @@ pub(crate) struct Context {
     pub frame_timeout: Duration,
     /// With `--state-dir`: batches are journaled and synced before their `Ack`.
     pub journal: Option<Arc<Journal>>,
+    /// With `--otlp-logs`: the events of every newly stored batch go out as OTLP logs.
+    pub event_logs: Option<crate::otlp_logs::EventLogs>,
 }
 
 /// An unauthenticated connection younger than this is never pushed out by a newer one: an
@@ -341,11 +343,13 @@ async fn stream_batches(
             }
             Some((Message::Batch(batch), payload)) => {
                 let sequence = batch.sequence;
-                let ticket = {
+                // Copied only when exported: the state takes the batch.
+                let events = context.event_logs.as_ref().map(|_| batch.events.clone());
+                let (applied, ticket) = {
                     let now = now_unix();
                     let mut state = context.state.write();
                     let applied = state.apply(agent_id, instance, batch, now);
-                    context.journal.as_ref().map(|journal| match applied {
+                    let ticket = context.journal.as_ref().map(|journal| match applied {
                         Applied::New => journal.append(&Record {
                             agent_id,
                             hostname: &hello.hostname,
@@ -356,8 +360,14 @@ async fn stream_batches(
                             payload: &payload,
                         }),
                         Applied::Duplicate => journal.newest(),
-                    })
+                    });
+                    (applied, ticket)
                 };
+                if let (Applied::New, Some(logs), Some(events)) =
+                    (applied, &context.event_logs, events)
+                {
+                    logs.record(hello, events);
+                }
                 if let (Some(journal), Some(ticket)) = (&context.journal, ticket) {
                     wire.flush().await?;
                     if journal.durable(ticket).await.is_err() {

@@ -14,6 +14,7 @@ mod ingest;
 mod journal;
 mod json;
 mod otlp;
+mod otlp_logs;
 pub mod persist;
 mod prom;
 pub mod state;
@@ -161,6 +162,24 @@ impl Central {
             Some(otlp) => Some(Otlp::start(otlp, state.clone())?),
             None => None,
         };
+        let event_logs = match config
+            .otlp
+            .as_ref()
+            .and_then(|o| o.logs_endpoint.as_deref())
+        {
+            Some(endpoint) => {
+                match otlp_logs::EventLogExport::start(endpoint, Arc::clone(state.counters())) {
+                    Ok(export) => Some(export),
+                    Err(e) => {
+                        if let Some(otlp) = otlp {
+                            stop_blocking(move || otlp.stop()).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let limits = http::Limits {
             threads: config.http_threads,
             max_connections: config.http_max_connections,
@@ -190,6 +209,7 @@ impl Central {
             hello_timeout: config.hello_timeout,
             frame_timeout: config.frame_timeout,
             journal: journal.clone(),
+            event_logs: event_logs.as_ref().map(otlp_logs::EventLogExport::logs),
         });
         let persister = config.state_dir.clone().map(|dir| {
             tokio::spawn(persist_loop(
@@ -237,6 +257,9 @@ impl Central {
             }
             if let Some(otlp) = otlp {
                 otlp.stop();
+            }
+            if let Some(event_logs) = event_logs {
+                event_logs.stop();
             }
         })
         .await;

@@ -45,6 +45,10 @@ struct Cli {
     #[arg(long, env = "XDT_OTLP_INTERVAL", default_value_t = config::DEFAULT_OTLP_INTERVAL_SECONDS, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     otlp_interval: u64,
+    /// Also push every sampled event and steered-packet inspection to the collector as an
+    /// OTLP log record (needs --otlp-endpoint).
+    #[arg(long, env = "XDT_OTLP_LOGS", requires = "otlp_endpoint")]
+    otlp_logs: bool,
     /// Directory for state.json, so a restart neither loses nor double-counts batches
     /// [default: $STATE_DIRECTORY when systemd sets it].
     #[arg(long, env = "XDT_STATE_DIR", value_name = "DIR")]
@@ -121,7 +125,14 @@ fn config(cli: Cli) -> Result<Config> {
     config.otlp = cli
         .otlp_endpoint
         .map(|endpoint| OtlpConfig::new(&endpoint, Duration::from_secs(cli.otlp_interval)))
-        .transpose()?;
+        .transpose()?
+        .map(|otlp| {
+            if cli.otlp_logs {
+                otlp.with_logs()
+            } else {
+                otlp
+            }
+        });
     // systemd's StateDirectory= sets $STATE_DIRECTORY (colon-separated if several).
     config.state_dir = cli.state_dir.or_else(|| {
         std::env::var_os("STATE_DIRECTORY")

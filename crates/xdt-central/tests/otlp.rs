@@ -242,3 +242,142 @@ async fn metrics_reach_a_real_otlp_receiver() {
     );
     drop(receiver);
 }
+
+/// `--otlp-logs`: every sampled event and steered-packet inspection central stores reaches a
+/// real receiver (decoding the official protobufs) exactly once, as a log record with the
+/// semantic-convention attributes; a batch sent again (a reconnecting agent) adds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_a_real_otlp_receiver_as_logs_exactly_once() {
+    if !python_has_otlp_proto() {
+        common::missing_tool(
+            "python3 with the opentelemetry-proto package",
+            "pip install opentelemetry-proto",
+        );
+        return;
+    }
+    let dir = TempDir::new("otlp-logs");
+    let out = dir.path().join("received.json");
+    let receiver = start_receiver(&out);
+    let mut cfg = config();
+    cfg.otlp = Some(
+        OtlpConfig::new(
+            &format!("http://127.0.0.1:{}", receiver.port),
+            Duration::from_mins(1),
+        )
+        .expect("endpoint")
+        .with_logs(),
+    );
+    let central = TestCentral::start(cfg).await;
+
+    let sampled: Vec<_> = (0..300)
+        .map(|i| common::event(1_700_000_000_000_000_000 + i, "web", 20))
+        .collect();
+    let steered = vec![
+        common::steered_event(
+            1_700_000_001_000_000_000,
+            Some(("GET", "/echo/otlp", Some("svc.example"))),
+            None,
+        ),
+        common::steered_event(1_700_000_002_000_000_000, None, Some(("example.com", 28))),
+    ];
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("logs-a", 1, TOKEN)).await;
+    assert_eq!(agent.batch(batch(1, 100, 1000, sampled.clone())).await, 1);
+    assert_eq!(agent.batch(batch(2, 101, 1100, steered)).await, 2);
+    // The agent reconnects and sends batch 2 again, as after a lost Ack: stored once.
+    drop(agent);
+    let (mut agent, welcome) = TestAgent::hello(central.telemetry, hello("logs-a", 1, TOKEN)).await;
+    assert_eq!(welcome.last_sequence, 2);
+    assert_eq!(agent.batch(batch(2, 101, 1100, sampled)).await, 2);
+    drop(agent);
+    // Stopping exports what is queued.
+    central.stop().await.expect("clean stop");
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("the receiver wrote"))
+            .expect("receiver JSON");
+    let logs = doc["logs"].as_array().expect("logs");
+    assert_eq!(logs.len(), 302, "each event exactly once: {}", logs.len());
+    let times: std::collections::BTreeSet<u64> = logs
+        .iter()
+        .map(|l| l["time_unix_nano"].as_u64().expect("time"))
+        .collect();
+    assert_eq!(times.len(), 302, "no event twice");
+
+    let first = &logs[0];
+    assert_eq!(first["event_name"], "xdt.packet.sampled");
+    assert_eq!(first["severity"], "INFO");
+    assert_eq!(first["time_unix_nano"], 1_700_000_000_000_000_000_u64);
+    assert_eq!(first["resource"]["service.name"], "xdt-central");
+    let a = &first["attributes"];
+    assert_eq!(a["xdt.agent.id"], "logs-a");
+    assert_eq!(a["xdt.rule.label"], "web");
+    assert_eq!(a["network.transport"], "tcp");
+    assert_eq!(a["network.type"], "ipv4");
+    assert_eq!(a["source.address"], "192.0.2.1");
+    assert_eq!(a["source.port"], 40000);
+    assert_eq!(a["destination.address"], "2001:db8::1");
+    assert_eq!(a["destination.port"], 80);
+
+    let http = logs
+        .iter()
+        .find(|l| l["attributes"]["url.path"] == "/echo/otlp")
+        .expect("the steered HTTP request");
+    assert_eq!(http["event_name"], "xdt.packet.steered");
+    assert_eq!(http["attributes"]["http.request.method"], "GET");
+    assert_eq!(http["attributes"]["server.address"], "svc.example");
+    assert_eq!(http["attributes"]["xdt.agent.latency_ns"], 23_456);
+    assert!(
+        http["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("GET /echo/otlp")),
+        "{http}"
+    );
+    let dns = logs
+        .iter()
+        .find(|l| l["attributes"]["dns.question.name"] == "example.com")
+        .expect("the steered DNS query");
+    assert_eq!(dns["attributes"]["xdt.dns.question.type"], 28);
+    drop(receiver);
+}
+
+/// A collector that cannot be reached loses the records, and central counts every one where an
+/// operator sees it (`xdt_central_otlp_logs_dropped_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexported_event_logs_are_counted() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut cfg = config();
+    cfg.otlp = Some(
+        OtlpConfig::new(&format!("http://127.0.0.1:{port}"), Duration::from_mins(1))
+            .expect("endpoint")
+            .with_logs(),
+    );
+    let central = TestCentral::start(cfg).await;
+    let events: Vec<_> = (0..50)
+        .map(|i| common::event(1_700_000_000_000_000_000 + i, "web", 20))
+        .collect();
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("logs-b", 1, TOKEN)).await;
+    assert_eq!(agent.batch(batch(1, 100, 1000, events)).await, 1);
+    let start = Instant::now();
+    loop {
+        let body = common::get(central.http, "/metrics").await.text();
+        if body.contains("xdt_central_otlp_logs_dropped_total 50") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the 50 unexported records were not counted:\n{}",
+            body.lines()
+                .filter(|l| l.contains("otlp"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(agent);
+    central.stop().await.expect("clean stop");
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A minimal OTLP/HTTP metrics receiver for xdt-central's tests.
+"""A minimal OTLP/HTTP metrics and logs receiver for xdt-central's tests.
 
 Listens on 127.0.0.1 (port 0 = any free port), prints "PORT <n>" on its first stdout line,
 decodes every POST /v1/metrics as an ExportMetricsServiceRequest (the official
@@ -9,7 +9,13 @@ opentelemetry-proto package) and rewrites OUT (atomically) after each request as
       name: {"kind": "sum"|"gauge", "unit": str, "monotonic": bool,
              "points": [{"attributes": {k: v}, "value": number}]}}}
 
-Each metric keeps the points of the newest request that carried it. Exits when stdin closes
+Each metric keeps the points of the newest request that carried it. Every POST /v1/logs is
+decoded as an ExportLogsServiceRequest and each of its log records appended to "logs":
+
+  {"log_requests": N, "logs": [{"event_name": str, "time_unix_nano": int, "severity": str,
+      "body": str, "attributes": {k: v}, "resource": {k: v}}]}
+
+Exits when stdin closes
 (the test's guard), or after --lifetime seconds at most.
 
 Usage: otlp_receiver.py OUT [--port N] [--lifetime SECONDS]
@@ -22,6 +28,7 @@ import os
 import sys
 import threading
 
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
 
@@ -42,7 +49,30 @@ class State:
     def __init__(self, out):
         self.out = out
         self.lock = threading.Lock()
-        self.doc = {"requests": 0, "resources": [], "metrics": {}}
+        self.doc = {"requests": 0, "resources": [], "metrics": {}, "log_requests": 0, "logs": []}
+
+    def add_logs(self, request):
+        with self.lock:
+            self.doc["log_requests"] += 1
+            for rl in request.resource_logs:
+                resource = attributes(rl.resource.attributes)
+                for sl in rl.scope_logs:
+                    for r in sl.log_records:
+                        self.doc["logs"].append({
+                            "event_name": r.event_name,
+                            "time_unix_nano": r.time_unix_nano,
+                            "severity": r.severity_text,
+                            "body": any_value(r.body),
+                            "attributes": attributes(r.attributes),
+                            "resource": resource,
+                        })
+            self.write()
+
+    def write(self):
+        tmp = self.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.doc, f)
+        os.replace(tmp, self.out)
 
     def add(self, request):
         with self.lock:
@@ -66,10 +96,7 @@ class State:
                                 for p in data.data_points
                             ],
                         }
-            tmp = self.out + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.doc, f)
-            os.replace(tmp, self.out)
+            self.write()
 
 
 def main():
@@ -82,18 +109,25 @@ def main():
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            if self.path != "/v1/metrics":
+            if self.path == "/v1/metrics":
+                request = metrics_service_pb2.ExportMetricsServiceRequest()
+                response = metrics_service_pb2.ExportMetricsServiceResponse()
+                add = state.add
+            elif self.path == "/v1/logs":
+                request = logs_service_pb2.ExportLogsServiceRequest()
+                response = logs_service_pb2.ExportLogsServiceResponse()
+                add = state.add_logs
+            else:
                 self.send_error(404)
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            request = metrics_service_pb2.ExportMetricsServiceRequest()
             try:
                 request.ParseFromString(body)
             except Exception as e:  # a bad body is the test's failure to see
                 self.send_error(400, str(e))
                 return
-            state.add(request)
-            reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+            add(request)
+            reply = response.SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", str(len(reply)))
