@@ -204,7 +204,7 @@ def probe_status():
 
 
 if UPGRADE_DEB is None:
-    log("XDT_VM_UPGRADE_DEB is not set: the Debian package subtests are skipped")
+    log.info("XDT_VM_UPGRADE_DEB is not set: the Debian package subtests are skipped")
 else:
     with subtest("the installed package starts nothing and wants a token"):
         # The client has the package but no configuration, as after a plain `apt install`.
