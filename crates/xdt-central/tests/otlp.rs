@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -69,6 +69,22 @@ fn start_receiver(out: &Path) -> Receiver {
     receiver
 }
 
+/// A receiver writing to `received.json` in a fresh directory; `None` when Python's OTLP
+/// protobufs are missing (the test then skips, and fails in CI).
+fn receiver(name: &str) -> Option<(TempDir, PathBuf, Receiver)> {
+    if !python_has_otlp_proto() {
+        common::missing_tool(
+            "python3 with the opentelemetry-proto package",
+            "pip install opentelemetry-proto",
+        );
+        return None;
+    }
+    let dir = TempDir::new(name);
+    let out = dir.path().join("received.json");
+    let receiver = start_receiver(&out);
+    Some((dir, out, receiver))
+}
+
 fn point<'a>(
     doc: &'a serde_json::Value,
     metric: &str,
@@ -82,16 +98,9 @@ fn point<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_reach_a_real_otlp_receiver() {
-    if !python_has_otlp_proto() {
-        common::missing_tool(
-            "python3 with the opentelemetry-proto package",
-            "pip install opentelemetry-proto",
-        );
+    let Some((_dir, out, receiver)) = receiver("otlp") else {
         return;
-    }
-    let dir = TempDir::new("otlp");
-    let out = dir.path().join("received.json");
-    let receiver = start_receiver(&out);
+    };
 
     let mut cfg = config();
     cfg.otlp = Some(
@@ -248,16 +257,9 @@ async fn metrics_reach_a_real_otlp_receiver() {
 /// semantic-convention attributes; a batch sent again (a reconnecting agent) adds none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_a_real_otlp_receiver_as_logs_exactly_once() {
-    if !python_has_otlp_proto() {
-        common::missing_tool(
-            "python3 with the opentelemetry-proto package",
-            "pip install opentelemetry-proto",
-        );
+    let Some((_dir, out, receiver)) = receiver("otlp-logs") else {
         return;
-    }
-    let dir = TempDir::new("otlp-logs");
-    let out = dir.path().join("received.json");
-    let receiver = start_receiver(&out);
+    };
     let mut cfg = config();
     cfg.otlp = Some(
         OtlpConfig::new(

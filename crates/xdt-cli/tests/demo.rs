@@ -73,12 +73,7 @@ fn demo_shows_telemetry_and_cleans_up() {
     let pid = nix::unistd::Pid::from_raw(demo.id().cast_signed());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     let status = demo.wait().expect("demo exits on Ctrl-C");
-    let mut out = String::new();
-    demo.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
+    let out = printed(&mut demo);
     assert!(
         seen.is_some(),
         "the dashboard never showed web, dns and steered HTTP and DNS events; demo said:\n{out}"
@@ -135,12 +130,7 @@ fn demo_with_duration_stops_and_cleans_up_by_itself() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let took = started.elapsed();
-    let mut out = String::new();
-    demo.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
+    let out = printed(&mut demo);
     assert!(status.success(), "demo failed: {status}\n{out}");
     assert!(served, "central never answered during the demo:\n{out}");
     assert!(
@@ -155,6 +145,17 @@ fn demo_with_duration_stops_and_cleans_up_by_itself() {
         assert!(out.contains(stopped), "no \"{stopped}\" in:\n{out}");
     }
     assert_cleaned_up(http, &out);
+}
+
+/// What the exited demo printed.
+fn printed(demo: &mut std::process::Child) -> String {
+    let mut out = String::new();
+    demo.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    out
 }
 
 /// No namespace, pin or link of the demo is left, and central no longer answers.
