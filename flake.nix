@@ -114,6 +114,9 @@
             fi
             mkdir -p "$out/share/xdt"
             cp -r ui "$out/share/xdt/ui"
+            # Grafana dashboards and Prometheus alert rules (docs/observability.md); the module
+            # provisions them where Prometheus and Grafana run.
+            cp -r docs/observability/grafana docs/observability/prometheus "$out/share/xdt/"
           '';
           passthru.probe = xdt-probe;
           meta = {

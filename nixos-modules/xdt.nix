@@ -39,6 +39,14 @@ let
   hostPort = address: port:
     if lib.hasInfix ":" address then "[${address}]:${toString port}" else "${address}:${toString port}";
 
+  # Where a local Prometheus reaches central's HTTP side: loopback for a wildcard address.
+  scrapeTarget =
+    let
+      inherit (centralCfg.http) address port;
+      local = { "0.0.0.0" = "127.0.0.1"; "::" = "::1"; }.${address} or address;
+    in
+    hostPort local port;
+
   listenOption = what: address: port: {
     address = mkOption {
       type = types.str;
@@ -330,6 +338,26 @@ in
       };
 
       settings = settingsOption "xdt-central" "central.conf" { XDT_RECENT_EVENTS = 1024; XDT_OTLP_INTERVAL = 30; };
+
+      prometheus.enable = mkOption {
+        type = types.bool;
+        default = config.services.prometheus.enable;
+        defaultText = literalExpression "config.services.prometheus.enable";
+        description = ''
+          Add a scrape job `xdt-central` for this central's /metrics, and xdt's alert rules
+          (share/xdt/prometheus/xdt.rules.yml of the package), to services.prometheus.
+        '';
+      };
+
+      grafana.enable = mkOption {
+        type = types.bool;
+        default = config.services.grafana.enable;
+        defaultText = literalExpression "config.services.grafana.enable";
+        description = ''
+          Provision xdt's Grafana dashboards (share/xdt/grafana of the package) in
+          services.grafana; they use Grafana's default Prometheus data source.
+        '';
+      };
     };
 
     serviceHealth = {
@@ -478,6 +506,22 @@ in
         centralCfg.http.port
         centralCfg.telemetry.port
       ];
+    })
+
+    (mkIf (centralCfg.enable && centralCfg.prometheus.enable) {
+      services.prometheus.scrapeConfigs = [{
+        job_name = "xdt-central";
+        static_configs = [{ targets = [ scrapeTarget ]; }];
+      }];
+      services.prometheus.ruleFiles = [ "${cfg.package}/share/xdt/prometheus/xdt.rules.yml" ];
+    })
+
+    (mkIf (centralCfg.enable && centralCfg.grafana.enable) {
+      services.grafana.provision.enable = lib.mkDefault true;
+      services.grafana.provision.dashboards.settings.providers = [{
+        name = "xdt";
+        options.path = "${cfg.package}/share/xdt/grafana";
+      }];
     })
 
     (mkIf healthCfg.enable {

@@ -101,6 +101,30 @@ let
         };
         default = { };
       };
+      # services.prometheus and services.grafana, as far as the module sets them.
+      services.prometheus.enable = mkOption { type = types.bool; default = false; };
+      services.prometheus.scrapeConfigs = mkOption {
+        type = types.listOf (types.submodule {
+          options.job_name = mkOption { type = types.str; };
+          options.static_configs = mkOption {
+            type = types.listOf (types.submodule {
+              options.targets = mkOption { type = types.listOf types.str; default = [ ]; };
+            });
+            default = [ ];
+          };
+        });
+        default = [ ];
+      };
+      services.prometheus.ruleFiles = mkOption { type = types.listOf types.path; default = [ ]; };
+      services.grafana.enable = mkOption { type = types.bool; default = false; };
+      services.grafana.provision.enable = mkOption { type = types.bool; default = false; };
+      services.grafana.provision.dashboards.settings.providers = mkOption {
+        type = types.listOf (types.submodule {
+          options.name = mkOption { type = types.str; default = "default"; };
+          options.options.path = mkOption { type = types.path; };
+        });
+        default = [ ];
+      };
       boot.kernel.sysctl = mkOption {
         type = types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]));
         default = { };
@@ -346,6 +370,47 @@ let
         [ "token" c.systemd.services.xdt-central.serviceConfig.LoadCredential [ "" "token:${token}" ] ]
         [ "ports opened" (lib.sort lib.lessThan c.networking.firewall.allowedTCPPorts) [ 8080 50051 ] ]
         [ "no agent units" (lib.filter (lib.hasPrefix "xdt-agent@") (lib.attrNames c.systemd.services)) [ ] ]
+        [ "no Prometheus of its own" c.services.prometheus.scrapeConfigs [ ] ]
+        [ "no Grafana of its own" c.services.grafana.provision.dashboards.settings.providers [ ] ]
+      ];
+
+    "central next to Prometheus and Grafana" =
+      let
+        c = evaluate {
+          services.prometheus.enable = true;
+          services.grafana.enable = true;
+          services.xdt = {
+            enable = true;
+            central = { enable = true; tokenFile = token; http.address = "0.0.0.0"; http.port = 8088; };
+          };
+        };
+        share = "${c.services.xdt.package}/share/xdt";
+        off = evaluate {
+          services.prometheus.enable = true;
+          services.grafana.enable = true;
+          services.xdt = {
+            enable = true;
+            central = { enable = true; tokenFile = token; prometheus.enable = false; grafana.enable = false; };
+          };
+        };
+      in
+      [
+        [ "no failed assertion" (failedAssertions c) [ ] ]
+        [
+          "a scrape job for central, on loopback"
+          (map (j: { inherit (j) job_name; targets = lib.concatMap (s: s.targets) j.static_configs; }) c.services.prometheus.scrapeConfigs)
+          [{ job_name = "xdt-central"; targets = [ "127.0.0.1:8088" ]; }]
+        ]
+        [ "the alert rules" c.services.prometheus.ruleFiles [ "${share}/prometheus/xdt.rules.yml" ] ]
+        [ "Grafana provisions" c.services.grafana.provision.enable true ]
+        [
+          "the dashboards"
+          (map (p: { inherit (p) name; path = p.options.path; }) c.services.grafana.provision.dashboards.settings.providers)
+          [{ name = "xdt"; path = "${share}/grafana"; }]
+        ]
+        [ "turned off: no scrape job" off.services.prometheus.scrapeConfigs [ ] ]
+        [ "turned off: no rules" off.services.prometheus.ruleFiles [ ] ]
+        [ "turned off: no dashboards" off.services.grafana.provision.dashboards.settings.providers [ ] ]
       ];
 
     "the sample service" =
