@@ -34,9 +34,12 @@ pub struct DebArgs {
     /// Directory (or file name) of the package [default: target/debian/].
     #[arg(long, value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Skip lintian (it takes a while; `cargo xtask test` runs it once for the release build).
+    /// Skip lintian (the tests that only install the package leave it to `cargo xtask deb`).
     #[arg(long)]
     pub no_lintian: bool,
+    /// Lighter compression (a bigger package made in a fraction of the time), for tests.
+    #[arg(long)]
+    pub fast: bool,
 }
 
 fn target_dir() -> PathBuf {
@@ -127,6 +130,9 @@ fn package(args: &DebArgs) -> Result<PathBuf> {
     if let Some(version) = &args.deb_version {
         deb.args(["--deb-version", version]);
     }
+    if args.fast {
+        deb.arg("--fast");
+    }
     let line = format!("{deb:?}");
     println!("+ {line}");
     let out = deb
@@ -173,4 +179,174 @@ fn lintian(deb: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `cargo xtask images` was asked for.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    #[command(flatten)]
+    pub deb: DebArgs,
+    /// Tag of the images localhost/xdt-agent and localhost/xdt-central [default: the package's
+    /// version].
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+/// The Debian 12 base of the images, from this machine's apt sources (no registry is needed):
+/// curl is there for podman, which runs a pod's httpGet probes as curl inside the container.
+const BASE_MMDEBSTRAP: &[&str] = &[
+    "--variant=apt",
+    "--mode=root",
+    "--format=tar",
+    "--include=curl",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "bookworm",
+];
+
+/// podman with the settings that let its containers start on these machines, written to
+/// target/containers/containers.conf and named by `CONTAINERS_CONF` (the tests use the same
+/// file): runc (crun 1.8 refuses cgroup v1 hierarchies with cgroup2 mounted beside them,
+/// "cgroups in hybrid mode not supported", which these machines have) through
+/// crates/xtask/containers/runc-clamp, which lowers the rlimits podman asks for to what root
+/// here may set (it lacks CAP_SYS_RESOURCE).
+pub fn podman_conf() -> Result<PathBuf> {
+    let dir = target_dir().join("containers");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("containers.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "# Written by cargo xtask (crates/xtask/src/dist.rs, podman_conf).\n\
+             [engine]\nruntime = \"runc-clamp\"\n\n\
+             [engine.runtimes]\nrunc-clamp = [\"{}\"]\n",
+            runtime().display()
+        ),
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn runtime() -> PathBuf {
+    cmd::repo().join("crates/xtask/containers/runc-clamp")
+}
+
+fn podman(conf: &Path) -> Command {
+    let mut podman = Command::new("podman");
+    podman.env("CONTAINERS_CONF", conf);
+    podman
+}
+
+/// A stable name for a recipe (FNV-1a: the key only has to change when the recipe does).
+fn recipe_key(recipe: &[&str]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in recipe.join("\0").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The apt sources the base is made from (as the VM test's base).
+fn apt_sources() -> Result<PathBuf> {
+    [
+        "/etc/apt/sources.list.d/debian.sources",
+        "/etc/apt/sources.list",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .context("no Debian apt sources on this machine")
+}
+
+/// The base image localhost/xdt-base:KEY: made with mmdebstrap once per recipe (the tarball is
+/// kept in target/containers/), imported into podman when missing.
+pub fn container_base(conf: &Path) -> Result<String> {
+    let key = recipe_key(BASE_MMDEBSTRAP);
+    let image = format!("localhost/xdt-base:{key}");
+    let dir = target_dir().join("containers");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tar = dir.join(format!("base-{key}.tar"));
+    if !tar.is_file() {
+        let partial = dir.join(format!("base-{key}.tar.partial"));
+        cmd::run(
+            Command::new("mmdebstrap")
+                .args(BASE_MMDEBSTRAP)
+                .arg(&partial)
+                .arg(apt_sources()?),
+        )?;
+        std::fs::rename(&partial, &tar)?;
+    }
+    let exists = cmd::output(podman(conf).args(["image", "exists", &image]))?;
+    if !exists.status.success() {
+        cmd::run(podman(conf).arg("import").arg(&tar).arg(&image))?;
+    }
+    Ok(image)
+}
+
+/// The package, its base, then both images from docs/kubernetes/Containerfile; returns their
+/// names.
+pub fn images(steps: &mut Steps, args: &ImageArgs) -> Result<Vec<String>> {
+    let deb = deb(steps, &args.deb)?;
+    let conf = podman_conf()?;
+    println!("podman config: {}", conf.display());
+    let base = steps.run("container base (mmdebstrap)", || container_base(&conf))?;
+    println!("base: {base}");
+    let tag = match &args.tag {
+        Some(tag) => tag.clone(),
+        None => deb_version(&deb)?,
+    };
+    steps.run("podman build", || {
+        let context = target_dir().join("containers/context");
+        std::fs::create_dir_all(&context)?;
+        std::fs::copy(&deb, context.join("xdt.deb"))
+            .with_context(|| format!("cannot copy {}", deb.display()))?;
+        let mut built = Vec::new();
+        for target in ["agent", "central"] {
+            let image = format!("localhost/xdt-{target}:{tag}");
+            cmd::run(
+                podman(&conf)
+                    .args(["build", "--network", "none", "--runtime"])
+                    .arg(runtime())
+                    .args(["--layers=false", "--target", target])
+                    .arg("--build-arg")
+                    .arg(format!("BASE={base}"))
+                    .args(["--tag", &image, "--file"])
+                    .arg(cmd::repo().join("docs/kubernetes/Containerfile"))
+                    .arg(&context),
+            )?;
+            built.push(image);
+        }
+        std::fs::remove_file(context.join("xdt.deb"))?;
+        // The shared stage of both builds stays behind untagged: only this file's go.
+        cmd::run(podman(&conf).args([
+            "image",
+            "prune",
+            "--force",
+            "--filter",
+            "dangling=true",
+            "--filter",
+            "label=org.example.xdt.containerfile",
+        ]))?;
+        for image in &built {
+            println!("image: {image}");
+        }
+        Ok(built)
+    })
+}
+
+/// The Version: field of a package.
+fn deb_version(deb: &Path) -> Result<String> {
+    let out = cmd::output(
+        Command::new("dpkg-deb")
+            .args(["--field"])
+            .arg(deb)
+            .arg("Version"),
+    )?;
+    if !out.status.success() {
+        bail!("dpkg-deb --field {} Version failed", deb.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

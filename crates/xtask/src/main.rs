@@ -9,6 +9,7 @@
 //!   exactly this (`.ci/run`).
 //! - `cargo xtask setup [--tests]`: only the installs.
 //! - `cargo xtask deb`: the Debian package into target/debian/, checked by lintian (dist.rs).
+//! - `cargo xtask images`: the package, then the agent and central container images (podman).
 //!
 //! Every step is idempotent: what is installed already is left alone, so a second run installs
 //! nothing and needs no network. Any install that fails stops the run with the package and the
@@ -53,6 +54,9 @@ enum Task {
     },
     /// Build the release binaries and the Debian package `xdt` into target/debian/.
     Deb(dist::DebArgs),
+    /// The package, then the container images localhost/xdt-agent and localhost/xdt-central
+    /// (podman, from a Debian base made with mmdebstrap).
+    Images(dist::ImageArgs),
     /// Only install: the probe's toolchain and the demo's tools, and with --tests the tests'.
     Setup {
         #[arg(long)]
@@ -70,6 +74,8 @@ fn main() {
         Task::Setup { tests } => setup::install(&mut steps, tests).map(|_| ()),
         Task::Deb(args) => setup::install_for_deb(&mut steps)
             .and_then(|()| dist::deb(&mut steps, &args).map(|_| ())),
+        Task::Images(args) => setup::install_for_deb(&mut steps)
+            .and_then(|()| dist::images(&mut steps, &args).map(|_| ())),
     };
     steps.print_summary(started);
     if let Err(e) = outcome {

@@ -153,6 +153,23 @@ fn test_tools(apt: &mut Apt) -> Result<Tools> {
     cargo_install_once(&["nixpkgs-fmt"], "nixpkgs-fmt", NIXPKGS_FMT)?;
     // The VM and container tests build and install the .deb.
     packaging_tools(apt)?;
+    // The Kubernetes test: images built and pods run with podman (buildah is its build side),
+    // the manifests validated against the Kubernetes schemas.
+    apt.ensure("the Kubernetes test", &["podman", "buildah"])?;
+    if cmd::output(Command::new("kubernetes-validate").arg("--version"))
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("1.37.0"))
+    {
+        println!("kubernetes-validate: installed");
+    } else {
+        cmd::run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "kubernetes-validate==1.37.0",
+        ]))
+        .map_err(|e| anyhow::anyhow!("installing the Python package kubernetes-validate: {e}"))?;
+    }
     Ok(Tools {
         nixpkgs_lib: nixpkgs_lib()?,
     })

@@ -1,0 +1,472 @@
+//! docs/kubernetes/ checked and run: every manifest validates against the Kubernetes schemas
+//! (the kubernetes-validate package), and podman's `kube play` runs them with the images
+//! `cargo xtask images` builds from this build's Debian package: central's Deployment (with its
+//! Secret, ConfigMap and PersistentVolumeClaim) and the agent DaemonSet's pod for one node, its
+//! init container attaching the real probe to a veth of a lab in network namespaces made here.
+//! Frames sent from the lab's client must show up, counted exactly, in central's /metrics.json.
+//! The preStop hook (which podman 4.3 does not run) is run as the kubelet would, and must detach
+//! the probe. Root only; needs podman, mmdebstrap, cargo-deb and kubernetes-validate (`cargo
+//! xtask setup --tests`). Every pod, container, volume, secret, image and namespace it makes is
+//! removed at the end, also when it fails.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use xdt_testkit::{
+    net::{Netns, veth},
+    process::sibling,
+    root_or_skip, say, unique_name,
+};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const NODE_ADDR: &str = "10.231.0.1";
+const CLIENT_ADDR: &str = "10.231.0.2";
+const PACKETS: u32 = 300;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn check(what: &str, command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(out.status.success(), "{what} failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the test made in podman, removed on drop (pods first, then what they used).
+struct Podman<'a> {
+    node: &'a Netns,
+    /// The containers.conf `cargo xtask images` wrote for this machine (its runtime).
+    conf: PathBuf,
+    /// Files given to `podman kube play`, taken down in reverse order.
+    plays: Vec<PathBuf>,
+    secret: Option<String>,
+    /// Volumes kube play made: the PVC's and one per ConfigMap and Secret volume.
+    volumes: Vec<String>,
+    /// Images and networks that did not exist before the test.
+    images: Vec<String>,
+    network: Option<String>,
+    pins: Option<PathBuf>,
+    scratch: Option<PathBuf>,
+}
+
+impl Podman<'_> {
+    /// `podman ARGS` in the node's network namespace: a pod with hostNetwork shares it.
+    fn podman(&self) -> Command {
+        let mut c = self.node.command("podman");
+        c.env("CONTAINERS_CONF", &self.conf)
+            .arg("--log-level=error");
+        c
+    }
+
+    fn exists(&self, what: &str, name: &str) -> bool {
+        self.podman()
+            .args([what, "exists", name])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn play(&mut self, file: &Path) {
+        self.plays.push(file.to_owned());
+        let out = self
+            .podman()
+            .args(["kube", "play"])
+            .arg(file)
+            .output()
+            .expect("run podman kube play");
+        assert!(
+            out.status.success(),
+            "podman kube play {} failed: {}\n{}",
+            file.display(),
+            text(&out),
+            self.logs()
+        );
+    }
+
+    /// Every container's state and log tail, for a failure's message.
+    fn logs(&self) -> String {
+        let names = self
+            .podman()
+            .args(["ps", "--all", "--format", "{{.Names}} {{.Status}}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut all = String::new();
+        for line in names.lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            let log = self
+                .podman()
+                .args(["logs", "--tail", "20", name])
+                .output()
+                .map(|o| text(&o))
+                .unwrap_or_default();
+            all.push_str("--- ");
+            all.push_str(line);
+            all.push('\n');
+            all.push_str(&log);
+        }
+        all
+    }
+}
+
+impl Drop for Podman<'_> {
+    fn drop(&mut self) {
+        for file in self.plays.iter().rev() {
+            let _ = self.podman().args(["kube", "down"]).arg(file).output();
+        }
+        for volume in &self.volumes {
+            let _ = self
+                .podman()
+                .args(["volume", "rm", "--force", volume])
+                .output();
+        }
+        if let Some(secret) = &self.secret {
+            let _ = self.podman().args(["secret", "rm", secret]).output();
+        }
+        if let Some(network) = &self.network {
+            let _ = self
+                .podman()
+                .args(["network", "rm", "--force", network])
+                .output();
+        }
+        for image in &self.images {
+            let _ = self.podman().args(["rmi", "--force", image]).output();
+        }
+        if let Some(pins) = &self.pins {
+            let _ = std::fs::remove_dir_all(pins);
+        }
+        if let Some(scratch) = &self.scratch {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
+    }
+}
+
+fn central_json(node: &Netns, central_ip: &str) -> Option<serde_json::Value> {
+    let out = node
+        .command("curl")
+        .args(["-sf", "--max-time", "5"])
+        .arg(format!("http://{central_ip}:8080/metrics.json"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn label_packets(node: &serde_json::Value, label: &str) -> u64 {
+    node["label_counts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["label"] == label)
+        .and_then(|c| c["packets"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Central's entry for the one agent, once `predicate` holds (panics after `timeout`).
+fn wait_for_agent(
+    podman: &Podman,
+    central_ip: &str,
+    what: &str,
+    timeout: Duration,
+    predicate: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(doc) = central_json(podman.node, central_ip) {
+            if let Some(entry) = doc["nodes"].as_array().and_then(|n| n.first()).cloned()
+                && predicate(&entry)
+            {
+                return entry;
+            }
+            last = Some(doc);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!(
+        "central never showed {what} within {timeout:?}; last /metrics.json: {last:?}\n{}",
+        podman.logs()
+    );
+}
+
+fn rss_kib(podman: &Podman, container: &str) -> u64 {
+    let pid = check(
+        "podman inspect",
+        podman
+            .podman()
+            .args(["inspect", "--format", "{{.State.Pid}}", container]),
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+        .expect("the container's main process");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_and_run_under_podman() {
+    if !root_or_skip("the_kubernetes_manifests_validate_and_run_under_podman") {
+        return;
+    }
+    let repo = repo();
+    let manifests = repo.join("docs/kubernetes");
+    let files: Vec<PathBuf> = ["central.yaml", "agent.yaml", "service-health.yaml"]
+        .iter()
+        .map(|f| manifests.join(f))
+        .collect();
+
+    // The schemas of the oldest Kubernetes release still supported upstream and of the newest
+    // the package ships; --strict refuses unknown fields.
+    for version in ["1.32.0", "1.34.0"] {
+        let out = check(
+            "kubernetes-validate",
+            Command::new("kubernetes-validate")
+                .args(["--strict", "--kubernetes-version", version])
+                .args(&files),
+        );
+        say(&format!(
+            "kubernetes-validate {version}: {} resources passed",
+            out.matches("passed").count()
+        ));
+    }
+    // The manifests name the images of this version.
+    for file in &files {
+        let yaml = std::fs::read_to_string(file).expect("manifest");
+        for line in yaml
+            .lines()
+            .filter(|l| l.trim_start().starts_with("image:"))
+        {
+            assert!(
+                line.ends_with(&format!(":{VERSION}")),
+                "{}: {line}",
+                file.display()
+            );
+        }
+    }
+
+    // The images, from this build's binaries (the test's siblings).
+    let profile = match sibling("xdt")
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+    {
+        Some("debug") => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+        None => panic!("no profile directory"),
+    };
+    let node = Netns::new("xk8n");
+    let client = Netns::new("xk8c");
+    let mut podman = Podman {
+        node: &node,
+        conf: PathBuf::new(),
+        plays: Vec::new(),
+        secret: None,
+        volumes: Vec::new(),
+        images: vec![
+            format!("localhost/xdt-agent:{VERSION}"),
+            format!("localhost/xdt-central:{VERSION}"),
+        ],
+        network: None,
+        pins: None,
+        scratch: None,
+    };
+    let built = check(
+        "cargo xtask images",
+        Command::new(env!("CARGO"))
+            .current_dir(&repo)
+            .args([
+                "run",
+                "--quiet",
+                "--package",
+                "xtask",
+                "--",
+                "images",
+                "--no-build",
+            ])
+            .args([
+                "--no-lintian",
+                "--fast",
+                "--profile",
+                &profile,
+                "--tag",
+                VERSION,
+            ]),
+    );
+    let base = built
+        .lines()
+        .find_map(|l| l.strip_prefix("base: "))
+        .map(str::to_owned);
+    podman.images.extend(base);
+    podman.conf = built
+        .lines()
+        .find_map(|l| l.strip_prefix("podman config: "))
+        .map(PathBuf::from)
+        .expect("cargo xtask images names its podman config");
+
+    // The lab: the node's interface faces a client; central's pod sits on podman's bridge in
+    // the node's namespace, which the agent (host network = the node's namespace) reaches.
+    let iface = unique_name("xk");
+    veth(&node, &iface, &client, "eth0", 1);
+    node.ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", &iface]);
+    node.ip(&["link", "set", &iface, "up"]);
+    client.ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "eth0"]);
+    client.ip(&["link", "set", "eth0", "up"]);
+    podman.pins = Some(PathBuf::from("/sys/fs/bpf/xdt").join(&iface));
+
+    let scratch = std::env::temp_dir().join(unique_name("xdt-k8s-"));
+    std::fs::create_dir_all(&scratch).expect("scratch directory");
+    podman.scratch = Some(scratch.clone());
+    // What kube play makes beside the pods, to be removed whatever happens.
+    podman.volumes = ["xdt-central-state", "xdt-central", "xdt-agent", "xdt-token"]
+        .map(str::to_owned)
+        .to_vec();
+    let kube_network = "podman-default-kube-network";
+    if !podman.exists("network", kube_network) {
+        podman.network = Some(kube_network.to_owned());
+    }
+    let pause = "localhost/podman-pause:4.3.1-0";
+    if !podman.exists("image", pause) {
+        podman.images.push(pause.to_owned());
+    }
+
+    // The token as Kubernetes stores it (podman reads `data`, not `stringData`).
+    let token = format!("k8s-test-token-{}", std::process::id());
+    let encoded = check(
+        "base64",
+        Command::new("sh").args(["-c", &format!("printf %s '{token}' | base64 -w0")]),
+    );
+    let secret_yaml = scratch.join("secret.yaml");
+    std::fs::write(
+        &secret_yaml,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: xdt-token\n  namespace: xdt\ndata:\n  token: {encoded}\n"
+        ),
+    )
+    .expect("secret.yaml");
+    podman.secret = Some("xdt-token".to_owned());
+    podman.play(&secret_yaml);
+
+    // Central's Deployment as it is.
+    podman.play(&manifests.join("central.yaml"));
+    let central_ip = check(
+        "central's address",
+        podman.podman().args([
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            "xdt-central-pod-0-central",
+        ]),
+    )
+    .trim()
+    .to_owned();
+    assert!(!central_ip.is_empty(), "central's pod has no address");
+    say(&format!("central's pod: {central_ip}"));
+
+    // The DaemonSet's pod for this node, with the site's interface, central address and rules.
+    let rules = scratch.join("node.rules");
+    std::fs::write(&rules, "counted proto udp dport 9999\n").expect("rules");
+    let node_name = "k8s-node-1";
+    let pod_yaml = scratch.join("agent-pod.yaml");
+    let pod = check(
+        "node_pod.py",
+        Command::new("python3")
+            .arg(repo.join("crates/xdt-cli/tests/kubernetes/node_pod.py"))
+            .arg(manifests.join("agent.yaml"))
+            .args([node_name, &iface, &format!("{central_ip}:50051")])
+            .arg(&rules),
+    );
+    std::fs::write(&pod_yaml, pod).expect("agent-pod.yaml");
+    let agent_pod = format!("xdt-agent-{node_name}");
+    podman.play(&pod_yaml);
+
+    let pins = podman.pins.clone().expect("pins");
+    assert!(
+        pins.join("prog").exists() || pins.is_dir(),
+        "the init container pinned nothing under {}",
+        pins.display()
+    );
+    let connected = wait_for_agent(
+        &podman,
+        &central_ip,
+        "the agent connected",
+        Duration::from_secs(90),
+        |n| n["connected"] == true,
+    );
+    say(&format!("agent at central: {}", connected["agent_id"]));
+
+    // Known traffic: neighbours first, then PACKETS datagrams to the counted port.
+    check(
+        "ping",
+        client
+            .command("ping")
+            .args(["-c", "2", "-W", "5", NODE_ADDR]),
+    );
+    check(
+        "send UDP",
+        client.command("bash").args([
+            "-c",
+            &format!("for i in $(seq {PACKETS}); do printf x > /dev/udp/{NODE_ADDR}/9999; done"),
+        ]),
+    );
+    let entry = wait_for_agent(
+        &podman,
+        &central_ip,
+        "every counted packet",
+        Duration::from_mins(1),
+        |n| label_packets(n, "counted") >= u64::from(PACKETS),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let settled = wait_for_agent(
+        &podman,
+        &central_ip,
+        "the count",
+        Duration::from_secs(10),
+        |_| true,
+    );
+    assert_eq!(
+        label_packets(&settled, "counted"),
+        u64::from(PACKETS),
+        "{entry}"
+    );
+
+    let agent_rss = rss_kib(&podman, &format!("{agent_pod}-agent"));
+    let central_rss = rss_kib(&podman, "xdt-central-pod-0-central");
+    say(&format!(
+        "RSS: agent {agent_rss} KiB, central {central_rss} KiB"
+    ));
+
+    // The preStop hook of the detach container, as the kubelet runs it before stopping the pod.
+    check(
+        "preStop",
+        podman.podman().args([
+            "exec",
+            &format!("{agent_pod}-detach"),
+            "/bin/sh",
+            "-c",
+            "exec xdt detach --interface \"$XDT_INTERFACE\"",
+        ]),
+    );
+    assert!(!pins.exists(), "the preStop hook left {}", pins.display());
+    let link = check(
+        "ip link",
+        node.command("ip").args(["-d", "link", "show", &iface]),
+    );
+    assert!(!link.contains("xdp"), "the probe is still attached: {link}");
+}
