@@ -195,8 +195,10 @@ let
       '';
     };
 
-  # The units read the token as the credential `token`; the drop-in replaces its source.
+  # The units read the token as the credential `token`; the drop-in replaces its source, and
+  # moves the units' check that the token exists (AssertPathExists=/etc/xdt/token) with it.
   tokenCredential = file: [ "" "token:${file}" ];
+  tokenCheck = file: [ "" file ];
 
   tokenAssertions = name: opt: file: [
     {
@@ -475,6 +477,7 @@ in
               XDT_AGENT_ID = "${agentCfg.agentId}/${name}";
             };
             serviceConfig.LoadCredential = tokenCredential agentCfg.tokenFile;
+            unitConfig.AssertPathExists = tokenCheck agentCfg.tokenFile;
             restartTriggers = [ agentConf agentCfg.tokenFile ];
           };
         })
@@ -500,6 +503,7 @@ in
         overrideStrategy = "asDropin";
         wantedBy = [ "multi-user.target" ];
         serviceConfig.LoadCredential = tokenCredential centralCfg.tokenFile;
+        unitConfig.AssertPathExists = tokenCheck centralCfg.tokenFile;
         restartTriggers = [ centralConf centralCfg.tokenFile ];
       };
       networking.firewall.allowedTCPPorts = mkIf centralCfg.openFirewall [

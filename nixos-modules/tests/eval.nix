@@ -71,6 +71,7 @@ let
             wantedBy = mkOption { type = types.listOf types.str; default = [ ]; };
             environment = mkOption { type = types.attrsOf types.str; default = { }; };
             serviceConfig = mkOption { type = types.attrsOf types.unspecified; default = { }; };
+            unitConfig = mkOption { type = types.attrsOf types.unspecified; default = { }; };
             restartTriggers = mkOption { type = types.listOf types.unspecified; default = [ ]; };
             reloadTriggers = mkOption { type = types.listOf types.unspecified; default = [ ]; };
           };
@@ -324,6 +325,11 @@ let
           [ "" "token:${token}" ]
         ]
         [
+          "the token check follows the token"
+          c.systemd.services."xdt-agent@eth1".unitConfig.AssertPathExists
+          [ "" token ]
+        ]
+        [
           "a new agent.conf restarts the agent"
           (lib.elem c.environment.etc."xdt/agent.conf".text c.systemd.services."xdt-agent@eth1".restartTriggers)
           true
@@ -368,6 +374,7 @@ let
         ]
         [ "starts at boot" c.systemd.services.xdt-central.wantedBy [ "multi-user.target" ] ]
         [ "token" c.systemd.services.xdt-central.serviceConfig.LoadCredential [ "" "token:${token}" ] ]
+        [ "token check" c.systemd.services.xdt-central.unitConfig.AssertPathExists [ "" token ] ]
         [ "ports opened" (lib.sort lib.lessThan c.networking.firewall.allowedTCPPorts) [ 8080 50051 ] ]
         [ "no agent units" (lib.filter (lib.hasPrefix "xdt-agent@") (lib.attrNames c.systemd.services)) [ ] ]
         [ "no Prometheus of its own" c.services.prometheus.scrapeConfigs [ ] ]
