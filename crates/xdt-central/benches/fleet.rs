@@ -15,7 +15,9 @@
 //!
 //! Environment: `XDT_FLEET_AGENTS` (2000), `XDT_FLEET_SECONDS` (measurement window, 60),
 //! `XDT_FLEET_EVENTS` (events per batch, 10), `XDT_FLEET_NOFILE` (central's RLIMIT_NOFILE,
-//! 8192 as the unit's `LimitNOFILE=`).
+//! 8192 as the unit's `LimitNOFILE=`), `XDT_FLEET_READERS` (3: the dashboard's `/metrics.json`
+//! every second and a Prometheus scrape every 15 s; 1 or 2 only one of them, 0 none),
+//! `XDT_FLEET_STATE` (1; 0 runs central without `--state-dir`: no journal, Acks on receipt).
 
 use std::{
     io::BufRead as _,
@@ -282,6 +284,9 @@ fn main() {
     let seconds = env_u64("XDT_FLEET_SECONDS", 60);
     let events = env_u64("XDT_FLEET_EVENTS", 10);
     let nofile = env_u64("XDT_FLEET_NOFILE", 8192);
+    // 0 turns the dashboard's /metrics.json polls (1) or the Prometheus scrapes (2) off, to
+    // tell their cost apart.
+    let readers = env_u64("XDT_FLEET_READERS", 3);
 
     // This process holds the agents' ends of the connections.
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -297,11 +302,11 @@ fn main() {
     std::fs::create_dir_all(dir.join("state")).expect("dir");
     std::fs::write(dir.join("token"), TOKEN).expect("token");
     let mut command = Command::new(env!("CARGO_BIN_EXE_xdt-central"));
+    command.arg("--token-file").arg(dir.join("token"));
+    if env_u64("XDT_FLEET_STATE", 1) != 0 {
+        command.arg("--state-dir").arg(dir.join("state"));
+    }
     command
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
         .args([
             "--telemetry-listen",
             "127.0.0.1:0",
@@ -376,7 +381,7 @@ fn main() {
         while shared.connected.load(Ordering::SeqCst) < usize::try_from(agents).expect("agents")
         {
             assert!(
-                started.elapsed() < Duration::from_secs(300),
+                started.elapsed() < Duration::from_mins(5),
                 "only {} agents connected",
                 shared.connected.load(Ordering::SeqCst)
             );
@@ -387,25 +392,34 @@ fn main() {
         // Warm up: every agent's recent events and histories fill.
         tokio::time::sleep(Duration::from_secs(5)).await;
 
-        // The dashboard: /metrics.json every second; Prometheus every 15 s.
+        // The dashboard: /metrics.json every second; Prometheus every 15 s. On a thread of
+        // its own, as a browser is elsewhere: reading 10 MB must not delay the agents' runtime.
         let dashboard = {
             let shared = Arc::clone(&shared);
-            tokio::spawn(async move {
-                let mut polls = Vec::new();
-                let mut ticker = tokio::time::interval(Duration::from_secs(1));
-                let mut n = 0u64;
-                while !shared.stop.load(Ordering::SeqCst) {
-                    ticker.tick().await;
-                    if let Some((status, len, took)) = get(http, "/metrics.json").await {
-                        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-                        polls.push((len, took));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async move {
+                    let mut polls = Vec::new();
+                    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+                    let mut n = 0u64;
+                    while !shared.stop.load(Ordering::SeqCst) {
+                        ticker.tick().await;
+                        if readers & 1 != 0
+                            && let Some((status, len, took)) = get(http, "/metrics.json").await
+                        {
+                            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+                            polls.push((len, took));
+                        }
+                        if readers & 2 != 0 && n.is_multiple_of(15) {
+                            let _ = get(http, "/metrics").await;
+                        }
+                        n += 1;
                     }
-                    if n % 15 == 0 {
-                        let _ = get(http, "/metrics").await;
-                    }
-                    n += 1;
-                }
-                polls
+                    polls
+                })
             })
         };
         let before = process_figures(pid);
@@ -421,7 +435,7 @@ fn main() {
         let elapsed = window.elapsed();
         let after = process_figures(pid);
         shared.stop.store(true, Ordering::SeqCst);
-        let polls = dashboard.await.expect("dashboard");
+        let polls = dashboard.join().expect("dashboard");
         for task in tasks {
             task.abort();
         }
@@ -438,21 +452,20 @@ fn main() {
             / elapsed.as_secs_f64();
         let mut poll_times: Vec<Duration> = polls.iter().map(|p| p.1).collect();
         poll_times.sort_unstable();
-        let journal: u64 = std::fs::read_dir(&state_dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let journal: u64 = std::fs::read_dir(&state_dir).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        });
         println!("| figure | value |");
         println!("|---|---|");
         println!("| agents (real TCP connections, real protocol) | {agents} |");
         println!("| all connected after | {:.1} s ({refusals_at_start} refusals retried: new-agent admission rate) |", all_connected.as_secs_f64());
         println!("| events per batch, batch interval | {events}, 1 s |");
         println!("| measurement window | {:.0} s |", elapsed.as_secs_f64());
-        println!("| batches acknowledged in the window | {} ({:.0}/s) |", latencies.len(), latencies.len() as f64 / elapsed.as_secs_f64());
+        let acked = u32::try_from(latencies.len()).unwrap_or(u32::MAX);
+        println!("| batches acknowledged in the window | {acked} ({:.0}/s) |", f64::from(acked) / elapsed.as_secs_f64());
         println!("| batch->Ack p50 | {} |", ms(percentile(&latencies, 0.50)));
         println!("| batch->Ack p99 | {} |", ms(percentile(&latencies, 0.99)));
         println!("| batch->Ack p99.9 | {} |", ms(percentile(&latencies, 0.999)));

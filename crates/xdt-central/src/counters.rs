@@ -19,7 +19,7 @@ macro_rules! counters {
             pub fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
                 vec![$((
                     stringify!($name),
-                    concat!($($doc),+),
+                    concat!($($doc),+).trim_start(),
                     self.$name.load(Ordering::Relaxed),
                 ),)+]
             }

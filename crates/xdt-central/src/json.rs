@@ -4,8 +4,8 @@
 //!
 //! The document is rendered a few agents at a time, each slice under its own short read lock,
 //! so ingest waits at most for one slice, never for the whole fleet. Its size is bounded for any
-//! fleet: the recent events and payload points of each node are the newest of a share of a
-//! fleet-wide budget ([`EVENT_BUDGET`], [`PAYLOAD_BUDGET`]). [`Cache`] renders it at most once
+//! fleet: the recent events, payload and rate points of each node are the newest of a share of
+//! a fleet-wide budget ([`EVENT_BUDGET`], [`PAYLOAD_BUDGET`], [`RATE_BUDGET`]). [`Cache`] renders it at most once
 //! at a time and serves the rendered document to every reader that comes while it is fresh.
 
 use std::net::IpAddr;
@@ -25,9 +25,11 @@ use crate::state::{AgentState, AgentStats, LabelCount, Rates, Shared, SteeringRa
 /// [`MIN_EVENTS_PER_NODE`], at most `--recent-events`).
 pub const EVENT_BUDGET: usize = 16_384;
 pub const MIN_EVENTS_PER_NODE: usize = 4;
-/// Payload-history points in one document, shared the same way.
+/// Payload-history and rate-history points in one document, each shared the same way.
 pub const PAYLOAD_BUDGET: usize = 65_536;
 pub const MIN_PAYLOAD_PER_NODE: usize = 16;
+pub const RATE_BUDGET: usize = 32_768;
+pub const MIN_RATES_PER_NODE: usize = 8;
 /// Agents rendered per hold of the read lock.
 const SLICE: usize = 8;
 /// A document is served again for up to this multiple of the time it took to render (and
@@ -41,6 +43,7 @@ const MAX_AGE: Duration = Duration::from_secs(1);
 struct Shares {
     events: usize,
     payload: usize,
+    rates: usize,
 }
 
 impl Shares {
@@ -49,6 +52,7 @@ impl Shares {
         Self {
             events: (EVENT_BUDGET / agents).max(MIN_EVENTS_PER_NODE),
             payload: (PAYLOAD_BUDGET / agents).max(MIN_PAYLOAD_PER_NODE),
+            rates: (RATE_BUDGET / agents).max(MIN_RATES_PER_NODE),
         }
     }
 }
@@ -159,6 +163,7 @@ fn inspection(i: &Inspection) -> InspectionJson<'_> {
 fn node(agent: &AgentState, shares: Shares) -> Node<'_> {
     let skip_events = agent.recent_events.len().saturating_sub(shares.events);
     let skip_payload = agent.payload_history.len().saturating_sub(shares.payload);
+    let skip_rates = agent.rate_history.len().saturating_sub(shares.rates);
     Node {
         agent_id: &agent.agent_id,
         total_events: agent.total_events,
@@ -197,7 +202,12 @@ fn node(agent: &AgentState, shares: Shares) -> Node<'_> {
         counters: Counters(&agent.counters),
         rates: agent.rates,
         steering_rates: agent.steering_rates,
-        rate_history: agent.rate_history.iter().copied().collect(),
+        rate_history: agent
+            .rate_history
+            .iter()
+            .skip(skip_rates)
+            .copied()
+            .collect(),
         payload_history: agent
             .payload_history
             .iter()
@@ -240,6 +250,8 @@ pub fn render(shared: &Shared) -> Vec<u8> {
         if rendered < SLICE {
             break;
         }
+        drop(state);
+        crate::state::let_writers_in();
     }
     out.extend_from_slice(format!("],\"total_events\":{total_events}}}").as_bytes());
     out

@@ -283,32 +283,29 @@ async fn stop_blocking(f: impl FnOnce() + Send + 'static) {
 /// the journal segments the snapshot holds are pruned. A failed save loses nothing: the
 /// journal keeps every record until a snapshot holding it is durable.
 async fn save(state: &Shared, dir: PathBuf, journal: Option<&Arc<Journal>>) -> Result<()> {
-    let (persisted, segment) = {
-        let state = state.read();
-        // Under the same lock: the records before the new segment are all in this snapshot.
-        (state.to_persisted(), journal.map(|j| j.rotate()))
-    };
+    let (state, journal) = (state.clone(), journal.cloned());
     let written = tokio::task::spawn_blocking(move || {
+        // The journal switches segments first, under the lock: every record of the older
+        // segments is applied before the copy is taken (a slice at a time, off the runtime).
+        let (persisted, segment) = state.persisted_after(|| journal.as_ref().map(|j| j.rotate()));
         let bytes = serde_json::to_vec(&persisted).map_err(|e| Error::SaveState {
             path: persist::path(&dir),
             source: e.into(),
         })?;
-        persist::save(&dir, &bytes)
+        persist::save(&dir, &bytes)?;
+        if let (Some(journal), Some(segment)) = (journal, segment) {
+            journal.prune(segment);
+        }
+        Ok(())
     })
     .await;
-    let result = match written {
+    match written {
         Ok(result) => result,
         Err(e) => Err(Error::SaveState {
             path: PathBuf::from(persist::FILE_NAME),
             source: std::io::Error::other(e),
         }),
-    };
-    if result.is_ok()
-        && let (Some(journal), Some(segment)) = (journal, segment)
-    {
-        journal.prune(segment);
     }
-    result
 }
 
 /// Saves the state every `interval` while it changes, until shutdown (the final save is

@@ -57,10 +57,18 @@ pub fn save(dir: &Path, bytes: &[u8]) -> Result<()> {
     write_and_rename(dir, &tmp, &path, bytes).map_err(|source| Error::SaveState { path, source })
 }
 
+/// A snapshot is written and synced this much at a time: the file system commits one sync at
+/// a time, so the journal's syncs (each one an Ack waiting) wait for one chunk at most, not
+/// for megabytes of snapshot.
+const SYNC_CHUNK: usize = 256 * 1024;
+
 fn write_and_rename(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let mut file = File::create(tmp)?;
-    file.write_all(bytes)?;
+    for chunk in bytes.chunks(SYNC_CHUNK) {
+        file.write_all(chunk)?;
+        file.sync_data()?;
+    }
     file.sync_all()?;
     drop(file);
     fs::rename(tmp, path)?;

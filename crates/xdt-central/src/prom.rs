@@ -103,8 +103,10 @@ impl Collector for StateCollector {
             ConstCounter::new(value).encode(family)?;
         }
 
-        let state = self.state.read();
-        let agents: Vec<&AgentState> = state.agents().collect();
+        // Copies of the agents' figures, taken a slice at a time: encoding thousands of series
+        // under the lock held ingest up for the whole scrape.
+        let (copies, max_agents) = self.state.figures();
+        let agents: Vec<&AgentState> = copies.iter().collect();
 
         // Central's limits next to their use, for alerts before agents are refused.
         let connections: u32 = agents.iter().map(|a| a.connections).sum();
@@ -127,7 +129,7 @@ impl Collector for StateCollector {
             (
                 "xdt_central_max_agents",
                 "Agents central's table holds at most (--max-agents).",
-                i64::try_from(state.max_agents()).unwrap_or(i64::MAX),
+                i64::try_from(max_agents).unwrap_or(i64::MAX),
             ),
         ] {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;

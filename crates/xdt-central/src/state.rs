@@ -64,6 +64,80 @@ impl Shared {
     pub fn counters(&self) -> &Arc<Counters> {
         &self.1
     }
+
+    /// Every agent's figures without its recent events and histories, and `--max-agents`,
+    /// copied [`FIGURES_SLICE`] agents per hold of the read lock: exporters encode from the
+    /// copies, so a scrape of thousands of series never holds ingest up.
+    #[must_use]
+    pub fn figures(&self) -> (Vec<AgentState>, usize) {
+        let (count, max_agents) = {
+            let state = self.read();
+            (state.agent_count(), state.max_agents)
+        };
+        let mut copies = Vec::with_capacity(count);
+        loop {
+            let state = self.read();
+            let after = copies.last().map(|a: &AgentState| a.agent_id.as_str());
+            let before = copies.len();
+            copies.extend(
+                state
+                    .agents_after(after)
+                    .take(FIGURES_SLICE)
+                    .map(AgentState::figures),
+            );
+            if copies.len() - before < FIGURES_SLICE {
+                return (copies, max_agents);
+            }
+            drop(state);
+            let_writers_in();
+        }
+    }
+}
+
+impl Shared {
+    /// The content of `state.json`, copied [`FIGURES_SLICE`] agents per hold of the read lock
+    /// after `before` ran under it: what was applied before `before` is in the copy (the
+    /// journal rotates its segment there, so the older segments may go once the copy is
+    /// durable); what comes after may be too, which a replay's dedup absorbs.
+    pub fn persisted_after<T>(&self, before: impl FnOnce() -> T) -> (Persisted, T) {
+        let marker = {
+            let _state = self.read();
+            before()
+        };
+        let mut agents: Vec<PersistedAgent> = Vec::new();
+        loop {
+            let state = self.read();
+            let after = agents.last().map(|a| a.agent_id.as_str());
+            let count = agents.len();
+            agents.extend(
+                state
+                    .agents_after(after)
+                    .take(FIGURES_SLICE)
+                    .map(AgentState::to_persisted),
+            );
+            if agents.len() - count < FIGURES_SLICE {
+                break;
+            }
+            drop(state);
+            let_writers_in();
+        }
+        let persisted = Persisted {
+            version: Persisted::VERSION,
+            agents,
+        };
+        (persisted, marker)
+    }
+}
+
+/// Agents copied per hold of the read lock by [`Shared::figures`].
+const FIGURES_SLICE: usize = 64;
+
+/// Called between two holds of the read lock by a loop that takes it slice after slice: a
+/// writer woken when the lock is released must get it before the loop takes it again (it
+/// otherwise does, right away, while the writer is still being scheduled: a render of
+/// `/metrics.json` kept ingest waiting 40 ms).
+pub fn let_writers_in() {
+    std::thread::sleep(std::time::Duration::from_micros(50));
 }
 
 #[derive(Debug)]
@@ -614,6 +688,33 @@ impl AgentState {
             rate_history: VecDeque::new(),
             payload_history: VecDeque::new(),
             ignored_entries: 0,
+        }
+    }
+
+    /// A copy of the figures, without the recent events and histories.
+    fn figures(&self) -> Self {
+        Self {
+            agent_id: self.agent_id.clone(),
+            hostname: self.hostname.clone(),
+            interface: self.interface.clone(),
+            probe_version: self.probe_version.clone(),
+            instance: self.instance,
+            sequences: self.sequences.clone(),
+            connections: self.connections,
+            connected_since_unix: self.connected_since_unix,
+            last_seen_unix: self.last_seen_unix,
+            counters: self.counters.clone(),
+            labels: self.labels.clone(),
+            taken_at_unix_ns: self.taken_at_unix_ns,
+            rates: self.rates,
+            recent_events: VecDeque::new(),
+            total_events: self.total_events,
+            agent_stats: self.agent_stats.clone(),
+            steering_instance: self.steering_instance,
+            steering_rates: self.steering_rates,
+            rate_history: VecDeque::new(),
+            payload_history: VecDeque::new(),
+            ignored_entries: self.ignored_entries,
         }
     }
 

@@ -224,6 +224,7 @@ async fn oversized_http_requests_are_refused_without_growing_central() {
     .await;
     assert!(status.starts_with("HTTP/1.1 413"), "{status:?}");
     let after = central.rss_kib();
+    eprintln!("RSS {before} -> {after} KiB after the oversized requests");
     assert!(
         after.saturating_sub(before) < 16 * 1024,
         "RSS grew from {before} to {after} KiB"
@@ -249,6 +250,7 @@ async fn slow_http_clients_are_bounded_and_time_out() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let threads = threads(central.pid());
+    eprintln!("{threads} threads with {SLOW} slow HTTP clients");
     assert!(threads < 40, "{threads} threads with {SLOW} slow clients");
     // Another client is served meanwhile.
     assert_eq!(get(central.http, "/healthz").await.status, 200);
@@ -262,6 +264,10 @@ async fn slow_http_clients_are_bounded_and_time_out() {
             Err(e) => panic!("a slow client was never closed: {e}"),
         }
     }
+    eprintln!(
+        "every slow client closed {:?} after the check",
+        start.elapsed()
+    );
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "{:?}",
