@@ -127,7 +127,7 @@ impl Otlp {
                             .with_unit(unit)
                             .with_description(description)
                             .with_callback(move |observer| {
-                                for agent in state.read().agents() {
+                                for agent in &state.figures().0 {
                                     if let Some(value) = agent.counter(counter) {
                                         observer.observe(value, &attributes(agent));
                                     }
@@ -145,7 +145,7 @@ impl Otlp {
                             .with_unit(counter.unit)
                             .with_description(counter.help)
                             .with_callback(move |observer| {
-                                for agent in state.read().agents() {
+                                for agent in &state.figures().0 {
                                     if let Some(stats) = &agent.agent_stats.steering {
                                         observer.observe((counter.value)(stats), &attributes(agent));
                                     }
@@ -160,7 +160,7 @@ impl Otlp {
                     .with_unit("{socket}")
                     .with_description("AF_XDP sockets of the agent (one per receive queue)")
                     .with_callback(move |observer| {
-                        for agent in sockets_state.read().agents() {
+                        for agent in &sockets_state.figures().0 {
                             if let Some(stats) = &agent.agent_stats.steering {
                                 observer.observe(u64::from(stats.sockets), &attributes(agent));
                             }
@@ -172,7 +172,7 @@ impl Otlp {
                     .with_unit("{packet}/s")
                     .with_description("Packet processing rate")
                     .with_callback(move |observer| {
-                        for agent in state.read().agents() {
+                        for agent in &state.figures().0 {
                             if agent.taken_at_unix_ns != 0 {
                                 observer
                                     .observe(agent.rates.packets_per_second, &attributes(agent));
