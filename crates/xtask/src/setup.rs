@@ -93,6 +93,16 @@ pub fn install_for_deb(steps: &mut Steps) -> Result<()> {
     })
 }
 
+/// `pip install REQUIREMENT` unless `installed` says it is there.
+fn pip_install_once(requirement: &str, installed: bool) -> Result<()> {
+    if installed {
+        println!("{requirement}: installed");
+        return Ok(());
+    }
+    cmd::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", requirement]))
+        .map_err(|e| anyhow::anyhow!("installing the Python package {requirement}: {e}"))
+}
+
 /// The probe's maps are pinned under /sys/fs/bpf.
 fn mount_bpffs() -> Result<()> {
     if cmd::succeeds("mountpoint", &["-q", "/sys/fs/bpf"]) {
@@ -126,24 +136,16 @@ fn test_tools(apt: &mut Apt) -> Result<Tools> {
     ]))
     .map_err(|e| anyhow::anyhow!("installing the dashboard test's Node packages: {e}"))?;
     // The OTLP test's receiver decodes requests with the official protobufs.
-    if cmd::succeeds(
-        "python3",
-        &[
-            "-c",
-            "import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
-        ],
-    ) {
-        println!("opentelemetry-proto: installed");
-    } else {
-        cmd::run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "opentelemetry-proto",
-        ]))
-        .map_err(|e| anyhow::anyhow!("installing the Python package opentelemetry-proto: {e}"))?;
-    }
+    pip_install_once(
+        "opentelemetry-proto",
+        cmd::succeeds(
+            "python3",
+            &[
+                "-c",
+                "import opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+            ],
+        ),
+    )?;
     cargo_install_once(&["cargo", "fuzz"], "cargo-fuzz", CARGO_FUZZ)?;
     if !cmd::succeeds("rustup", &["run", "nightly", "rustc", "--version"]) {
         bail!(
@@ -156,20 +158,11 @@ fn test_tools(apt: &mut Apt) -> Result<Tools> {
     // The Kubernetes test: images built and pods run with podman (buildah is its build side),
     // the manifests validated against the Kubernetes schemas.
     apt.ensure("the Kubernetes test", &["podman", "buildah"])?;
-    if cmd::output(Command::new("kubernetes-validate").arg("--version"))
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("1.37.0"))
-    {
-        println!("kubernetes-validate: installed");
-    } else {
-        cmd::run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "kubernetes-validate==1.37.0",
-        ]))
-        .map_err(|e| anyhow::anyhow!("installing the Python package kubernetes-validate: {e}"))?;
-    }
+    pip_install_once(
+        "kubernetes-validate==1.37.0",
+        cmd::output(Command::new("kubernetes-validate").arg("--version"))
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("1.37.0")),
+    )?;
     Ok(Tools {
         nixpkgs_lib: nixpkgs_lib()?,
     })
