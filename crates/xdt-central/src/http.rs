@@ -4,7 +4,8 @@
 //! tiny_http 0.12 takes only a listener: its accept thread ends at the first failed accept (out
 //! of file descriptors, say) and never restarts; it reads the request line and headers with no
 //! bound and no timeout; and it gives every connection a thread of its own. So the public port
-//! is ours: a tokio task accepts under a connection limit (overall and per peer address), reads
+//! is ours: a tokio task accepts under a connection limit (overall and per peer address; when
+//! every slot is taken, the oldest client still sending its head after a second makes room), reads
 //! the request head within `--http-timeout` and at most [`MAX_HEAD`] bytes, refuses a body, and
 //! hands tiny_http a minimal request (`METHOD PATH`, `Connection: close`) over a Unix socket in
 //! a private directory; the response is copied back within the same kind of deadline. tiny_http
@@ -14,13 +15,13 @@
 //! accepting: the watchdog is fed only while both answer.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io::Cursor,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -32,7 +33,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UnixStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
     time::{Instant, timeout, timeout_at},
 };
 
@@ -46,6 +47,9 @@ use crate::{
 
 /// Longest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
+/// A client sending its head for this long may be closed to make room when every HTTP slot is
+/// taken.
+const HEAD_GRACE: Duration = Duration::from_secs(1);
 /// Most headers in a request head.
 const MAX_HEADERS: usize = 64;
 /// HTTP connections one peer address may hold at once (a browser opens about 6).
@@ -227,6 +231,8 @@ impl Http {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             per_peer: Arc::new(Mutex::new(HashMap::new())),
+            heads: Mutex::new(VecDeque::new()),
+            next_head: AtomicU64::new(0),
         };
         let alive = Alive(Arc::clone(&health.front_alive));
         let Some(listener) = bound.listener.take() else {
@@ -307,11 +313,15 @@ struct Front {
     connections: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
     per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Connections still sending their request head, oldest first, each with the way to close
+    /// it early.
+    heads: Mutex<VecDeque<(u64, Instant, Arc<Notify>)>>,
+    next_head: AtomicU64,
 }
 
 /// A connection's slot: overall and for its peer address.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     peer: IpAddr,
     per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
@@ -335,6 +345,8 @@ enum Refusal {
     Malformed,
     Body,
     Closed,
+    /// Closed to make room for a newer connection: answered, not drained (its slot is wanted).
+    PushedOut,
 }
 
 impl Front {
@@ -352,13 +364,33 @@ impl Front {
                     continue;
                 }
             };
-            if let Some(slot) = front.admit(peer.ip()) {
+            if let Some(mut slot) = front.admit(peer.ip()) {
                 let front = Arc::clone(&front);
-                tokio::spawn(async move {
-                    front.serve_one(stream, peer).await;
-                    drop(slot);
-                });
-                continue;
+                if slot.permit.is_some() {
+                    tokio::spawn(async move {
+                        front.serve_one(stream, peer).await;
+                        drop(slot);
+                    });
+                    continue;
+                }
+                // Every slot is taken: the oldest client still sending its head after a second
+                // makes room (slow clients cannot lock the others out), if there is one.
+                if front.push_out_oldest_head() {
+                    tokio::spawn(async move {
+                        let connections = Arc::clone(&front.connections);
+                        if let Ok(Ok(permit)) = timeout(LINGER, connections.acquire_owned()).await {
+                            slot.permit = Some(permit);
+                            front.serve_one(stream, peer).await;
+                        } else {
+                            Counters::add(&front.counters.http_refused);
+                            let mut stream = stream;
+                            let busy = answer(503, "too many connections; retry\n");
+                            let _ = timeout(LINGER, stream.write_all(&busy)).await;
+                        }
+                        drop(slot);
+                    });
+                    continue;
+                }
             }
             Counters::add(&front.counters.http_refused);
             debug!(peer:% = peer; "HTTP connection refused: at the connection limit");
@@ -376,28 +408,61 @@ impl Front {
         }
     }
 
+    /// The peer's share, and an overall slot if one is free (`None` inside when all are
+    /// taken); `None` when the peer holds its share already.
     fn admit(&self, peer: IpAddr) -> Option<Slot> {
         let mut per_peer = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
         let held = per_peer.get(&peer).copied().unwrap_or(0);
         if held >= MAX_PER_PEER {
             return None;
         }
-        let permit = Arc::clone(&self.connections).try_acquire_owned().ok()?;
+        let permit = Arc::clone(&self.connections).try_acquire_owned().ok();
         per_peer.insert(peer, held + 1);
         Some(Slot {
-            _permit: permit,
+            permit,
             peer,
             per_peer: Arc::clone(&self.per_peer),
+        })
+    }
+
+    /// Closes the oldest connection that has been sending its head for [`HEAD_GRACE`] or
+    /// longer; returns whether there was one.
+    fn push_out_oldest_head(&self) -> bool {
+        let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
+        match heads.front() {
+            Some((_, since, _)) if since.elapsed() >= HEAD_GRACE => {}
+            _ => return false,
+        }
+        heads.pop_front().is_some_and(|(_, _, close)| {
+            close.notify_one();
+            true
         })
     }
 
     /// One request: its head within the limits, then tiny_http's answer copied back.
     async fn serve_one(&self, mut stream: TcpStream, peer: SocketAddr) {
         let deadline = Instant::now() + self.limits.timeout;
-        let forward = match timeout_at(deadline, read_head(&mut stream)).await {
-            Ok(Ok(head)) => head,
-            Ok(Err(refusal)) => return self.refuse(stream, peer, refusal).await,
-            Err(_) => return self.refuse(stream, peer, Refusal::Timeout).await,
+        let id = self.next_head.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        self.heads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((id, Instant::now(), Arc::clone(&close)));
+        let head = tokio::select! {
+            head = timeout_at(deadline, read_head(&mut stream)) => Some(head),
+            () = close.notified() => None,
+        };
+        {
+            let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(pos) = heads.iter().position(|(i, _, _)| *i == id) {
+                heads.remove(pos);
+            }
+        }
+        let forward = match head {
+            Some(Ok(Ok(head))) => head,
+            Some(Ok(Err(refusal))) => return self.refuse(stream, peer, refusal).await,
+            Some(Err(_)) => return self.refuse(stream, peer, Refusal::Timeout).await,
+            None => return self.refuse(stream, peer, Refusal::PushedOut).await,
         };
         let relay = async {
             let mut backend = UnixStream::connect(&self.socket).await?;
@@ -419,18 +484,19 @@ impl Front {
     async fn refuse(&self, mut stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
         let (status, body) = match refusal {
             Refusal::Closed => return,
-            Refusal::Timeout => (408, "request not complete in time\n"),
+            Refusal::Timeout | Refusal::PushedOut => (408, "request not complete in time\n"),
             Refusal::TooLarge => (431, "request head too large or too many headers\n"),
             Refusal::Malformed => (400, "malformed request\n"),
             Refusal::Body => (413, "requests with a body are not served\n"),
         };
+        let pushed_out = matches!(refusal, Refusal::PushedOut);
         Counters::add(&self.counters.http_rejected);
         debug!(peer:% = peer, status; "HTTP request refused");
         let send = async {
             stream.write_all(&answer(status, body)).await?;
             stream.shutdown().await
         };
-        if !matches!(timeout(LINGER, send).await, Ok(Ok(()))) {
+        if !matches!(timeout(LINGER, send).await, Ok(Ok(()))) || pushed_out {
             return;
         }
         // Drain what the client is still sending for a moment, so our answer is not

@@ -582,3 +582,26 @@ async fn oversized_agent_strings_do_not_grow_central() {
         .expect("label");
     assert_eq!(label.len(), xdt_central::state::MAX_SHORT);
 }
+
+/// Slow clients from many addresses cannot take every HTTP slot either: when all are taken, a
+/// new client takes the place of the oldest one still sending its head after a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_http_clients_from_many_addresses_do_not_lock_others_out() {
+    use tokio::io::AsyncWriteExt as _;
+    raise_nofile(2048);
+    let dir = TempDir::new("http-slow-many");
+    let central = CentralProcess::start(dir.path(), None, &["--http-max-connections", "32"], None);
+    let mut slow = Vec::new();
+    for host in 2..=6 {
+        for _ in 0..16 {
+            let mut stream = connect_from([127, 0, 1, host], central.http).await;
+            let _ = stream.write_all(b"GET / HTTP/1.1\r\n").await;
+            slow.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..5 {
+        assert_eq!(get(central.http, "/healthz").await.status, 200);
+    }
+    drop(slow);
+}
