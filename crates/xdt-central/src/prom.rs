@@ -234,15 +234,16 @@ impl Collector for StateCollector {
                 .encode(family.encode_family(&agent_labels(agent))?)?;
         }
         // Only agents whose node has kernel.bpf_stats_enabled=1 report the probe's run time.
+        // In seconds, Prometheus' base unit (promtool refuses abbreviated units in names).
         let mut family = encoder.encode_descriptor(
-            "xdt_probe_ns_per_packet",
+            "xdt_probe_packet_cost_seconds",
             "Average run time of the probe per packet between the agent's last two batches.",
             None,
             MetricType::Gauge,
         )?;
         for agent in &agents {
             if let Some(ns) = agent.agent_stats.probe_ns_per_packet {
-                ConstGauge::new(ns).encode(family.encode_family(&agent_labels(agent))?)?;
+                ConstGauge::new(ns / 1e9).encode(family.encode_family(&agent_labels(agent))?)?;
             }
         }
         let mut family = encoder.encode_descriptor(

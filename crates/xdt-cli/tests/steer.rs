@@ -1001,7 +1001,10 @@ fn prometheus_evaluates_every_panel_and_alert() {
         value(&dns).as_deref() == Some("200")
     });
     until("the probe's cost per packet is reported", 30, &|| {
-        value(&format!("xdt_probe_ns_per_packet{{agent_id=\"{AGENT}\"}}")).is_some()
+        value(&format!(
+            "xdt_probe_packet_cost_seconds{{agent_id=\"{AGENT}\"}}"
+        ))
+        .is_some()
     });
 
     // Every panel query of both dashboards returns data.
