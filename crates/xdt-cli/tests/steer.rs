@@ -764,8 +764,20 @@ fn a_burst_of_long_dns_queries_does_not_stall_telemetry() {
         dns_query(i as u16, &name)
     });
     let took = started.elapsed();
-    let steered = counter(&lab.stats(), "steered_packets");
-    assert!(steered >= 8000, "only {steered} queries steered");
+    let stats = lab.stats();
+    let steered = counter(&stats, "steered_packets");
+    let fallback = counter(&stats, "steer_fallback_packets");
+    // Fail-open: on a loaded machine the agent's lease can lapse for a moment and the probe
+    // passes a few queries instead. Every query is one or the other, and the burst stays far
+    // beyond one frame (about 330 bytes an event, 1 MiB a frame).
+    assert!(
+        steered + fallback >= 8000,
+        "{steered} steered and {fallback} passed of 8000 queries"
+    );
+    assert!(
+        steered >= 6000,
+        "only {steered} queries steered ({fallback} passed): too few to exceed a frame"
+    );
     // A request after the burst: its event arrives only if telemetry still flows.
     lab.echo(NODE4, 8081, "after-the-burst");
     let node = lab.node_when("every event of the burst, then the request after it", |n| {
@@ -774,7 +786,7 @@ fn a_burst_of_long_dns_queries_does_not_stall_telemetry() {
     });
     let received = steering(&node, "received_packets");
     assert!(
-        received >= 8000,
+        received >= 6000,
         "the agent took only {received} of the burst: {}",
         node["agent"]["steering"]
     );
