@@ -5,8 +5,8 @@
 //!   runs, builds the workspace in release mode and runs `xdt demo` (as root, through sudo when
 //!   needed) with the given arguments, e.g. `--duration 60`.
 //! - `cargo xtask test`: installs what the tests need, then runs the whole suite: rustfmt,
-//!   clippy, the bounded fuzz run and `cargo test --workspace -- --test-threads=1`. CI runs
-//!   exactly this (`.ci/run`).
+//!   clippy, the bounded fuzz run, `cargo test --workspace -- --test-threads=1`, and lintian on
+//!   the Debian package of the tested binaries. CI runs exactly this (`.ci/run`).
 //! - `cargo xtask setup [--tests]`: only the installs.
 //! - `cargo xtask deb`: the Debian package into target/debian/, checked by lintian (dist.rs).
 //! - `cargo xtask images`: the package, then the agent and central container images (podman).
@@ -46,7 +46,7 @@ enum Task {
         )]
         args: Vec<String>,
     },
-    /// Install what the tests need, then run fmt, clippy, the fuzz run and `cargo test`.
+    /// Install what the tests need, then run fmt, clippy, the fuzz run, `cargo test`, lintian.
     Test {
         /// How long the fuzzer runs on the telemetry frame decoder.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
@@ -142,7 +142,21 @@ fn test(steps: &mut Steps, fuzz_seconds: u32) -> Result<()> {
             );
         }
         cmd::run(&mut test)
-    })
+    })?;
+    // The package of the binaries the tests just built, checked by lintian like a release's
+    // (cargo-deb strips them the same way); the release build itself is `cargo xtask deb`.
+    dist::deb(
+        steps,
+        &dist::DebArgs {
+            profile: "dev".to_owned(),
+            no_build: true,
+            deb_version: None,
+            output: Some(repo.join("target/debian/dev")),
+            no_lintian: false,
+            fast: true,
+        },
+    )
+    .map(|_| ())
 }
 
 fn rust_files(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
