@@ -2,7 +2,7 @@
 
 The base (a Debian root file system from mmdebstrap, its kernel and initrd) is built once and
 cached under a key made of everything that goes into it. Each node's disk is a copy of the base
-with the common guest files (./guest), the xdt payload, the node's own overlay and its generated
+with the common guest files (./guest), xdt's Debian package installed, the node's own overlay and its generated
 network, host name and hosts files, written into a raw ext4 image with `mkfs.ext4 -d`.
 """
 
@@ -62,7 +62,6 @@ GUEST_MASKED_UNITS = [
     "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "fstrim.timer", "e2scrub_all.timer",
     "e2scrub_reap.service",
 ]
-XDT_BINARIES = ["xdt", "xdt-agent", "xdt-central", "xdt-service-health"]
 DISK_SIZE = "4G"
 
 Log = Callable[[str], None]
@@ -212,27 +211,24 @@ def _copy_tree(source: Path, target: Path) -> None:
         shutil.copy2(path, dest, follow_symlinks=False)
 
 
-def _install_payload(rootfs: Path, bin_dir: Path, systemd_dir: Path, log: Log) -> None:
-    """xdt's binaries to /usr/bin and the repository's systemd/ folder to /usr/lib."""
-    missing = []
-    for name in XDT_BINARIES:
-        if (bin_dir / name).is_file():
-            shutil.copy2(bin_dir / name, rootfs / "usr/bin" / name)
-        else:
-            missing.append(name)
-    if missing:
-        log(f"WARNING: not in {bin_dir}, so not installed: {', '.join(missing)}")
-    if not systemd_dir.is_dir():
-        log(f"no {systemd_dir}: no xdt units installed")
+def _install_package(rootfs: Path, deb: Path | None, log: Log) -> None:
+    """xdt's Debian package, installed as an operator would: `apt install ./xdt_*.deb` (in a
+    chroot, where its maintainer scripts see no running systemd and start nothing)."""
+    if deb is None:
+        log("no package given: xdt is not installed")
         return
-    targets = {"sysusers.d": "usr/lib/sysusers.d", "tmpfiles.d": "usr/lib/tmpfiles.d"}
-    for path in sorted(systemd_dir.iterdir()):
-        if path.name in targets:
-            _copy_tree(path, rootfs / targets[path.name])
-        elif path.is_dir():
-            _copy_tree(path, rootfs / "usr/lib/systemd/system" / path.name)
-        else:
-            shutil.copy2(path, rootfs / "usr/lib/systemd/system" / path.name)
+    inside = Path("/tmp") / deb.name
+    shutil.copy2(deb, rootfs / inside.relative_to("/"))
+    result = subprocess.run(
+        ["chroot", str(rootfs), "apt-get", "install", "--yes", "--no-install-recommends",
+         str(inside)],
+        capture_output=True, text=True,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    (rootfs / inside.relative_to("/")).unlink()
+    if result.returncode != 0:
+        raise SystemExit(f"apt install {inside} failed in the guest image:\n"
+                         f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
 
 
 def _network_files(node: Node, nodes: list[Node]) -> dict[str, str]:
@@ -255,15 +251,14 @@ def _network_files(node: Node, nodes: list[Node]) -> dict[str, str]:
 
 
 def build_disk(
-    base: Base, node: Node, nodes: list[Node], bin_dir: Path, systemd_dir: Path, disk: Path,
-    log: Log,
+    base: Base, node: Node, nodes: list[Node], deb: Path | None, disk: Path, log: Log,
 ) -> None:
     """Write `node`'s raw ext4 root disk to `disk`."""
     with tempfile.TemporaryDirectory(dir=disk.parent, prefix=f"{node.name}-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(["cp", "-a", str(base.rootfs), str(rootfs)], check=True)
         _copy_tree(GUEST_DIR, rootfs)
-        _install_payload(rootfs, bin_dir, systemd_dir, log)
+        _install_package(rootfs, deb, log)
         for path, content in _network_files(node, nodes).items():
             _replace(rootfs / path, content)
         machine_id = hashlib.sha256(f"xdt-vm {node.name}".encode()).hexdigest()[:32]

@@ -28,6 +28,8 @@ from driver import (  # noqa: E402
 )
 
 KEPT_RUNS = 10
+# How the scenario learns of --upgrade-deb: an environment variable, absent under NixOS.
+UPGRADE_ENV = "XDT_VM_UPGRADE_DEB"
 SOCKET_PATH_MAX = 107  # sun_path, less its terminating NUL
 
 
@@ -35,10 +37,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scenario", type=Path, default=image.REPO / "vm-tests" / "scenario.py",
                    help="test script (default: vm-tests/scenario.py)")
-    p.add_argument("--bin-dir", type=Path, default=image.REPO / "target" / "debug",
-                   help="where the xdt binaries are (default: target/debug)")
-    p.add_argument("--systemd-dir", type=Path, default=image.REPO / "systemd",
-                   help="xdt's unit files (default: systemd/)")
+    p.add_argument("--deb", type=Path,
+                   help="xdt's Debian package, installed in every node (cargo xtask deb);"
+                        " without it no xdt is installed")
+    p.add_argument("--upgrade-deb", type=Path,
+                   help="a newer build of the package, which the scenario's upgrade subtest"
+                        f" installs over the running one (the script sees it as ${UPGRADE_ENV})")
     p.add_argument("--nodes", default="",
                    help="comma-separated node names (default: every node under nodes/)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
@@ -116,6 +120,11 @@ def main() -> int:
     timings: list[str] = []
     driver = None
     scenario = args.scenario.resolve()
+    for deb in (args.deb, args.upgrade_deb):
+        if deb is not None and not deb.is_file():
+            raise SystemExit(f"no package {deb}")
+    if args.upgrade_deb is not None:
+        os.environ[UPGRADE_ENV] = str(args.upgrade_deb.resolve())
     try:
         t = time.monotonic()
         base = image.base(logger.log)
@@ -128,9 +137,8 @@ def main() -> int:
             (run / node.name).mkdir()
             t = time.monotonic()
             with logger.nested(f"writing the disk of {node.name}"):
-                image.build_disk(base, node, nodes, args.bin_dir.resolve(),
-                                 args.systemd_dir.resolve(), run / node.name / "disk.img",
-                                 logger.log)
+                image.build_disk(base, node, nodes, args.deb and args.deb.resolve(),
+                                 run / node.name / "disk.img", logger.log)
             timings.append(f"{node.name} disk: {time.monotonic() - t:.1f} s")
 
         accel = args.accel if args.accel != "auto" else probe_accel(base.kernel, logger.log)
