@@ -19,7 +19,7 @@ use xdt_testkit::{
     process::{Process, sibling},
     root_or_skip,
 };
-use xdt_wire::{Message, Preamble, Welcome, frame};
+use xdt_wire::{Hello, Message, Preamble, Welcome, frame};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_xdt-agent");
 const RULES: &str = "all proto udp action sample 1\n";
@@ -135,6 +135,13 @@ fn read_frame(stream: &mut TcpStream) -> Message {
 /// connection is read no more. Returns the connection (to keep it open) and the Hello's
 /// instance.
 fn accept_and_freeze(listener: &TcpListener) -> (TcpStream, u64) {
+    let (stream, hello) = welcome(listener, "frozen");
+    (stream, hello.instance)
+}
+
+/// Accepts one agent, exchanges preambles, takes its Hello and welcomes it as central
+/// `version` holding nothing of it.
+fn welcome(listener: &TcpListener, version: &str) -> (TcpStream, Hello) {
     let (mut stream, _) = listener.accept().expect("accept");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -150,14 +157,14 @@ fn accept_and_freeze(listener: &TcpListener) -> (TcpStream, u64) {
     let mut out = Vec::new();
     frame::encode(
         &Message::Welcome(Welcome {
-            central_version: "frozen".into(),
+            central_version: version.into(),
             last_sequence: 0,
         }),
         &mut out,
     )
     .expect("encode");
     stream.write_all(&out).expect("welcome");
-    (stream, hello.instance)
+    (stream, hello)
 }
 
 /// Accepts connections on a thread until the test ends; each accepted agent's instance is
@@ -271,28 +278,8 @@ fn a_central_that_stopped_reading_is_left_for_a_new_connection() {
 
 /// Accepts one agent and acknowledges every batch it sends for `serve`; returns the batches.
 fn accept_and_acknowledge(listener: &TcpListener, serve: Duration) -> Vec<xdt_wire::Batch> {
-    let (mut stream, _) = listener.accept().expect("accept");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut preamble = [0; Preamble::LEN];
-    stream.read_exact(&mut preamble).expect("agent preamble");
-    stream
-        .write_all(&Preamble::ours().encode())
-        .expect("preamble");
-    let Message::Hello(_) = read_frame(&mut stream) else {
-        panic!("no Hello");
-    };
+    let (mut stream, _) = welcome(listener, "acking");
     let mut out = Vec::new();
-    frame::encode(
-        &Message::Welcome(Welcome {
-            central_version: "acking".into(),
-            last_sequence: 0,
-        }),
-        &mut out,
-    )
-    .expect("encode");
-    stream.write_all(&out).expect("welcome");
     let until = Instant::now() + serve;
     let mut batches = Vec::new();
     while Instant::now() < until {
