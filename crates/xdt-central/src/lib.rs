@@ -9,6 +9,8 @@
 pub mod config;
 pub mod counters;
 pub mod error;
+#[cfg(test)]
+mod golden_tests;
 mod http;
 mod ingest;
 mod journal;
