@@ -8,6 +8,7 @@
 //! calls [`run`], which opens everything, drops every capability (unless told not to), tells
 //! systemd it is ready and keeps its watchdog fed from the ticker's loop.
 
+pub mod heartbeat;
 mod labels;
 pub mod outbox;
 pub mod privileges;
@@ -62,6 +63,8 @@ pub struct Config {
     pub steer: Option<steer::SteerConfig>,
     /// Drop every capability once the maps, ring buffer and sockets are open.
     pub drop_capabilities: bool,
+    /// Where to write a heartbeat wherever the watchdog is fed (see [`heartbeat`]).
+    pub heartbeat: Option<std::path::PathBuf>,
 }
 
 /// What the binary asks of a running agent (from signals).
@@ -260,6 +263,13 @@ pub async fn run(
         privileges::drop_all().context("dropping capabilities")?;
         info!("capabilities dropped");
     }
+    let heartbeat = match &config.heartbeat {
+        Some(path) => Some(
+            heartbeat::Heartbeat::start(path)
+                .with_context(|| format!("starting the heartbeat {}", path.display()))?,
+        ),
+        None => None,
+    };
     let events = ring.flatten().map(|(ring, names)| {
         tokio::spawn(read_events(ring, names, shared.clone(), config.max_events))
     });
@@ -274,7 +284,13 @@ pub async fn run(
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watchdog_period = notifier.watchdog_period();
-    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_hours(1)));
+    // Without systemd the heartbeat alone sets the pace; with both, the faster one.
+    let health_period = match (watchdog_period, &heartbeat) {
+        (Some(w), Some(_)) => Some(w.min(heartbeat::PERIOD)),
+        (None, Some(_)) => Some(heartbeat::PERIOD),
+        (period, None) => period,
+    };
+    let mut watchdog = tokio::time::interval(health_period.unwrap_or(Duration::from_hours(1)));
     let mut sequence = 0u64;
     let mut runtime = RuntimeSampler::new(&config);
     let mut status = StatusLine::new(&config, steering.as_ref());
@@ -284,11 +300,17 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = watchdog.tick() => {
                 // The loop is alive if it got here; steering's thread must be too.
-                let period = watchdog_period.unwrap_or(Duration::MAX);
+                let period = health_period.unwrap_or(Duration::MAX);
                 if steering.as_ref().is_none_or(|s| s.alive(period)) {
                     notifier.watchdog();
+                    if let Some(heartbeat) = &heartbeat {
+                        heartbeat.beat();
+                    }
                 } else {
-                    warn!("the steering thread has not run for {period:?}: not feeding the watchdog");
+                    warn!(
+                        "the steering thread has not run for {period:?}: not feeding the \
+                         watchdog or the heartbeat"
+                    );
                 }
                 continue;
             }
@@ -372,6 +394,7 @@ fn reload(config: &mut Config, new: &Config, shared: &Shared, ticker: &mut tokio
         (new.agent_id != config.agent_id, "agent id"),
         (new.token != config.token, "token"),
         (new.foreign_map != config.foreign_map, "map"),
+        (new.heartbeat != config.heartbeat, "heartbeat"),
         (new.steer != config.steer, "steering"),
         (
             new.drop_capabilities != config.drop_capabilities,

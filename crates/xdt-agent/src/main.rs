@@ -27,8 +27,14 @@ struct Args {
     #[arg(long, env = "XDT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Interface whose pinned probe (xdt attach) is read.
-    #[arg(short = 'i', long, env = "XDT_INTERFACE", value_name = "IF")]
-    interface: String,
+    #[arg(
+        short = 'i',
+        long,
+        env = "XDT_INTERFACE",
+        value_name = "IF",
+        required_unless_present = "check_heartbeat"
+    )]
+    interface: Option<String>,
     /// Central's telemetry address.
     #[arg(
         long,
@@ -96,6 +102,23 @@ struct Args {
     /// open).
     #[arg(long, env = "XDT_KEEP_CAPABILITIES")]
     keep_capabilities: bool,
+    /// Write the time to FILE every 2 s while the agent is healthy (the systemd watchdog's
+    /// condition: the main loop runs and the steering thread goes round), for a liveness probe
+    /// that runs --check-heartbeat.
+    #[arg(long, env = "XDT_HEARTBEAT", value_name = "FILE")]
+    heartbeat: Option<PathBuf>,
+    /// Exit 0 if the heartbeat in FILE is at most --max-age old, else say why and exit 1 (a
+    /// Kubernetes exec liveness probe).
+    #[arg(long, value_name = "FILE")]
+    check_heartbeat: Option<PathBuf>,
+    /// The oldest heartbeat --check-heartbeat accepts.
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        value_name = "SECONDS",
+        requires = "check_heartbeat"
+    )]
+    max_age: f64,
     /// Delete the re-entry pair a stopped agent of --interface left behind, then exit
     /// (systemd's ExecStopPost: the agent itself has no capability left to do it).
     #[arg(long)]
@@ -127,18 +150,48 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(file) = &args.check_heartbeat {
+        check_heartbeat(file, args.max_age);
+    }
     let agent_id = args
         .agent_id
         .clone()
-        .unwrap_or_else(|| default_agent_id(&args.interface));
+        .unwrap_or_else(|| default_agent_id(args.interface()));
     let destination = logging::init(
         "xdt-agent",
         args.log_level,
-        &[("AGENT_ID", &agent_id), ("IFACE", &args.interface)],
+        &[("AGENT_ID", &agent_id), ("IFACE", args.interface())],
     );
     if let Err(e) = start(&args, argv) {
         destination.report_fatal("xdt-agent", &format!("{e:#}"));
         std::process::exit(1);
+    }
+}
+
+impl Args {
+    /// Present unless --check-heartbeat was given, which returns before this is asked.
+    fn interface(&self) -> &str {
+        self.interface.as_deref().unwrap_or_default()
+    }
+}
+
+/// `--check-heartbeat`: exits 0 with the heartbeat's age, or 1 with what is wrong.
+fn check_heartbeat(file: &std::path::Path, max_age: f64) -> ! {
+    if !(0.1..=3600.0).contains(&max_age) {
+        eprintln!(
+            "xdt-agent: error: --max-age must be between 0.1 and 3600 seconds, not {max_age}"
+        );
+        std::process::exit(2);
+    }
+    match xdt_agent::heartbeat::check(file, Duration::from_secs_f64(max_age)) {
+        Ok(age) => {
+            println!("healthy: heartbeat {age:.1?} old");
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -148,9 +201,9 @@ fn start(args: &Args, argv: Vec<OsString>) -> anyhow::Result<()> {
         .build()?;
     if args.cleanup {
         return runtime.block_on(async {
-            match xdt_agent::steer::reentry::remove_left_behind(&args.interface).await? {
+            match xdt_agent::steer::reentry::remove_left_behind(args.interface()).await? {
                 Some(pair) => info!("deleted the re-entry pair {pair}"),
-                None => info!("no re-entry pair of {} to delete", args.interface),
+                None => info!("no re-entry pair of {} to delete", args.interface()),
             }
             Ok(())
         });
@@ -193,12 +246,12 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     )
     .map_err(anyhow::Error::msg)?;
     Ok(Config {
-        interface: args.interface.clone(),
+        interface: args.interface().to_owned(),
         central: args.central.clone(),
         agent_id: args
             .agent_id
             .clone()
-            .unwrap_or_else(|| default_agent_id(&args.interface)),
+            .unwrap_or_else(|| default_agent_id(args.interface())),
         token: read_token(&token_file)?,
         interval: Duration::from_secs_f64(args.interval),
         foreign_map: args
@@ -220,6 +273,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
             drop_capabilities: false,
         }),
         drop_capabilities: !args.keep_capabilities,
+        heartbeat: args.heartbeat.clone(),
     })
 }
 

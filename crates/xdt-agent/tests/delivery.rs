@@ -48,6 +48,7 @@ fn config(central: String, map_id: u32) -> Config {
         max_events: 1000,
         steer: None,
         drop_capabilities: false,
+        heartbeat: None,
     }
 }
 
