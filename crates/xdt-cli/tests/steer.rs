@@ -13,6 +13,7 @@ use std::{
 
 use serde_json::Value;
 use xdt_testkit::{
+    lab::{self, Central, Lab, Side},
     net::{Netns, veth},
     process::{Process, free_port, sibling},
     root_or_skip,
@@ -27,94 +28,43 @@ const RULES: &str = "api proto tcp dport 8081 action steer\nplain proto tcp dpor
 
 /// Client and node namespaces, the probe, two services, central; the agent on demand.
 struct SteerLab {
-    dir: PathBuf,
-    node_if: String,
-    http: u16,
-    telemetry: u16,
-    token: PathBuf,
-    // Dropped in this order: processes, then the namespaces.
-    processes: Vec<Process>,
-    client: Netns,
-    node: Netns,
+    central: Central,
+    lab: Lab,
+}
+
+impl std::ops::Deref for SteerLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
 }
 
 impl SteerLab {
     fn new(queues: u32) -> Self {
-        let client = Netns::new("xsc");
-        let node = Netns::new("xsn");
-        let client_if = xdt_testkit::unique_name("sc");
-        let node_if = xdt_testkit::unique_name("sn");
-        veth(&client, &client_if, &node, &node_if, queues);
-        for (ns, dev, v4, v6) in [
-            (&client, &client_if, "10.90.0.1/24", "fd00:90::1/64"),
-            (&node, &node_if, "10.90.0.2/24", "fd00:90::2/64"),
-        ] {
-            ns.ip(&["addr", "add", v4, "dev", dev]);
-            ns.ip(&["addr", "add", v6, "dev", dev, "nodad"]);
-            ns.ip(&["link", "set", dev, "up"]);
-            ns.ip(&["link", "set", "lo", "up"]);
-        }
-        let dir = std::env::temp_dir().join(xdt_testkit::unique_name("xdt-steer-"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let rules = dir.join("rules");
-        std::fs::write(&rules, RULES).expect("rules");
-        let token = dir.join("token");
-        std::fs::write(&token, "steer-token\n").expect("token");
-        let mut lab = Self {
-            dir,
-            node_if,
-            http: free_port(),
-            telemetry: free_port(),
-            token,
-            processes: Vec::new(),
-            client,
-            node,
-        };
-        let out = lab
-            .node
-            .command(XDT)
-            .args(["attach", "-i", &lab.node_if, "--mode", "native", "--rules"])
-            .arg(&rules)
-            .output()
-            .expect("xdt attach");
-        assert!(
-            out.status.success(),
-            "attach: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let mut lab = lab::lab(
+            Side::unique("xsc", "sc")
+                .v4("10.90.0.1/24")
+                .v6("fd00:90::1/64"),
+            Side::unique("xsn", "sn")
+                .v4(&format!("{NODE4}/24"))
+                .v6(&format!("{NODE6}/64")),
+            queues,
+            "xdt-steer-",
         );
+        lab::attach(&mut lab, "native", RULES);
         for port in [8081, 8082] {
-            let mut service = lab
-                .node
-                .command(sibling("xdt-service-health").to_str().expect("path"));
-            service
-                .args(["--listen", &format!("[::]:{port}")])
-                .stdout(std::process::Stdio::null());
-            lab.processes.push(Process::start(&mut service));
+            let mut service = lab.node.command(sibling("xdt-service-health"));
+            service.args(["--listen", &format!("[::]:{port}")]);
+            lab.processes
+                .spawn(&format!("service-{port}"), &mut service)
+                .expect("start xdt-service-health");
         }
-        let mut central = lab
-            .node
-            .command(sibling("xdt-central").to_str().expect("path"));
-        central
-            .args([
-                "--telemetry-listen",
-                &format!("127.0.0.1:{}", lab.telemetry),
-            ])
-            .args(["--http-listen", &format!("127.0.0.1:{}", lab.http)])
-            .args(["--recent-events", "5000"])
-            .arg("--token-file")
-            .arg(&lab.token);
-        lab.processes.push(Process::start(&mut central));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while lab.get("/healthz").is_none() {
-            assert!(Instant::now() < deadline, "central did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        lab
+        let central = lab::start_central(&mut lab, &["--recent-events", "5000"]);
+        Self { central, lab }
     }
 
     fn get(&self, path: &str) -> Option<String> {
-        let http = self.http;
-        self.node.enter(|| xdt_testkit::http::get_ok(http, path))
+        lab::get(&self.lab, self.central.http, path)
     }
 
     fn agent(&self) -> Process {
@@ -128,9 +78,7 @@ impl SteerLab {
                 .command(sibling("xdt-agent").to_str().expect("path"))
                 .args(["--interface", &self.node_if, "--agent-id", AGENT])
                 .args(["--interval", "0.2", "--log-level", "info"])
-                .args(["--central", &format!("127.0.0.1:{}", self.telemetry)])
-                .arg("--token-file")
-                .arg(&self.token)
+                .args(self.central.agent_args())
                 .args(options),
         )
     }
@@ -153,18 +101,7 @@ impl SteerLab {
     }
 
     fn stats(&self) -> Value {
-        let out = self
-            .node
-            .command(XDT)
-            .args(["stats", "-i", &self.node_if, "--json"])
-            .output()
-            .expect("xdt stats");
-        assert!(
-            out.status.success(),
-            "stats: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("stats json")
+        lab::stats(&self.lab)
     }
 
     fn curl(&self, args: &[&str]) -> Output {
@@ -189,17 +126,6 @@ impl SteerLab {
             String::from_utf8_lossy(&out.stdout),
             format!("/echo/{name}\n")
         );
-    }
-}
-
-impl Drop for SteerLab {
-    fn drop(&mut self) {
-        let _ = self
-            .node
-            .command(XDT)
-            .args(["detach", "-i", &self.node_if])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -240,7 +166,7 @@ fn steered_requests_are_inspected_and_answered() {
         "veth has no zero-copy AF_XDP"
     );
     let pair = format!("xdt{}a", node_ifindex(&lab));
-    let links = lab.node.ip(&["-o", "link"]);
+    let links = lab.node.ip(&["-o", "link"]).expect("ip link");
     assert!(
         String::from_utf8_lossy(&links.stdout).contains(&format!(" {pair}@")),
         "no re-entry pair {pair}: {}",
@@ -408,7 +334,10 @@ fn steered_requests_are_inspected_and_answered() {
 }
 
 fn node_ifindex(lab: &SteerLab) -> u32 {
-    let out = lab.node.ip(&["-o", "link", "show", &lab.node_if]);
+    let out = lab
+        .node
+        .ip(&["-o", "link", "show", &lab.node_if])
+        .expect("ip link");
     String::from_utf8_lossy(&out.stdout)
         .split(':')
         .next()
@@ -516,7 +445,7 @@ fn the_agent_names_what_blocks_steering() {
         .arg(sibling("xdt-agent"))
         .args(["--interface", &lab.node_if, "--egress", &lab.node_if])
         .arg("--token-file")
-        .arg(&lab.token)
+        .arg(&lab.central.token)
         .output()
         .expect("agent");
     assert!(!out.status.success());
@@ -527,7 +456,7 @@ fn the_agent_names_what_blocks_steering() {
         .arg(sibling("xdt-agent"))
         .args(["--interface", &lab.node_if, "--xsk-frames", "1000"])
         .arg("--token-file")
-        .arg(&lab.token)
+        .arg(&lab.central.token)
         .output()
         .expect("agent");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -717,17 +646,19 @@ fn send_udp(
     pause: Duration,
     payload: impl Fn(usize) -> Vec<u8> + Send + Sync,
 ) {
-    lab.client.enter(|| {
-        let socket = std::net::UdpSocket::bind("10.90.0.1:0").expect("bind");
-        for i in 0..count {
-            socket
-                .send_to(&payload(i), (NODE4, 53))
-                .expect("send a query");
-            if (i + 1) % burst == 0 {
-                std::thread::sleep(pause);
+    lab.client
+        .enter(|| {
+            let socket = std::net::UdpSocket::bind("10.90.0.1:0").expect("bind");
+            for i in 0..count {
+                socket
+                    .send_to(&payload(i), (NODE4, 53))
+                    .expect("send a query");
+                if (i + 1) % burst == 0 {
+                    std::thread::sleep(pause);
+                }
             }
-        }
-    });
+        })
+        .expect("client namespace");
 }
 
 fn steering(node: &Value, name: &str) -> u64 {
@@ -855,7 +786,9 @@ fn every_steered_frame_is_reinjected_or_counted() {
     // 2. The host end of the re-entry pair shrinks below the frames: each is dropped by the
     //    veth, and counted.
     let host_end = format!("xdt{}h", node_ifindex(&lab));
-    lab.node.ip(&["link", "set", &host_end, "mtu", "1280"]);
+    lab.node
+        .ip(&["link", "set", &host_end, "mtu", "1280"])
+        .expect("ip link set mtu");
     let received = steering(&node, "received_packets");
     send_udp(&lab, 50, 1, Duration::from_millis(2), |i| {
         let mut q = dns_query(i as u16, "example.com");
@@ -912,7 +845,7 @@ fn prometheus_evaluates_every_panel_and_alert() {
              scrape_configs:\n  - job_name: xdt-central\n    static_configs:\n      \
              - targets: ['127.0.0.1:{}']\n",
             observability.join("prometheus/xdt.rules.yml").display(),
-            lab.http
+            lab.central.http
         ),
     )
     .expect("prometheus.yml");

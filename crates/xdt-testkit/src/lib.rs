@@ -7,6 +7,7 @@
 
 pub mod frames;
 pub mod http;
+pub mod lab;
 pub mod net;
 pub mod process;
 
@@ -40,12 +41,4 @@ pub fn say(line: &str) {
     let _ = nix::unistd::write(std::io::stderr(), format!("{line}\n").as_bytes());
 }
 
-/// A name unique to this process and call, short enough for an interface (15 bytes).
-#[must_use]
-pub fn unique_name(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id() % 100_000;
-    format!("{prefix}{pid}{n}")
-}
+pub use xdt_lab::unique_name;

@@ -2,12 +2,9 @@
 //! when the test panics, so a failed test leaves nothing behind.
 
 use std::{
-    fs::File,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::{Command, Output},
 };
-
-use nix::sched::{CloneFlags, setns};
 
 /// Runs a command and panics with its output if it fails.
 #[expect(
@@ -29,25 +26,26 @@ pub fn run(program: &str, args: &[&str]) -> Output {
     out
 }
 
-/// A network namespace, deleted (with the interfaces in it) on drop.
+/// The lab's network namespace ([`xdt_lab::Netns`]) for tests: a unique name, and a panic
+/// instead of an error.
 #[derive(Debug)]
-pub struct Netns {
-    pub name: String,
-}
+pub struct Netns(pub xdt_lab::Netns);
 
 impl Netns {
+    /// A fresh namespace named `PREFIX…`, unique to this process.
     #[must_use]
     pub fn new(prefix: &str) -> Self {
-        let name = crate::unique_name(prefix);
-        run("ip", &["netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        Self(xdt_lab::Netns::new(&crate::unique_name(prefix)).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.0.name()
     }
 
     #[must_use]
     pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
+        self.0.path()
     }
 
     /// `ip -n NS ARGS...`
@@ -56,87 +54,30 @@ impl Netns {
         reason = "callers run it for its effect and may ignore the output"
     )]
     pub fn ip(&self, args: &[&str]) -> Output {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
+        self.0.ip(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Runs a command in the namespace's network stack only (mounts stay the caller's, so
-    /// /sys/fs/bpf is the host's bpffs), like `nsenter --net`.
+    /// See [`xdt_lab::Netns::command`].
     #[must_use]
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path()))
-            .arg("--")
-            .arg(program);
-        c
+        self.0.command(program)
     }
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
-        let out = self
-            .command("sysctl")
-            .args(["-qw", &format!("{key}={value}")])
-            .output()
-            .expect("sysctl");
-        assert!(
-            out.status.success(),
-            "sysctl {key}={value}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.0.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Runs `f` on a thread whose network namespace is this one.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(self.path()).expect("open netns");
-                setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("thread in netns panicked")
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        self.0.enter(f).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
 /// A veth pair from interface `a` in namespace `ns_a` to `b` in `ns_b`, with `queues` TX and
 /// RX queues on each end, down and unconfigured.
 pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) {
-    let q = queues.to_string();
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            a,
-            "netns",
-            &ns_a.name,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b,
-            "netns",
-            &ns_b.name,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ],
-    );
+    xdt_lab::veth((Some(&ns_a.0), a), (Some(&ns_b.0), b), queues).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A veth pair from interface `a` in namespace `ns_a` to `b` in `ns_b`, both up, quiet: IPv6
