@@ -105,15 +105,21 @@
     return LABEL_COLORS[(h >>> 0) % LABEL_COLORS.length];
   }
 
-  // AF_XDP steering: every place a steered frame can be lost, as the agent reports it.
-  // [field, name, what it means]
-  const STEER_LOSSES = [
-    ['reinject_dropped', 'Re-inject dropped', 'the agent could not re-inject (TX ring full, frame rejected)'],
-    ['rx_dropped', 'RX dropped', 'dropped by the kernel before the socket'],
-    ['rx_ring_full', 'RX ring full', 'the agent read its RX ring too slowly'],
-    ['rx_fill_ring_empty', 'Fill ring empty', 'times no free buffer was there for a frame'],
-    ['tx_invalid_descs', 'TX invalid descriptors', 're-injections the kernel rejected'],
-  ];
+  // What exists and where it is shown comes from central's /catalogue.json (the probe's
+  // counters, the steering counters, the agent's figures), fetched once: no list here.
+  // Each is [{ name, unit, help, rate?, panel: { panel, label, hint?, severity? } | null }].
+  const catalogue = { probe: [], steering: [], agent: [] };
+  const SEVERITY_ORDER = { loss: 0, warn: 1, info: 2 };
+
+  function setCatalogue(data) {
+    const list = (v) => (Array.isArray(v) ? v.filter((e) => e && typeof e === 'object' && typeof e.name === 'string') : []);
+    catalogue.probe = list(data.probe_counters);
+    catalogue.steering = list(data.steering);
+    catalogue.agent = list(data.agent);
+    catalogue.loaded = true;
+  }
+
+  const inPanel = (entries, panel) => entries.filter((e) => e.panel && e.panel.panel === panel);
 
   const DNS_TYPES = { 1: 'A', 2: 'NS', 5: 'CNAME', 6: 'SOA', 12: 'PTR', 15: 'MX', 16: 'TXT', 28: 'AAAA', 33: 'SRV', 35: 'NAPTR', 43: 'DS', 48: 'DNSKEY', 64: 'SVCB', 65: 'HTTPS', 255: 'ANY' };
 
@@ -176,14 +182,17 @@
       const counters = obj(n.counters);
       const rates = obj(n.rates);
       const agent = obj(n.agent);
-      const probeLost = num(counters.lost_events) !== null ? counters.lost_events : num(n.lost_events);
-      const agentDropped = num(agent.dropped_events);
-      const droppedPackets = num(counters.dropped_packets);
+      // The loss panel: the probe's counters (a node without one may carry it at the top
+      // level, as `lost_events`) and the agent's figures, losses first.
+      const losses = inPanel(catalogue.probe, 'losses')
+        .map((c) => ({ panel: c.panel, value: num(counters[c.name]) !== null ? counters[c.name] : num(n[c.name]) }))
+        .concat(inPanel(catalogue.agent, 'losses').map((c) => ({ panel: c.panel, value: num(agent[c.name]) })))
+        .sort((a, b) => (SEVERITY_ORDER[a.panel.severity] ?? 3) - (SEVERITY_ORDER[b.panel.severity] ?? 3));
       // Telemetry loss: events that never reached the central. Packets dropped by a `drop`
       // rule are intended and shown apart.
-      const lossParts = [probeLost, agentDropped].filter((v) => v !== null);
+      const lossParts = losses.filter((l) => l.panel.severity === 'loss' && l.value !== null).map((l) => l.value);
       const steering = agent.steering && typeof agent.steering === 'object' && !Array.isArray(agent.steering) ? agent.steering : null;
-      const steerLossParts = steering ? STEER_LOSSES.map(([f]) => num(steering[f])).filter((x) => x !== null) : [];
+      const steerLossParts = steering ? inPanel(catalogue.steering, 'losses').map((c) => num(steering[c.name])).filter((x) => x !== null) : [];
       const events = Array.isArray(n.recent_events) ? n.recent_events.filter((e) => e && typeof e === 'object') : [];
       let payload = Array.isArray(n.payload_history) ? n.payload_history : null;
       if (!payload) {
@@ -207,9 +216,7 @@
         rateHistory: Array.isArray(n.rate_history) ? n.rate_history : [],
         payloadHistory: payload,
         agent,
-        probeLost,
-        agentDropped,
-        droppedPackets,
+        losses,
         loss: lossParts.length ? lossParts.reduce((a, b) => a + b, 0) : null,
         steering,
         steerRates: obj(n.steering_rates),
@@ -414,16 +421,16 @@
     box.replaceChildren(...rows);
   }
 
-  const PROTO_ROWS = [
-    ['TCP', 'tcp_packets', '--tcp', '#2563eb'],
-    ['UDP', 'udp_packets', '--udp', '#0d9488'],
-    ['ICMP', 'icmp_packets', '--icmp', '#d97706'],
-    ['Other', 'other_packets', '--other', '#64748b'],
-  ];
+  // Colours of the protocol bars without a CSS variable --<label> (--tcp, --udp, ...).
+  const PROTO_COLORS = ['#2563eb', '#0d9488', '#d97706', '#64748b', '#7c3aed', '#db2777'];
 
   function renderProtocols(v) {
     const c = v.counters;
-    const vals = PROTO_ROWS.map(([name, field, cssName, fallback]) => ({ name, value: num(c[field]), color: Charts.cssVar(cssName, fallback) }));
+    const vals = inPanel(catalogue.probe, 'protocols').map((p, i) => ({
+      name: p.panel.label,
+      value: num(c[p.name]),
+      color: Charts.cssVar('--' + String(p.panel.label).toLowerCase(), PROTO_COLORS[i % PROTO_COLORS.length]),
+    }));
     const known = vals.filter((p) => p.value !== null);
     const stack = $('d-proto-stack');
     const box = $('d-protos');
@@ -479,25 +486,16 @@
     pill.title = mode === 'copy' ? 'The driver did not grant zero-copy: frames are copied, at a higher CPU cost' : 'Mode the driver granted';
     $('d-steer-reinject').textContent = orDash(s.reinject);
     $('d-steer-sockets').textContent = isNum(s.sockets) ? s.sockets + (s.sockets === 1 ? ' (1 queue)' : ' (one per queue)') : '-';
-    $('d-steer-flow').replaceChildren(
-      flowItem('Received', fmtPps(num(r.received_packets_per_second)), fmtInt(num(s.received_packets)) + ' pkts'),
-      flowItem('Received bits', fmtBps(num(r.received_bits_per_second)), fmtBytes(num(s.received_bytes))),
-      flowItem('Re-injected', fmtPps(num(r.reinjected_packets_per_second)), fmtInt(num(s.reinjected_packets)) + ' pkts'),
-    );
-    $('d-steer-loss').replaceChildren(...STEER_LOSSES.map(([field, label, hint]) =>
-      lossItem(label, num(s[field]), hint, 'loss', fmtPerSecond(num(r[field + '_per_second'])))));
+    // Bytes are shown as their bit rate (the rate's key says bits) and a byte total.
+    $('d-steer-flow').replaceChildren(...inPanel(catalogue.steering, 'flow').map((c) => c.unit === 'By'
+      ? flowItem(c.panel.label, fmtBps(num(r[c.rate])), fmtBytes(num(s[c.name])))
+      : flowItem(c.panel.label, fmtPps(num(r[c.rate])), fmtInt(num(s[c.name])) + ' pkts')));
+    $('d-steer-loss').replaceChildren(...inPanel(catalogue.steering, 'losses').map((c) =>
+      lossItem(c.panel.label, num(s[c.name]), c.panel.hint, c.panel.severity, fmtPerSecond(num(r[c.rate])))));
   }
 
   function renderLoss(v) {
-    const a = v.agent;
-    $('d-loss').replaceChildren(
-      lossItem('Probe lost events', v.probeLost, 'ring buffer full in the kernel', 'loss'),
-      lossItem('Agent dropped events', v.agentDropped, 'agent send buffer full', 'loss'),
-      lossItem('Dropped packets', v.droppedPackets, 'by drop rules (intended)', 'warn'),
-      lossItem('Reconnects', num(a.reconnects), 'agent to central', 'info'),
-      lossItem('Unacked batches', num(a.unacked_batches), 'sent, not yet confirmed', 'info'),
-      lossItem('Probe errors', num(v.counters.errors), 'packet passed, counted', 'warn'),
-    );
+    $('d-loss').replaceChildren(...v.losses.map((l) => lossItem(l.panel.label, l.value, l.panel.hint, l.panel.severity)));
   }
 
   const CHART_WINDOW_S = 300;
@@ -729,6 +727,16 @@
     $('updated').textContent = state.lastOk ? 'last update ' + clock(state.lastOk) : 'no data yet';
   }
 
+  async function fetchJson(url, signal) {
+    const res = await fetch(url, { cache: 'no-store', signal, headers: { Accept: 'application/json' } });
+    if (!res.ok) throw new Error('HTTP ' + res.status + ' from /' + url);
+    try {
+      return await res.json();
+    } catch (e) {
+      throw new Error('/' + url + ' is not valid JSON');
+    }
+  }
+
   async function tick() {
     state.timer = 0;
     if (state.paused) return;
@@ -736,14 +744,8 @@
     const ctrl = new AbortController();
     const timeout = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
     try {
-      const res = await fetch('metrics.json', { cache: 'no-store', signal: ctrl.signal, headers: { Accept: 'application/json' } });
-      if (!res.ok) throw new Error('HTTP ' + res.status + ' from /metrics.json');
-      let data;
-      try {
-        data = await res.json();
-      } catch (e) {
-        throw new Error('/metrics.json is not valid JSON');
-      }
+      if (!catalogue.loaded) setCatalogue(await fetchJson('catalogue.json', ctrl.signal));
+      const data = await fetchJson('metrics.json', ctrl.signal);
       if (!state.paused) onData(data);
     } catch (err) {
       if (!state.paused) onError(err);

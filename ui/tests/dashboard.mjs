@@ -4,13 +4,14 @@
 //   node ui/tests/dashboard.mjs [BASE_URL] [--agents N] [--screenshot PATH]
 //   node ui/tests/dashboard.mjs --serve [--agents N]    (synthetic central only, for working on ui/)
 //
-// Without BASE_URL it serves ui/ and a synthetic /metrics.json (changing every second, one
+// Without BASE_URL it serves ui/, central's /catalogue.json and a synthetic /metrics.json (changing every second, one
 // agent id set to an XSS payload, some agents steering packets, one with an XSS HTTP path) on 127.0.0.1 with an ephemeral port, and runs the checks
 // with 1 and with 50 agents (or only with N when --agents is given). With BASE_URL it checks
 // a running xdt-central instead. Exit status 0 when every check passes, 1 otherwise.
 //
 // Needs Debian's chromium (/usr/bin/chromium) and `npm ci --prefix ui/tests`.
 
+import { execFileSync } from 'node:child_process';
 import http from 'node:http';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -237,12 +238,29 @@ function syntheticMetrics(agents, start) {
 
 const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8', '.svg': 'image/svg+xml', '.png': 'image/png', '.ico': 'image/x-icon' };
 
+// The catalogue the real central serves (crates/xdt-central/src/catalogue.rs), printed by the
+// crate's `catalogue` example, or read from the file XDT_CATALOGUE names.
+function centralCatalogue() {
+  if (process.env.XDT_CATALOGUE) return fs.readFileSync(process.env.XDT_CATALOGUE);
+  return execFileSync('cargo', ['run', '--quiet', '-p', 'xdt-central', '--example', 'catalogue'], {
+    cwd: path.resolve(UI_DIR, '..'),
+    stdio: ['ignore', 'pipe', 'inherit'],
+    timeout: 600_000,
+  });
+}
+
 function startServer(agents) {
   const start = Math.floor(Date.now() / 1000);
   const server = { down: false, requests: 0 };
+  const catalogue = centralCatalogue();
   const srv = http.createServer((req, res) => {
     server.requests += 1;
     const url = new URL(req.url, 'http://127.0.0.1');
+    if (url.pathname === '/catalogue.json') {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(catalogue);
+      return;
+    }
     if (url.pathname === '/metrics.json') {
       if (server.down) {
         res.writeHead(503, { 'content-type': 'text/plain' });

@@ -1,4 +1,4 @@
-//! The HTTP side: the dashboard (embedded from `ui/`), `/metrics.json`, `/metrics` and
+//! The HTTP side: the dashboard (embedded from `ui/`) and its `/catalogue.json`, `/metrics.json`, `/metrics` and
 //! `/healthz`, answered by tiny_http on a few plain threads, behind a bounded front.
 //!
 //! tiny_http 0.12 takes only a listener: its accept thread ends at the first failed accept (out
@@ -38,6 +38,7 @@ use tokio::{
 };
 
 use crate::{
+    catalogue,
     counters::Counters,
     error::{Error, Result},
     json, prom,
@@ -665,6 +666,7 @@ fn respond(request: &Request, handler: &Handler) -> Response<Cursor<Body>> {
             "application/json",
             Body::Shared(handler.json.get(&handler.state)),
         ),
+        "/catalogue.json" => response(200, "application/json", Body::Static(catalogue::document())),
         "/metrics" => match prom::render(&handler.registry) {
             Ok(body) => response(200, prom::CONTENT_TYPE, Body::Owned(body.into_bytes())),
             Err(e) => {

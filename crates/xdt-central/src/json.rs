@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
+use xdt_common::counters::Counter;
 use xdt_wire::Inspection;
 
 use std::{
@@ -215,7 +216,7 @@ fn node(agent: &AgentState, shares: Shares) -> Node<'_> {
             .copied()
             .collect(),
         agent: &agent.agent_stats,
-        lost_events: agent.counter("lost_events").unwrap_or(0),
+        lost_events: agent.counter(Counter::LostEvents.name()).unwrap_or(0),
         ignored_entries: agent.ignored_entries,
     }
 }

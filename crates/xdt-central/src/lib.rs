@@ -6,6 +6,7 @@
 //! until the `shutdown` future completes, then lets sessions end, saves the state and stops the
 //! HTTP and OTLP threads.
 
+pub mod catalogue;
 pub mod config;
 pub mod counters;
 pub mod error;

@@ -25,52 +25,24 @@ use opentelemetry_sdk::{
 };
 
 use crate::{
+    catalogue::{AGENT, Kind, Number, RATES, STEERING},
     config::OtlpConfig,
     error::{Error, Result},
-    state::{AgentState, STEERING_COUNTERS, Shared},
+    state::{AgentState, Shared},
 };
+use xdt_common::counters::CATALOGUE as PROBE;
 
-/// (instrument, unit, description, counter name in the agent's batch).
-const COUNTERS: &[(&str, &str, &str, &str)] = &[
-    (
-        "xdp.packets.total",
-        "{packet}",
-        "Total packets processed",
-        "total_packets",
-    ),
-    (
-        "xdp.bytes.total",
-        "By",
-        "Total bytes processed",
-        "total_bytes",
-    ),
-    ("xdp.packets.tcp", "{packet}", "TCP packets", "tcp_packets"),
-    ("xdp.packets.udp", "{packet}", "UDP packets", "udp_packets"),
-    (
-        "xdp.packets.icmp",
-        "{packet}",
-        "ICMP packets",
-        "icmp_packets",
-    ),
-    (
-        "xdp.packets.other",
-        "{packet}",
-        "Other protocol packets",
-        "other_packets",
-    ),
-    (
-        "xdp.packets.ipv4",
-        "{packet}",
-        "IPv4 packets",
-        "ipv4_packets",
-    ),
-    (
-        "xdp.packets.ipv6",
-        "{packet}",
-        "IPv6 packets",
-        "ipv6_packets",
-    ),
-];
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "a gauge for display: 53 bits of precision are plenty"
+)]
+fn real(value: Number) -> f64 {
+    match value {
+        Number::Count(v) => v as f64,
+        Number::Int(v) => v as f64,
+        Number::Real(v) => v,
+    }
+}
 
 fn attributes(agent: &AgentState) -> [KeyValue; 3] {
     [
@@ -119,16 +91,19 @@ impl Otlp {
                     .build();
                 let meter = provider.meter("xdt-central");
                 let mut counters = Vec::new();
-                for &(name, unit, description, counter) in COUNTERS {
+                for counter in &PROBE {
+                    let Some(export) = counter.otlp else {
+                        continue;
+                    };
                     let state = state.clone();
                     counters.push(
                         meter
-                            .u64_observable_counter(name)
-                            .with_unit(unit)
-                            .with_description(description)
+                            .u64_observable_counter(export.name)
+                            .with_unit(counter.unit)
+                            .with_description(export.help)
                             .with_callback(move |observer| {
                                 for agent in &state.figures().0 {
-                                    if let Some(value) = agent.counter(counter) {
+                                    if let Some(value) = agent.counter(counter.name) {
                                         observer.observe(value, &attributes(agent));
                                     }
                                 }
@@ -137,7 +112,7 @@ impl Otlp {
                     );
                 }
                 // AF_XDP steering, for the agents that report it: `xdt.steering.<counter>`.
-                for counter in STEERING_COUNTERS {
+                for counter in STEERING {
                     let state = state.clone();
                     counters.push(
                         meter
@@ -167,26 +142,54 @@ impl Otlp {
                         }
                     })
                     .build();
-                let rate = meter
-                    .f64_observable_gauge("xdp.packets.rate")
-                    .with_unit("{packet}/s")
-                    .with_description("Packet processing rate")
-                    .with_callback(move |observer| {
-                        for agent in &state.figures().0 {
-                            if agent.taken_at_unix_ns != 0 {
-                                observer
-                                    .observe(agent.rates.packets_per_second, &attributes(agent));
-                            }
-                        }
-                    })
-                    .build();
+                // Per-agent figures with an OTLP name, for the agents that have sent counters.
+                let mut gauges = Vec::new();
+                for figure in RATES.into_iter().chain(AGENT) {
+                    let Some((export, unit)) = figure.otlp else {
+                        continue;
+                    };
+                    let state = state.clone();
+                    let observe = move |agent: &AgentState| {
+                        (agent.taken_at_unix_ns != 0).then(|| (figure.value)(agent)).flatten()
+                    };
+                    match figure.kind {
+                        Kind::Gauge => gauges.push(
+                            meter
+                                .f64_observable_gauge(export.name)
+                                .with_unit(unit)
+                                .with_description(export.help)
+                                .with_callback(move |observer| {
+                                    for agent in &state.figures().0 {
+                                        if let Some(value) = observe(agent) {
+                                            observer.observe(real(value), &attributes(agent));
+                                        }
+                                    }
+                                })
+                                .build(),
+                        ),
+                        Kind::Counter => counters.push(
+                            meter
+                                .u64_observable_counter(export.name)
+                                .with_unit(unit)
+                                .with_description(export.help)
+                                .with_callback(move |observer| {
+                                    for agent in &state.figures().0 {
+                                        if let Some(Number::Count(value)) = observe(agent) {
+                                            observer.observe(value, &attributes(agent));
+                                        }
+                                    }
+                                })
+                                .build(),
+                        ),
+                    }
+                }
                 info!(endpoint:% = endpoint, interval_seconds = interval.as_secs_f64(); "pushing OTLP metrics");
                 // Until central stops (or drops the sender).
                 let _ = stopped.recv();
                 if let Err(e) = provider.shutdown() {
                     error!(endpoint:% = endpoint, cause:% = e; "the last OTLP export failed");
                 }
-                drop((counters, sockets, rate));
+                drop((counters, sockets, gauges));
             })
             .map_err(|source| Error::Thread {
                 name: "OTLP",

@@ -8,60 +8,15 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::state::{AgentState, STEERING_COUNTERS, Shared};
+use xdt_common::counters::CATALOGUE as PROBE;
+
+use crate::{
+    catalogue::{AGENT, Figure, Kind, Number, RATES, STEERING},
+    state::{AgentState, Shared},
+};
 
 /// Content type of the exposition `prometheus_client::encoding::text` writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Per-agent counters taken from the probe's counters: (metric family, help, counter name).
-/// `prometheus-client` adds the `_total` suffix of counters.
-const PROBE_COUNTERS: &[(&str, &str, &str)] = &[
-    (
-        "xdp_packets",
-        "Packets seen by the XDP probe.",
-        "total_packets",
-    ),
-    ("xdp_bytes", "Bytes seen by the XDP probe.", "total_bytes"),
-    ("xdp_packets_tcp", "TCP packets.", "tcp_packets"),
-    ("xdp_packets_udp", "UDP packets.", "udp_packets"),
-    (
-        "xdp_packets_icmp",
-        "ICMP and ICMPv6 packets.",
-        "icmp_packets",
-    ),
-    (
-        "xdp_packets_other",
-        "Packets neither TCP, UDP nor ICMP.",
-        "other_packets",
-    ),
-    ("xdp_packets_ipv4", "IPv4 packets.", "ipv4_packets"),
-    ("xdp_packets_ipv6", "IPv6 packets.", "ipv6_packets"),
-    (
-        "xdp_packets_dropped",
-        "Packets dropped by a drop rule.",
-        "dropped_packets",
-    ),
-    (
-        "xdp_lost_events",
-        "Sampled events lost in the kernel because the probe's ring buffer was full.",
-        "lost_events",
-    ),
-    (
-        "xdp_errors",
-        "Internal errors of the probe (a failed map lookup); the packet was passed.",
-        "errors",
-    ),
-    (
-        "xdp_steered_packets",
-        "Packets of steer rules the probe redirected to the agent's AF_XDP socket.",
-        "steered_packets",
-    ),
-    (
-        "xdp_steer_fallback_packets",
-        "Packets of steer rules passed to the stack instead: no live agent socket or lease.",
-        "steer_fallback_packets",
-    ),
-];
 
 #[derive(Debug)]
 struct StateCollector {
@@ -136,35 +91,19 @@ impl Collector for StateCollector {
             ConstGauge::new(value).encode(family)?;
         }
 
-        for &(name, help, counter) in PROBE_COUNTERS {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for agent in agents.iter().filter(|a| a.counter(counter).is_some()) {
-                let value = agent.counter(counter).unwrap_or(0);
-                ConstCounter::new(value).encode(family.encode_family(&agent_labels(agent))?)?;
+        for counter in &PROBE {
+            let Some(export) = counter.prometheus else {
+                continue;
+            };
+            let mut family =
+                encoder.encode_descriptor(export.name, export.help, None, MetricType::Counter)?;
+            for agent in &agents {
+                if let Some(value) = agent.counter(counter.name) {
+                    ConstCounter::new(value).encode(family.encode_family(&agent_labels(agent))?)?;
+                }
             }
         }
-
-        let mut family = encoder.encode_descriptor(
-            "xdp_packets_rate",
-            "Packets per second over the last two snapshots.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for agent in &agents {
-            ConstGauge::new(agent.rates.packets_per_second)
-                .encode(family.encode_family(&agent_labels(agent))?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "xdp_bytes_rate",
-            "Bytes per second over the last two snapshots.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for agent in &agents {
-            ConstGauge::new(agent.rates.bits_per_second / 8.0)
-                .encode(family.encode_family(&agent_labels(agent))?)?;
-        }
-
+        encode_figures(&mut encoder, &RATES, &agents)?;
         for (name, help, bytes) in [
             ("xdp_label_packets", "Packets per rule label.", false),
             ("xdp_label_bytes", "Bytes per rule label.", true),
@@ -182,80 +121,7 @@ impl Collector for StateCollector {
                 }
             }
         }
-
-        let mut family = encoder.encode_descriptor(
-            "xdt_agent_dropped_events",
-            "Sampled events the agent dropped because its unacknowledged-batch buffer was full.",
-            None,
-            MetricType::Counter,
-        )?;
-        for agent in &agents {
-            ConstCounter::new(agent.agent_stats.dropped_events)
-                .encode(family.encode_family(&agent_labels(agent))?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "xdt_agent_reconnects",
-            "Reconnections of the agent to central since the agent started.",
-            None,
-            MetricType::Counter,
-        )?;
-        for agent in &agents {
-            ConstCounter::new(agent.agent_stats.reconnects)
-                .encode(family.encode_family(&agent_labels(agent))?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "xdt_agent_unacked_batches",
-            "Batches waiting for an acknowledgement in the agent.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for agent in &agents {
-            ConstGauge::new(i64::from(agent.agent_stats.unacked_batches))
-                .encode(family.encode_family(&agent_labels(agent))?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "xdt_agent_connected",
-            "1 while the agent has a telemetry connection to central, else 0.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for agent in &agents {
-            ConstGauge::new(i64::from(agent.connected()))
-                .encode(family.encode_family(&agent_labels(agent))?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "xdt_agent_last_seen_timestamp_seconds",
-            "When central last heard from the agent (a Hello, a batch, its disconnect), in Unix seconds.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for agent in &agents {
-            ConstGauge::new(agent.last_seen_unix)
-                .encode(family.encode_family(&agent_labels(agent))?)?;
-        }
-        // Only agents whose node has kernel.bpf_stats_enabled=1 report the probe's run time.
-        // In seconds, Prometheus' base unit (promtool refuses abbreviated units in names).
-        let mut family = encoder.encode_descriptor(
-            "xdt_probe_packet_cost_seconds",
-            "Average run time of the probe per packet between the agent's last two batches.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for agent in &agents {
-            if let Some(ns) = agent.agent_stats.probe_ns_per_packet {
-                ConstGauge::new(ns / 1e9).encode(family.encode_family(&agent_labels(agent))?)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "xdt_events_received",
-            "Sampled events central received from the agent.",
-            None,
-            MetricType::Counter,
-        )?;
-        for agent in &agents {
-            ConstCounter::new(agent.total_events)
-                .encode(family.encode_family(&agent_labels(agent))?)?;
-        }
+        encode_figures(&mut encoder, &AGENT, &agents)?;
 
         // AF_XDP steering: series only for the agents that report it, families only if any does.
         let steering: Vec<_> = agents
@@ -265,7 +131,7 @@ impl Collector for StateCollector {
         if steering.is_empty() {
             return Ok(());
         }
-        for counter in &STEERING_COUNTERS {
+        for counter in &STEERING {
             let name = format!("xdt_steering_{}", counter.name);
             let mut family =
                 encoder.encode_descriptor(&name, counter.help, None, MetricType::Counter)?;
@@ -303,4 +169,39 @@ impl Collector for StateCollector {
         }
         Ok(())
     }
+}
+
+/// One family per figure, one series per agent that has it.
+fn encode_figures(
+    encoder: &mut DescriptorEncoder,
+    figures: &[Figure],
+    agents: &[&AgentState],
+) -> Result<(), std::fmt::Error> {
+    for figure in figures {
+        let kind = match figure.kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+        };
+        let mut family = encoder.encode_descriptor(figure.name, figure.help, None, kind)?;
+        for agent in agents {
+            let Some(value) = (figure.value)(agent) else {
+                continue;
+            };
+            let labels = agent_labels(agent);
+            let series = family.encode_family(&labels)?;
+            match (figure.kind, value) {
+                (Kind::Counter, Number::Count(v)) => ConstCounter::new(v).encode(series)?,
+                (Kind::Counter, Number::Real(v)) => ConstCounter::new(v).encode(series)?,
+                (Kind::Counter, Number::Int(v)) => {
+                    ConstCounter::new(u64::try_from(v).unwrap_or(0)).encode(series)?;
+                }
+                (Kind::Gauge, Number::Int(v)) => ConstGauge::new(v).encode(series)?,
+                (Kind::Gauge, Number::Real(v)) => ConstGauge::new(v).encode(series)?,
+                (Kind::Gauge, Number::Count(v)) => {
+                    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(series)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -15,7 +15,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use xdt_wire::{Batch, Event, Hello};
 
-use crate::counters::Counters;
+use xdt_common::counters::Counter;
+
+use crate::{catalogue::STEERING, counters::Counters};
 
 /// Upper bound accepted for `--recent-events`.
 pub const MAX_RECENT_EVENTS: usize = 65_536;
@@ -502,118 +504,14 @@ pub struct AgentStats {
     pub steering: Option<SteeringStats>,
 }
 
-/// The agent's AF_XDP steering figures (`xdt_wire::SteeringStats`), cumulative for the agent
-/// instance; `mode` and `reinject` clipped to [`MAX_SHORT`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SteeringStats {
-    pub mode: String,
-    pub reinject: String,
-    pub sockets: u32,
-    pub received_packets: u64,
-    pub received_bytes: u64,
-    pub reinjected_packets: u64,
-    pub reinject_dropped: u64,
-    pub rx_dropped: u64,
-    pub rx_ring_full: u64,
-    pub rx_fill_ring_empty: u64,
-    pub tx_invalid_descs: u64,
-}
+/// The agent's AF_XDP steering figures, cumulative for the agent instance; `mode` and
+/// `reinject` clipped to [`MAX_SHORT`].
+pub use xdt_wire::SteeringStats;
 
-/// One cumulative steering counter, as the exporters name and describe it.
-#[derive(Debug, Clone, Copy)]
-pub struct SteeringCounter {
-    /// The field name: the JSON key, and the suffix of the Prometheus and OTLP names.
-    pub name: &'static str,
-    pub help: &'static str,
-    /// UCUM unit for OTLP.
-    pub unit: &'static str,
-    pub value: fn(&SteeringStats) -> u64,
-}
-
-/// Every cumulative steering counter, throughput first, then each place a frame is lost.
-pub const STEERING_COUNTERS: [SteeringCounter; 8] = [
-    SteeringCounter {
-        name: "received_packets",
-        help: "Frames the agent read off its AF_XDP RX rings.",
-        unit: "{packet}",
-        value: |s| s.received_packets,
-    },
-    SteeringCounter {
-        name: "received_bytes",
-        help: "Bytes of the frames the agent read off its AF_XDP RX rings.",
-        unit: "By",
-        value: |s| s.received_bytes,
-    },
-    SteeringCounter {
-        name: "reinjected_packets",
-        help: "Steered frames the agent handed back to the kernel and saw completed.",
-        unit: "{packet}",
-        value: |s| s.reinjected_packets,
-    },
-    SteeringCounter {
-        name: "reinject_dropped",
-        help: "Steered frames the agent could not re-inject (TX ring full, frame rejected).",
-        unit: "{packet}",
-        value: |s| s.reinject_dropped,
-    },
-    SteeringCounter {
-        name: "rx_dropped",
-        help: "Frames the kernel dropped before the agent's AF_XDP sockets (XDP_STATISTICS rx_dropped).",
-        unit: "{packet}",
-        value: |s| s.rx_dropped,
-    },
-    SteeringCounter {
-        name: "rx_ring_full",
-        help: "Frames dropped because an AF_XDP RX ring was full (XDP_STATISTICS rx_ring_full).",
-        unit: "{packet}",
-        value: |s| s.rx_ring_full,
-    },
-    SteeringCounter {
-        name: "rx_fill_ring_empty",
-        help: "Times a frame found no free buffer on an AF_XDP fill ring (XDP_STATISTICS rx_fill_ring_empty_descs).",
-        unit: "{event}",
-        value: |s| s.rx_fill_ring_empty,
-    },
-    SteeringCounter {
-        name: "tx_invalid_descs",
-        help: "Re-injection descriptors the kernel rejected (XDP_STATISTICS tx_invalid_descs).",
-        unit: "{descriptor}",
-        value: |s| s.tx_invalid_descs,
-    },
-];
-
-impl SteeringStats {
-    fn from_wire(mut s: xdt_wire::SteeringStats) -> Self {
-        clip(&mut s.mode, MAX_SHORT);
-        clip(&mut s.reinject, MAX_SHORT);
-        Self {
-            mode: s.mode,
-            reinject: s.reinject,
-            sockets: s.sockets,
-            received_packets: s.received_packets,
-            received_bytes: s.received_bytes,
-            reinjected_packets: s.reinjected_packets,
-            reinject_dropped: s.reinject_dropped,
-            rx_dropped: s.rx_dropped,
-            rx_ring_full: s.rx_ring_full,
-            rx_fill_ring_empty: s.rx_fill_ring_empty,
-            tx_invalid_descs: s.tx_invalid_descs,
-        }
-    }
-}
-
-/// Per-second rates of the steering counters over the last two snapshots.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct SteeringRates {
-    pub received_packets_per_second: f64,
-    pub received_bits_per_second: f64,
-    pub reinjected_packets_per_second: f64,
-    pub reinject_dropped_per_second: f64,
-    pub rx_dropped_per_second: f64,
-    pub rx_ring_full_per_second: f64,
-    pub rx_fill_ring_empty_per_second: f64,
-    pub tx_invalid_descs_per_second: f64,
-}
+/// Per-second rates of the steering counters over the last two snapshots, in
+/// [`STEERING`] order; serialised as `{rate key: value}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SteeringRates(pub [f64; STEERING.len()]);
 
 impl SteeringRates {
     /// From the previous figures to `now` over `elapsed` seconds; `same_instance` false means
@@ -624,26 +522,42 @@ impl SteeringRates {
         same_instance: bool,
         elapsed: f64,
     ) -> Self {
-        let rate = |get: fn(&SteeringStats) -> u64| {
-            let (now, before) = (get(now), get(before));
+        Self(STEERING.map(|counter| {
+            let (now, before) = ((counter.value)(now), (counter.value)(before));
             let delta = if same_instance && now >= before {
                 now - before
             } else {
                 now
             };
-            to_f64(delta) / elapsed
-        };
-        Self {
-            received_packets_per_second: rate(|s| s.received_packets),
-            received_bits_per_second: rate(|s| s.received_bytes) * 8.0,
-            reinjected_packets_per_second: rate(|s| s.reinjected_packets),
-            reinject_dropped_per_second: rate(|s| s.reinject_dropped),
-            rx_dropped_per_second: rate(|s| s.rx_dropped),
-            rx_ring_full_per_second: rate(|s| s.rx_ring_full),
-            rx_fill_ring_empty_per_second: rate(|s| s.rx_fill_ring_empty),
-            tx_invalid_descs_per_second: rate(|s| s.tx_invalid_descs),
-        }
+            to_f64(delta) / elapsed * counter.rate.1
+        }))
     }
+
+    /// The rate named `key` (`received_packets_per_second`, ...).
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<f64> {
+        STEERING
+            .iter()
+            .position(|c| c.rate.0 == key)
+            .map(|i| self.0[i])
+    }
+}
+
+impl Serialize for SteeringRates {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(STEERING.len()))?;
+        for (counter, value) in STEERING.iter().zip(self.0) {
+            map.serialize_entry(counter.rate.0, &value)?;
+        }
+        map.end()
+    }
+}
+
+fn clip_steering(mut s: SteeringStats) -> SteeringStats {
+    clip(&mut s.mode, MAX_SHORT);
+    clip(&mut s.reinject, MAX_SHORT);
+    s
 }
 
 /// Clips the strings an agent sent in `e`, so a kept event's size is bounded.
@@ -765,12 +679,13 @@ impl AgentState {
         } = batch;
         let taken_at_unix_ns = taken_at_unix_ns.min(unix_ns(now) + FUTURE_TOLERANCE_NS);
         let current = instance == self.instance;
-        let steering = agent.steering.take().map(SteeringStats::from_wire);
+        let steering = agent.steering.take().map(clip_steering);
 
         // Rates from this snapshot and the previous one; a counter that went backwards was
         // reset (the probe was re-attached), so it counted up from zero since.
-        let packets = find(&counters, "total_packets");
-        let bytes = find(&counters, "total_bytes");
+        let (packets, bytes) = (Counter::TotalPackets.name(), Counter::TotalBytes.name());
+        let (packets_before, bytes_before) = (self.counter(packets), self.counter(bytes));
+        let (packets, bytes) = (find(&counters, packets), find(&counters, bytes));
         if current && self.taken_at_unix_ns != 0 && taken_at_unix_ns > self.taken_at_unix_ns {
             let elapsed = seconds(taken_at_unix_ns - self.taken_at_unix_ns);
             let delta = |now: Option<u64>, before: Option<u64>| match (now, before) {
@@ -779,8 +694,8 @@ impl AgentState {
                 (None, _) => 0.0,
             };
             self.rates = Rates {
-                packets_per_second: delta(packets, self.counter("total_packets")) / elapsed,
-                bits_per_second: delta(bytes, self.counter("total_bytes")) * 8.0 / elapsed,
+                packets_per_second: delta(packets, packets_before) / elapsed,
+                bits_per_second: delta(bytes, bytes_before) * 8.0 / elapsed,
             };
             self.steering_rates = match (&self.agent_stats.steering, &steering) {
                 (Some(before), Some(now)) => Some(SteeringRates::between(
@@ -1246,14 +1161,14 @@ mod tests {
 
         state.apply("a", 1, steered(2, 102, 3000, 30), NOW);
         let rates = state.agent("a").expect("a").steering_rates.expect("rates");
-        assert_eq!(rates.received_packets_per_second, 1000.0);
-        assert_eq!(rates.received_bits_per_second, 800_000.0);
-        assert_eq!(rates.reinjected_packets_per_second, 990.0);
-        assert_eq!(rates.reinject_dropped_per_second, 10.0);
-        assert_eq!(rates.rx_dropped_per_second, 20.0);
-        assert_eq!(rates.rx_ring_full_per_second, 30.0);
-        assert_eq!(rates.rx_fill_ring_empty_per_second, 40.0);
-        assert_eq!(rates.tx_invalid_descs_per_second, 50.0);
+        assert_eq!(rates.get("received_packets_per_second"), Some(1000.0));
+        assert_eq!(rates.get("received_bits_per_second"), Some(800_000.0));
+        assert_eq!(rates.get("reinjected_packets_per_second"), Some(990.0));
+        assert_eq!(rates.get("reinject_dropped_per_second"), Some(10.0));
+        assert_eq!(rates.get("rx_dropped_per_second"), Some(20.0));
+        assert_eq!(rates.get("rx_ring_full_per_second"), Some(30.0));
+        assert_eq!(rates.get("rx_fill_ring_empty_per_second"), Some(40.0));
+        assert_eq!(rates.get("tx_invalid_descs_per_second"), Some(50.0));
 
         // Within an instance the sequence orders the snapshots, not the agent's clock: a clock
         // stepped back does not keep the newer figures out.
@@ -1284,12 +1199,12 @@ mod tests {
         );
         let rates = a.steering_rates.expect("rates");
         // Over the 3 s since the snapshot taken at 101.
-        assert_eq!(rates.received_packets_per_second, 4000.0 / 3.0);
-        assert_eq!(rates.reinject_dropped_per_second, 0.0);
+        assert_eq!(rates.get("received_packets_per_second"), Some(4000.0 / 3.0));
+        assert_eq!(rates.get("reinject_dropped_per_second"), Some(0.0));
         // The same instance going backwards (impossible, but an agent is untrusted) too.
         state.apply("a", 2, steered(2, 106, 1000, 0), NOW);
         let rates = state.agent("a").expect("a").steering_rates.expect("rates");
-        assert_eq!(rates.received_packets_per_second, 500.0);
+        assert_eq!(rates.get("received_packets_per_second"), Some(500.0));
 
         // An agent that stops steering reports none: the figures and rates go.
         state.apply("a", 2, batch(3, 108, 1, 1, 0), NOW);
@@ -1381,7 +1296,7 @@ mod tests {
             .expect("a")
             .steering_rates
             .expect("rates");
-        assert_eq!(rates.received_packets_per_second, 100.0);
+        assert_eq!(rates.get("received_packets_per_second"), Some(100.0));
 
         // A state.json written before steering existed.
         let old = r#"{"version":1,"agents":[{"agent_id":"o","hostname":"h","interface":"eth0",

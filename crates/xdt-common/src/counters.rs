@@ -142,6 +142,8 @@ pub struct Export {
 pub enum Panel {
     /// A bar of the protocol breakdown.
     Protocols { label: &'static str },
+    /// A figure of the AF_XDP steering card's throughput (central's steering catalogue).
+    Flow { label: &'static str },
     /// A tile of the loss panel; `hint` says where or why.
     Losses {
         label: &'static str,
@@ -159,6 +161,18 @@ pub enum Severity {
     Warn,
     /// Neutral.
     Info,
+}
+
+impl Panel {
+    /// The panel's name in central's `/catalogue.json`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Protocols { .. } => "protocols",
+            Self::Flow { .. } => "flow",
+            Self::Losses { .. } => "losses",
+        }
+    }
 }
 
 impl Severity {
