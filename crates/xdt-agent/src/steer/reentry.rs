@@ -4,13 +4,23 @@
 //! The agent owns the pair: it creates it at start (replacing a pair left by an agent that was
 //! killed), gives it the monitored interface's MTU, relaxes reverse-path filtering on the host
 //! end only (the frames' sources are routed via the monitored interface, not this one), keeps
-//! IPv6 autoconfiguration off the agent end, and deletes the pair when it stops.
+//! IPv6 addresses (and so router solicitations) off the agent end, and deletes the pair when it
+//! stops.
+//!
+//! All of it goes over rtnetlink, the per-device settings too (IFLA_AF_SPEC), not through
+//! /proc/sys/net: CAP_NET_ADMIN, which creating the pair needs anyway, is all it takes, and it
+//! works where /proc/sys is read-only (every unprivileged container) or protected (systemd's
+//! ProtectKernelTunables=).
 
 use std::{fs, io};
 
 use futures_util::TryStreamExt as _;
-use log::{info, warn};
-use rtnetlink::{LinkUnspec, LinkVeth};
+use log::{debug, info, warn};
+use rtnetlink::{
+    LinkUnspec, LinkVeth,
+    packet_core::{DefaultNla, Emitable as _, NLA_F_NESTED},
+    packet_route::link::{AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute},
+};
 
 /// A live pair; [`ReentryPair::remove`] deletes it.
 #[derive(Debug)]
@@ -63,16 +73,34 @@ impl ReentryPair {
                 .add(LinkVeth::new(&agent_end, &host_end).mtu(mtu).build())
                 .execute()
                 .await?;
-            // Before the links come up: no IPv6 addresses or router solicitations on the agent
-            // end, and no reverse-path check on the host end.
-            write_sysctl(
-                &format!("/proc/sys/net/ipv6/conf/{agent_end}/disable_ipv6"),
-                "1",
-            )?;
-            write_sysctl(
-                &format!("/proc/sys/net/ipv4/conf/{host_end}/rp_filter"),
-                "0",
-            )?;
+            // Before the links come up: no IPv6 addresses (so no duplicate address detection or
+            // router solicitations) on the agent end, and no reverse-path check on the host end.
+            let quiet = handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_name(&agent_end)
+                        .append_extra_attribute(no_ipv6_addresses())
+                        .build(),
+                )
+                .execute()
+                .await;
+            match quiet {
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.code.is_some_and(|c| c.get().abs() == libc::EAFNOSUPPORT) =>
+                {
+                    debug!("no IPv6 on {agent_end}: nothing to keep quiet");
+                }
+                other => other?,
+            }
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_name(&host_end)
+                        .append_extra_attribute(rp_filter_off())
+                        .build(),
+                )
+                .execute()
+                .await?;
             // Both ends get addresses of ours: a veth's random address is fair game for udev's
             // MACAddressPolicy=persistent, which would replace the host end's after we read it
             // and send every re-injected frame to a MAC nobody has (seen in the VM test).
@@ -247,12 +275,26 @@ fn active_rx_queues(name: &str) -> Option<u32> {
     (rc == 0 && count > 0).then_some(count)
 }
 
-fn write_sysctl(path: &str, value: &str) -> Result<(), ReentryError> {
-    fs::write(path, value).map_err(|source| ReentryError::Sysfs {
-        what: "writing",
-        path: path.to_owned(),
-        source,
-    })
+/// IFLA_AF_SPEC for the agent end: IPv6 address generation off (`ip link set X addrgenmode
+/// none`), so the end gets no link-local address and sends nothing of its own.
+fn no_ipv6_addresses() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
+}
+
+/// IFLA_AF_SPEC for the host end: the IPv4 device setting rp_filter = 0, the one entry of
+/// IFLA_INET_CONF. (netlink-packet-route's `DevConfRequest` leaves out every zero, so the nested
+/// attribute is written here.)
+fn rp_filter_off() -> LinkAttribute {
+    const IFLA_INET_CONF: u16 = 1;
+    const IPV4_DEVCONF_RP_FILTER: u16 = 8;
+    let entry = DefaultNla::new(IPV4_DEVCONF_RP_FILTER, 0u32.to_ne_bytes().to_vec());
+    let mut nested = vec![0; entry.buffer_len()];
+    entry.emit(&mut nested);
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::Other(
+        DefaultNla::new(IFLA_INET_CONF | NLA_F_NESTED, nested),
+    )])])
 }
 
 fn read_sysctl(path: &str) -> Result<String, ReentryError> {
