@@ -61,7 +61,7 @@ fn the_pair_is_set_up_over_netlink_with_proc_sys_read_only() {
         )
         .expect("/proc/sys read-only");
         let probe = "/proc/sys/net/ipv4/conf/lo/rp_filter";
-        let refused = std::fs::write(&probe, "0").expect_err("/proc/sys is read-only");
+        let refused = std::fs::write(probe, "0").expect_err("/proc/sys is read-only");
         assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
 
         let runtime = tokio::runtime::Builder::new_current_thread()
