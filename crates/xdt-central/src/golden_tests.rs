@@ -200,11 +200,12 @@ fn compare(name: &str, actual: &[u8]) {
 
 #[test]
 fn prometheus_text_is_unchanged() {
-    let body = crate::prom::render(&crate::prom::registry(fleet(), 100)).expect("render");
+    let body =
+        crate::export::prom::render(&crate::export::prom::registry(fleet(), 100)).expect("render");
     compare("metrics.txt", body.as_bytes());
 }
 
 #[test]
 fn metrics_json_is_unchanged() {
-    compare("metrics.json", &crate::json::render(&fleet()));
+    compare("metrics.json", &crate::export::json::render(&fleet()));
 }

@@ -41,7 +41,7 @@ use crate::{
     catalogue,
     counters::Counters,
     error::{Error, Result},
-    json, prom,
+    export::{json, prom},
     state::Shared,
     ui,
 };

@@ -31,7 +31,7 @@ use crate::{
     config::Token,
     counters::Counters,
     error::CloseReason,
-    journal::{Journal, Record},
+    persist::journal::{Journal, Record},
     state::{Applied, Refused, Shared, now_unix},
 };
 
@@ -54,7 +54,7 @@ pub(crate) struct Context {
     /// With `--state-dir`: batches are journaled and synced before their `Ack`.
     pub journal: Option<Arc<Journal>>,
     /// With `--otlp-logs`: the events of every newly stored batch go out as OTLP logs.
-    pub event_logs: Option<crate::otlp_logs::EventLogs>,
+    pub event_logs: Option<crate::export::otlp_logs::EventLogs>,
 }
 
 /// An unauthenticated connection younger than this is never pushed out by a newer one: an

@@ -1,29 +1,8 @@
-//! `xdt-central`: receives agents' telemetry over TCP (docs/telemetry-protocol.md), keeps
-//! per-agent statistics ([`state`]), serves the dashboard, `/metrics.json` and `/metrics` over
-//! HTTP, and pushes OTLP metrics. docs/central.md is the operator's page.
-//!
-//! [`Central::bind`] opens both listeners and loads the saved state; [`Central::run`] serves
-//! until the `shutdown` future completes, then lets sessions end, saves the state and stops the
-//! HTTP and OTLP threads.
+//! The server: [`Central::bind`] opens both listeners and loads the saved state;
+//! [`Central::run`] serves until the `shutdown` future completes, then lets sessions end, saves
+//! the state and stops the HTTP and OTLP threads.
 
-pub mod catalogue;
-pub mod config;
-pub mod counters;
-pub mod error;
-#[cfg(test)]
-mod golden_tests;
-mod http;
-mod ingest;
-mod journal;
-mod json;
-mod otlp;
-mod otlp_logs;
-pub mod persist;
-mod prom;
-pub mod state;
-pub mod ui;
-
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use log::{error, info, warn};
 use tokio::{
@@ -31,17 +10,14 @@ use tokio::{
     sync::{broadcast, mpsc},
 };
 
-pub use crate::{
-    config::{Config, OtlpConfig, Token},
-    error::{Error, Result},
-    http::HttpHealth,
-};
 use crate::{
-    http::Http,
-    ingest::Context,
-    journal::Journal,
-    otlp::Otlp,
-    state::{Shared, State},
+    config::Config,
+    error::{Error, Result},
+    export::{otlp::Otlp, otlp_logs},
+    http::{self, Http, HttpHealth},
+    ingest::{self, Context},
+    persist::{self, journal::Journal},
+    state::{self, Shared, State},
 };
 
 /// How long sessions get to end after shutdown is announced (they end at once unless they
@@ -87,7 +63,7 @@ impl Central {
         if let Some(dir) = &config.state_dir {
             if let Some(saved) = persist::load(dir)? {
                 let agents = saved.agents.len();
-                state.restore(saved);
+                persist::restore(&mut state, saved);
                 info!(path:% = persist::path(dir).display(), agents; "state loaded");
             } else {
                 info!(path:% = persist::path(dir).display(); "no saved state yet");
@@ -215,7 +191,7 @@ impl Central {
             event_logs: event_logs.as_ref().map(otlp_logs::EventLogExport::logs),
         });
         let persister = config.state_dir.clone().map(|dir| {
-            tokio::spawn(persist_loop(
+            tokio::spawn(persist::save_loop(
                 state.clone(),
                 dir,
                 journal.clone(),
@@ -250,7 +226,7 @@ impl Central {
         }
         let _ = expirer.await;
         let saved = match &config.state_dir {
-            Some(dir) => save(&state, dir.clone(), journal.as_ref()).await,
+            Some(dir) => persist::save(&state, dir.clone(), journal.as_ref()).await,
             None => Ok(()),
         };
         http.stop().await;
@@ -282,69 +258,6 @@ async fn stop_blocking(f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Writes `state.json` now (serialised and written off the lock and the async threads); then
-/// the journal segments the snapshot holds are pruned. A failed save loses nothing: the
-/// journal keeps every record until a snapshot holding it is durable.
-async fn save(state: &Shared, dir: PathBuf, journal: Option<&Arc<Journal>>) -> Result<()> {
-    let (state, journal) = (state.clone(), journal.cloned());
-    let written = tokio::task::spawn_blocking(move || {
-        // The journal switches segments first, under the lock: every record of the older
-        // segments is applied before the copy is taken (a slice at a time, off the runtime).
-        let (persisted, segment) = state.persisted_after(|| journal.as_ref().map(|j| j.rotate()));
-        let bytes = serde_json::to_vec(&persisted).map_err(|e| Error::SaveState {
-            path: persist::path(&dir),
-            source: e.into(),
-        })?;
-        persist::save(&dir, &bytes)?;
-        if let (Some(journal), Some(segment)) = (journal, segment) {
-            journal.prune(segment);
-        }
-        Ok(())
-    })
-    .await;
-    match written {
-        Ok(result) => result,
-        Err(e) => Err(Error::SaveState {
-            path: PathBuf::from(persist::FILE_NAME),
-            source: std::io::Error::other(e),
-        }),
-    }
-}
-
-/// Saves the state every `interval` while it changes, until shutdown (the final save is
-/// `run`'s, after the sessions have ended).
-async fn persist_loop(
-    state: Shared,
-    dir: PathBuf,
-    journal: Option<Arc<Journal>>,
-    interval: Duration,
-    mut stop: broadcast::Receiver<()>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut saved_generation = None;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.recv() => return,
-        }
-        let generation = state.read().generation();
-        if saved_generation == Some(generation) {
-            continue;
-        }
-        match save(&state, dir.clone(), journal.as_ref()).await {
-            Ok(()) => saved_generation = Some(generation),
-            Err(e) => {
-                counters::Counters::add(&state.counters().state_save_failures);
-                error!(
-                    cause:% = error_chain(&e);
-                    "saving the state failed; nothing is lost (the journal keeps the batches), retrying"
-                );
-            }
-        }
-    }
-}
-
 /// Removes agents without a connection for longer than `expiry`, checking a few times per
 /// `expiry` (at most every minute), until shutdown.
 async fn expire_loop(
@@ -368,16 +281,4 @@ async fn expire_loop(
             journal.removed(&removed);
         }
     }
-}
-
-/// `e` and its sources, for one log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
 use xdt_common::counters::Counter;
-use xdt_wire::Inspection;
+use xdt_wire::{Event, Inspection};
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -101,7 +101,9 @@ impl Serialize for Counters<'_> {
     }
 }
 
-/// A recent event with the seed's field names, and the inspection of a steered packet.
+/// A recent event with the seed's field names, and the inspection of a steered packet. Not the
+/// wire `Event` itself: its field order is postcard's encoding, this one the seed's JSON, and
+/// `inspection` is left out here when absent (postcard cannot skip a field).
 #[derive(Serialize)]
 struct EventJson<'a> {
     timestamp_unix_ns: u64,
@@ -144,20 +146,43 @@ struct DnsJson<'a> {
     qtype: u16,
 }
 
-fn inspection(i: &Inspection) -> InspectionJson<'_> {
-    InspectionJson {
-        frame_len: i.frame_len,
-        agent_latency_ns: i.agent_latency_ns,
-        reinjected: i.reinjected,
-        http: i.http.as_ref().map(|h| HttpJson {
-            method: &h.method,
-            path: &h.path,
-            host: h.host.as_deref(),
-        }),
-        dns: i.dns.as_ref().map(|d| DnsJson {
-            name: &d.name,
-            qtype: d.qtype,
-        }),
+impl<'a> From<&'a Event> for EventJson<'a> {
+    fn from(e: &'a Event) -> Self {
+        Self {
+            timestamp_unix_ns: e.timestamp_unix_ns,
+            label: &e.label,
+            rule: e.rule,
+            action: &e.action,
+            protocol: e.protocol,
+            src: e.src,
+            dst: e.dst,
+            src_port: e.src_port,
+            dst_port: e.dst_port,
+            ip_len: e.ip_len,
+            payload_len: e.payload_len,
+            tcp_flags: e.tcp_flags,
+            rx_queue: e.rx_queue,
+            inspection: e.inspection.as_deref().map(InspectionJson::from),
+        }
+    }
+}
+
+impl<'a> From<&'a Inspection> for InspectionJson<'a> {
+    fn from(i: &'a Inspection) -> Self {
+        Self {
+            frame_len: i.frame_len,
+            agent_latency_ns: i.agent_latency_ns,
+            reinjected: i.reinjected,
+            http: i.http.as_ref().map(|h| HttpJson {
+                method: &h.method,
+                path: &h.path,
+                host: h.host.as_deref(),
+            }),
+            dns: i.dns.as_ref().map(|d| DnsJson {
+                name: &d.name,
+                qtype: d.qtype,
+            }),
+        }
     }
 }
 
@@ -173,22 +198,7 @@ fn node(agent: &AgentState, shares: Shares) -> Node<'_> {
             .recent_events
             .iter()
             .skip(skip_events)
-            .map(|e| EventJson {
-                timestamp_unix_ns: e.timestamp_unix_ns,
-                label: &e.label,
-                rule: e.rule,
-                action: &e.action,
-                protocol: e.protocol,
-                src: e.src,
-                dst: e.dst,
-                src_port: e.src_port,
-                dst_port: e.dst_port,
-                ip_len: e.ip_len,
-                payload_len: e.payload_len,
-                tcp_flags: e.tcp_flags,
-                rx_queue: e.rx_queue,
-                inspection: e.inspection.as_deref().map(inspection),
-            })
+            .map(EventJson::from)
             .collect(),
         hostname: &agent.hostname,
         interface: &agent.interface,

@@ -7,10 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{
-    error::{Error, Result},
-    state::Persisted,
-};
+use super::Persisted;
+use crate::error::{Error, Result};
 
 pub const FILE_NAME: &str = "state.json";
 
@@ -51,7 +49,7 @@ pub fn load(dir: &Path) -> Result<Option<Persisted>> {
 }
 
 /// Replaces `state.json` atomically with `bytes`.
-pub fn save(dir: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write(dir: &Path, bytes: &[u8]) -> Result<()> {
     let path = path(dir);
     let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
     write_and_rename(dir, &tmp, &path, bytes).map_err(|source| Error::SaveState { path, source })
@@ -79,7 +77,7 @@ fn write_and_rename(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::State;
+    use crate::{persist::persisted, state::State};
 
     #[test]
     fn save_then_load_and_bad_files() {
@@ -88,9 +86,9 @@ mod tests {
         assert!(load(&dir).expect("no file yet").is_none());
 
         let state = State::new(10, 4);
-        let bytes = serde_json::to_vec(&state.to_persisted()).expect("json");
-        save(&dir, &bytes).expect("save");
-        save(&dir, &bytes).expect("save over");
+        let bytes = serde_json::to_vec(&persisted(&state)).expect("json");
+        write(&dir, &bytes).expect("save");
+        write(&dir, &bytes).expect("save over");
         let loaded = load(&dir).expect("load").expect("some");
         assert_eq!(loaded.version, Persisted::VERSION);
         assert!(!dir.join(".state.json.tmp").exists());

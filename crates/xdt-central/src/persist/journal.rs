@@ -3,7 +3,7 @@
 //! a sync runs are written and synced together by the next one (group commit), so the cost is
 //! one `fdatasync` per burst, not per batch.
 //!
-//! `state.json` (see [`crate::persist`]) is a snapshot; the journal holds what came since. A
+//! `state.json` (see [`super`]) is a snapshot; the journal holds what came since. A
 //! snapshot is taken under the state lock together with [`Journal::rotate`], so every record of
 //! the older segments is in the snapshot: once the snapshot is durable they are pruned. At start
 //! the snapshot is loaded and every remaining segment is replayed through the same
@@ -383,7 +383,19 @@ fn replay(path: &Path, state: &mut State) -> Result<u64> {
         match postcard::from_bytes::<Entry<'_>>(record) {
             Ok(Entry::Batch(record)) => match xdt_wire::frame::decode(record.payload) {
                 Ok(xdt_wire::Message::Batch(batch)) => {
-                    state.replay(&record, batch);
+                    state.register(
+                        record.agent_id,
+                        record.hostname,
+                        record.interface,
+                        record.probe_version,
+                        record.instance,
+                    );
+                    state.apply(
+                        record.agent_id,
+                        record.instance,
+                        batch,
+                        record.received_unix,
+                    );
                     count += 1;
                 }
                 Ok(_) | Err(_) => {
