@@ -8,39 +8,17 @@
 //! central's event count is checked against the probe's.
 #![expect(clippy::cast_precision_loss, reason = "rates and sizes for a report")]
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use xdt_common::counters::Counter;
-use xdt_datapath::{
-    attach::{self, Mode},
-    probe::{Capacity, ProbeMaps},
-    rules::parse_rules,
-};
 use xdt_testkit::{
     frames::{ETH_P_IP, TCP, ethernet, ipv4, tcp},
-    net::{FrameSender, Netns, quiet_veth},
-    process::{Process, free_port, sibling},
+    lab::{self, Side},
+    net::FrameSender,
+    process::sibling,
 };
 
 const RATES: [u64; 3] = [1_000, 10_000, 50_000];
 const SECONDS: u64 = 10;
-
-struct Detach(String);
-impl Drop for Detach {
-    fn drop(&mut self) {
-        let _ = attach::detach(&self.0);
-    }
-}
-
-fn total_events(http: u16) -> u64 {
-    xdt_testkit::http::get_ok(http, "/metrics.json")
-        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
-        .and_then(|v| v["total_events"].as_u64())
-        .unwrap_or(0)
-}
 
 /// (VmRSS KiB, utime + stime in clock ticks) of a process.
 fn usage(pid: u32) -> (u64, u64) {
@@ -79,54 +57,29 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|:---:|");
     for rate in RATES {
-        let client = Netns::new("xbc");
-        let node = Netns::new("xbn");
-        let client_if = xdt_testkit::unique_name("bc");
-        let node_if = xdt_testkit::unique_name("bn");
-        quiet_veth(&client, &client_if, &node, &node_if, 1);
-        let rules = parse_rules("all dst 10.99.0.0/24 proto tcp action sample 1\n", "bench")
-            .expect("rules");
-        let iface = node_if.clone();
-        node.enter(move || {
-            attach::attach(&iface, Mode::Native, &rules, Capacity::default()).expect("attach")
-        });
-        let _detach = Detach(node_if.clone());
-
-        let dir = std::env::temp_dir().join(xdt_testkit::unique_name("xdt-agent-bench-"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let token = dir.join("token");
-        std::fs::write(&token, "bench-token").expect("token");
-        let (http, telemetry) = (free_port(), free_port());
-        let _central = Process::start(
-            Command::new(sibling("xdt-central"))
-                .args([
-                    "--http-listen",
-                    &format!("127.0.0.1:{http}"),
-                    "--telemetry-listen",
-                    &format!("127.0.0.1:{telemetry}"),
-                ])
-                .arg("--token-file")
-                .arg(&token)
-                .args(["--log-level", "warn"]),
+        let mut lab = lab::lab(
+            Side::unique("xbc", "bc"),
+            Side::unique("xbn", "bn"),
+            1,
+            "xdt-agent-bench-",
         );
-        std::thread::sleep(Duration::from_millis(500));
-        let agent = Process::start(
-            Command::new(sibling("xdt-agent"))
-                .args([
-                    "--interface",
-                    &node_if,
-                    // Outside the node namespace: sampled events only, no AF_XDP.
-                    "--no-steer",
-                    "--central",
-                    &format!("127.0.0.1:{telemetry}"),
-                    "--log-level",
-                    "warn",
-                ])
-                .arg("--token-file")
-                .arg(&token),
+        lab::attach(
+            &mut lab,
+            "native",
+            "all dst 10.99.0.0/24 proto tcp action sample 1\n",
         );
+        let central = lab::start_central(&mut lab, &["--log-level", "warn"]);
+        let mut agent = lab.node.command(sibling("xdt-agent"));
+        agent
+            .args(["--interface", &lab.node_if, "--log-level", "warn"])
+            // Sampled events only, no AF_XDP.
+            .arg("--no-steer")
+            .args(central.agent_args());
+        let pid = lab
+            .processes
+            .spawn("xdt-agent", &mut agent)
+            .expect("start xdt-agent");
         std::thread::sleep(Duration::from_secs(1));
-        let pid = agent.id();
         let (_, ticks_before) = usage(pid);
         let started = Instant::now();
 
@@ -139,32 +92,32 @@ fn main() {
                 &tcp(40000, 80, 0x10, &[0; 64]),
             ),
         );
-        let sender_if = client_if.clone();
-        let sender = std::thread::spawn(move || {
-            client.enter(move || {
-                FrameSender::pin_to_cpu(0);
-                let s = FrameSender::open(&sender_if);
-                let start = Instant::now();
-                let total = rate * SECONDS;
-                for i in 0..total {
-                    // Pace: frame i goes out at i / rate seconds.
-                    let due = Duration::from_secs_f64(i as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(start.elapsed())
-                        && wait > Duration::from_micros(200)
-                    {
-                        std::thread::sleep(wait);
-                    }
-                    s.send(&frame);
-                }
-            });
-            client
-        });
         let mut peak_rss = 0;
-        while !sender.is_finished() {
-            peak_rss = peak_rss.max(usage(pid).0);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _client = sender.join().expect("sender");
+        std::thread::scope(|scope| {
+            let sender = scope.spawn(|| {
+                lab.client.enter(|| {
+                    FrameSender::pin_to_cpu(0);
+                    let s = FrameSender::open(&lab.client_if);
+                    let start = Instant::now();
+                    let total = rate * SECONDS;
+                    for i in 0..total {
+                        // Pace: frame i goes out at i / rate seconds.
+                        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(start.elapsed())
+                            && wait > Duration::from_micros(200)
+                        {
+                            std::thread::sleep(wait);
+                        }
+                        s.send(&frame);
+                    }
+                })
+            });
+            while !sender.is_finished() {
+                peak_rss = peak_rss.max(usage(pid).0);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            sender.join().expect("sender").expect("client namespace");
+        });
         let sent_for = started.elapsed();
         let (rss, ticks_after) = usage(pid);
         peak_rss = peak_rss.max(rss);
@@ -172,16 +125,19 @@ fn main() {
             (ticks_after - ticks_before) as f64 / ticks_per_second / sent_for.as_secs_f64() * 100.0;
 
         // Let the last batches arrive, then compare central with the probe.
-        let sampled = ProbeMaps::open(&node_if)
-            .expect("maps")
-            .counters()
-            .expect("counters");
-        let probe_events = sampled.get(Counter::SampledEvents);
+        let probe = lab::stats(&lab);
+        let probe_events = probe["sampled_events"].as_u64().expect("sampled_events");
+        let total_events = || {
+            lab::get(&lab, central.http, "/metrics.json")
+                .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v["total_events"].as_u64())
+                .unwrap_or(0)
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut delivered = total_events(http);
+        let mut delivered = total_events();
         while delivered < probe_events && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
-            delivered = total_events(http);
+            delivered = total_events();
         }
         println!(
             "| {rate} | {:.0} | {cpu:.1} | {:.1} | {} |",
@@ -192,12 +148,9 @@ fn main() {
             } else {
                 format!(
                     "no ({delivered} of {probe_events}, lost in ring {})",
-                    sampled.get(Counter::LostEvents)
+                    probe["lost_events"]
                 )
             }
         );
-        drop(agent);
-        let _ = std::fs::remove_dir_all(&dir);
-        drop(node);
     }
 }

@@ -26,19 +26,18 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     net::UdpSocket,
     os::fd::AsRawFd,
-    path::PathBuf,
-    process::{Command, Stdio},
+    process::Stdio,
     sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use xdt_testkit::{
-    net::{FrameSender, Netns, veth},
-    process::{Process, free_port, sibling},
+    lab::{self, Central, Side},
+    net::FrameSender,
+    process::sibling,
 };
 
 /// UDP payload sizes of the throughput phase.
@@ -83,104 +82,60 @@ impl Path {
 /// Client and node namespaces, the probe, central and the agent.
 struct Lab {
     path: Path,
-    dir: PathBuf,
-    node_if: String,
-    http: u16,
     agent: u32,
-    central: u32,
-    // Dropped in this order: processes (in `Drop`), then the namespaces.
-    processes: Vec<Process>,
-    client: Netns,
-    node: Netns,
+    central: Central,
+    lab: lab::Lab,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = lab::Lab;
+    fn deref(&self) -> &lab::Lab {
+        &self.lab
+    }
 }
 
 impl Lab {
     fn new(path: Path) -> Self {
-        let client = Netns::new("xbsc");
-        let node = Netns::new("xbsn");
-        let client_if = xdt_testkit::unique_name("bsc");
-        let node_if = xdt_testkit::unique_name("bsn");
-        veth(&client, &client_if, &node, &node_if, 1);
-        for (ns, dev, addr) in [
-            (&client, &client_if, format!("{CLIENT}/24")),
-            (&node, &node_if, format!("{NODE}/24")),
-        ] {
-            ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "1");
-            ns.ip(&["addr", "add", &addr, "dev", dev]);
-            ns.ip(&["link", "set", dev, "up"]);
-        }
-        let dir = std::env::temp_dir().join(xdt_testkit::unique_name("xdt-steer-bench-"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut lab = lab::lab(
+            Side::unique("xbsc", "bsc").v4(&format!("{CLIENT}/24")),
+            Side::unique("xbsn", "bsn").v4(&format!("{NODE}/24")),
+            1,
+            "xdt-steer-bench-",
+        );
         let action = match path {
             Path::Kernel => "count",
             Path::Steer => "steer",
         };
-        let rules = dir.join("rules");
-        std::fs::write(
-            &rules,
-            format!(
+        lab::attach(
+            &mut lab,
+            "native",
+            &format!(
                 "sink proto udp dport {SINK_PORT} action {action}\n\
                  echo proto udp dport {ECHO_PORT}-{} action {action}\n",
                 ECHO_PORT + 1
             ),
-        )
-        .expect("rules");
-        let token = dir.join("token");
-        std::fs::write(&token, "bench-token\n").expect("token");
-        let mut lab = Self {
-            path,
-            dir,
-            node_if,
-            http: free_port(),
-            agent: 0,
-            central: 0,
-            processes: Vec::new(),
-            client,
-            node,
-        };
-        let out = lab
-            .node
-            .command(sibling("xdt").to_str().expect("path"))
-            .args(["attach", "-i", &lab.node_if, "--mode", "native", "--rules"])
-            .arg(&rules)
-            .output()
-            .expect("xdt attach");
-        assert!(
-            out.status.success(),
-            "attach: {}",
-            String::from_utf8_lossy(&out.stderr)
         );
-        let telemetry = free_port();
-        let central = lab.start(
-            "xdt-central",
-            lab.node
-                .command(sibling("xdt-central").to_str().expect("path"))
-                .args(["--telemetry-listen", &format!("127.0.0.1:{telemetry}")])
-                .args(["--http-listen", &format!("127.0.0.1:{}", lab.http)])
-                .arg("--token-file")
-                .arg(&token),
-        );
-        lab.central = central;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while lab.get("/healthz").is_none() {
-            assert!(Instant::now() < deadline, "central did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let mut agent = lab
-            .node
-            .command(sibling("xdt-agent").to_str().expect("path"));
+        let central = lab::start_central(&mut lab, &[]);
+        let mut agent = lab.node.command(sibling("xdt-agent"));
         agent
             .args(["--interface", &lab.node_if, "--agent-id", AGENT])
-            .args(["--central", &format!("127.0.0.1:{telemetry}")])
-            .arg("--token-file")
-            .arg(&token);
+            .args(central.agent_args());
         if path == Path::Kernel {
             agent.arg("--no-steer");
         }
         if let Ok(extra) = std::env::var("XDT_BENCH_AGENT_ARGS") {
             agent.args(extra.split_whitespace());
         }
-        lab.agent = lab.start("xdt-agent", &mut agent);
+        let agent = lab
+            .processes
+            .spawn("xdt-agent", agent.stdout(Stdio::null()))
+            .expect("start xdt-agent");
+        let lab = Self {
+            path,
+            agent,
+            central,
+            lab,
+        };
         lab.agent_node("agent connected", |n| {
             n["connected"] == true
                 && (path == Path::Kernel || n["agent"]["steering"]["sockets"] == 1)
@@ -188,30 +143,8 @@ impl Lab {
         lab
     }
 
-    /// Starts a process with its stderr in `NAME.log` in the lab's directory; its pid.
-    fn start(&mut self, name: &str, command: &mut Command) -> u32 {
-        let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
-        let process = Process::start(command.stdout(Stdio::null()).stderr(log));
-        let pid = process.id();
-        self.processes.push(process);
-        // nsenter execs the program (no fork for a network namespace), so the pid is its own.
-        std::thread::sleep(Duration::from_millis(100));
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        assert!(
-            !comm.trim().is_empty() && name.starts_with(comm.trim()),
-            "pid {pid} is {comm:?}, not {name}: {}",
-            self.log(name)
-        );
-        pid
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
-    }
-
     fn get(&self, path: &str) -> Option<String> {
-        let http = self.http;
-        self.node.enter(|| xdt_testkit::http::get_ok(http, path))
+        lab::get(&self.lab, self.central.http, path)
     }
 
     /// The agent's node in central's /metrics.json once `pick` holds (fails after 20 s).
@@ -227,18 +160,7 @@ impl Lab {
 
     /// `xdt stats --json` of the node's interface.
     fn probe(&self) -> Value {
-        let out = self
-            .node
-            .command(sibling("xdt").to_str().expect("path"))
-            .args(["stats", "-i", &self.node_if, "--json"])
-            .output()
-            .expect("xdt stats");
-        assert!(
-            out.status.success(),
-            "stats: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("stats json")
+        lab::stats(&self.lab)
     }
 
     /// Every counter of the settled lab: probe, agent (through central), both stacks' SNMP.
@@ -296,20 +218,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // SIGKILL the agent and central first; the re-entry pair goes with the namespace.
-        self.processes.clear();
-        let _ = Command::new("nsenter")
-            .arg(format!("--net={}", self.node.path()))
-            .arg("--")
-            .arg(sibling("xdt"))
-            .args(["detach", "-i", &self.node_if])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The agent's steering counters in /metrics.json.
 const STEERING: &[&str] = &[
     "received_packets",
@@ -326,7 +234,7 @@ fn number(v: &Value) -> u64 {
 }
 
 /// Absolute UDP counters of a namespace (`nstat -asz`, history left alone).
-fn nstat(ns: &Netns) -> HashMap<String, u64> {
+fn nstat(ns: &xdt_lab::Netns) -> HashMap<String, u64> {
     let out = ns
         .command("nstat")
         .args(["-asz", "Udp*"])
@@ -594,7 +502,7 @@ impl Cpu {
         Self {
             agent: ticks(&format!("/proc/{}/stat", lab.agent)),
             steer_thread: thread.map_or(0, ticks),
-            central: ticks(&format!("/proc/{}/stat", lab.central)),
+            central: ticks(&format!("/proc/{}/stat", lab.central.pid)),
             cores: cores(),
         }
     }
@@ -630,7 +538,11 @@ fn throughput(lab: &Lab, servers: &Servers, payload: usize) -> Throughput {
     let (window, counts, cpu) = std::thread::scope(|s| {
         let _stop = StopOnDrop(&done);
         let (done, sent) = (&done, &sent);
-        s.spawn(move || lab.client.enter(|| blast(payload, done, sent)));
+        s.spawn(move || {
+            lab.client
+                .enter(|| blast(payload, done, sent))
+                .expect("client namespace")
+        });
         std::thread::sleep(WARM_UP);
         eprintln!(
             "steer bench: {} {payload} B: window starts (agent pid {})",
@@ -724,44 +636,47 @@ impl Latency {
 
 fn latency(lab: &Lab, placement: &'static str, port: u16) -> Latency {
     let before = number(&lab.probe()["steered_packets"]);
-    let (rtt_ns, lost) = lab.client.enter(|| {
-        FrameSender::pin_to_cpu(0);
-        let socket = UdpSocket::bind((CLIENT, 0)).expect("bind ping");
-        socket.connect((NODE, port)).expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let mut rtt_ns = Vec::with_capacity(ROUND_TRIPS);
-        let mut lost = 0u32;
-        let mut message = [0u8; 64];
-        let mut reply = [0u8; 64];
-        let deadline = Instant::now() + Duration::from_mins(2);
-        for i in 0..(ROUND_TRIPS_WARM_UP + ROUND_TRIPS) as u64 {
-            assert!(Instant::now() < deadline, "ping-pong took over 120 s");
-            message[..8].copy_from_slice(&i.to_ne_bytes());
-            let sent = Instant::now();
-            socket.send(&message).expect("send");
-            let answered = loop {
-                match socket.recv(&mut reply) {
-                    // A late answer to an earlier round: skip it.
-                    Ok(n) if n >= 8 && reply[..8] != message[..8] => {}
-                    Ok(_) => break true,
-                    Err(_) => break false,
+    let (rtt_ns, lost) = lab
+        .client
+        .enter(|| {
+            FrameSender::pin_to_cpu(0);
+            let socket = UdpSocket::bind((CLIENT, 0)).expect("bind ping");
+            socket.connect((NODE, port)).expect("connect");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let mut rtt_ns = Vec::with_capacity(ROUND_TRIPS);
+            let mut lost = 0u32;
+            let mut message = [0u8; 64];
+            let mut reply = [0u8; 64];
+            let deadline = Instant::now() + Duration::from_mins(2);
+            for i in 0..(ROUND_TRIPS_WARM_UP + ROUND_TRIPS) as u64 {
+                assert!(Instant::now() < deadline, "ping-pong took over 120 s");
+                message[..8].copy_from_slice(&i.to_ne_bytes());
+                let sent = Instant::now();
+                socket.send(&message).expect("send");
+                let answered = loop {
+                    match socket.recv(&mut reply) {
+                        // A late answer to an earlier round: skip it.
+                        Ok(n) if n >= 8 && reply[..8] != message[..8] => {}
+                        Ok(_) => break true,
+                        Err(_) => break false,
+                    }
+                };
+                let rtt = sent.elapsed();
+                if i < ROUND_TRIPS_WARM_UP as u64 {
+                    continue;
                 }
-            };
-            let rtt = sent.elapsed();
-            if i < ROUND_TRIPS_WARM_UP as u64 {
-                continue;
+                if answered {
+                    rtt_ns.push(rtt.as_nanos() as u64);
+                } else {
+                    lost += 1;
+                }
             }
-            if answered {
-                rtt_ns.push(rtt.as_nanos() as u64);
-            } else {
-                lost += 1;
-            }
-        }
-        rtt_ns.sort_unstable();
-        (rtt_ns, lost)
-    });
+            rtt_ns.sort_unstable();
+            (rtt_ns, lost)
+        })
+        .expect("client namespace");
     assert!(!rtt_ns.is_empty(), "no echo came back");
     Latency {
         path: lab.path,
@@ -778,9 +693,13 @@ fn measure(path: Path) -> (Vec<Throughput>, Vec<Latency>, String) {
     let (throughputs, latencies) = std::thread::scope(|s| {
         let _stop = StopOnDrop(&servers.stop);
         let (lab, servers) = (&lab, &servers);
-        s.spawn(move || lab.node.enter(|| sink(servers)));
+        s.spawn(move || lab.node.enter(|| sink(servers)).expect("node namespace"));
         for (_, port, cpu) in ECHOES {
-            s.spawn(move || lab.node.enter(|| echo(servers, port, cpu)));
+            s.spawn(move || {
+                lab.node
+                    .enter(|| echo(servers, port, cpu))
+                    .expect("node namespace")
+            });
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while servers.ready.load(Ordering::Relaxed) < 1 + ECHOES.len() as u32 {

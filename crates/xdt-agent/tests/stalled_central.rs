@@ -15,8 +15,9 @@ use std::{
 
 use xdt_testkit::{
     frames::{ETH_P_IP, UDP, ethernet, ipv4, udp},
-    net::{FrameSender, Netns, quiet_veth},
-    process::{Process, sibling},
+    lab::{self, Side},
+    net::FrameSender,
+    process::Process,
     root_or_skip,
 };
 use xdt_wire::{Hello, Message, Preamble, Welcome, frame};
@@ -26,48 +27,34 @@ const RULES: &str = "all proto udp action sample 1\n";
 
 /// Client and node namespaces, the probe on the node's end sampling every UDP frame.
 struct Lab {
-    dir: PathBuf,
-    client_if: String,
-    node_if: String,
-    client: Netns,
-    node: Netns,
+    token: PathBuf,
+    lab: lab::Lab,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = lab::Lab;
+    fn deref(&self) -> &lab::Lab {
+        &self.lab
+    }
 }
 
 impl Lab {
     fn new() -> Self {
-        let client = Netns::new("xfc");
-        let node = Netns::new("xfn");
-        let client_if = xdt_testkit::unique_name("fc");
-        let node_if = xdt_testkit::unique_name("fn");
-        quiet_veth(&client, &client_if, &node, &node_if, 1);
+        let mut lab = lab::lab(
+            Side::unique("xfc", "fc"),
+            Side::unique("xfn", "fn"),
+            1,
+            "xdt-frozen-",
+        );
         // Loopback's 64 KiB MTU lets TCP grow the agent's send buffer past a megabyte; at an
         // Ethernet MTU it stays small, and a central that stops reading stops the agent's
         // writes after a few batches.
-        node.ip(&["link", "set", "lo", "mtu", "1500"]);
-        let dir = std::env::temp_dir().join(xdt_testkit::unique_name("xdt-frozen-"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("rules"), RULES).expect("rules");
-        std::fs::write(dir.join("token"), "frozen-token\n").expect("token");
-        let lab = Self {
-            dir,
-            client_if,
-            node_if,
-            client,
-            node,
-        };
-        let out = lab
-            .node
-            .command(sibling("xdt").to_str().expect("path"))
-            .args(["attach", "-i", &lab.node_if, "--mode", "native", "--rules"])
-            .arg(lab.dir.join("rules"))
-            .output()
-            .expect("xdt attach");
-        assert!(
-            out.status.success(),
-            "attach: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        lab
+        lab.node
+            .ip(&["link", "set", "lo", "mtu", "1500"])
+            .expect("ip link set lo mtu");
+        lab::attach(&mut lab, "native", RULES);
+        let token = lab.file("token", "frozen-token\n").expect("token");
+        Self { token, lab }
     }
 
     /// The agent in the node namespace, its stderr in `log`.
@@ -79,7 +66,7 @@ impl Lab {
                 .args(["--interval", "0.05", "--no-steer"])
                 .args(["--central", &format!("127.0.0.1:{central}")])
                 .arg("--token-file")
-                .arg(self.dir.join("token"))
+                .arg(&self.token)
                 .stderr(std::fs::File::create(log).expect("log file")),
         )
     }
@@ -91,36 +78,29 @@ impl Lab {
             ETH_P_IP,
             &ipv4([10, 88, 0, 9], [10, 88, 0, 5], UDP, &udp(5353, 9999, b"x")),
         );
-        self.client.enter(move || {
-            let sender = FrameSender::open(&iface);
-            for _ in 0..count {
-                sender.send(&frame);
-            }
-        });
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self
-            .node
-            .command(sibling("xdt").to_str().expect("path"))
-            .args(["detach", "-i", &self.node_if])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.client
+            .enter(move || {
+                let sender = FrameSender::open(&iface);
+                for _ in 0..count {
+                    sender.send(&frame);
+                }
+            })
+            .expect("client namespace");
     }
 }
 
 /// A listener in the node namespace with a small receive buffer (inherited by what it
 /// accepts), so a central that stops reading stops the agent's writes after little data.
 fn listener(lab: &Lab) -> (TcpListener, u16) {
-    lab.node.enter(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::RcvBuf, &4096)
-            .expect("SO_RCVBUF");
-        let port = listener.local_addr().expect("addr").port();
-        (listener, port)
-    })
+    lab.node
+        .enter(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::RcvBuf, &4096)
+                .expect("SO_RCVBUF");
+            let port = listener.local_addr().expect("addr").port();
+            (listener, port)
+        })
+        .expect("node namespace")
 }
 
 fn read_frame(stream: &mut TcpStream) -> Message {

@@ -13,6 +13,7 @@ use std::{
 
 use serde_json::Value;
 use xdt_testkit::{
+    http::steered_http_paths as http_paths,
     lab::{self, Central, Lab, Side},
     net::{Netns, veth},
     process::{Process, free_port, sibling},
@@ -115,17 +116,7 @@ impl SteerLab {
 
     /// GET /echo/NAME over `host`:`port`; panics unless the service answered it.
     fn echo(&self, host: &str, port: u16, name: &str) {
-        let url = format!("http://{host}:{port}/echo/{name}");
-        let out = self.curl(&["-g", &url]);
-        assert!(
-            out.status.success(),
-            "{url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("/echo/{name}\n")
-        );
+        xdt_testkit::http::echo(&self.client, host, port, name);
     }
 }
 
@@ -133,19 +124,6 @@ fn counter(stats: &Value, name: &str) -> u64 {
     stats[name]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name}: {stats}"))
-}
-
-/// HTTP paths of the steered events in `node`.
-fn http_paths(node: &Value) -> HashSet<String> {
-    node["recent_events"]
-        .as_array()
-        .map(|events| {
-            events
-                .iter()
-                .filter_map(|e| e["inspection"]["http"]["path"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn kill(process: &Process, signal: nix::sys::signal::Signal) {

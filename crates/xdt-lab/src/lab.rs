@@ -61,7 +61,9 @@ pub struct LabSpec {
     pub report: bool,
 }
 
-type Cleanup = Box<dyn FnOnce() -> Result<String> + Send + Sync>;
+/// What a clean-up reports: done (a line for the user), or why it failed.
+pub type CleanupResult = std::result::Result<String, Box<dyn std::error::Error + Send + Sync>>;
+type Cleanup = Box<dyn FnOnce(&Lab) -> CleanupResult + Send + Sync>;
 
 /// The built lab. Dropping it stops the processes, runs the clean-ups registered with
 /// [`Lab::on_drop`] (newest first), removes the directory, then the namespaces.
@@ -133,8 +135,8 @@ impl Lab {
     }
 
     /// Runs `cleanup` when the lab is dropped, after its processes have stopped and before the
-    /// namespaces go: detaching a probe, for one. Its message is printed when the lab reports.
-    pub fn on_drop(&mut self, cleanup: impl FnOnce() -> Result<String> + Send + Sync + 'static) {
+    /// namespaces go: detaching a probe, for one. Its line is printed when the lab reports.
+    pub fn on_drop(&mut self, cleanup: impl FnOnce(&Self) -> CleanupResult + Send + Sync + 'static) {
         self.cleanups.push(Box::new(cleanup));
     }
 }
@@ -156,7 +158,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.processes.stop_all();
         while let Some(cleanup) = self.cleanups.pop() {
-            match cleanup() {
+            match cleanup(self) {
                 Ok(done) if self.report => println!("{done}"),
                 Ok(_) => {}
                 Err(e) => eprintln!("lab clean-up: {e}"),

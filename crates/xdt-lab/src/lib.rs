@@ -12,6 +12,6 @@ pub mod netns;
 pub mod process;
 
 pub use error::{Error, Result};
-pub use lab::{Lab, LabSpec, Side};
+pub use lab::{CleanupResult, Lab, LabSpec, Side};
 pub use netns::{Netns, ip, unique_name, veth};
 pub use process::{Processes, binary};

@@ -59,16 +59,9 @@ pub fn attach(lab: &mut Lab, mode: &str, rules: &str) -> serde_json::Value {
         "xdt attach: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut detach = xdt(lab, &["detach", "-i", &lab.node_if]);
-    let iface = lab.node_if.clone();
-    lab.on_drop(move || {
-        detach
-            .output()
-            .map(|_| format!("detached the probe from {iface}"))
-            .map_err(|source| xdt_lab::Error::Spawn {
-                program: "xdt detach".to_owned(),
-                source,
-            })
+    lab.on_drop(|lab| {
+        xdt(lab, &["detach", "-i", &lab.node_if]).output()?;
+        Ok(format!("detached the probe from {}", lab.node_if))
     });
     serde_json::from_slice(&out.stdout).expect("attach json")
 }

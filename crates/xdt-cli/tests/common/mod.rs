@@ -3,7 +3,6 @@
 #![allow(dead_code, reason = "each test file uses a part")]
 
 use std::{
-    path::PathBuf,
     process::Output,
     time::{Duration, Instant},
 };
@@ -11,7 +10,8 @@ use std::{
 use serde_json::Value;
 use xdt_testkit::{
     frames::v6,
-    net::{FrameSender, Netns, quiet_veth},
+    lab::{self, Side},
+    net::FrameSender,
 };
 
 pub const XDT: &str = env!("CARGO_BIN_EXE_xdt");
@@ -25,31 +25,25 @@ pub fn client6() -> [u8; 16] {
     v6([0xfd00, 0x88, 0, 0, 0, 0, 0, 9])
 }
 
-/// A client namespace and a node namespace joined by a quiet veth pair.
-pub struct Lab {
-    pub client: Netns,
-    pub node: Netns,
-    pub client_if: String,
-    pub node_if: String,
-    pub dir: PathBuf,
+/// A client namespace and a node namespace joined by a quiet veth pair (no addresses: only the
+/// frames a test sends cross it).
+pub struct Lab(lab::Lab);
+
+impl std::ops::Deref for Lab {
+    type Target = lab::Lab;
+    fn deref(&self) -> &lab::Lab {
+        &self.0
+    }
 }
 
 impl Lab {
     pub fn new() -> Self {
-        let client = Netns::new("xdtc");
-        let node = Netns::new("xdtn");
-        let client_if = xdt_testkit::unique_name("xc");
-        let node_if = xdt_testkit::unique_name("xn");
-        quiet_veth(&client, &client_if, &node, &node_if, 1);
-        let dir = std::env::temp_dir().join(xdt_testkit::unique_name("xdt-e2e-"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self {
-            client,
-            node,
-            client_if,
-            node_if,
-            dir,
-        }
+        Self(lab::lab(
+            Side::unique("xdtc", "xc"),
+            Side::unique("xdtn", "xn"),
+            1,
+            "xdt-e2e-",
+        ))
     }
 
     /// Runs `xdt ARGS` in the node namespace.
@@ -85,9 +79,11 @@ impl Lab {
     }
 
     pub fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.join(name);
-        std::fs::write(&path, text).expect("write");
-        path.display().to_string()
+        self.0
+            .file(name, text)
+            .expect("lab file")
+            .display()
+            .to_string()
     }
 
     pub fn attach(&self, mode: &str, rules: &str) -> Attached<'_> {
@@ -131,21 +127,17 @@ impl Lab {
 
     pub fn send(&self, frames: &[(Vec<u8>, usize)]) {
         let iface = self.client_if.clone();
-        self.client.enter(move || {
-            FrameSender::pin_to_cpu(0);
-            let sender = FrameSender::open(&iface);
-            for (frame, count) in frames {
-                for _ in 0..*count {
-                    sender.send(frame);
+        self.client
+            .enter(move || {
+                FrameSender::pin_to_cpu(0);
+                let sender = FrameSender::open(&iface);
+                for (frame, count) in frames {
+                    for _ in 0..*count {
+                        sender.send(frame);
+                    }
                 }
-            }
-        });
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+            })
+            .expect("client namespace");
     }
 }
 
