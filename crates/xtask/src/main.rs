@@ -10,12 +10,14 @@
 //! - `cargo xtask setup [--tests]`: only the installs.
 //! - `cargo xtask deb`: the Debian package into target/debian/, checked by lintian (dist.rs).
 //! - `cargo xtask images`: the package, then the agent and central container images (podman).
+//! - `cargo xtask bench [--only NAME,...]`: every benchmark in one run and one report (bench.rs).
 //!
 //! Every step is idempotent: what is installed already is left alone, so a second run installs
 //! nothing and needs no network. Any install that fails stops the run with the package and the
 //! command that failed.
 
 mod apt;
+mod bench;
 mod cmd;
 mod dist;
 mod setup;
@@ -57,6 +59,8 @@ enum Task {
     /// The package, then the container images localhost/xdt-agent and localhost/xdt-central
     /// (podman, from a Debian base made with mmdebstrap).
     Images(dist::ImageArgs),
+    /// Run every benchmark (release builds) and print one report with the machine and commit.
+    Bench(bench::BenchArgs),
     /// Only install: the probe's toolchain and the demo's tools, and with --tests the tests'.
     Setup {
         #[arg(long)]
@@ -74,6 +78,8 @@ fn main() {
         Task::Setup { tests } => setup::install(&mut steps, tests).map(|_| ()),
         Task::Deb(args) => setup::install_for_deb(&mut steps)
             .and_then(|()| dist::deb(&mut steps, &args).map(|_| ())),
+        Task::Bench(args) => setup::install(&mut steps, false)
+            .and_then(|_| bench::run(&mut steps, &args).map(|_| ())),
         Task::Images(args) => setup::install_for_deb(&mut steps)
             .and_then(|()| dist::images(&mut steps, &args).map(|_| ())),
     };
