@@ -34,6 +34,22 @@ impl Side {
         }
     }
 
+    /// Gives this end in `ns` its addresses (or makes it quiet) and sets it up.
+    pub fn configure(&self, ns: &Netns) -> Result<()> {
+        let dev = self.iface.as_str();
+        match &self.v4 {
+            Some(cidr) => ns.ip(&["addr", "add", cidr, "dev", dev]).map(drop)?,
+            None => ns.ip(&["link", "set", dev, "arp", "off"]).map(drop)?,
+        }
+        match &self.v6 {
+            Some(cidr) => ns
+                .ip(&["addr", "add", cidr, "dev", dev, "nodad"])
+                .map(drop)?,
+            None => ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")?,
+        }
+        ns.ip(&["link", "set", dev, "up"]).map(drop)
+    }
+
     #[must_use]
     pub fn v4(mut self, cidr: &str) -> Self {
         self.v4 = Some(cidr.to_owned());
@@ -88,20 +104,8 @@ impl Lab {
             (Some(&node), &spec.node.iface),
             spec.queues,
         )?;
-        for (ns, side) in [(&client, &spec.client), (&node, &spec.node)] {
-            let dev = side.iface.as_str();
-            match &side.v4 {
-                Some(cidr) => ns.ip(&["addr", "add", cidr, "dev", dev]).map(drop)?,
-                None => ns.ip(&["link", "set", dev, "arp", "off"]).map(drop)?,
-            }
-            match &side.v6 {
-                Some(cidr) => ns
-                    .ip(&["addr", "add", cidr, "dev", dev, "nodad"])
-                    .map(drop)?,
-                None => ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")?,
-            }
-            ns.ip(&["link", "set", dev, "up"])?;
-        }
+        spec.client.configure(&client)?;
+        spec.node.configure(&node)?;
         let dir = std::env::temp_dir().join(unique_name(&spec.dir_prefix));
         fs::create_dir_all(&dir).map_err(|source| Error::Io {
             what: "create",
@@ -136,7 +140,10 @@ impl Lab {
 
     /// Runs `cleanup` when the lab is dropped, after its processes have stopped and before the
     /// namespaces go: detaching a probe, for one. Its line is printed when the lab reports.
-    pub fn on_drop(&mut self, cleanup: impl FnOnce(&Self) -> CleanupResult + Send + Sync + 'static) {
+    pub fn on_drop(
+        &mut self,
+        cleanup: impl FnOnce(&Self) -> CleanupResult + Send + Sync + 'static,
+    ) {
         self.cleanups.push(Box::new(cleanup));
     }
 }

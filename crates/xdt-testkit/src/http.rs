@@ -61,3 +61,39 @@ pub fn central_node_when(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The HTTP paths central's `node` shows in its recent events' inspections: the requests the
+/// agent steered and read.
+#[must_use]
+pub fn steered_http_paths(node: &serde_json::Value) -> std::collections::HashSet<String> {
+    node["recent_events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["inspection"]["http"]["path"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `GET http://HOST:PORT/echo/NAME` with curl in `client`'s namespace (`xdt-service-health`
+/// answers with the path); panics unless that is the answer.
+pub fn echo(client: &xdt_lab::Netns, host: &str, port: u16, name: &str) {
+    let url = format!("http://{host}:{port}/echo/{name}");
+    let out = client
+        .command("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "-g", &url])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("/echo/{name}\n"),
+        "{url}"
+    );
+}

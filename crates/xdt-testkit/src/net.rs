@@ -80,14 +80,19 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) {
     xdt_lab::veth((Some(&ns_a.0), a), (Some(&ns_b.0), b), queues).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// A veth pair from interface `a` in namespace `ns_a` to `b` in `ns_b`, both up, quiet: IPv6
-/// and ARP off on `a` (the sending side) so that only test frames reach `b`.
+/// A veth pair from interface `a` in namespace `ns_a` to `b` in `ns_b`, both up, quiet (no
+/// addresses, IPv6 and ARP off: see [`xdt_lab::Side`]) so that only test frames cross it.
 pub fn quiet_veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) {
     veth(ns_a, a, ns_b, b, queues);
-    ns_a.sysctl(&format!("net.ipv6.conf.{a}.disable_ipv6"), "1");
-    ns_b.sysctl(&format!("net.ipv6.conf.{b}.disable_ipv6"), "1");
-    ns_a.ip(&["link", "set", a, "arp", "off", "up"]);
-    ns_b.ip(&["link", "set", b, "arp", "off", "up"]);
+    for (ns, iface) in [(ns_a, a), (ns_b, b)] {
+        let side = xdt_lab::Side {
+            ns: ns.name().to_owned(),
+            iface: iface.to_owned(),
+            v4: None,
+            v6: None,
+        };
+        side.configure(&ns.0).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// An AF_PACKET socket that sends whole frames out of one interface.
