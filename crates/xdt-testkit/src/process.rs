@@ -27,6 +27,18 @@ pub fn sibling(name: &str) -> PathBuf {
     path
 }
 
+/// The `xdt` command of this build (a [`sibling`]), for tests that run it as a program.
+#[must_use]
+pub fn xdt() -> &'static str {
+    static XDT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    XDT.get_or_init(|| {
+        sibling("xdt")
+            .to_str()
+            .expect("the target directory's path is UTF-8")
+            .to_owned()
+    })
+}
+
 /// A loopback port that was free a moment ago.
 #[must_use]
 pub fn free_port() -> u16 {
