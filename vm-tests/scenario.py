@@ -189,7 +189,8 @@ with subtest("reloading the attach unit applies new rules atomically"):
 with subtest("stopping the probe stops the agent and leaves the service up"):
     node.succeed(f"systemctl stop {ATTACH}")
     node.wait_until_succeeds(f"! systemctl is-active {AGENT}", timeout=60)
-    node.fail("test -e /sys/fs/bpf/xdt/eth1")
+    # The pins are under the namespace's directory (/sys/fs/bpf/xdt/netns-N/eth1).
+    node.fail("test -e /sys/fs/bpf/xdt/eth1 || compgen -G '/sys/fs/bpf/xdt/*/eth1'")
     node.fail("grep -q ': xdt[0-9]*a@' < <(ip -o link show)")  # ExecStopPost removed the re-entry pair
     node.succeed(f"grep -q 'stopped after' < <(journalctl -u {AGENT} --no-pager)")
     service_answers()

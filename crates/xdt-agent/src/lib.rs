@@ -32,7 +32,7 @@ use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 use tokio::{io::unix::AsyncFd, sync::Notify};
 use xdt_datapath::{
-    attach::program_runtime,
+    attached::AttachedProbe,
     events::{Event as ProbeEvent, EventReader},
 };
 use xdt_systemd::notify::Notifier;
@@ -169,8 +169,9 @@ impl Shared {
 
 /// Opens the probe's ledger and takes over from the previous agent: the events it held
 /// undelivered when it ended are lost, and counted here (`dropped_events`).
-fn take_over_ledger(iface: &str, shared: &Shared) {
-    match xdt_datapath::ledger::Ledger::open(iface) {
+fn take_over_ledger(probe: &AttachedProbe, shared: &Shared) {
+    let iface = probe.interface();
+    match probe.ledger() {
         Ok(Some(mut ledger)) => {
             match ledger.undelivered() {
                 Ok(0) => {}
@@ -206,7 +207,7 @@ pub async fn run(
     let notifier = Notifier::new();
     let source = match &config.foreign_map {
         Some(selector) => Source::pkt_stats(selector)?,
-        None => Source::probe(&config.interface)?,
+        None => Source::xdt_probe(&config.interface)?,
     };
     info!(
         "xdt-agent {} starting: interface {}, central {}, agent id {}, source {source:?}",
@@ -225,8 +226,8 @@ pub async fn run(
         held: AtomicU64::new(0),
         ledger: Mutex::new(None),
     });
-    if source.is_probe() {
-        take_over_ledger(&config.interface, &shared);
+    if let Some(probe) = source.probe() {
+        take_over_ledger(probe, &shared);
     }
     let hello = Hello {
         agent_id: config.agent_id.clone(),
@@ -237,8 +238,8 @@ pub async fn run(
         token: config.token.clone(),
     };
 
-    let steering = match (&config.steer, source.is_probe()) {
-        (Some(steer_config), true) => {
+    let steering = match (&config.steer, source.probe()) {
+        (Some(steer_config), Some(probe)) => {
             let steer_config = &steer::SteerConfig {
                 drop_capabilities: config.drop_capabilities,
                 ..steer_config.clone()
@@ -248,7 +249,7 @@ pub async fn run(
             let sink: steer::EventSink =
                 Arc::new(move |events| push_pending(&sink_shared, events, max_pending));
             Some(
-                steer::Steering::start(&config.interface, steer_config, sink)
+                steer::Steering::start(probe, steer_config, sink)
                     .await
                     .with_context(|| format!("AF_XDP steering on {}", config.interface))?,
             )
@@ -256,7 +257,7 @@ pub async fn run(
         _ => None,
     };
 
-    let ring = source.is_probe().then(|| open_events(&config.interface));
+    let ring = source.probe().map(open_events);
     // Everything is open: from here on no capability is needed, and no thread has been started
     // yet by this one (the uplink's name lookups run on threads the runtime starts later).
     if config.drop_capabilities {
@@ -292,7 +293,7 @@ pub async fn run(
     };
     let mut watchdog = tokio::time::interval(health_period.unwrap_or(Duration::from_hours(1)));
     let mut sequence = 0u64;
-    let mut runtime = RuntimeSampler::new(&config);
+    let mut runtime = RuntimeSampler::default();
     let mut status = StatusLine::new(&config, steering.as_ref());
     notifier.ready(&status.line(None, &shared));
     loop {
@@ -509,7 +510,7 @@ fn make_batches(
     let snapshot = source.snapshot()?;
     let events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
     let moved = events.len();
-    let probe_ns_per_packet = runtime.sample();
+    let probe_ns_per_packet = source.probe().and_then(|p| runtime.sample(p));
     let taken_at_unix_ns = unix_ns();
     let agent = |dropped_events, unacked_batches| AgentStats {
         dropped_events,
@@ -556,24 +557,14 @@ fn make_batches(
 
 /// The probe's mean cost per packet over the last interval, from the program's run time and
 /// count (which the kernel keeps only while kernel.bpf_stats_enabled=1).
+#[derive(Default)]
 struct RuntimeSampler {
-    interface: Option<String>,
     last: Option<(Duration, u64)>,
 }
 
 impl RuntimeSampler {
-    fn new(config: &Config) -> Self {
-        Self {
-            interface: config
-                .foreign_map
-                .is_none()
-                .then(|| config.interface.clone()),
-            last: None,
-        }
-    }
-
-    fn sample(&mut self) -> Option<f64> {
-        let now = program_runtime(self.interface.as_deref()?).ok()?;
+    fn sample(&mut self, probe: &AttachedProbe) -> Option<f64> {
+        let now = probe.program_runtime().ok()?;
         let last = self.last.replace(now)?;
         let runs = now.1.checked_sub(last.1).filter(|r| *r > 0)?;
         let time = now.0.checked_sub(last.0)?;
@@ -584,17 +575,21 @@ impl RuntimeSampler {
 
 /// Opens the probe's ring buffer and label names (before capabilities go); `None`, with a
 /// warning, if the ring buffer cannot be read.
-fn open_events(iface: &str) -> Option<(AsyncFd<EventReader>, labels::LabelNames)> {
-    let opened = EventReader::open(iface)
+fn open_events(probe: &AttachedProbe) -> Option<(AsyncFd<EventReader>, labels::LabelNames)> {
+    let iface = probe.interface();
+    let opened = probe
+        .events()
+        .and_then(|r| Ok((r, probe.label_names()?)))
         .map_err(anyhow::Error::from)
-        .and_then(|r| {
+        .and_then(|(r, names)| {
             // SAFETY: the reader owns the ring buffer's descriptor and keeps it open, unchanged,
             // for as long as it lives, and the AsyncFd owns the reader.
             unsafe { AsyncFd::register_with_interest(r, tokio::io::Interest::READABLE) }
+                .map(|ring| (ring, labels::LabelNames::new(names)))
                 .map_err(|e| anyhow::Error::from(e.into_parts().1))
         });
     match opened {
-        Ok(ring) => Some((ring, labels::LabelNames::open(iface))),
+        Ok(opened) => Some(opened),
         Err(e) => {
             warn!("sampled events unavailable on {iface}: {e:#}");
             None

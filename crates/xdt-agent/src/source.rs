@@ -3,7 +3,7 @@
 
 use aya::maps::{Array, Map, MapData, MapInfo, MapType, PerCpuArray, loaded_maps};
 use xdt_common::counters::NAMES;
-use xdt_datapath::probe::ProbeMaps;
+use xdt_datapath::attached::AttachedProbe;
 use xdt_wire::LabelCount;
 
 /// The otel demo's `struct pkt_stats`, in field order.
@@ -52,7 +52,7 @@ pub struct Snapshot {
 pub struct Source(Inner);
 
 enum Inner {
-    Probe(Box<ProbeMaps>),
+    Probe(Box<AttachedProbe>),
     PktStats { what: String, map: PktStatsMap },
 }
 
@@ -71,8 +71,10 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
-    pub fn probe(iface: &str) -> Result<Self, SourceError> {
-        Ok(Self(Inner::Probe(Box::new(ProbeMaps::open(iface)?))))
+    /// xdt's probe on `iface`, opened once: the other readers (events, ledger, steering)
+    /// take their handles from [`Source::probe`].
+    pub fn xdt_probe(iface: &str) -> Result<Self, SourceError> {
+        Ok(Self(Inner::Probe(Box::new(AttachedProbe::open(iface)?))))
     }
 
     /// Opens a foreign array map with the `pkt_stats` layout (key 0, one value of 8 x u64,
@@ -137,15 +139,20 @@ impl Source {
         Ok(Self(Inner::PktStats { what, map }))
     }
 
-    /// True for xdt's own probe (which also has labels and sampled events).
+    /// xdt's own probe (which also has labels, sampled events and steering), if that is the
+    /// source.
     #[must_use]
-    pub fn is_probe(&self) -> bool {
-        matches!(self.0, Inner::Probe(_))
+    pub fn probe(&self) -> Option<&AttachedProbe> {
+        match &self.0 {
+            Inner::Probe(probe) => Some(probe),
+            Inner::PktStats { .. } => None,
+        }
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, SourceError> {
         match &self.0 {
-            Inner::Probe(maps) => {
+            Inner::Probe(probe) => {
+                let maps = probe.maps();
                 let counters = maps.counters()?;
                 Ok(Snapshot {
                     counters: NAMES

@@ -22,6 +22,7 @@ use tokio::{
     sync::watch,
     time::{Instant, Sleep, timeout},
 };
+use xdt_systemd::logging::error_chain;
 use xdt_wire::{Connection, ErrorCode, FrameError, Hello, Message, WireError};
 
 use crate::Shared;
@@ -99,7 +100,7 @@ pub(crate) async fn run(
             .store(false, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(()) => return,
-            Err(e) => warn!(peer = central.as_str(); "central {central}: {}", chain(&e)),
+            Err(e) => warn!(peer = central.as_str(); "central {central}: {}", error_chain(&e)),
         }
         shared
             .reconnects
@@ -304,17 +305,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

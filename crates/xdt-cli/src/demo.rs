@@ -21,7 +21,8 @@ use anyhow::{Context as _, Result, bail};
 use xdt_common::counters::Counter;
 use xdt_datapath::{
     attach::{self, Mode},
-    probe::{Capacity, ProbeMaps},
+    attached::AttachedProbe,
+    probe::Capacity,
     rules::parse_rules,
 };
 
@@ -147,9 +148,10 @@ impl Drop for Lab {
             println!("stopped {name}");
         }
         if self.attached {
-            match attach::detach(NODE_IF) {
+            // The probe is attached (and pinned) in the node namespace.
+            match in_netns(NODE_NS, || Ok(attach::detach(NODE_IF)?)) {
                 Ok(()) => println!("detached the probe from {NODE_IF}"),
-                Err(e) => eprintln!("xdt demo: detaching {NODE_IF}: {e}"),
+                Err(e) => eprintln!("xdt demo: detaching {NODE_IF}: {e:#}"),
             }
         }
         for ns in self.namespaces.iter().rev() {
@@ -361,7 +363,9 @@ pub fn run(options: &Options) -> Result<()> {
     println!();
 
     let started = Instant::now();
-    let maps = ProbeMaps::open(NODE_IF)?;
+    // Opened where the probe is attached; its maps are then read from here.
+    let probe = in_netns(NODE_NS, || Ok(AttachedProbe::open(NODE_IF)?))?;
+    let maps = probe.maps();
     let mut last_line = Instant::now();
     let outcome = loop {
         if stop.load(Ordering::Relaxed) {
@@ -398,7 +402,7 @@ pub fn run(options: &Options) -> Result<()> {
     };
     stop.store(true, Ordering::Relaxed);
     let _ = traffic.join();
-    drop(maps);
+    drop(probe);
     println!("stopping the demo");
     drop(lab);
     outcome

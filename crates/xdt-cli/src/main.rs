@@ -17,9 +17,11 @@ use nix::fcntl::{Flock, FlockArg};
 use xdt_common::counters::Counter;
 use xdt_datapath::{
     attach::{self, Mode},
-    events::{Event, EventReader},
-    paths,
-    probe::{Capacity, ProbeMaps},
+    attached::AttachedProbe,
+    events::Event,
+    labels::LabelCache,
+    maps::ProbeMaps,
+    probe::Capacity,
     rules::{self, Rule},
     stats::{self, Snapshot},
 };
@@ -96,11 +98,12 @@ fn run(cli: Cli) -> Result<()> {
             interval,
             count,
         } => {
-            let maps = ProbeMaps::open(&interface.name)?;
+            let probe = AttachedProbe::open(&interface.name)?;
+            let maps = probe.maps();
             if watch {
-                watch_stats(&maps, &interface.name, json, interval, count)?;
+                watch_stats(maps, &interface.name, json, interval, count)?;
             } else {
-                let snapshot = snapshot(&maps)?;
+                let snapshot = snapshot(maps)?;
                 if json {
                     println!(
                         "{}",
@@ -139,9 +142,9 @@ fn read_rules(path: &Path) -> Result<Vec<Rule>> {
 }
 
 /// Serialises rule changes of one interface between xdt processes.
-fn lock(iface: &str) -> Result<Flock<File>> {
-    let dir = paths::pin_dir(iface);
-    let file = File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
+fn lock(probe: &AttachedProbe) -> Result<Flock<File>> {
+    let dir = probe.pins().path();
+    let file = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
     Flock::lock(file, FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", dir.display()))
 }
@@ -155,8 +158,9 @@ fn rules_command(command: RulesCommand) -> Result<()> {
                 line: 1,
                 reason,
             })?;
-            let mut maps = ProbeMaps::open(&interface.name)?;
-            let _lock = lock(&interface.name)?;
+            let mut probe = AttachedProbe::open(&interface.name)?;
+            let _lock = lock(&probe)?;
+            let maps = probe.maps_mut();
             let mut current = maps.rules()?;
             current.push(new);
             maps.install(&current)?;
@@ -167,8 +171,9 @@ fn rules_command(command: RulesCommand) -> Result<()> {
             );
         }
         RulesCommand::Del { interface, id } => {
-            let mut maps = ProbeMaps::open(&interface.name)?;
-            let _lock = lock(&interface.name)?;
+            let mut probe = AttachedProbe::open(&interface.name)?;
+            let _lock = lock(&probe)?;
+            let maps = probe.maps_mut();
             let mut current = maps.rules()?;
             if id == 0 || id > current.len() {
                 bail!(
@@ -182,8 +187,7 @@ fn rules_command(command: RulesCommand) -> Result<()> {
             println!("deleted rule {id}: {removed}");
         }
         RulesCommand::List { interface, json } => {
-            let maps = ProbeMaps::open(&interface.name)?;
-            let current = maps.rules()?;
+            let current = AttachedProbe::open(&interface.name)?.maps().rules()?;
             if json {
                 let list: Vec<_> = current
                     .iter()
@@ -199,9 +203,9 @@ fn rules_command(command: RulesCommand) -> Result<()> {
         }
         RulesCommand::Load { interface, file } => {
             let new = read_rules(&file)?;
-            let mut maps = ProbeMaps::open(&interface.name)?;
-            let _lock = lock(&interface.name)?;
-            let installed = maps.install(&new)?;
+            let mut probe = AttachedProbe::open(&interface.name)?;
+            let _lock = lock(&probe)?;
+            let installed = probe.maps_mut().install(&new)?;
             println!(
                 "loaded {} rules from {} into {} (generation {}, {} trie nodes)",
                 installed.rules,
@@ -215,7 +219,7 @@ fn rules_command(command: RulesCommand) -> Result<()> {
             let new = read_rules(&file)?;
             let capacity = match interface.name {
                 Some(iface) => {
-                    let a = ProbeMaps::open(&iface)?.config()?.attachment;
+                    let a = AttachedProbe::open(&iface)?.maps().config()?.attachment;
                     Capacity {
                         max_rules: a.max_rules,
                         trie_nodes: a.trie_nodes,
@@ -306,10 +310,10 @@ fn watch_stats(
 }
 
 fn events(iface: &str, json: bool, count: Option<u64>, timeout: Option<f64>) -> Result<()> {
-    let maps = ProbeMaps::open(iface)?;
-    let mut reader = EventReader::open(iface)?;
+    let probe = AttachedProbe::open(iface)?;
+    let mut reader = probe.events()?;
     let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-    let mut names = maps.label_names()?;
+    let mut names = LabelCache::new(probe.label_names()?);
     let mut seen = 0u64;
     let mut out = std::io::stdout().lock();
     let mut failed = None;
@@ -325,13 +329,7 @@ fn events(iface: &str, json: bool, count: Option<u64>, timeout: Option<f64>) -> 
             if count.is_some_and(|c| seen >= c) || failed.is_some() {
                 return;
             }
-            if raw.label as usize >= names.len() || names[raw.label as usize].is_none() {
-                // A label added since we started.
-                if let Ok(fresh) = maps.label_names() {
-                    names = fresh;
-                }
-            }
-            let e = Event::decode(raw, &names);
+            let e = Event::decode(raw, names.covering(raw.label));
             let written = if json {
                 serde_json::to_string(&e).map_err(std::io::Error::other).and_then(|l| writeln!(out, "{l}"))
             } else {
@@ -380,7 +378,7 @@ fn status(interface: Option<String>, json: bool) -> Result<()> {
     };
     let mut all = Vec::new();
     for name in &names {
-        all.push(attach::status(name)?);
+        all.push(AttachedProbe::open(name)?.status()?);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);

@@ -176,6 +176,15 @@ fn assert_cleaned_up(http: u16, out: &str) {
         !std::path::Path::new("/sys/fs/bpf/xdt/xdtdemo-n").exists(),
         "pins left"
     );
+    // Pins are kept per network namespace (the node's is gone now): none of any may be left.
+    let pins_left: Vec<_> = std::fs::read_dir(xdt_datapath::paths::PIN_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|netns| netns.path().join("xdtdemo-n"))
+        .filter(|pins| pins.exists())
+        .collect();
+    assert!(pins_left.is_empty(), "pins left: {pins_left:?}");
     let links = Command::new("ip")
         .args(["-o", "link"])
         .output()

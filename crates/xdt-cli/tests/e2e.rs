@@ -128,7 +128,7 @@ fn traffic_mix(mode: &str) {
     lab.ok(&["detach", "-i", &lab.node_if]);
     std::mem::forget(attached);
     assert!(
-        !xdt_datapath_pin_dir(&lab.node_if).exists(),
+        !xdt_datapath_pin_dir(&lab, &lab.node_if).exists(),
         "pins left behind"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -146,8 +146,13 @@ fn traffic_mix(mode: &str) {
     );
 }
 
-fn xdt_datapath_pin_dir(iface: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/xdt").join(iface)
+/// Where the pins of `iface` in the lab's node namespace are.
+fn xdt_datapath_pin_dir(lab: &Lab, iface: &str) -> PathBuf {
+    let netns = xdt_datapath::paths::Netns::of_file(std::path::Path::new(&lab.node.path()))
+        .expect("node namespace");
+    xdt_datapath::paths::PinDir::of(netns, iface)
+        .path()
+        .to_owned()
 }
 
 #[test]
@@ -230,7 +235,7 @@ fn clear_errors() {
     let e = lab.fails(&["attach", "-i", &iface, "--rules", &bad]);
     assert!(e.contains("bad.rules:2: bad port \"80-70\""), "{e}");
     assert!(
-        !xdt_datapath_pin_dir(&iface).exists(),
+        !xdt_datapath_pin_dir(&lab, &iface).exists(),
         "a failed attach left pins"
     );
 
@@ -251,7 +256,7 @@ fn clear_errors() {
     });
     assert!(e.contains("another XDP program is already attached"), "{e}");
     assert!(
-        !xdt_datapath_pin_dir(&iface).exists(),
+        !xdt_datapath_pin_dir(&lab, &iface).exists(),
         "a failed attach left pins"
     );
 

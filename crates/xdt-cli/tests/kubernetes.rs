@@ -147,6 +147,8 @@ impl Drop for Podman<'_> {
         }
         if let Some(pins) = &self.pins {
             let _ = std::fs::remove_dir_all(pins);
+            // The namespace's directory, unless another interface there is attached.
+            let _ = pins.parent().map(std::fs::remove_dir);
         }
         if let Some(scratch) = &self.scratch {
             let _ = std::fs::remove_dir_all(scratch);
@@ -328,7 +330,13 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     node.ip(&["link", "set", &iface, "up"]);
     client.ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "eth0"]);
     client.ip(&["link", "set", "eth0", "up"]);
-    podman.pins = Some(PathBuf::from("/sys/fs/bpf/xdt").join(&iface));
+    let node_netns = xdt_datapath::paths::Netns::of_file(std::path::Path::new(&node.path()))
+        .expect("node namespace");
+    podman.pins = Some(
+        xdt_datapath::paths::PinDir::of(node_netns, &iface)
+            .path()
+            .to_owned(),
+    );
 
     let scratch = std::env::temp_dir().join(unique_name("xdt-k8s-"));
     std::fs::create_dir_all(&scratch).expect("scratch directory");

@@ -1,5 +1,5 @@
 //! The whole pipeline, as root: probe attached in a node namespace, the real `xdt-agent` and
-//! `xdt-central` binaries, a known frame mix from the client namespace. Counts in
+//! `xdt-central` binaries in that namespace, a known frame mix from the client namespace. Counts in
 //! `/metrics.json` and `/metrics` must be exact, also across a central restart (batches made
 //! while it was down arrive, none counts twice) and an agent restart (it resumes).
 
@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -27,9 +26,11 @@ struct Central {
 }
 
 impl Central {
-    fn start(&self) -> Process {
+    /// Central in the node namespace, on its loopback (the agent's, too).
+    fn start(&self, lab: &Lab) -> Process {
         let p = Process::start(
-            Command::new(sibling("xdt-central"))
+            lab.node
+                .command(sibling("xdt-central"))
                 .args([
                     "--telemetry-listen",
                     &format!("127.0.0.1:{}", self.telemetry),
@@ -41,7 +42,7 @@ impl Central {
                 .arg(&self.state),
         );
         let deadline = Instant::now() + Duration::from_secs(15);
-        while xdt_testkit::http::get_ok(self.http, "/healthz").is_none() {
+        while xdt_testkit::lab::get(lab, self.http, "/healthz").is_none() {
             assert!(Instant::now() < deadline, "central did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -49,9 +50,9 @@ impl Central {
     }
 
     /// The agent's node in /metrics.json once `pick` is satisfied (or after 15 s, to fail).
-    fn node_when(&self, agent: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    fn node_when(&self, lab: &Lab, agent: &str, pick: impl Fn(&Value) -> bool) -> Value {
         xdt_testkit::http::central_node_when(
-            || xdt_testkit::http::get_ok(self.http, "/metrics.json"),
+            || xdt_testkit::lab::get(lab, self.http, "/metrics.json"),
             agent,
             "condition",
             Duration::from_secs(15),
@@ -62,7 +63,8 @@ impl Central {
 
 fn agent(lab: &Lab, central: &Central) -> Process {
     Process::start(
-        Command::new(sibling("xdt-agent"))
+        lab.node
+            .command(sibling("xdt-agent"))
             .args([
                 "--interface",
                 &lab.node_if,
@@ -70,8 +72,7 @@ fn agent(lab: &Lab, central: &Central) -> Process {
                 "pipe-node",
                 "--interval",
                 "0.2",
-                // The agent runs outside the node namespace, where the interface is not; this
-                // test is about sampled events (tests/steer.rs covers steering).
+                // This test is about sampled events (tests/steer.rs covers steering).
                 "--no-steer",
             ])
             .args(["--central", &format!("127.0.0.1:{}", central.telemetry)])
@@ -112,10 +113,12 @@ fn pipeline_counts_exactly_across_restarts() {
     };
 
     // 1. Everything running: exact counts, every sampled event once.
-    let server = central.start();
+    let server = central.start(&lab);
     let mut the_agent = agent(&lab, &central);
     lab.send(&[(web.clone(), 40), (dns.clone(), 20)]);
-    let node = central.node_when("pipe-node", |n| total(n) == 60 && n["total_events"] == 10);
+    let node = central.node_when(&lab, "pipe-node", |n| {
+        total(n) == 60 && n["total_events"] == 10
+    });
     assert_eq!(node["counters"]["tcp_packets"], 40);
     assert_eq!(node["counters"]["udp_packets"], 20);
     assert_eq!(
@@ -130,7 +133,7 @@ fn pipeline_counts_exactly_across_restarts() {
         (40, 40 * web.len() as u64)
     );
     assert_eq!(node["recent_events"].as_array().map(Vec::len), Some(10));
-    let metrics = xdt_testkit::http::get_ok(central.http, "/metrics").expect("/metrics");
+    let metrics = xdt_testkit::lab::get(&lab, central.http, "/metrics").expect("/metrics");
     assert!(
         metrics.lines().any(|l| l.starts_with("xdp_packets_total{")
             && l.contains("pipe-node")
@@ -142,13 +145,15 @@ fn pipeline_counts_exactly_across_restarts() {
     server.stop();
     lab.send(&[(web.clone(), 20), (dns.clone(), 5)]);
     std::thread::sleep(Duration::from_millis(600)); // several batches queue up at the agent
-    let _server = central.start();
-    central.node_when("pipe-node", |n| total(n) == 85);
+    let _server = central.start(&lab);
+    central.node_when(&lab, "pipe-node", |n| total(n) == 85);
     let events = sampled();
     assert_eq!(events, 15);
-    let node = central.node_when("pipe-node", |n| n["total_events"].as_u64() >= Some(events));
+    let node = central.node_when(&lab, "pipe-node", |n| {
+        n["total_events"].as_u64() >= Some(events)
+    });
     std::thread::sleep(Duration::from_millis(600));
-    let again = central.node_when("pipe-node", |_| true);
+    let again = central.node_when(&lab, "pipe-node", |_| true);
     assert_eq!(
         again["total_events"], events,
         "events counted twice after the restart: {node}"
@@ -159,7 +164,9 @@ fn pipeline_counts_exactly_across_restarts() {
     drop(the_agent);
     lab.send(&[(web.clone(), 8)]);
     the_agent = agent(&lab, &central);
-    let node = central.node_when("pipe-node", |n| total(n) == 93 && n["total_events"] == 17);
+    let node = central.node_when(&lab, "pipe-node", |n| {
+        total(n) == 93 && n["total_events"] == 17
+    });
     assert_eq!(sampled(), 17);
     assert_eq!(node["connected"], true);
     drop(the_agent);

@@ -1,5 +1,6 @@
 //! Attaching the probe to an interface so that it outlives the process (pinned bpf_link, program
-//! and maps under /sys/fs/bpf/xdt/<interface>/), detaching it, and describing an attachment.
+//! and maps under the interface's [`PinDir`]), detaching it, and listing the attached
+//! interfaces of a network namespace.
 
 use std::{
     fs, io,
@@ -10,15 +11,15 @@ use std::{
 use aya::programs::{
     ProgramError, XdpMode,
     links::{FdLink, PinnedLink},
-    loaded_programs,
 };
 use serde::Serialize;
 use xdt_common::config::{MODE_GENERIC, MODE_NATIVE};
 
 use crate::{
-    error::{Error, Result, is_permission},
-    paths,
-    probe::{ALL_MAPS, Capacity, LoadedProbe, ProbeMaps},
+    attached::not_attached,
+    error::{Error, Result, is_permission, pin_error},
+    paths::{self, Netns, PinDir},
+    probe::{ALL_MAPS, Capacity, LoadedProbe},
     rules::Rule,
     sys,
 };
@@ -60,11 +61,19 @@ impl Drop for PinDirGuard {
     }
 }
 
+/// Removes the pins in `dir`, `dir`, and its namespace's directory if that is empty now.
 fn remove_pins(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         fs::remove_file(entry?.path())?;
     }
-    fs::remove_dir(dir)
+    fs::remove_dir(dir)?;
+    if let Some(parent) = dir.parent()
+        && parent != Path::new(paths::PIN_ROOT)
+    {
+        // Fails while other interfaces of the namespace are attached, as it should.
+        let _ = fs::remove_dir(parent);
+    }
+    Ok(())
 }
 
 /// Loads the probe with `rules`, attaches it to `iface` and pins it. On any failure nothing is
@@ -72,11 +81,19 @@ fn remove_pins(dir: &Path) -> io::Result<()> {
 pub fn attach(iface: &str, mode: Mode, rules: &[Rule], capacity: Capacity) -> Result<Attached> {
     let ifindex = sys::ifindex(iface)?;
     sys::ensure_bpffs()?;
-    let dir = paths::pin_dir(iface);
+    let pins = PinDir::here(iface)?;
+    let dir = pins.path().to_owned();
     if dir.exists() {
         return Err(Error::AlreadyAttached {
             iface: iface.to_owned(),
             dir,
+        });
+    }
+    let legacy = paths::legacy_dir(iface);
+    if legacy.join("link").exists() {
+        return Err(Error::LegacyPins {
+            iface: iface.to_owned(),
+            dir: legacy,
         });
     }
     let mut probe = LoadedProbe::load(capacity)?;
@@ -98,7 +115,7 @@ pub fn attach(iface: &str, mode: Mode, rules: &[Rule], capacity: Capacity) -> Re
         Mode::Auto => match try_attach(program, iface, ifindex, XdpMode::Driver) {
             Ok(id) => (id, MODE_NATIVE, None),
             Err(Error::Attach { source, .. }) => {
-                let reason = error_chain(&source);
+                let reason = xdt_systemd::logging::error_chain(&source);
                 (
                     try_attach(program, iface, ifindex, XdpMode::Skb)?,
                     MODE_GENERIC,
@@ -119,7 +136,7 @@ pub fn attach(iface: &str, mode: Mode, rules: &[Rule], capacity: Capacity) -> Re
         keep: false,
     };
     for name in ALL_MAPS {
-        let path = paths::map_pin(iface, name);
+        let path = pins.map(name);
         let map = probe
             .ebpf
             .map(name)
@@ -127,7 +144,7 @@ pub fn attach(iface: &str, mode: Mode, rules: &[Rule], capacity: Capacity) -> Re
         map.pin(&path).map_err(|e| pin_error(&path, e))?;
     }
     let program = probe.program_mut()?;
-    let program_pin = paths::program_pin(iface);
+    let program_pin = pins.program();
     program
         .pin(&program_pin)
         .map_err(|e| pin_error(&program_pin, e))?;
@@ -142,7 +159,7 @@ pub fn attach(iface: &str, mode: Mode, rules: &[Rule], capacity: Capacity) -> Re
         source: Box::new(e),
     })?;
     let link_id = link.info().map_err(|e| Error::Load(Box::new(e)))?.id();
-    let link_pin = paths::link_pin(iface);
+    let link_pin = pins.link();
     link.pin(&link_pin).map_err(|e| pin_error(&link_pin, e))?;
     guard.keep = true;
     Ok(Attached {
@@ -195,24 +212,6 @@ fn try_attach(
     })
 }
 
-fn pin_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Pin {
-        path: path.to_owned(),
-        source: Box::new(e),
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 #[must_use]
 pub fn mode_name(mode: u32) -> &'static str {
     match mode {
@@ -222,18 +221,22 @@ pub fn mode_name(mode: u32) -> &'static str {
     }
 }
 
-/// Detaches the probe from `iface` and removes every pin; the kernel frees the program and the
-/// maps once no other process holds them.
+/// Detaches the probe from `iface` (of the caller's network namespace) and removes every pin;
+/// the kernel frees the program and the maps once no other process holds them. Pins in the
+/// layout of an older xdt (not keyed by namespace) are detached too.
 pub fn detach(iface: &str) -> Result<()> {
     sys::require_bpffs()?;
-    let dir = paths::pin_dir(iface);
-    if !dir.exists() {
-        return Err(Error::NotAttached {
-            iface: iface.to_owned(),
-            dir,
-        });
-    }
-    let link_pin = paths::link_pin(iface);
+    let pins = PinDir::here(iface)?;
+    let link_pin = if pins.path().exists() {
+        pins.link()
+    } else if paths::legacy_dir(iface).join("link").exists() {
+        paths::legacy_dir(iface).join("link")
+    } else {
+        return Err(not_attached(iface, &pins));
+    };
+    let dir = link_pin
+        .parent()
+        .map_or_else(|| pins.path().to_owned(), Path::to_owned);
     if link_pin.exists() {
         let link = PinnedLink::from_pin(&link_pin).map_err(|e| match e {
             aya::programs::links::LinkError::SyscallError(s) if is_permission(&s.io_error) => {
@@ -250,11 +253,12 @@ pub fn detach(iface: &str) -> Result<()> {
     remove_pins(&dir).map_err(|e| pin_error(&dir, e))
 }
 
-/// Interfaces that have xdt pins.
+/// Interfaces of the caller's network namespace that have xdt pins.
 pub fn attached_interfaces() -> Result<Vec<String>> {
     sys::require_bpffs()?;
+    let root = Netns::current()?.pin_root();
     let mut names = Vec::new();
-    match fs::read_dir(paths::PIN_ROOT) {
+    match fs::read_dir(&root) {
         Ok(entries) => {
             for entry in entries.flatten() {
                 names.push(entry.file_name().to_string_lossy().into_owned());
@@ -269,91 +273,11 @@ pub fn attached_interfaces() -> Result<Vec<String>> {
         }
         Err(e) => {
             return Err(Error::Read {
-                path: paths::PIN_ROOT.into(),
+                path: root,
                 source: e,
             });
         }
     }
     names.sort();
     Ok(names)
-}
-
-/// One pinned map, as `xdt status` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct MapStatus {
-    pub name: &'static str,
-    pub id: u32,
-    pub max_entries: u32,
-    pub pin: PathBuf,
-}
-
-/// What `xdt status` reports for one interface.
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    pub interface: String,
-    pub mode: &'static str,
-    pub program_id: u32,
-    pub link_id: u32,
-    /// Wall-clock attach time, seconds since the Unix epoch.
-    pub attached_at_unix: u64,
-    pub rules: u32,
-    pub labels: usize,
-    pub max_rules: u32,
-    pub trie_nodes_used: u32,
-    pub trie_nodes: u32,
-    /// Program run time and count (kernel.bpf_stats_enabled=1), else zero.
-    pub run_count: u64,
-    pub run_time_ns: u64,
-    pub maps: Vec<MapStatus>,
-}
-
-/// The attached program's cumulative run time and run count (counted only while
-/// kernel.bpf_stats_enabled=1).
-pub fn program_runtime(iface: &str) -> Result<(std::time::Duration, u64)> {
-    let pin = paths::program_pin(iface);
-    let info = aya::programs::ProgramInfo::from_pin(&pin).map_err(|e| pin_error(&pin, e))?;
-    Ok((info.run_time(), info.run_count()))
-}
-
-pub fn status(iface: &str) -> Result<Status> {
-    let maps = ProbeMaps::open(iface)?;
-    let config = maps.config()?;
-    let generation = config.generations[config.active.min(1) as usize];
-    let link_pin = paths::link_pin(iface);
-    let link = PinnedLink::from_pin(&link_pin).map_err(|e| pin_error(&link_pin, e))?;
-    let link = FdLink::from(link);
-    let info = link.info().map_err(|e| pin_error(&link_pin, e))?;
-    let program = loaded_programs()
-        .filter_map(std::result::Result::ok)
-        .find(|p| p.id() == info.program_id());
-    let mut map_status = Vec::new();
-    for name in ALL_MAPS {
-        let pin = paths::map_pin(iface, name);
-        let map = aya::maps::MapInfo::from_pin(&pin).map_err(|e| pin_error(&pin, e))?;
-        map_status.push(MapStatus {
-            name,
-            id: map.id(),
-            max_entries: map.max_entries(),
-            pin,
-        });
-    }
-    Ok(Status {
-        interface: iface.to_owned(),
-        mode: mode_name(config.attachment.mode),
-        program_id: info.program_id(),
-        link_id: info.id(),
-        attached_at_unix: config.attachment.attached_at_ns / 1_000_000_000,
-        rules: generation.rule_count,
-        labels: maps.label_names()?.iter().flatten().count(),
-        max_rules: config.attachment.max_rules,
-        trie_nodes_used: generation.node_count,
-        trie_nodes: config.attachment.trie_nodes,
-        run_count: program
-            .as_ref()
-            .map_or(0, aya::programs::ProgramInfo::run_count),
-        run_time_ns: program
-            .as_ref()
-            .map_or(0, |p| p.run_time().as_nanos() as u64),
-        maps: map_status,
-    })
 }

@@ -2,7 +2,10 @@
 
 use std::{io, path::PathBuf};
 
-use crate::rules::{CompileError, RulesError};
+use crate::{
+    paths::Netns,
+    rules::{CompileError, RulesError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,6 +34,24 @@ pub enum Error {
     /// No pins of xdt for the interface.
     #[error("xdt is not attached to {iface} (no pins in {}); run `xdt attach --interface {iface}`", dir.display())]
     NotAttached { iface: String, dir: PathBuf },
+    /// Pins of the interface exist only in other network namespaces.
+    #[error(
+        "xdt is not attached to {iface} in this network namespace ({here}); an interface of that \
+         name in {} has it: run xdt in that namespace (nsenter --net=/proc/PID/ns/net)",
+        list(there)
+    )]
+    AttachedElsewhere {
+        iface: String,
+        here: Netns,
+        there: Vec<Netns>,
+    },
+    /// Pins in the layout of xdt before network namespaces were part of the path.
+    #[error(
+        "the pins of {iface} are in {}, where an older xdt kept them without their network \
+         namespace; detach (`xdt detach --interface {iface}`) and attach again",
+        dir.display()
+    )]
+    LegacyPins { iface: String, dir: PathBuf },
     /// bpffs is not mounted and could not be mounted.
     #[error(
         "bpffs is not mounted at {path} and mounting it failed; mount it with `mount -t bpf bpf {path}`"
@@ -135,6 +156,21 @@ pub(crate) fn map_error(
         }
         Error::Map { map, what, source }
     }
+}
+
+pub(crate) fn pin_error(
+    path: &std::path::Path,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Pin {
+        path: path.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+fn list(namespaces: &[Netns]) -> String {
+    let names: Vec<String> = namespaces.iter().map(ToString::to_string).collect();
+    names.join(", ")
 }
 
 pub(crate) fn is_permission(e: &io::Error) -> bool {

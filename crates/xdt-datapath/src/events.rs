@@ -14,7 +14,10 @@ use xdt_common::{
     rules::{ACTION_DROP, ACTION_SAMPLE},
 };
 
-use crate::error::{Error, Result, map_error};
+use crate::{
+    error::{Error, Result, map_error},
+    labels::LabelTable,
+};
 
 /// A sampled packet, decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -39,7 +42,7 @@ pub struct Event {
 impl Event {
     /// Decodes a raw event; `labels` gives names by label id.
     #[must_use]
-    pub fn decode(raw: &SampledEvent, labels: &[Option<String>]) -> Self {
+    pub fn decode(raw: &SampledEvent, labels: &LabelTable) -> Self {
         let address = |bytes: [u8; 16]| -> IpAddr {
             if raw.ip_version == 4 {
                 Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
@@ -51,11 +54,7 @@ impl Event {
             timestamp_ns: raw.timestamp_ns,
             ifindex: raw.ifindex,
             rx_queue: raw.rx_queue,
-            label: labels
-                .get(raw.label as usize)
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| format!("label-{}", raw.label)),
+            label: labels.name(raw.label),
             rule: raw.rule,
             action: match raw.action {
                 ACTION_SAMPLE => "sample",
@@ -95,13 +94,8 @@ impl std::fmt::Debug for EventReader {
 }
 
 impl EventReader {
-    /// Opens the ring buffer of the probe attached to `iface`.
-    pub fn open(iface: &str) -> Result<Self> {
-        let data = crate::probe::open_pinned_map(iface, events::MAP)?;
-        Self::from_map_data(data)
-    }
-
-    pub fn from_map_data(data: MapData) -> Result<Self> {
+    /// See [`crate::attached::AttachedProbe::events`].
+    pub(crate) fn from_map_data(data: MapData) -> Result<Self> {
         let ring = RingBuf::try_from(Map::RingBuf(data)).map_err(map_error(events::MAP, "open"))?;
         Ok(Self { ring })
     }
@@ -131,15 +125,23 @@ impl EventReader {
     pub fn drain(&mut self, f: &mut impl FnMut(&SampledEvent)) -> usize {
         let mut read = 0;
         while let Some(item) = self.ring.next() {
-            if item.len() >= size_of::<SampledEvent>() {
-                // SAFETY: the probe writes exactly one SampledEvent per record; the length was
-                // checked and read_unaligned makes no alignment assumption.
-                let event =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SampledEvent>()) };
+            // The probe writes exactly one SampledEvent per record.
+            if let Some(event) = read_record::<SampledEvent>(&item) {
                 f(&event);
                 read += 1;
             }
         }
         read
     }
+}
+
+/// A record the probe wrote at the start of `bytes` (a ring buffer entry, the metadata in front
+/// of a steered frame); `None` if `bytes` is too short for one.
+pub(crate) fn read_record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked above), every bit pattern is
+    // a valid T (it is Pod: plain integers) and read_unaligned makes no alignment assumption.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }

@@ -5,7 +5,7 @@
 use aya::maps::{Array, Map, MapData};
 use xdt_common::agent::{AgentLedger, MAP};
 
-use crate::{Result, error::map_error, probe::open_pinned_map};
+use crate::{Result, error::map_error};
 
 pub struct Ledger(Array<MapData, AgentLedger>);
 
@@ -16,14 +16,10 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// The ledger of the probe attached to `iface`; `Ok(None)` when that probe was attached by
-    /// an xdt without one (attach it again to have it).
-    pub fn open(iface: &str) -> Result<Option<Self>> {
-        if !crate::paths::map_pin(iface, MAP).exists() {
-            return Ok(None);
-        }
-        let map = Map::Array(open_pinned_map(iface, MAP)?);
-        Ok(Some(Self(map.try_into().map_err(map_error(MAP, "open"))?)))
+    /// See [`crate::attached::AttachedProbe::ledger`].
+    pub(crate) fn new(data: MapData) -> Result<Self> {
+        let map = Map::Array(data);
+        Ok(Self(map.try_into().map_err(map_error(MAP, "open"))?))
     }
 
     /// Events the last agent recorded as held and undelivered.

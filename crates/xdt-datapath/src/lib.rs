@@ -1,12 +1,16 @@
 //! The xdt datapath in user space: loads and attaches the XDP probe built from bpf/, pins it
-//! under /sys/fs/bpf/xdt/<interface>/, installs rule sets atomically, and reads counters and
-//! sampled events from the pinned maps. Every kernel feature used and its minimum Linux version
-//! is listed in docs/datapath.md.
+//! under /sys/fs/bpf/xdt/netns-<N>/<interface>/ ([`paths`]), and opens an attached probe once
+//! ([`attached::AttachedProbe`]) to install rule sets atomically and read counters, labels and
+//! sampled events. Every kernel feature used and its minimum Linux version is listed in
+//! docs/datapath.md.
 
 pub mod attach;
+pub mod attached;
 pub mod error;
 pub mod events;
+pub mod labels;
 pub mod ledger;
+pub mod maps;
 pub mod paths;
 pub mod probe;
 pub mod rules;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use xdt_common::counters::{COUNT, Counter, Counters, NAMES};
 
-use crate::probe::LabelCount;
+use crate::maps::LabelCount;
 
 /// Counters of one interface at one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]

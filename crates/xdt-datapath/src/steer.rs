@@ -4,13 +4,9 @@
 use std::{fmt, os::fd::AsRawFd, time::Duration};
 
 use aya::maps::{Array, Map, MapData, XskMap};
-use xdt_common::steer::{LEASE_MAP, MAX_QUEUES, SteerLease, XSKS_MAP};
+use xdt_common::steer::{LEASE_MAP, MAX_QUEUES, META_MAGIC, SteerLease, SteerMeta, XSKS_MAP};
 
-use crate::{
-    Error, Result,
-    error::map_error,
-    probe::{ProbeMaps, open_pinned_map},
-};
+use crate::{Error, Result, error::map_error};
 
 pub struct SteerMaps {
     sockets: XskMap<MapData>,
@@ -24,14 +20,13 @@ impl fmt::Debug for SteerMaps {
 }
 
 impl SteerMaps {
-    /// Opens the pinned steering maps of the probe attached to `iface` (checking its ABI).
-    pub fn open(iface: &str) -> Result<Self> {
-        ProbeMaps::open(iface)?;
+    /// See [`crate::attached::AttachedProbe::steer_maps`].
+    pub(crate) fn new(sockets: MapData, lease: MapData) -> Result<Self> {
         Ok(Self {
-            sockets: Map::XskMap(open_pinned_map(iface, XSKS_MAP)?)
+            sockets: Map::XskMap(sockets)
                 .try_into()
                 .map_err(map_error(XSKS_MAP, "open"))?,
-            lease: Map::Array(open_pinned_map(iface, LEASE_MAP)?)
+            lease: Map::Array(lease)
                 .try_into()
                 .map_err(map_error(LEASE_MAP, "open"))?,
         })
@@ -39,15 +34,7 @@ impl SteerMaps {
 
     /// The steering maps of a loaded (not necessarily attached) probe.
     pub fn of(probe: &crate::probe::LoadedProbe) -> Result<Self> {
-        let open = |name| probe.map_handle(name);
-        Ok(Self {
-            sockets: Map::XskMap(open(XSKS_MAP)?)
-                .try_into()
-                .map_err(map_error(XSKS_MAP, "open"))?,
-            lease: Map::Array(open(LEASE_MAP)?)
-                .try_into()
-                .map_err(map_error(LEASE_MAP, "open"))?,
-        })
+        Self::new(probe.map_handle(XSKS_MAP)?, probe.map_handle(LEASE_MAP)?)
     }
 
     /// Steers packets of RX queue `queue` to `socket` (bound to that queue).
@@ -89,5 +76,40 @@ impl SteerMaps {
         self.lease
             .set(0, SteerLease { expires_ns: 0 }, 0)
             .map_err(map_error(LEASE_MAP, "update"))
+    }
+}
+
+/// The probe's metadata in front of a steered frame, from the end of the frame's `headroom`;
+/// `None` if it is not there (no room, or bytes without the magic).
+#[must_use]
+pub fn meta_before(headroom: &[u8]) -> Option<SteerMeta> {
+    let at = headroom.len().checked_sub(size_of::<SteerMeta>())?;
+    let meta = crate::events::read_record::<SteerMeta>(&headroom[at..])?;
+    (meta.magic == META_MAGIC).then_some(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_read_from_the_end_of_the_headroom() {
+        let meta = SteerMeta {
+            timestamp_ns: 0x0102_0304_0506_0708,
+            label: 7,
+            rule: 3,
+            rx_queue: 1,
+            magic: META_MAGIC,
+        };
+        let mut headroom = vec![0xaa; 5];
+        headroom.extend_from_slice(&meta.timestamp_ns.to_ne_bytes());
+        for word in [meta.label, meta.rule, meta.rx_queue, meta.magic] {
+            headroom.extend_from_slice(&word.to_ne_bytes());
+        }
+        assert_eq!(meta_before(&headroom), Some(meta));
+        assert_eq!(meta_before(&headroom[..headroom.len() - 1]), None);
+        let last = headroom.len() - 1;
+        headroom[last] ^= 1;
+        assert_eq!(meta_before(&headroom), None, "a wrong magic is no metadata");
     }
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use xdt_common::counters::{Counter, Counters, NAMES};
 use xdt_datapath::{
-    events::{Event, EventReader},
-    probe::{Capacity, LoadedProbe, ProbeMaps},
+    events::Event,
+    maps::ProbeMaps,
+    probe::{Capacity, LoadedProbe},
     rules::parse_rules,
 };
 use xdt_testkit::{frames::*, root_or_skip};
@@ -421,7 +422,7 @@ fn sampled_events_and_ring_loss() {
     if !root_or_skip("sampled_events_and_ring_loss") {
         return;
     }
-    let mut lab = Lab::new("web dst 192.0.2.0/24 proto tcp action sample 3\n");
+    let lab = Lab::new("web dst 192.0.2.0/24 proto tcp action sample 3\n");
     let frame = ethernet(
         ETH_P_IP,
         &ipv4(A4, B4, TCP, &tcp(40000, 8080, 0x18, b"GET / HTTP/1.1\r\n")),
@@ -429,11 +430,7 @@ fn sampled_events_and_ring_loss() {
     for _ in 0..10 {
         lab.run(&frame);
     }
-    let ring = lab.probe.ebpf.take_map("XDT_EVENTS").expect("ring");
-    let aya::maps::Map::RingBuf(data) = ring else {
-        panic!("not a ring buffer")
-    };
-    let mut reader = EventReader::from_map_data(data).expect("reader");
+    let mut reader = lab.probe.events().expect("reader");
     let names = lab.maps.label_names().expect("names");
     let mut events = Vec::new();
     reader

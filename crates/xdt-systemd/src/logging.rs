@@ -101,3 +101,17 @@ impl Destination {
 pub fn set_level(level: Level) {
     log::set_max_level(level.into());
 }
+
+/// `e` and its sources on one line, `outer: inner: innermost` (a record's `cause`, or a reason
+/// shown to the operator).
+#[must_use]
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -24,8 +24,12 @@ use std::{
 };
 
 use log::{error, info, warn};
-use xdt_common::steer::{META_MAGIC, SteerMeta};
-use xdt_datapath::steer::SteerMaps;
+use xdt_common::steer::SteerMeta;
+use xdt_datapath::{
+    attached::AttachedProbe,
+    labels::LabelTable,
+    steer::{SteerMaps, meta_before},
+};
 use xdt_wire::{Event, Inspection, SteeringStats};
 
 pub use self::xsk::BindMode;
@@ -207,14 +211,15 @@ impl fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// Opens the sockets on every receive queue of `iface`, sets up re-injection and starts
-    /// steering. Needs CAP_NET_RAW (sockets), CAP_NET_ADMIN (the re-entry pair) and CAP_BPF
-    /// (the pinned maps); once it returns, the agent needs no capability for steering.
+    /// Opens the sockets on every receive queue of the probe's interface, sets up re-injection
+    /// and starts steering. Needs CAP_NET_RAW (sockets) and CAP_NET_ADMIN (the re-entry pair);
+    /// once it returns, the agent needs no capability for steering.
     pub async fn start(
-        iface: &str,
+        probe: &AttachedProbe,
         config: &SteerConfig,
         sink: EventSink,
     ) -> Result<Self, SteerError> {
+        let iface = probe.interface();
         if !config.frames.is_power_of_two() || !(64..=65536).contains(&config.frames) {
             return Err(SteerError::Frames(config.frames));
         }
@@ -222,7 +227,8 @@ impl Steering {
             .await?
             .ok_or_else(|| SteerError::UnknownInterface(iface.to_owned()))?;
         let ifindex = monitored.index;
-        let mut maps = SteerMaps::open(iface)?;
+        let mut maps = probe.steer_maps()?;
+        let names = probe.label_names()?;
         let queues = monitored.rx_queues;
         let (pair, tx_iface, dst_mac) = match &config.reinject {
             Reinject::Host => {
@@ -260,7 +266,7 @@ impl Steering {
                         return;
                     }
                 };
-                let names = crate::labels::LabelNames::open(&setup.iface);
+                let names = crate::labels::LabelNames::new(names);
                 if setup.config.drop_capabilities
                     && let Err(e) = crate::privileges::drop_all()
                 {
@@ -474,7 +480,7 @@ impl Worker {
                             .fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    let meta = read_meta(rx.headroom);
+                    let meta = meta_before(rx.headroom);
                     let ok = self.tx.queue(rx.frame, self.dst_mac);
                     if !ok {
                         self.counters
@@ -484,9 +490,10 @@ impl Worker {
                     self.counters
                         .received_bytes
                         .fetch_add(rx.frame.len() as u64, Ordering::Relaxed);
+                    let empty = LabelTable::default();
                     let known = match &meta {
                         Some(m) => self.names.covering(m.label),
-                        None => &[],
+                        None => &empty,
                     };
                     events.push(event(
                         rx.frame,
@@ -582,40 +589,18 @@ impl Worker {
     }
 }
 
-/// The probe's metadata in front of a frame, if it is there.
-fn read_meta(headroom: &[u8]) -> Option<SteerMeta> {
-    let at = headroom.len().checked_sub(size_of::<SteerMeta>())?;
-    let bytes = &headroom[at..];
-    let word = |i: usize| u32::from_ne_bytes(bytes[i..i + 4].try_into().unwrap_or_default());
-    let meta = SteerMeta {
-        timestamp_ns: u64::from_ne_bytes(bytes[0..8].try_into().unwrap_or_default()),
-        label: word(8),
-        rule: word(12),
-        rx_queue: word(16),
-        magic: word(20),
-    };
-    (meta.magic == META_MAGIC).then_some(meta)
-}
-
 fn event(
     frame: &[u8],
     meta: Option<&SteerMeta>,
     queue: u32,
-    names: &[Option<String>],
+    names: &LabelTable,
     now_ns: u64,
     offset: u64,
     reinjected: bool,
 ) -> Event {
     let seen = inspect::inspect(frame);
     let (timestamp_ns, label, rule) = match meta {
-        Some(m) => (
-            m.timestamp_ns,
-            names
-                .get(m.label as usize)
-                .and_then(Clone::clone)
-                .unwrap_or_else(|| format!("label-{}", m.label)),
-            m.rule,
-        ),
+        Some(m) => (m.timestamp_ns, names.name(m.label), m.rule),
         None => (now_ns, String::new(), 0),
     };
     Event {

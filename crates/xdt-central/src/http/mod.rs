@@ -15,36 +15,35 @@
 //! accepting: the watchdog is fed only while both answer.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    io::Cursor,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
     sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
-use log::{debug, error, warn};
-use prometheus_client::registry::Registry;
-use tiny_http::{Header, Method, Request, Response, Server};
+use log::error;
+use tiny_http::Server;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream, UnixStream},
-    sync::{Notify, OwnedSemaphorePermit, Semaphore},
-    time::{Instant, timeout, timeout_at},
+    net::{TcpListener, UnixStream},
+    time::timeout,
 };
 
-use crate::{
-    catalogue,
-    counters::Counters,
-    error::{Error, Result},
-    export::{json, prom},
-    state::Shared,
-    ui,
+use self::{
+    front::{Alive, Front},
+    routes::{Handler, serve},
 };
+use crate::{
+    error::{Error, Result},
+    state::Shared,
+};
+
+mod front;
+mod routes;
 
 /// Longest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -206,11 +205,7 @@ impl Http {
         let health = bound.health.clone();
         let socket = health.socket.clone();
         let stopping = Arc::new(AtomicBool::new(false));
-        let handler = Arc::new(Handler {
-            state: state.clone(),
-            registry: prom::registry(state.clone(), limits.telemetry_max_connections),
-            json: json::Cache::default(),
-        });
+        let handler = Arc::new(Handler::new(state, limits.telemetry_max_connections));
         let mut handles = Vec::with_capacity(limits.threads);
         for i in 0..limits.threads {
             let server = Arc::clone(&server);
@@ -225,16 +220,7 @@ impl Http {
                 })?;
             handles.push(handle);
         }
-        let front = Front {
-            socket: socket.clone(),
-            limits,
-            counters: Arc::clone(state.counters()),
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
-            per_peer: Arc::new(Mutex::new(HashMap::new())),
-            heads: Mutex::new(VecDeque::new()),
-            next_head: AtomicU64::new(0),
-        };
+        let front = Front::new(socket.clone(), limits, Arc::clone(state.counters()));
         let alive = Alive(Arc::clone(&health.front_alive));
         let Some(listener) = bound.listener.take() else {
             return Err(Error::HttpBind {
@@ -296,395 +282,4 @@ fn private_dir() -> std::io::Result<PathBuf> {
     ));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
-}
-
-/// Clears the front's liveness flag however its task ends.
-struct Alive(Arc<AtomicBool>);
-
-impl Drop for Alive {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-struct Front {
-    socket: PathBuf,
-    limits: Limits,
-    counters: Arc<Counters>,
-    connections: Arc<Semaphore>,
-    refusing: Arc<Semaphore>,
-    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    /// Connections still sending their request head, oldest first, each with the way to close
-    /// it early.
-    heads: Mutex<VecDeque<(u64, Instant, Arc<Notify>)>>,
-    next_head: AtomicU64,
-}
-
-/// A connection's slot: overall and for its peer address.
-struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    peer: IpAddr,
-    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut per_peer = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = per_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                per_peer.remove(&self.peer);
-            }
-        }
-    }
-}
-
-/// Why a request head was refused.
-enum Refusal {
-    Timeout,
-    TooLarge,
-    Malformed,
-    Body,
-    Closed,
-    /// Closed to make room for a newer connection: answered, not drained (its slot is wanted).
-    PushedOut,
-}
-
-impl Front {
-    async fn run(self, listener: TcpListener, alive: Alive) {
-        let front = Arc::new(self);
-        let _alive = alive;
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually out of file descriptors: wait for connections to end, go on.
-                    Counters::add(&front.counters.http_accept_errors);
-                    warn!(cause:% = e; "accepting an HTTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if let Some(mut slot) = front.admit(peer.ip()) {
-                let front = Arc::clone(&front);
-                if slot.permit.is_some() {
-                    tokio::spawn(async move {
-                        front.serve_one(stream, peer).await;
-                        drop(slot);
-                    });
-                    continue;
-                }
-                // Every slot is taken: the oldest client still sending its head after a second
-                // makes room (slow clients cannot lock the others out), if there is one.
-                if front.push_out_oldest_head() {
-                    tokio::spawn(async move {
-                        let connections = Arc::clone(&front.connections);
-                        if let Ok(Ok(permit)) = timeout(LINGER, connections.acquire_owned()).await {
-                            slot.permit = Some(permit);
-                            front.serve_one(stream, peer).await;
-                        } else {
-                            Counters::add(&front.counters.http_refused);
-                            let mut stream = stream;
-                            let busy = answer(503, "too many connections; retry\n");
-                            let _ = timeout(LINGER, stream.write_all(&busy)).await;
-                        }
-                        drop(slot);
-                    });
-                    continue;
-                }
-            }
-            Counters::add(&front.counters.http_refused);
-            debug!(peer:% = peer; "HTTP connection refused: at the connection limit");
-            if let Ok(permit) = Arc::clone(&front.refusing).try_acquire_owned() {
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let _ = timeout(
-                        LINGER,
-                        stream.write_all(&answer(503, "too many connections; retry\n")),
-                    )
-                    .await;
-                    drop(permit);
-                });
-            }
-        }
-    }
-
-    /// The peer's share, and an overall slot if one is free (`None` inside when all are
-    /// taken); `None` when the peer holds its share already.
-    fn admit(&self, peer: IpAddr) -> Option<Slot> {
-        let mut per_peer = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = per_peer.get(&peer).copied().unwrap_or(0);
-        if held >= MAX_PER_PEER {
-            return None;
-        }
-        let permit = Arc::clone(&self.connections).try_acquire_owned().ok();
-        per_peer.insert(peer, held + 1);
-        Some(Slot {
-            permit,
-            peer,
-            per_peer: Arc::clone(&self.per_peer),
-        })
-    }
-
-    /// Closes the oldest connection that has been sending its head for [`HEAD_GRACE`] or
-    /// longer; returns whether there was one.
-    fn push_out_oldest_head(&self) -> bool {
-        let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
-        match heads.front() {
-            Some((_, since, _)) if since.elapsed() >= HEAD_GRACE => {}
-            _ => return false,
-        }
-        heads.pop_front().is_some_and(|(_, _, close)| {
-            close.notify_one();
-            true
-        })
-    }
-
-    /// One request: its head within the limits, then tiny_http's answer copied back.
-    async fn serve_one(&self, mut stream: TcpStream, peer: SocketAddr) {
-        let deadline = Instant::now() + self.limits.timeout;
-        let id = self.next_head.fetch_add(1, Ordering::Relaxed);
-        let close = Arc::new(Notify::new());
-        self.heads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back((id, Instant::now(), Arc::clone(&close)));
-        let head = tokio::select! {
-            head = timeout_at(deadline, read_head(&mut stream)) => Some(head),
-            () = close.notified() => None,
-        };
-        {
-            let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(pos) = heads.iter().position(|(i, _, _)| *i == id) {
-                heads.remove(pos);
-            }
-        }
-        let forward = match head {
-            Some(Ok(Ok(head))) => head,
-            Some(Ok(Err(refusal))) => return self.refuse(stream, peer, refusal).await,
-            Some(Err(_)) => return self.refuse(stream, peer, Refusal::Timeout).await,
-            None => return self.refuse(stream, peer, Refusal::PushedOut).await,
-        };
-        let relay = async {
-            let mut backend = UnixStream::connect(&self.socket).await?;
-            backend.write_all(forward.as_bytes()).await?;
-            tokio::io::copy(&mut backend, &mut stream).await?;
-            stream.shutdown().await
-        };
-        match timeout(RESPONSE_TIMEOUT, relay).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(peer:% = peer, cause:% = e; "relaying an HTTP response failed"),
-            Err(_) => {
-                Counters::add(&self.counters.http_rejected);
-                debug!(peer:% = peer; "an HTTP response was not taken in time: closed");
-            }
-        }
-    }
-
-    /// Answers a refused head with its status (when the client is still there) and closes.
-    async fn refuse(&self, mut stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
-        let (status, body) = match refusal {
-            Refusal::Closed => return,
-            Refusal::Timeout | Refusal::PushedOut => (408, "request not complete in time\n"),
-            Refusal::TooLarge => (431, "request head too large or too many headers\n"),
-            Refusal::Malformed => (400, "malformed request\n"),
-            Refusal::Body => (413, "requests with a body are not served\n"),
-        };
-        let pushed_out = matches!(refusal, Refusal::PushedOut);
-        Counters::add(&self.counters.http_rejected);
-        debug!(peer:% = peer, status; "HTTP request refused");
-        let send = async {
-            stream.write_all(&answer(status, body)).await?;
-            stream.shutdown().await
-        };
-        if !matches!(timeout(LINGER, send).await, Ok(Ok(()))) || pushed_out {
-            return;
-        }
-        // Drain what the client is still sending for a moment, so our answer is not
-        // overtaken by a reset.
-        let drain = async {
-            let mut buf = vec![0; 64 * 1024];
-            let mut drained = 0;
-            while drained < LINGER_BYTES {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-        };
-        let _ = timeout(LINGER, drain).await;
-    }
-}
-
-/// A complete HTTP/1.1 answer with a plain-text body, closing the connection.
-fn answer(status: u16, body: &str) -> Vec<u8> {
-    let reason = match status {
-        400 => "Bad Request",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// Reads the request head (at most [`MAX_HEAD`] bytes) and returns the request to hand to
-/// tiny_http: the method and target only, and `Connection: close`.
-async fn read_head(stream: &mut TcpStream) -> std::result::Result<String, Refusal> {
-    let mut buf = vec![0; MAX_HEAD];
-    let mut len = 0;
-    loop {
-        if len == MAX_HEAD {
-            return Err(Refusal::TooLarge);
-        }
-        let n = stream
-            .read(&mut buf[len..])
-            .await
-            .map_err(|_| Refusal::Closed)?;
-        if n == 0 {
-            return Err(Refusal::Closed);
-        }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf[..len]) {
-            Ok(httparse::Status::Partial) => {}
-            Ok(httparse::Status::Complete(_)) => {
-                let has_body = request.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("transfer-encoding")
-                        || (h.name.eq_ignore_ascii_case("content-length")
-                            && h.value.iter().any(|b| (b'1'..=b'9').contains(b)))
-                });
-                if has_body {
-                    return Err(Refusal::Body);
-                }
-                let (Some(method), Some(path), Some(minor)) =
-                    (request.method, request.path, request.version)
-                else {
-                    return Err(Refusal::Malformed);
-                };
-                // The client's own version: tiny_http answers HTTP/1.1 with chunked bodies
-                // above 32 KiB, which an HTTP/1.0 client cannot read.
-                return Ok(format!(
-                    "{method} {path} HTTP/1.{minor}\r\nHost: central\r\nConnection: close\r\n\r\n"
-                ));
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
-            Err(_) => return Err(Refusal::Malformed),
-        }
-    }
-}
-
-/// What the HTTP threads share: the state, the Prometheus registry and the rendered
-/// `/metrics.json`.
-struct Handler {
-    state: Shared,
-    registry: Registry,
-    json: json::Cache,
-}
-
-/// A response body: owned, embedded, or the shared `/metrics.json` document (not copied per
-/// request).
-enum Body {
-    Owned(Vec<u8>),
-    Static(&'static [u8]),
-    Shared(json::Document),
-}
-
-impl AsRef<[u8]> for Body {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            Self::Owned(bytes) => bytes,
-            Self::Static(bytes) => bytes,
-            Self::Shared(document) => document.as_ref(),
-        }
-    }
-}
-
-fn response(status: u16, content_type: &str, body: Body) -> Response<Cursor<Body>> {
-    let len = body.as_ref().len();
-    Response::new(
-        tiny_http::StatusCode(status),
-        vec![
-            header("Content-Type", content_type),
-            header("Cache-Control", "no-store"),
-        ],
-        Cursor::new(body),
-        Some(len),
-        None,
-    )
-}
-
-fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool) {
-    loop {
-        match server.recv() {
-            Ok(request) => handle(request, handler),
-            Err(e) => {
-                if stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                warn!(cause:% = e; "receiving an HTTP request failed");
-            }
-        }
-    }
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static ASCII header")
-}
-
-fn text(status: u16, body: &'static str) -> Response<Cursor<Body>> {
-    response(
-        status,
-        "text/plain; charset=utf-8",
-        Body::Static(body.as_bytes()),
-    )
-}
-
-fn handle(request: Request, handler: &Handler) {
-    let response = respond(&request, handler);
-    if let Err(e) = request.respond(response) {
-        debug!(cause:% = e; "writing an HTTP response failed");
-    }
-}
-
-fn respond(request: &Request, handler: &Handler) -> Response<Cursor<Body>> {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return text(405, "only GET and HEAD are served\n")
-            .with_header(header("Allow", "GET, HEAD"));
-    }
-    let path = request.url().split(['?', '#']).next().unwrap_or("/");
-    match path {
-        "/healthz" => text(200, "ok\n"),
-        "/metrics.json" => response(
-            200,
-            "application/json",
-            Body::Shared(handler.json.get(&handler.state)),
-        ),
-        "/catalogue.json" => response(200, "application/json", Body::Static(catalogue::document())),
-        "/metrics" => match prom::render(&handler.registry) {
-            Ok(body) => response(200, prom::CONTENT_TYPE, Body::Owned(body.into_bytes())),
-            Err(e) => {
-                error!(cause:% = e; "cannot render /metrics");
-                text(500, "cannot render metrics\n")
-            }
-        },
-        "/" => match ui::file("/index.html") {
-            Some((content_type, body)) => response(200, content_type, Body::Static(body)),
-            None => text(
-                404,
-                "no dashboard: ui/index.html was missing when xdt-central was built \
-                 (/metrics.json, /metrics and /healthz are served)\n",
-            ),
-        },
-        path => match ui::file(path) {
-            Some((content_type, body)) => response(200, content_type, Body::Static(body)),
-            None => text(404, "not found\n"),
-        },
-    }
 }

@@ -14,19 +14,15 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf as _, Bytes, BytesMut};
 use log::{debug, info, warn};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore, broadcast, mpsc},
-    time::{Instant, timeout, timeout_at},
+    time::{Instant, timeout_at},
 };
-use xdt_wire::{
-    Ack, ErrorCode, ErrorMessage, Hello, Message, Preamble, Welcome,
-    frame::{self, HEADER_LEN},
-};
+use xdt_wire::{Ack, ErrorCode, ErrorMessage, Hello, Message, Welcome};
 
+use self::wire::Wire;
 use crate::{
     config::Token,
     counters::Counters,
@@ -35,10 +31,8 @@ use crate::{
     state::{Applied, Refused, Shared, now_unix},
 };
 
-/// How long and how much of the peer's data is drained after an error before closing, so the
-/// error reaches the peer instead of being overtaken by a reset.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 2 * xdt_wire::MAX_FRAME;
+mod wire;
+
 /// A dead peer is found after about 60 + 3 x 10 s without an answer to keepalive probes.
 const KEEPALIVE_IDLE: Duration = Duration::from_mins(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -429,157 +423,5 @@ fn kind(message: &Message) -> &'static str {
         Message::Batch(_) => "Batch",
         Message::Ack(_) => "Ack",
         Message::Error(_) => "Error",
-    }
-}
-
-/// The byte stream of one connection: a read buffer, queued outgoing frames, and the deadline
-/// of the frame being received.
-struct Wire {
-    stream: TcpStream,
-    buffer: BytesMut,
-    out: Vec<u8>,
-    preamble_sent: bool,
-    frame_deadline: Option<Instant>,
-}
-
-impl Wire {
-    fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            buffer: BytesMut::with_capacity(16 * 1024),
-            out: Vec::new(),
-            preamble_sent: false,
-            frame_deadline: None,
-        }
-    }
-
-    async fn read_preamble(&mut self) -> Result<(), CloseReason> {
-        while self.buffer.len() < Preamble::LEN {
-            if self.stream.read_buf(&mut self.buffer).await? == 0 {
-                return Err(CloseReason::HandshakeClosed {
-                    buffered: self.buffer.len(),
-                });
-            }
-        }
-        let mut bytes = [0; Preamble::LEN];
-        bytes.copy_from_slice(&self.buffer[..Preamble::LEN]);
-        self.buffer.advance(Preamble::LEN);
-        let theirs = Preamble::decode(&bytes)
-            .map_err(|_| CloseReason::NotXdt {
-                found: [bytes[0], bytes[1], bytes[2], bytes[3]],
-            })?
-            .version;
-        let ours = Preamble::ours().version;
-        if theirs != ours {
-            return Err(CloseReason::VersionMismatch { ours, theirs });
-        }
-        Ok(())
-    }
-
-    async fn write_preamble(&mut self) -> std::io::Result<()> {
-        self.preamble_sent = true;
-        self.stream.write_all(&Preamble::ours().encode()).await
-    }
-
-    /// The next message and its frame payload; `None` when the peer closed between frames. Waiting for a frame to
-    /// start has no deadline; once its first byte is in, it must complete within
-    /// `frame_timeout`. Queued frames are sent before waiting for the peer.
-    async fn read_message(
-        &mut self,
-        frame_timeout: Duration,
-    ) -> Result<Option<(Message, Bytes)>, CloseReason> {
-        loop {
-            if let Some(len) = frame::check(&self.buffer)? {
-                let mut frame = self.buffer.split_to(len);
-                frame.advance(HEADER_LEN);
-                let payload = frame.freeze();
-                self.frame_deadline = None;
-                return Ok(Some((frame::decode(&payload)?, payload)));
-            }
-            self.flush().await?;
-            if self.buffer.len() >= HEADER_LEN {
-                // The header is in: make room for the whole frame at once.
-                let want = u32::from_be_bytes([
-                    self.buffer[0],
-                    self.buffer[1],
-                    self.buffer[2],
-                    self.buffer[3],
-                ]) as usize
-                    + HEADER_LEN;
-                self.buffer.reserve(want - self.buffer.len());
-            }
-            let read = if self.buffer.is_empty() {
-                self.stream.read_buf(&mut self.buffer).await?
-            } else {
-                let deadline = *self
-                    .frame_deadline
-                    .get_or_insert_with(|| Instant::now() + frame_timeout);
-                timeout_at(deadline, self.stream.read_buf(&mut self.buffer))
-                    .await
-                    .map_err(|_| CloseReason::FrameTimeout {
-                        seconds: frame_timeout.as_secs_f64(),
-                        buffered: self.buffer.len(),
-                    })??
-            };
-            if read == 0 {
-                if self.buffer.is_empty() {
-                    return Ok(None);
-                }
-                return Err(CloseReason::Truncated {
-                    buffered: self.buffer.len(),
-                });
-            }
-            if self.frame_deadline.is_none() {
-                self.frame_deadline = Some(Instant::now() + frame_timeout);
-            }
-        }
-    }
-
-    fn queue(&mut self, message: &Message) -> Result<(), CloseReason> {
-        frame::encode(message, &mut self.out)?;
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    /// Sends `Error{code}` (after our preamble if not sent yet), then closes gracefully: our
-    /// side first, then the peer's data is drained for a moment so the error is not lost to
-    /// a reset.
-    async fn close_with(&mut self, code: ErrorCode, message: String) {
-        let send = async {
-            if !self.preamble_sent {
-                self.write_preamble().await?;
-            }
-            self.out.clear();
-            if frame::encode(
-                &Message::Error(ErrorMessage { code, message }),
-                &mut self.out,
-            )
-            .is_ok()
-            {
-                self.flush().await?;
-            }
-            self.stream.shutdown().await
-        };
-        if !matches!(timeout(LINGER, send).await, Ok(Ok(()))) {
-            return;
-        }
-        let drain = async {
-            let mut drained = 0;
-            while drained < LINGER_BYTES {
-                self.buffer.clear();
-                match self.stream.read_buf(&mut self.buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-        };
-        let _ = timeout(LINGER, drain).await;
     }
 }
