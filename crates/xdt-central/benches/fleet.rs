@@ -4,7 +4,7 @@
 //!
 //! The agents are simulated in this process (one runtime thread), each a real TCP connection
 //! speaking the real protocol through `xdt-wire` like `xdt-agent` does: preamble, `Hello` with
-//! its own id, then a batch every second (the agent's default interval: the probe's 19
+//! its own id, then a batch every second (the agent's default interval: the probe's
 //! counters, 4 labels, `XDT_FLEET_EVENTS` sampled events) and the wait for its `Ack`. Agents
 //! that central refuses (Busy: new agents beyond the admission rate) retry a second later, as
 //! `xdt-agent` does. 2,000 agent processes would not fit on the machines this runs on.
@@ -20,10 +20,7 @@
 //! `XDT_FLEET_STATE` (1; 0 runs central without `--state-dir`: no journal, Acks on receipt).
 
 use std::{
-    io::BufRead as _,
     net::SocketAddr,
-    os::unix::process::CommandExt as _,
-    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -36,9 +33,14 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use xdt_wire::{AgentStats, Batch, Event, Hello, LabelCount, Message, Preamble, frame};
+use xdt_wire::{AgentStats, Batch, Hello, LabelCount, Message, Preamble, frame};
 
-const TOKEN: &str = "fleet-bench-token";
+#[path = "../tests/common/process.rs"]
+mod process;
+#[path = "../tests/common/sample.rs"]
+mod sample;
+
+use process::{CentralProcess, TOKEN};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -47,29 +49,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The probe's 19 counter names.
-const COUNTERS: [&str; 19] = [
-    "total_packets",
-    "total_bytes",
-    "ipv4_packets",
-    "ipv6_packets",
-    "tcp_packets",
-    "udp_packets",
-    "icmp_packets",
-    "other_packets",
-    "vlan_packets",
-    "fragments",
-    "malformed",
-    "truncated",
-    "dropped_packets",
-    "sampled_events",
-    "lost_events",
-    "steered_packets",
-    "steer_failed",
-    "unlabelled_packets",
-    "label_table_full",
-];
-
 fn batch(agent: u64, sequence: u64, events: u64) -> Batch {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -77,11 +56,7 @@ fn batch(agent: u64, sequence: u64, events: u64) -> Batch {
     Batch {
         sequence,
         taken_at_unix_ns: now,
-        counters: COUNTERS
-            .iter()
-            .enumerate()
-            .map(|(i, n)| ((*n).to_owned(), sequence * 1000 * (i as u64 + 1)))
-            .collect(),
+        counters: sample::counters(|n| sequence * 1000 * (n + 1)),
         labels: ["web", "dns", "ssh", "other"]
             .iter()
             .map(|l| LabelCount {
@@ -90,24 +65,7 @@ fn batch(agent: u64, sequence: u64, events: u64) -> Batch {
                 bytes: sequence * 150_000,
             })
             .collect(),
-        events: (0..events)
-            .map(|i| Event {
-                timestamp_unix_ns: now + i,
-                label: "web".into(),
-                rule: 3,
-                action: "sample".into(),
-                rx_queue: 0,
-                protocol: 6,
-                src: "198.51.100.23".parse().expect("ip"),
-                dst: "203.0.113.10".parse().expect("ip"),
-                src_port: 40_000 + (i % 20_000) as u16,
-                dst_port: 443,
-                ip_len: 1500,
-                payload_len: 1448,
-                tcp_flags: 0x10,
-                inspection: None,
-            })
-            .collect(),
+        events: (0..events).map(|i| sample::event(now + i, i)).collect(),
         agent: AgentStats {
             reconnects: agent % 3,
             ..AgentStats::default()
@@ -300,64 +258,16 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("xdt-fleet-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("state")).expect("dir");
-    std::fs::write(dir.join("token"), TOKEN).expect("token");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xdt-central"));
-    command.arg("--token-file").arg(dir.join("token"));
-    if env_u64("XDT_FLEET_STATE", 1) != 0 {
-        command.arg("--state-dir").arg(dir.join("state"));
-    }
-    command
-        .args([
-            "--telemetry-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .env_remove("NOTIFY_SOCKET")
-        .env("TMPDIR", &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::resource::setrlimit(
-                nix::sys::resource::Resource::RLIMIT_NOFILE,
-                nofile,
-                nofile,
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = command.spawn().expect("start xdt-central");
-    let pid = child.id();
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("WARN") || line.contains("ERROR") || line.contains("listening") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let listening = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("central's listening line");
-        if line.contains("xdt-central listening") {
-            break line;
-        }
-        eprintln!("central: {line}");
-    };
-    let field = |key: &str| -> SocketAddr {
-        listening
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{key}=")))
-            .and_then(|a| a.parse().ok())
-            .expect("address")
-    };
-    let (telemetry, http) = (field("telemetry"), field("http"));
+    let state = (env_u64("XDT_FLEET_STATE", 1) != 0).then(|| dir.join("state"));
+    let central = CentralProcess::start_with_env(
+        &dir,
+        state.as_deref(),
+        &[],
+        Some(nofile),
+        &[("TMPDIR", dir.as_os_str())],
+    );
+    let pid = u32::try_from(central.pid()).expect("pid");
+    let (telemetry, http) = (central.telemetry, central.http);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -479,13 +389,12 @@ fn main() {
         println!("| /metrics.json time p50 / max | {} / {} |", ms(percentile(&poll_times, 0.5)), ms(poll_times.last().copied().unwrap_or_default()));
         println!("| state dir (state.json + journal) at the end | {} MiB |", journal >> 20);
     });
-    while let Ok(line) = rx.try_recv() {
-        eprintln!("central: {line}");
+    // What central warned about or failed at during the run.
+    while let Ok(line) = central.lines.try_recv() {
+        if line.contains("WARN") || line.contains("ERROR") {
+            eprintln!("central: {line}");
+        }
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    central.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,6 +25,9 @@ use tokio::{
 use xdt_central::{Central, Config, Token};
 use xdt_wire::{AgentStats, Batch, Event, Hello, LabelCount, Message, Preamble, frame};
 
+#[path = "../tests/common/sample.rs"]
+mod sample;
+
 const TOKEN: &str = "bench-token";
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -34,57 +37,24 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn event(i: u64) -> Event {
-    Event {
-        timestamp_unix_ns: 1_700_000_000_000_000_000 + i * 1000,
-        label: "web".into(),
-        rule: 3,
-        action: "sample".into(),
-        rx_queue: 1,
-        protocol: 6,
-        src: "198.51.100.23".parse().expect("ip"),
-        dst: "203.0.113.10".parse().expect("ip"),
-        src_port: 40_000 + (i % 20_000) as u16,
-        dst_port: 443,
-        ip_len: 1500,
-        payload_len: 1448,
-        tcp_flags: 0x10,
-        inspection: None,
-    }
-}
-
 fn batch(sequence: u64, events: usize) -> Batch {
     Batch {
         sequence,
         taken_at_unix_ns: 1_700_000_000_000_000_000 + sequence * 1_000_000_000,
-        counters: counter_names()
-            .iter()
-            .map(|n| ((*n).to_owned(), sequence * 1000))
-            .collect(),
+        counters: sample::counters(|_| sequence * 1000),
         labels: vec![LabelCount {
             label: "web".into(),
             packets: sequence * 10,
             bytes: sequence * 15_000,
         }],
         events: (0..events as u64)
-            .map(|i| event(sequence * 1_000_000 + i))
+            .map(|i| {
+                let i = sequence * 1_000_000 + i;
+                sample::event(1_700_000_000_000_000_000 + i * 1000, i)
+            })
             .collect(),
         agent: AgentStats::default(),
     }
-}
-
-/// The probe's counter names (as `xdt stats --json`).
-fn counter_names() -> [&'static str; 8] {
-    [
-        "total_packets",
-        "total_bytes",
-        "ipv4_packets",
-        "ipv6_packets",
-        "tcp_packets",
-        "udp_packets",
-        "icmp_packets",
-        "other_packets",
-    ]
 }
 
 /// Starts central on its own thread with a one-thread runtime; returns its telemetry address
@@ -301,7 +271,7 @@ fn main() {
         );
     }
 
-    let record = event(12_345);
+    let record = sample::event(1_700_000_000_012_345_000, 12_345);
     let iterations = 500_000;
     let mut buf = Vec::with_capacity(256);
     let postcard_bytes = postcard::to_stdvec(&record).expect("postcard").len();
