@@ -145,15 +145,3 @@ impl CloseReason {
         }
     }
 }
-
-/// `e` and its sources, for one log line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}

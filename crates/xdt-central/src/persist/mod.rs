@@ -12,9 +12,11 @@ use log::error;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use xdt_systemd::logging::error_chain;
+
 use crate::{
     counters::Counters,
-    error::{Error, Result, error_chain},
+    error::{Error, Result},
     state::{
         AgentState, AgentStats, LabelCount, MAX_COUNTERS, MAX_INSTANCES, MAX_LABELS, MAX_NAME,
         Shared, State, clipped,
