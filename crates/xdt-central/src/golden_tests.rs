@@ -189,7 +189,10 @@ fn compare(name: &str, actual: &[u8]) {
             .position(|(e, a)| e != a)
             .unwrap_or_else(|| expected.lines().count().min(actual.lines().count()));
         panic!(
-            "{name} differs from {} at line {}:\nexpected: {:?}\nactual:   {:?}",
+            "{name} differs from {} at line {} (a change of what central exports: if it is \
+             meant, as a counter added to a catalogue is, `XDT_BLESS=1 cargo test -p \
+             xdt-central --lib golden` rewrites it; review that diff):\n\
+             expected: {:?}\nactual:   {:?}",
             path.display(),
             line + 1,
             expected.lines().nth(line),
