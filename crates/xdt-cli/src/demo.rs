@@ -7,9 +7,8 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -25,6 +24,7 @@ use xdt_datapath::{
     probe::Capacity,
     rules::parse_rules,
 };
+use xdt_lab::{Lab, LabSpec, Processes, Side};
 
 const CLIENT_NS: &str = "xdtdemo-client";
 const NODE_NS: &str = "xdtdemo-node";
@@ -67,135 +67,12 @@ impl Binaries {
     fn find() -> Result<Self> {
         let exe = std::env::current_exe().context("cannot find the xdt executable")?;
         let dir = exe.parent().context("xdt has no directory")?;
-        let find = |name: &str| -> Result<PathBuf> {
-            let path = dir.join(name);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                bail!(
-                    "{name} is not next to xdt in {} (build everything: cargo build --release --workspace)",
-                    dir.display()
-                )
-            }
-        };
         Ok(Self {
-            central: find("xdt-central")?,
-            agent: find("xdt-agent")?,
-            service: find("xdt-service-health")?,
+            central: xdt_lab::binary(dir, "xdt-central")?,
+            agent: xdt_lab::binary(dir, "xdt-agent")?,
+            service: xdt_lab::binary(dir, "xdt-service-health")?,
         })
     }
-}
-
-/// Everything the demo created; dropping it removes all of it, in reverse order.
-struct Lab {
-    dir: PathBuf,
-    namespaces: Vec<&'static str>,
-    attached: bool,
-    children: Vec<(&'static str, Child)>,
-}
-
-impl Lab {
-    fn spawn(&mut self, name: &'static str, command: &mut Command) -> Result<()> {
-        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        self.children.push((name, child));
-        Ok(())
-    }
-
-    /// The first child that has exited, with the end of its log.
-    fn exited(&mut self) -> Option<String> {
-        for (name, child) in &mut self.children {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log =
-                    fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
-                let tail: Vec<&str> = log
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                return Some(format!(
-                    "{name} exited ({status}):\n  {}",
-                    tail.join("\n  ")
-                ));
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (name, child) in self.children.iter_mut().rev() {
-            // SIGTERM first so the agent flushes and central saves, then SIGKILL.
-            let pid = nix::unistd::Pid::from_raw(child.id().cast_signed());
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-            println!("stopped {name}");
-        }
-        if self.attached {
-            // The probe is attached (and pinned) in the node namespace.
-            match in_netns(NODE_NS, || Ok(attach::detach(NODE_IF)?)) {
-                Ok(()) => println!("detached the probe from {NODE_IF}"),
-                Err(e) => eprintln!("xdt demo: detaching {NODE_IF}: {e:#}"),
-            }
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            println!("removed namespace {ns}");
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run ip (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = fs::File::open(format!("/run/netns/{ns}"))
-                .with_context(|| format!("namespace {ns}"))?;
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| bail!("a thread in namespace {ns} panicked"))
-    })
-}
-
-fn nsenter(ns: &str, program: &Path) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{ns}"))
-        .arg("--")
-        .arg(program);
-    c
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -205,99 +82,55 @@ pub fn run(options: &Options) -> Result<()> {
         );
     }
     let binaries = Binaries::find()?;
-    for ns in [CLIENT_NS, NODE_NS] {
-        if Path::new("/run/netns").join(ns).exists() {
-            bail!("namespace {ns} exists: is another demo running? (if not: ip netns del {ns})");
-        }
-    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle signals")?;
     }
-    let dir = std::env::temp_dir().join(format!("xdt-demo-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
-    let mut lab = Lab {
-        dir: dir.clone(),
-        namespaces: Vec::new(),
-        attached: false,
-        children: Vec::new(),
+    // The network: client <-> node over one veth pair, IPv4 and IPv6. Dropping the lab stops
+    // every process (SIGTERM first so the agent flushes and central saves), detaches the probe
+    // and removes the namespaces, also after a failure.
+    let side = |ns: &str, iface: &str, v4: &str, v6: &str| Side {
+        ns: ns.to_owned(),
+        iface: iface.to_owned(),
+        v4: Some(format!("{v4}/24")),
+        v6: Some(format!("{v6}/64")),
     };
-
-    // The network: client <-> node over one veth pair, IPv4 and IPv6.
-    for ns in [CLIENT_NS, NODE_NS] {
-        ip(&["netns", "add", ns])?;
-        lab.namespaces.push(ns);
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    }
-    ip(&[
-        "link", "add", CLIENT_IF, "netns", CLIENT_NS, "type", "veth", "peer", "name", NODE_IF,
-        "netns", NODE_NS,
-    ])?;
-    for (ns, dev, v4, v6) in [
-        (CLIENT_NS, CLIENT_IF, CLIENT4, CLIENT6),
-        (NODE_NS, NODE_IF, NODE4, NODE6),
-    ] {
-        ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            dev,
-            "nodad",
-        ])?;
-        ip(&["-n", ns, "link", "set", dev, "up"])?;
-    }
+    let mut lab = Lab::new(&LabSpec {
+        client: side(CLIENT_NS, CLIENT_IF, CLIENT4, CLIENT6),
+        node: side(NODE_NS, NODE_IF, NODE4, NODE6),
+        queues: 1,
+        dir_prefix: "xdt-demo-".to_owned(),
+        grace: Duration::from_secs(3),
+        report: true,
+    })?;
+    let dir = lab.dir.clone();
     // The management link; it goes away with the node namespace.
-    ip(&[
-        "link",
-        "add",
-        MGMT_IF,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        MGMT_NODE_IF,
-        "netns",
-        NODE_NS,
-    ])?;
-    ip(&["addr", "add", &format!("{MGMT_HOST4}/30"), "dev", MGMT_IF])?;
-    ip(&["link", "set", MGMT_IF, "up"])?;
-    ip(&[
-        "-n",
-        NODE_NS,
-        "addr",
-        "add",
-        &format!("{MGMT_NODE4}/30"),
-        "dev",
-        MGMT_NODE_IF,
-    ])?;
-    ip(&["-n", NODE_NS, "link", "set", MGMT_NODE_IF, "up"])?;
+    xdt_lab::veth((None, MGMT_IF), (Some(&lab.node), MGMT_NODE_IF), 1)?;
+    xdt_lab::ip(&["addr", "add", &format!("{MGMT_HOST4}/30"), "dev", MGMT_IF])?;
+    xdt_lab::ip(&["link", "set", MGMT_IF, "up"])?;
+    let mgmt_node = format!("{MGMT_NODE4}/30");
+    lab.node
+        .ip(&["addr", "add", &mgmt_node, "dev", MGMT_NODE_IF])?;
+    lab.node.ip(&["link", "set", MGMT_NODE_IF, "up"])?;
     let telemetry = format!("{MGMT_HOST4}:{}", options.telemetry_port);
 
     // The probe, with the demo's rules.
     let rules = parse_rules(RULES, "demo rules")?;
-    let attached = in_netns(NODE_NS, || {
-        Ok(attach::attach(
-            NODE_IF,
-            Mode::Auto,
-            &rules,
-            Capacity::default(),
-        )?)
-    })?;
-    lab.attached = true;
+    let attached = lab
+        .node
+        .enter(|| attach::attach(NODE_IF, Mode::Auto, &rules, Capacity::default()))??;
+    lab.on_drop(|lab| {
+        lab.node.enter(|| attach::detach(NODE_IF))??;
+        Ok(format!("detached the probe from {NODE_IF}"))
+    });
     println!(
         "attached the probe to {NODE_IF} in {} mode (namespace {NODE_NS})",
         attached.mode
     );
 
     // Central, the agent, the service.
-    let token = dir.join("token");
-    fs::write(&token, random_hex()?)?;
-    fs::set_permissions(&token, fs::Permissions::from_mode(0o600))?;
-    lab.spawn(
+    let token = lab.file("token", &random_hex()?)?;
+    lab.processes.spawn(
         "xdt-central",
         Command::new(&binaries.central)
             .args([
@@ -309,11 +142,12 @@ pub fn run(options: &Options) -> Result<()> {
             .arg("--token-file")
             .arg(&token),
     )?;
-    wait_for_http(&options.http_listen, &mut lab)?;
+    wait_for_http(&options.http_listen, &mut lab.processes)?;
     // The agent runs in the node namespace: its AF_XDP sockets and re-entry pair live there.
-    lab.spawn(
+    lab.processes.spawn(
         "xdt-agent",
-        nsenter(NODE_NS, &binaries.agent)
+        lab.node
+            .command(&binaries.agent)
             .args([
                 "--interface",
                 NODE_IF,
@@ -325,29 +159,26 @@ pub fn run(options: &Options) -> Result<()> {
             .arg("--token-file")
             .arg(&token),
     )?;
-    lab.spawn(
+    lab.processes.spawn(
         "xdt-service-health",
-        nsenter(NODE_NS, &binaries.service).args(["--listen", &format!("[::]:{SERVICE_PORT}")]),
+        lab.node
+            .command(&binaries.service)
+            .args(["--listen", &format!("[::]:{SERVICE_PORT}")]),
     )?;
     if which("ping") {
-        lab.spawn(
+        lab.processes.spawn(
             "ping",
-            nsenter(CLIENT_NS, Path::new("ping")).args(["-q", "-i", "0.5", NODE4]),
+            lab.client.command("ping").args(["-q", "-i", "0.5", NODE4]),
         )?;
-        lab.spawn(
+        lab.processes.spawn(
             "ping6",
-            nsenter(CLIENT_NS, Path::new("ping")).args(["-q", "-6", "-i", "1", NODE6]),
+            lab.client
+                .command("ping")
+                .args(["-q", "-6", "-i", "1", NODE6]),
         )?;
     } else {
         println!("(ping is not installed: no ICMP traffic; apt-get install iputils-ping)");
     }
-    let traffic_stop = Arc::clone(&stop);
-    let traffic = std::thread::spawn(move || {
-        in_netns(CLIENT_NS, || {
-            client_traffic(&traffic_stop);
-            Ok(())
-        })
-    });
 
     println!();
     println!("xdt demo is running:");
@@ -362,47 +193,54 @@ pub fn run(options: &Options) -> Result<()> {
     println!("Ctrl-C stops it and removes everything.");
     println!();
 
-    let started = Instant::now();
-    // Opened where the probe is attached; its maps are then read from here.
-    let probe = in_netns(NODE_NS, || Ok(AttachedProbe::open(NODE_IF)?))?;
-    let maps = probe.maps();
-    let mut last_line = Instant::now();
-    let outcome = loop {
-        if stop.load(Ordering::Relaxed) {
-            break Ok(());
-        }
-        if options
-            .duration
-            .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
-        {
-            stop.store(true, Ordering::Relaxed);
-            break Ok(());
-        }
-        if let Some(why) = lab.exited() {
-            stop.store(true, Ordering::Relaxed);
-            break Err(anyhow::anyhow!("{why}"));
-        }
-        if last_line.elapsed() >= Duration::from_secs(5) {
-            last_line = Instant::now();
-            if let Ok(c) = maps.counters() {
-                println!(
-                    "{NODE_IF}: {} packets (tcp {}, udp {}, icmp {}, other {}), {} labelled, {} sampled, {} steered to the agent",
-                    c.get(Counter::TotalPackets),
-                    c.get(Counter::TcpPackets),
-                    c.get(Counter::UdpPackets),
-                    c.get(Counter::IcmpPackets),
-                    c.get(Counter::OtherPackets),
-                    c.get(Counter::MatchedPackets),
-                    c.get(Counter::SampledEvents),
-                    c.get(Counter::SteeredPackets),
-                );
+    let (client, node, processes) = (&lab.client, &lab.node, &mut lab.processes);
+    let outcome = std::thread::scope(|scope| {
+        let traffic = scope.spawn(|| client.enter(|| client_traffic(&stop)));
+        let started = Instant::now();
+        // Opened where the probe is attached; its maps are then read from here.
+        let probe = node.enter(|| AttachedProbe::open(NODE_IF))??;
+        let maps = probe.maps();
+        let mut last_line = Instant::now();
+        let outcome = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
             }
+            if options
+                .duration
+                .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+            {
+                stop.store(true, Ordering::Relaxed);
+                break Ok(());
+            }
+            if let Some(why) = processes.exited() {
+                stop.store(true, Ordering::Relaxed);
+                break Err(anyhow::anyhow!("{why}"));
+            }
+            if last_line.elapsed() >= Duration::from_secs(5) {
+                last_line = Instant::now();
+                if let Ok(c) = maps.counters() {
+                    println!(
+                        "{NODE_IF}: {} packets (tcp {}, udp {}, icmp {}, other {}), {} labelled, {} sampled, {} steered to the agent",
+                        c.get(Counter::TotalPackets),
+                        c.get(Counter::TcpPackets),
+                        c.get(Counter::UdpPackets),
+                        c.get(Counter::IcmpPackets),
+                        c.get(Counter::OtherPackets),
+                        c.get(Counter::MatchedPackets),
+                        c.get(Counter::SampledEvents),
+                        c.get(Counter::SteeredPackets),
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        stop.store(true, Ordering::Relaxed);
+        if traffic.join().is_err() {
+            eprintln!("xdt demo: the client's traffic thread panicked");
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    stop.store(true, Ordering::Relaxed);
-    let _ = traffic.join();
-    drop(probe);
+        drop(probe);
+        outcome
+    });
     println!("stopping the demo");
     drop(lab);
     outcome
@@ -447,10 +285,10 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn wait_for_http(addr: &str, lab: &mut Lab) -> Result<()> {
+fn wait_for_http(addr: &str, processes: &mut Processes) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if let Some(why) = lab.exited() {
+        if let Some(why) = processes.exited() {
             bail!("{why}");
         }
         if let Ok(mut s) = TcpStream::connect(addr) {
