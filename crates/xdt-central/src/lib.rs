@@ -12,6 +12,8 @@ pub mod counters;
 pub mod error;
 mod export;
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod golden_tests;
 mod http;
 mod ingest;

@@ -1,40 +1,11 @@
 #![expect(clippy::float_cmp, reason = "the rates of these tests are exact")]
 
 use super::*;
-use xdt_wire::{AgentStats as WireStats, Event, LabelCount as WireLabel};
+use crate::fixtures::{event, hello};
+use xdt_wire::{AgentStats as WireStats, LabelCount as WireLabel};
 
 /// Central's clock in these tests: the batches' times (a few hundred seconds) are past.
 const NOW: f64 = 2e9;
-
-fn hello(agent_id: &str, instance: u64) -> Hello {
-    Hello {
-        agent_id: agent_id.into(),
-        hostname: "host".into(),
-        interface: "eth0".into(),
-        probe_version: "0.1.0".into(),
-        instance,
-        token: "t".into(),
-    }
-}
-
-fn event(ts: u64, payload_len: u16) -> Event {
-    Event {
-        timestamp_unix_ns: ts,
-        label: "web".into(),
-        rule: 1,
-        action: "sample".into(),
-        rx_queue: 0,
-        protocol: 6,
-        src: "10.0.0.1".parse().expect("ip"),
-        dst: "10.0.0.2".parse().expect("ip"),
-        src_port: 1234,
-        dst_port: 80,
-        ip_len: 60,
-        payload_len,
-        tcp_flags: 0x18,
-        inspection: None,
-    }
-}
 
 fn batch(sequence: u64, taken_s: u64, packets: u64, bytes: u64, events: usize) -> Batch {
     Batch {
