@@ -4,17 +4,23 @@
 //! `drop` rules.
 //!
 //! It reads top to bottom like the packet: Ethernet, VLAN tags, IPv4 or IPv6 (extension headers,
-//! fragments), L4 ports, rule match, count, sample, verdict. Any frame the probe cannot follow is
+//! fragments), L4 ports, rule match, count, sample, verdict, and, when the operator sized a flow
+//! table, the packet's flow record. Any frame the probe cannot follow is
 //! counted for what it is (truncated, malformed, non-IP, ...) and passed: it never drops traffic
 //! by accident. Map layouts come from `xdt-common`.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write types (their fetching forms need BPF v3
+// and Linux 5.12); the intrinsic with its result unused compiles to the plain atomic add
+// every BPF kernel has.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd: see above")]
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, RingBuf, XskMap},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
 use xdt_common::{
@@ -22,6 +28,7 @@ use xdt_common::{
     config::{Config, Generation},
     counters::{Counter, Counters},
     events::{RING_BYTES, SampledEvent},
+    flows::{FlowKey, FlowRecord, OFF_ENTRIES, spread_tcp_flags},
     labels::{LabelName, LabelStats, MAX_LABELS},
     rules::{
         ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, DEFAULT_MAX_RULES, MATCH_DST,
@@ -66,6 +73,16 @@ static XDT_STEER: Array<SteerLease> = Array::with_max_entries(1, 0);
 /// here.
 #[map]
 static XDT_AGENT: Array<AgentLedger> = Array::with_max_entries(1, 0);
+/// Flow records of generations 0 and 1 (see `xdt_common::flows`); sized by user space before
+/// loading, touched only while `Config::flow_entries` is not 0. Plain hashes, not LRU: a full
+/// table never evicts.
+#[map]
+static XDT_FLOWS_0: HashMap<FlowKey, FlowRecord> = HashMap::with_max_entries(OFF_ENTRIES, 0);
+#[map]
+static XDT_FLOWS_1: HashMap<FlowKey, FlowRecord> = HashMap::with_max_entries(OFF_ENTRIES, 0);
+/// The generation whose table the probe writes; switched by the reader that drains tables.
+#[map]
+static XDT_FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -85,6 +102,13 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up on an IPv6 packet's upper-layer protocol.
 const MAX_IPV6_EXT_HEADERS: usize = 8;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// bpf_map_update_elem's answers the flow table can give (negated).
+const EEXIST: i32 = 17;
+const E2BIG: i32 = 7;
+const ENOMEM: i32 = 12;
+const BPF_NOEXIST: u64 = 1;
 
 /// What the probe learnt of an IP packet; everything the rules and events look at.
 #[derive(Default)]
@@ -96,6 +120,10 @@ struct Packet {
     tcp_flags: u8,
     /// Ports were read (TCP or UDP, first fragment, header present).
     has_ports: bool,
+    /// ICMP and ICMPv6: `type << 8 | code`, 0 when the header is missing.
+    icmp_type_code: u16,
+    /// VLAN ids of the outer and inner tag, 0 where there is none.
+    vlans: [u16; 2],
     /// Addresses as raw native-endian loads of the packet's bytes (IPv4 in word 0).
     src: [u32; 4],
     dst: [u32; 4],
@@ -221,13 +249,23 @@ pub fn xdt(ctx: XdpContext) -> u32 {
     if packet.version == 0 {
         return XDP_PASS;
     }
-    match classify(&ctx, counters, &packet, frame_len) {
-        Ok(verdict) => verdict,
+    let Some(config) = XDT_CONFIG.get(0) else {
+        bump(counters, Counter::Errors);
+        return XDP_PASS;
+    };
+    let (verdict, label) = match classify(&ctx, counters, config, &packet, frame_len) {
+        Ok(classified) => classified,
         Err(()) => {
             bump(counters, Counter::Errors);
-            XDP_PASS
+            (XDP_PASS, 0)
         }
+    };
+    // The one check flows cost when they are off. Every packet that arrived is recorded,
+    // whatever its verdict: flows describe what reached the hook.
+    if config.flow_entries != 0 {
+        record_flow(counters, &packet, label);
     }
+    verdict
 }
 
 /// Ethernet and VLAN tags, then the IP header; fills `packet` as far as the frame allows.
@@ -242,7 +280,7 @@ fn parse(ctx: &XdpContext, counters: &mut Counters, packet: &mut Packet) {
     let mut ethertype = u16::from_be(unsafe { ethertype.read() });
     let mut offset = ETH_HLEN;
     let mut tagged = false;
-    for _ in 0..MAX_VLAN_TAGS {
+    for i in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
@@ -254,6 +292,7 @@ fn parse(ctx: &XdpContext, counters: &mut Counters, packet: &mut Packet) {
             return;
         };
         ethertype = u16::from_be(field!(tag, ethertype));
+        packet.vlans[i] = u16::from_be(field!(tag, tci)) & 0x0fff;
         offset += 4;
     }
     if tagged {
@@ -417,26 +456,35 @@ fn parse_l4(
             packet.dst_port = u16::from_be(field!(udp, dst_port));
             packet.payload_len = l4_len.saturating_sub(8);
         }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Type and code key ICMP flows, as NetFlow and IPFIX exporters do; a missing header
+            // is left for the counters above to describe (they do not look at ICMP's).
+            if let Some(type_code) = header::<u16>(ctx, offset) {
+                // SAFETY: as in `field!`: inside the packet, checked by `header`.
+                packet.icmp_type_code = u16::from_be(unsafe { type_code.read() });
+            }
+        }
         _ => {}
     }
 }
 
-/// Finds the winning rule, counts it under its label and applies its action.
+/// Finds the winning rule, counts it under its label and applies its action; the verdict and
+/// the label (0 for none).
 #[inline(always)]
 fn classify(
     ctx: &XdpContext,
     counters: &mut Counters,
+    config: &Config,
     packet: &Packet,
     frame_len: u64,
-) -> Result<u32, ()> {
-    let config = XDT_CONFIG.get(0).ok_or(())?;
+) -> Result<(u32, u32), ()> {
     let generation = if config.active == 0 {
         &config.generations[0]
     } else {
         &config.generations[1]
     };
     if generation.rule_count == 0 {
-        return Ok(XDP_PASS);
+        return Ok((XDP_PASS, 0));
     }
     let (dst_root, src_root, levels) = if packet.version == 4 {
         (Root::Ipv4Dst, Root::Ipv4Src, IPV4_CHILD_LEVELS)
@@ -457,7 +505,7 @@ fn classify(
     }
     scan(generation, generation.wildcard_list, &mut best, packet)?;
     let Some(rule) = best.rule else {
-        return Ok(XDP_PASS);
+        return Ok((XDP_PASS, 0));
     };
     let slot = generation.rule_base + best.slot;
 
@@ -468,10 +516,10 @@ fn classify(
     stats.packets += 1;
     stats.bytes += frame_len;
 
-    match rule.action {
+    let verdict = match rule.action {
         ACTION_DROP => {
             bump(counters, Counter::DroppedPackets);
-            Ok(XDP_DROP)
+            XDP_DROP
         }
         ACTION_SAMPLE => {
             let hits = XDT_SAMPLE_HITS.get_ptr_mut(slot).ok_or(())?;
@@ -482,10 +530,134 @@ fn classify(
                 *hits = 0;
                 emit(ctx, counters, packet, rule);
             }
-            Ok(XDP_PASS)
+            XDP_PASS
         }
-        ACTION_STEER => Ok(steer(ctx, counters, rule)),
-        _ => Ok(XDP_PASS),
+        ACTION_STEER => steer(ctx, counters, rule),
+        _ => XDP_PASS,
+    };
+    Ok((verdict, rule.label))
+}
+
+/// Counts the packet in its flow's record, creating the record on the flow's first packet. A
+/// full table refuses the new flow (counted), it never evicts one.
+#[inline(always)]
+fn record_flow(counters: &mut Counters, packet: &Packet, label: u32) {
+    let key = FlowKey {
+        src: packet.src,
+        dst: packet.dst,
+        src_port: packet.src_port,
+        dst_port: if packet.has_ports {
+            packet.dst_port
+        } else {
+            packet.icmp_type_code
+        },
+        vlans: packet.vlans,
+        ip_version: packet.version,
+        protocol: packet.protocol,
+        padding: 0,
+    };
+    let (table, previous) = if XDT_FLOW_GEN.get(0).is_some_and(|g| *g & 1 == 1) {
+        (&XDT_FLOWS_1, &XDT_FLOWS_0)
+    } else {
+        (&XDT_FLOWS_0, &XDT_FLOWS_1)
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let bytes = u64::from(packet.ip_len);
+    let tcp_flags = if packet.protocol == IPPROTO_TCP && packet.has_ports {
+        Some(packet.tcp_flags)
+    } else {
+        None
+    };
+    if let Some(record) = table.get_ptr_mut(&key) {
+        update_flow(record, bytes, now, tcp_flags);
+        return;
+    }
+    let flags = tcp_flags.unwrap_or(0);
+    let (syn_ns, handshake_ns) = match flags & (TCP_SYN | TCP_ACK) {
+        TCP_SYN => (now, 0),
+        // A handshake whose SYN the table of the previous generation holds (the generation
+        // switched in between): finish it here. Only on a record's creation, so it costs a
+        // lookup per flow, not per packet.
+        // SAFETY: read only, while the program runs (elements outlive an RCU grace period).
+        TCP_ACK => match unsafe { previous.get(&key) } {
+            Some(old) if old.syn_ns != 0 && old.handshake_ns == 0 => {
+                (old.syn_ns, now.saturating_sub(old.syn_ns).max(1))
+            }
+            _ => (0, 0),
+        },
+        _ => (0, 0),
+    };
+    let record = FlowRecord {
+        packets: 1,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        syn_ns,
+        handshake_ns,
+        tcp_flag_seen: spread_tcp_flags(flags).to_le_bytes(),
+        label,
+        padding: 0,
+    };
+    match table.insert(&key, &record, BPF_NOEXIST) {
+        Ok(()) => {}
+        // Another CPU created the record between the lookup and the insert: add to it.
+        Err(e) if e == -EEXIST => match table.get_ptr_mut(&key) {
+            Some(record) => update_flow(record, bytes, now, tcp_flags),
+            // ... and user space deleted it again at once.
+            None => bump(counters, Counter::Errors),
+        },
+        Err(e) if e == -E2BIG || e == -ENOMEM => bump(counters, Counter::FlowTableFull),
+        Err(_) => bump(counters, Counter::Errors),
+    }
+}
+
+/// Adds one packet to an existing record. Other CPUs may update the same record at the same
+/// time: the counters take atomic adds, the times plain stores, the TCP flags idempotent byte
+/// stores.
+#[inline(always)]
+fn update_flow(record: *mut FlowRecord, bytes: u64, now: u64, tcp_flags: Option<u8>) {
+    use core::{
+        intrinsics::{AtomicOrdering::Relaxed, atomic_xadd},
+        ptr::addr_of_mut,
+    };
+    // SAFETY: `record` points to a value of the flow map, which stays valid while the program
+    // runs (hash map elements are freed only after an RCU grace period); the map's values are
+    // 8-byte aligned, and every field of FlowRecord at its natural alignment. Concurrent
+    // writers only add atomically, store whole words, or store one byte each.
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(addr_of_mut!((*record).packets), 1);
+        atomic_xadd::<u64, u64, { Relaxed }>(addr_of_mut!((*record).bytes), bytes);
+        addr_of_mut!((*record).last_seen_ns).write_volatile(now);
+        let Some(flags) = tcp_flags else {
+            return;
+        };
+        let lanes = spread_tcp_flags(flags);
+        let seen = addr_of_mut!((*record).tcp_flag_seen);
+        if seen.cast::<u64>().read_volatile() & lanes != lanes {
+            let bytes = lanes.to_le_bytes();
+            for i in 0..8 {
+                if bytes[i] != 0 {
+                    seen.cast::<u8>().add(i).write_volatile(1);
+                }
+            }
+        }
+        match flags & (TCP_SYN | TCP_ACK) {
+            // A client opens (or retries) a connection: time its handshake from here.
+            TCP_SYN => {
+                addr_of_mut!((*record).syn_ns).write_volatile(now);
+                addr_of_mut!((*record).handshake_ns).write_volatile(0);
+            }
+            // The first ACK after a SYN completes the handshake.
+            TCP_ACK => {
+                let syn = addr_of_mut!((*record).syn_ns).read_volatile();
+                let handshake = addr_of_mut!((*record).handshake_ns);
+                if syn != 0 && handshake.read_volatile() == 0 {
+                    handshake.write_volatile(now.saturating_sub(syn).max(1));
+                }
+            }
+            _ => {}
+        }
     }
 }
 

@@ -50,6 +50,13 @@ pub enum Mode {
     Generic,
 }
 
+/// The order of `xdt flows`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FlowSort {
+    Bytes,
+    Packets,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the probe, attach it to an interface and pin it under /sys/fs/bpf/xdt/IF/.
@@ -67,6 +74,10 @@ pub enum Command {
         /// Trie nodes of 1 KiB for address prefixes longer than /16 (fixed until detach).
         #[arg(long, default_value_t = DEFAULT_TRIE_NODES, value_name = "N")]
         trie_nodes: u32,
+        /// Record flows, up to N per table (two tables of about 0.3 KiB an entry: see
+        /// docs/flows.md); 0 is off, which costs nothing per packet. Fixed until detach.
+        #[arg(long, env = "XDT_FLOWS", default_value_t = 0, value_name = "N")]
+        flows: u32,
         #[arg(long)]
         json: bool,
     },
@@ -114,6 +125,19 @@ pub enum Command {
         /// the node namespace's agent reaches it through.
         #[arg(long, default_value_t = 50051, value_name = "PORT")]
         telemetry_port: u16,
+    },
+    /// Print the flows the probe recorded (attach with `--flows N`), straight from the kernel.
+    Flows {
+        #[command(flatten)]
+        interface: Interface,
+        #[arg(long)]
+        json: bool,
+        /// Only the N largest flows.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+        /// What "largest" means.
+        #[arg(long, value_enum, default_value_t = FlowSort::Bytes)]
+        sort: FlowSort,
     },
     /// Follow sampled packet metadata (rules with `action sample N`).
     Events {

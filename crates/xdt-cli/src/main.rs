@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod flows;
 
 use std::{
     fs::File,
@@ -45,6 +46,7 @@ fn run(cli: Cli) -> Result<()> {
             rules,
             max_rules,
             trie_nodes,
+            flows,
             json,
         } => {
             let rules = match rules {
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> Result<()> {
                 Capacity {
                     max_rules,
                     trie_nodes,
+                    flows,
                 },
             )?;
             if json {
@@ -125,6 +128,12 @@ fn run(cli: Cli) -> Result<()> {
                 telemetry_port,
             })?;
         }
+        Command::Flows {
+            interface,
+            json,
+            top,
+            sort,
+        } => flows::run(&interface.name, json, top, sort)?,
         Command::Events {
             interface,
             json,
@@ -223,6 +232,7 @@ fn rules_command(command: RulesCommand) -> Result<()> {
                     Capacity {
                         max_rules: a.max_rules,
                         trie_nodes: a.trie_nodes,
+                        ..Capacity::default()
                     }
                 }
                 None => Capacity::default(),

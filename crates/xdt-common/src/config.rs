@@ -56,7 +56,9 @@ pub const MODE_GENERIC: u32 = 2;
 pub struct Config {
     /// The generation (0 or 1) the probe classifies with.
     pub active: u32,
-    pub padding: u32,
+    /// Entries of the flow table (`xdt attach --flows N`); 0: flows are off and the probe does
+    /// no flow work at all. Fixed until detach, like the map's size.
+    pub flow_entries: u32,
     pub generations: [Generation; 2],
     pub attachment: Attachment,
 }

@@ -109,6 +109,14 @@ counters! {
         .prometheus("xdp_errors",
             "Internal errors of the probe (a failed map lookup); the packet was passed.")
         .shown(Panel::Losses { label: "Probe errors", hint: "packet passed, counted", severity: Severity::Warn }),
+    /// Packets of a flow that had no record and found the flow table full (or, never seen on
+    /// a preallocated table, out of memory): the packet is counted everywhere else, only its
+    /// flow is missing. Nothing is evicted to make room.
+    FlowTableFull = Info::new("flow_table_full", "{packet}",
+        "Packets whose flow was not recorded because the probe's flow table was full.")
+        .prometheus("xdp_flow_table_full",
+            "Packets whose flow was not recorded because the probe's flow table was full.")
+        .shown(Panel::Losses { label: "Flow table full", hint: "packets of unrecorded flows", severity: Severity::Loss }),
 }
 
 /// What user space needs to know of a counter: its stable name, what it means, and how each

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod config;
 pub mod counters;
 pub mod events;
+pub mod flows;
 pub mod labels;
 pub mod rules;
 pub mod steer;
@@ -30,4 +31,5 @@ pub(crate) use user_pod;
 
 /// Version of this ABI; recorded by `xdt attach` so user space refuses maps of another layout.
 /// 2: AF_XDP steering (`steer` action, `XDT_XSKS`, `XDT_STEER`, two counters).
-pub const ABI_VERSION: u32 = 2;
+/// 3: flows (`XDT_FLOWS`, `Config::flow_entries`, the `flow_table_full` counter).
+pub const ABI_VERSION: u32 = 3;

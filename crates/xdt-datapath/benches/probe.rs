@@ -197,6 +197,7 @@ fn measure_one_load(rules: &[Rule], trie_nodes: u32, v4: &[u8], v6f: &[u8]) -> [
     let mut probe = LoadedProbe::load(Capacity {
         max_rules: n.max(1) as u32,
         trie_nodes: trie_nodes.max(1),
+        ..Capacity::default()
     })
     .expect("load probe");
     probe.maps().expect("maps").install(rules).expect("install");

@@ -21,6 +21,7 @@ use crate::{
     attach::mode_name,
     error::{Error, Result, is_permission, pin_error},
     events::EventReader,
+    flows::FlowTables,
     labels::LabelNames,
     ledger::Ledger,
     maps::ProbeMaps,
@@ -38,6 +39,8 @@ pub struct AttachedProbe {
     lease: MapData,
     /// Absent when an xdt without the ledger attached the probe.
     ledger: Option<MapData>,
+    flow_tables: [MapData; 2],
+    flow_generation: MapData,
 }
 
 impl std::fmt::Debug for AttachedProbe {
@@ -85,6 +88,11 @@ impl AttachedProbe {
             sockets: open(xdt_common::steer::XSKS_MAP)?,
             lease: open(xdt_common::steer::LEASE_MAP)?,
             ledger,
+            flow_tables: [
+                open(xdt_common::flows::TABLE_MAPS[0])?,
+                open(xdt_common::flows::TABLE_MAPS[1])?,
+            ],
+            flow_generation: open(xdt_common::flows::GENERATION_MAP)?,
             pins,
         })
     }
@@ -134,6 +142,26 @@ impl AttachedProbe {
             .as_ref()
             .map(|data| Ledger::new(duplicate(data, xdt_common::agent::MAP)?))
             .transpose()
+    }
+
+    /// The flow tables; [`Error::FlowsOff`] (which says how to turn them on) when the probe was
+    /// attached without them.
+    pub fn flows(&self) -> Result<FlowTables> {
+        let entries = self.maps.config()?.flow_entries;
+        if entries == 0 {
+            return Err(Error::FlowsOff {
+                iface: self.iface.clone(),
+            });
+        }
+        let [first, second] = &self.flow_tables;
+        FlowTables::new(
+            [
+                duplicate(first, xdt_common::flows::TABLE_MAPS[0])?,
+                duplicate(second, xdt_common::flows::TABLE_MAPS[1])?,
+            ],
+            duplicate(&self.flow_generation, xdt_common::flows::GENERATION_MAP)?,
+            entries,
+        )
     }
 
     /// The program's cumulative run time and run count (counted only while

@@ -126,6 +126,22 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// `--flows` asks for more than a flow table may hold.
+    #[error("a flow table of {entries} entries is too large: at most {max} (`--flows`)")]
+    FlowTableTooLarge { entries: u32, max: u32 },
+    /// The probe was attached without flow tables.
+    #[error(
+        "flows are off on {iface}: the probe was attached without a flow table; detach and \
+         attach again with `xdt attach --interface {iface} --flows N` (N flows per table)"
+    )]
+    FlowsOff { iface: String },
+    /// Reading a flow table failed.
+    #[error("reading the flow table {map} failed")]
+    FlowRead {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// An RX queue beyond what the probe's socket map holds.
     #[error("RX queue {queue} cannot be steered: the probe holds sockets for queues 0-{}", max - 1)]
     TooManyQueues { queue: u32, max: u32 },

@@ -8,6 +8,7 @@ pub mod attach;
 pub mod attached;
 pub mod error;
 pub mod events;
+pub mod flows;
 pub mod labels;
 pub mod ledger;
 pub mod maps;

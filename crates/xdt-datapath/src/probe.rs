@@ -11,7 +11,7 @@ use aya::{
 use xdt_common::{
     ABI_VERSION,
     config::{self, Attachment, Config, Generation},
-    counters, labels,
+    counters, flows, labels,
     rules::{self as raw},
     trie,
 };
@@ -48,6 +48,7 @@ impl Default for Capacity {
         Self {
             max_rules: raw::DEFAULT_MAX_RULES,
             trie_nodes: trie::DEFAULT_TRIE_NODES,
+            flows: 0,
         }
     }
 }
@@ -74,7 +75,16 @@ impl LoadedProbe {
                 capacity: 1 << 24,
             }));
         }
+        if capacity.flows > flows::MAX_ENTRIES {
+            return Err(Error::FlowTableTooLarge {
+                entries: capacity.flows,
+                max: flows::MAX_ENTRIES,
+            });
+        }
+        let flow_entries = capacity.flows.max(flows::OFF_ENTRIES);
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(flows::TABLE_MAPS[0], flow_entries)
+            .map_max_entries(flows::TABLE_MAPS[1], flow_entries)
             .map_max_entries(raw::RULES_MAP, 2 * capacity.max_rules)
             .map_max_entries(raw::SAMPLE_HITS_MAP, 2 * capacity.max_rules)
             .map_max_entries(raw::CANDIDATES_MAP, 2 * capacity.max_lists())
@@ -104,7 +114,7 @@ impl LoadedProbe {
         let nodes = trie::nodes_per_generation(capacity.trie_nodes);
         let config = Config {
             active: 0,
-            padding: 0,
+            flow_entries: capacity.flows,
             generations: [0, 1].map(|g| Generation {
                 rule_base: g * capacity.max_rules,
                 list_base: g * max_lists,
@@ -145,6 +155,22 @@ impl LoadedProbe {
     /// Handles on the maps (they share the kernel objects with this probe).
     pub fn maps(&mut self) -> Result<ProbeMaps> {
         ProbeMaps::from_lookup(|name| self.map_handle(name))
+    }
+
+    /// The flow tables; [`Error::FlowsOff`] when the probe was loaded without them.
+    pub fn flows(&mut self) -> Result<crate::flows::FlowTables> {
+        let entries = self.maps()?.config()?.flow_entries;
+        if entries == 0 {
+            return Err(Error::FlowsOff {
+                iface: "this probe".to_owned(),
+            });
+        }
+        let [first, second] = flows::TABLE_MAPS.map(|name| self.map_handle(name));
+        crate::flows::FlowTables::new(
+            [first?, second?],
+            self.map_handle(flows::GENERATION_MAP)?,
+            entries,
+        )
     }
 
     /// The reader of the probe's ring buffer.
@@ -199,13 +225,17 @@ pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Durati
 
 fn map_data(map: &Map) -> Option<&MapData> {
     match map {
-        Map::Array(m) | Map::PerCpuArray(m) | Map::RingBuf(m) | Map::XskMap(m) => Some(m),
+        Map::Array(m)
+        | Map::PerCpuArray(m)
+        | Map::RingBuf(m)
+        | Map::XskMap(m)
+        | Map::HashMap(m) => Some(m),
         _ => None,
     }
 }
 
 /// Every map of the probe, in the order they are pinned.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 15] = [
     config::MAP,
     counters::MAP,
     labels::STATS_MAP,
@@ -218,6 +248,9 @@ pub const ALL_MAPS: [&str; 12] = [
     xdt_common::steer::XSKS_MAP,
     xdt_common::steer::LEASE_MAP,
     xdt_common::agent::MAP,
+    flows::TABLE_MAPS[0],
+    flows::TABLE_MAPS[1],
+    flows::GENERATION_MAP,
 ];
 
 fn load_error(e: aya::EbpfError) -> Error {
