@@ -5,9 +5,11 @@
 //! library's source, from which `-Z build-std=core` compiles it. On Debian 12
 //! `cargo xtask setup` installs the second kind (Debian's rustc-web/rust-web-src 1.96) and
 //! bpf-linker 0.10.4; docs/building.md has the details. Environment overrides:
-//! - `XDT_PROBE_DIR`: a directory with prebuilt `xdt`, `bench-pass`, `bench-lpm` and `demo-counter`
-//!   objects
-//!   (packagers, Nix): nothing is compiled.
+//! - `XDT_PROBE_DIR`: a directory with the prebuilt `xdt` object, and the `bench-pass`,
+//!   `bench-lpm` and `demo-counter` objects too when the `test-objects` feature is on (packagers,
+//!   Nix): nothing is compiled.
+//!
+//! Without `test-objects` only the probe itself is built and embedded.
 //! - `XDT_BPF_RUSTC`, `XDT_BPF_CARGO`: the compiler and cargo to use (default /usr/bin/rustc,
 //!   /usr/bin/cargo; the flake's dev shell sets nixpkgs' own).
 use std::{
@@ -17,7 +19,9 @@ use std::{
 };
 
 const TARGET: &str = "bpfel-unknown-none";
-const OBJECTS: [&str; 4] = ["xdt", "bench-pass", "bench-lpm", "demo-counter"];
+const PROBE: &str = "xdt";
+/// Objects of the `test-objects` feature.
+const TEST_OBJECTS: [&str; 3] = ["bench-pass", "bench-lpm", "demo-counter"];
 const SETUP: &str = "run `cargo xtask setup` (Debian 12) or see docs/building.md";
 
 fn fail(what: &str) -> ! {
@@ -42,11 +46,15 @@ fn main() {
         println!("cargo::rerun-if-env-changed={var}");
     }
 
+    let mut wanted = vec![PROBE];
+    if env::var_os("CARGO_FEATURE_TEST_OBJECTS").is_some() {
+        wanted.extend(TEST_OBJECTS);
+    }
     let objects = match env::var_os("XDT_PROBE_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => build_probe(&bpf),
+        None => build_probe(&bpf, &wanted),
     };
-    for name in OBJECTS {
+    for name in wanted {
         let from = objects.join(name);
         if let Err(e) = std::fs::copy(&from, out.join(format!("{name}.bpf.o"))) {
             fail(&format!("probe object {} is missing: {e}", from.display()));
@@ -54,7 +62,7 @@ fn main() {
     }
 }
 
-fn build_probe(bpf: &Path) -> PathBuf {
+fn build_probe(bpf: &Path, objects: &[&str]) -> PathBuf {
     let rustc = env::var("XDT_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     let cargo = env::var("XDT_BPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
     let print = |what: &[&str]| match Command::new(&rustc).arg("--print").args(what).output() {
@@ -126,6 +134,9 @@ fn build_probe(bpf: &Path) -> PathBuf {
         }
     }
     command.args(["build", "--release", "--target", TARGET]);
+    for object in objects {
+        command.args(["--bin", object]);
+    }
     if !ships_core {
         command.args(["-Z", "build-std=core"]);
     }

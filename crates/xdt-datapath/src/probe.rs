@@ -25,11 +25,14 @@ use crate::{
 pub static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdt.bpf.o"));
 /// Baselines for the benchmark: an empty XDP_PASS program and a single-LPM-trie labeller.
+#[cfg(feature = "test-objects")]
 pub static BENCH_PASS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-pass.bpf.o"));
+#[cfg(feature = "test-objects")]
 pub static BENCH_LPM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-lpm.bpf.o"));
 /// For tests of foreign maps: the otel demo's packet counter (`stats_map`, 8 x u64).
+#[cfg(feature = "test-objects")]
 pub static DEMO_COUNTER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/demo-counter.bpf.o"));
 
