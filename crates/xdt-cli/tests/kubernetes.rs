@@ -3,9 +3,13 @@
 //! `cargo xtask images` builds from this build's Debian package: central's Deployment (with its
 //! Secret, ConfigMap and PersistentVolumeClaim) and the agent DaemonSet's pod for one node, its
 //! init container attaching the real probe to a veth of a lab in network namespaces made here.
-//! Frames sent from the lab's client must show up, counted exactly, in central's /metrics.json.
-//! The preStop hook (which podman 4.3 does not run) is run as the kubelet would, and must detach
-//! the probe. Root only; needs podman, mmdebstrap, cargo-deb and kubernetes-validate (`cargo
+//! Frames sent from the lab's client must show up, counted exactly, in central's /metrics.json;
+//! HTTP requests through a `steer` rule must be answered by the sample service in the node's
+//! namespace and show up, read by the agent, in central's events. The pod runs under the
+//! manifest's Localhost seccomp profile. The agent's liveness probe (podman's healthcheck made
+//! from it) must pass on the running agent and fail within its max age once the agent is
+//! stopped (SIGSTOP). The preStop hook (which podman 4.3 does not run) is run as the kubelet
+//! would, and must detach the probe and delete the re-entry pair. Root only; needs podman, mmdebstrap, cargo-deb and kubernetes-validate (`cargo
 //! xtask setup --tests`). Every pod, container, volume, secret, image and namespace it makes is
 //! removed at the end, also when it fails.
 
@@ -16,8 +20,9 @@ use std::{
 };
 
 use xdt_testkit::{
+    http::{echo, steered_http_paths},
     net::{Netns, veth},
-    process::sibling,
+    process::{Process, sibling},
     root_or_skip, say, unique_name,
 };
 
@@ -25,6 +30,9 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const NODE_ADDR: &str = "10.231.0.1";
 const CLIENT_ADDR: &str = "10.231.0.2";
 const PACKETS: u32 = 300;
+/// The port of the `steer` rule, where the sample service listens in the node's namespace.
+const STEERED_PORT: u16 = 8081;
+const REQUESTS: usize = 10;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -80,10 +88,15 @@ impl Podman<'_> {
     }
 
     fn play(&mut self, file: &Path) {
+        self.play_with(file, &[]);
+    }
+
+    fn play_with(&mut self, file: &Path, options: &[&str]) {
         self.plays.push(file.to_owned());
         let out = self
             .podman()
             .args(["kube", "play"])
+            .args(options)
             .arg(file)
             .output()
             .expect("run podman kube play");
@@ -206,20 +219,86 @@ fn wait_for_agent(
     );
 }
 
-fn rss_kib(podman: &Podman, container: &str) -> u64 {
-    let pid = check(
+/// The PID of a container's main process.
+fn main_pid(podman: &Podman, container: &str) -> i32 {
+    check(
         "podman inspect",
         podman
             .podman()
             .args(["inspect", "--format", "{{.State.Pid}}", container]),
-    );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+    )
+    .trim()
+    .parse()
+    .expect("a PID")
+}
+
+/// A field of /proc/PID/status of a container's main process (`VmRSS`, `Seccomp`, ...).
+fn status_field(podman: &Podman, container: &str, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", main_pid(podman, container)))
         .expect("the container's main process");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/PID/status of {container}"))
+        .trim()
+        .to_owned()
+}
+
+fn rss_kib(podman: &Podman, container: &str) -> u64 {
+    status_field(podman, container, "VmRSS")
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
         .expect("VmRSS")
+}
+
+/// `podman healthcheck run`: the container's liveness probe, as podman made it from the
+/// manifest's; whether it passed, and what it said.
+fn liveness(podman: &Podman, container: &str) -> (bool, String) {
+    let out = podman
+        .podman()
+        .args(["healthcheck", "run", container])
+        .output()
+        .expect("podman healthcheck run");
+    (out.status.success(), text(&out).trim().to_owned())
+}
+
+/// Sends SIGCONT on drop to a process the test stopped: a stopped agent holds up the pod's
+/// removal.
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Self {
+        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .unwrap_or_else(|e| panic!("{signal} to {pid}: {e}"));
+}
+
+/// The liveness probe's max age in the manifest (`--max-age S` of its command).
+fn liveness_max_age(agent_yaml: &str) -> Duration {
+    let line = agent_yaml
+        .lines()
+        .find(|l| l.contains("--check-heartbeat"))
+        .expect("the agent's liveness probe");
+    let seconds = line
+        .split(&['"', ',', '[', ']', ' '][..])
+        .filter(|w| !w.is_empty())
+        .skip_while(|w| *w != "--max-age")
+        .nth(1)
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no --max-age in {line}"));
+    Duration::from_secs_f64(seconds)
 }
 
 #[test]
@@ -262,6 +341,22 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
             );
         }
     }
+
+    // The pod's seccomp profile is the container runtime's default plus what xdt needs: made
+    // again from this machine's default (containers-common's, podman's RuntimeDefault), it is
+    // the same file.
+    let profile_file = manifests.join("xdt-agent-seccomp.json");
+    let derived = check(
+        "seccomp-profile",
+        Command::new(repo.join("crates/xtask/containers/seccomp-profile"))
+            .arg("/usr/share/containers/seccomp.json"),
+    );
+    assert!(
+        derived == std::fs::read_to_string(&profile_file).expect("the seccomp profile"),
+        "{} is not what crates/xtask/containers/seccomp-profile makes of this machine's \
+         /usr/share/containers/seccomp.json: run it and review the difference",
+        profile_file.display()
+    );
 
     // The images, from this build's binaries (the test's siblings).
     let profile = match sibling("xdt")
@@ -387,9 +482,20 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     assert!(!central_ip.is_empty(), "central's pod has no address");
     say(&format!("central's pod: {central_ip}"));
 
+    // The sample service on the node, behind the `steer` rule (it runs in the node's network
+    // namespace as a hostNetwork pod would; killed on drop).
+    let _service = Process::start(
+        node.command(sibling("xdt-service-health").to_str().expect("path"))
+            .args(["--listen", &format!("{NODE_ADDR}:{STEERED_PORT}")]),
+    );
+
     // The DaemonSet's pod for this node, with the site's interface, central address and rules.
     let rules = scratch.join("node.rules");
-    std::fs::write(&rules, "counted proto udp dport 9999\n").expect("rules");
+    std::fs::write(
+        &rules,
+        format!("counted proto udp dport 9999\napi proto tcp dport {STEERED_PORT} action steer\n"),
+    )
+    .expect("rules");
     let node_name = "k8s-node-1";
     let pod_yaml = scratch.join("agent-pod.yaml");
     let pod = check(
@@ -402,7 +508,15 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     );
     std::fs::write(&pod_yaml, pod).expect("agent-pod.yaml");
     let agent_pod = format!("xdt-agent-{node_name}");
-    podman.play(&pod_yaml);
+    let agent = format!("{agent_pod}-agent");
+    // The manifest's Localhost seccomp profile, from where the kubelet would look up its name.
+    podman.play_with(
+        &pod_yaml,
+        &[
+            "--seccomp-profile-root",
+            manifests.to_str().expect("a UTF-8 path"),
+        ],
+    );
 
     let pins = podman.pins.clone().expect("pins");
     assert!(
@@ -413,11 +527,28 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     let connected = wait_for_agent(
         &podman,
         &central_ip,
-        "the agent connected",
+        "the agent connected, steering",
         Duration::from_secs(90),
-        |n| n["connected"] == true,
+        |n| n["connected"] == true && n["agent"]["steering"]["sockets"].as_u64() >= Some(1),
     );
-    say(&format!("agent at central: {}", connected["agent_id"]));
+    say(&format!(
+        "agent at central: {}, steering {}",
+        connected["agent_id"], connected["agent"]["steering"]
+    ));
+    // The profile is in force (2: a filter), in the containers that run on.
+    for container in [&agent, &format!("{agent_pod}-detach")] {
+        assert_eq!(
+            status_field(&podman, container, "Seccomp"),
+            "2",
+            "{container} runs without a seccomp filter"
+        );
+    }
+    // Set up, the agent holds no capability.
+    assert_eq!(
+        status_field(&podman, &agent, "CapEff"),
+        "0000000000000000",
+        "the agent kept capabilities"
+    );
 
     // Known traffic: neighbours first, then PACKETS datagrams to the counted port.
     check(
@@ -454,24 +585,115 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
         "{entry}"
     );
 
-    let agent_rss = rss_kib(&podman, &format!("{agent_pod}-agent"));
+    // Steered: each request answered through the agent and its re-entry pair, each in central's
+    // events with its path.
+    let paths: Vec<String> = (0..REQUESTS).map(|i| format!("k8s-{i}")).collect();
+    for path in &paths {
+        echo(&client.0, NODE_ADDR, STEERED_PORT, path);
+    }
+    let steered = wait_for_agent(
+        &podman,
+        &central_ip,
+        "every steered request in the events",
+        Duration::from_secs(30),
+        |n| {
+            let seen = steered_http_paths(n);
+            paths.iter().all(|p| seen.contains(&format!("/echo/{p}")))
+        },
+    );
+    let steering = &steered["agent"]["steering"];
+    say(&format!("steered {REQUESTS} requests: {steering}"));
+    assert!(
+        steered["recent_events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["action"] == "steer")
+            .all(|e| e["label"] == "api" && e["inspection"]["reinjected"] == true),
+        "a steered packet was not re-injected: {steered}"
+    );
+
+    // Liveness: podman's healthcheck, made from the manifest's probe, passes on the running
+    // agent, and fails within the probe's max age of the agent's stopping.
+    let max_age = liveness_max_age(
+        &std::fs::read_to_string(manifests.join("agent.yaml")).expect("agent.yaml"),
+    );
+    let (healthy, said) = liveness(&podman, &agent);
+    assert!(
+        healthy,
+        "the running agent is not live: {said}\n{}",
+        podman.logs()
+    );
+    // The agent beats every 2 s (docs/operations.md): once the last beat before the stop is
+    // more than the max age old, every probe must fail. A probe's own run can be slow on a
+    // loaded machine, so what counts is when it started (it reads the heartbeat later).
+    let bound = max_age + Duration::from_millis(2500);
+    let stopped = Stopped::stop(main_pid(&podman, &agent));
+    let since = Instant::now();
+    let (took, said) = loop {
+        let started = since.elapsed();
+        let (healthy, said) = liveness(&podman, &agent);
+        if !healthy {
+            break (started, said);
+        }
+        assert!(
+            started <= bound,
+            "a probe started {started:?} after SIGSTOP still passed (max age {max_age:?}): {said}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    say(&format!(
+        "liveness failed in a probe started {took:.1?} after SIGSTOP (max age {max_age:?}): {said}"
+    ));
+    drop(stopped);
+    let resumed = Instant::now();
+    while !liveness(&podman, &agent).0 {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(15),
+            "the agent is not live again after SIGCONT: {}",
+            liveness(&podman, &agent).1
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    echo(&client.0, NODE_ADDR, STEERED_PORT, "after-sigcont");
+
+    let agent_rss = rss_kib(&podman, &agent);
     let central_rss = rss_kib(&podman, "xdt-central-pod-0-central");
     say(&format!(
         "RSS: agent {agent_rss} KiB, central {central_rss} KiB"
     ));
 
-    // The preStop hook of the detach container, as the kubelet runs it before stopping the pod.
-    check(
-        "preStop",
-        podman.podman().args([
-            "exec",
-            &format!("{agent_pod}-detach"),
-            "/bin/sh",
-            "-c",
-            "exec xdt detach --interface \"$XDT_INTERFACE\"",
-        ]),
-    );
+    // The preStop hooks, as the kubelet runs them before stopping the pod.
+    let hooks: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&check(
+        "node_pod.py --pre-stop",
+        Command::new("python3")
+            .arg(repo.join("crates/xdt-cli/tests/kubernetes/node_pod.py"))
+            .arg("--pre-stop")
+            .arg(manifests.join("agent.yaml")),
+    ))
+    .expect("the preStop hooks");
+    assert!(hooks.contains_key("detach"), "{hooks:?}");
+    for (container, command) in &hooks {
+        let argv: Vec<&str> = command
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        check(
+            &format!("preStop of {container}"),
+            podman
+                .podman()
+                .args(["exec", &format!("{agent_pod}-{container}")])
+                .args(&argv),
+        );
+    }
     assert!(!pins.exists(), "the preStop hook left {}", pins.display());
+    let links = check("ip link", node.command("ip").args(["-o", "link"]));
+    assert!(
+        !links.lines().any(|l| l.contains(": xdt")),
+        "the preStop hook left the re-entry pair: {links}"
+    );
     let link = check(
         "ip link",
         node.command("ip").args(["-d", "link", "show", &iface]),
