@@ -25,7 +25,7 @@ use tokio::{
 use xdt_systemd::logging::error_chain;
 use xdt_wire::{Connection, ErrorCode, FrameError, Hello, Message, WireError};
 
-use crate::Shared;
+use crate::shared::Shared;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {

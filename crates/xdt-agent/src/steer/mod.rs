@@ -436,7 +436,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let offset = crate::monotonic_to_unix_offset();
+        let offset = crate::clock::monotonic_to_unix_offset();
         let renew_every = self.lease / 4;
         let mut renewed = Instant::now();
         let mut renew_failed = false;

@@ -307,7 +307,7 @@ fn read_sysctl(path: &str) -> Result<String, ReentryError> {
 
 /// A random, locally administered unicast MAC address.
 fn local_mac() -> [u8; 6] {
-    let random = crate::random_u64().to_ne_bytes();
+    let random = crate::host::random_u64().to_ne_bytes();
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&random[..6]);
     mac[0] = (mac[0] & 0xfe) | 0x02;

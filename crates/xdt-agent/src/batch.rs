@@ -1,0 +1,93 @@
+//! Batching: what the main loop does every interval. The counters are read, the events
+//! gathered since the last batch are taken, and the outbox gets one batch, or as many as keep
+//! each frame within the wire's maximum ([`split`]).
+
+mod split;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use anyhow::Result;
+use log::warn;
+use xdt_datapath::attached::AttachedProbe;
+use xdt_wire::{AgentStats, Batch, Event};
+
+use crate::{
+    shared::Shared,
+    source::{Snapshot, Source},
+};
+
+/// Batches everything pending: one batch, or as many as the events need to keep every frame
+/// within the wire's maximum (all with the same counter snapshot; see [`split`]). Returns the
+/// counters it read (for the status line).
+pub(crate) fn make_batches(
+    source: &Source,
+    shared: &Shared,
+    sequence: &mut u64,
+    runtime: &mut RuntimeSampler,
+    steering: Option<&xdt_wire::SteeringStats>,
+) -> Result<Snapshot> {
+    let snapshot = source.snapshot()?;
+    let events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
+    let moved = events.len();
+    let probe_ns_per_packet = source.probe().and_then(|p| runtime.sample(p));
+    let taken_at_unix_ns = crate::clock::unix_ns();
+    let agent = |dropped_events, unacked_batches| AgentStats {
+        dropped_events,
+        unacked_batches,
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        probe_ns_per_packet,
+        steering: steering.cloned(),
+    };
+    // The widest numbers any of these batches can carry: varints grow with the value.
+    let template = Batch {
+        sequence: u64::MAX,
+        taken_at_unix_ns,
+        counters: snapshot.counters.clone(),
+        labels: snapshot.labels.clone(),
+        events: Vec::new(),
+        agent: agent(u64::MAX, u32::MAX),
+    };
+    let groups = split::split(&template, events, xdt_wire::MAX_FRAME)?;
+    if groups.unfit > 0 {
+        warn!(
+            "{} events do not fit in a frame even alone: dropped",
+            groups.unfit
+        );
+        shared
+            .pending_dropped
+            .fetch_add(groups.unfit as u64, Ordering::Relaxed);
+    }
+    let dropped_events = shared.dropped_events();
+    shared.change_outbox_taking(moved, |outbox| {
+        for events in groups.groups {
+            *sequence += 1;
+            let unacked_batches = u32::try_from(outbox.len()).unwrap_or(u32::MAX);
+            outbox.push(Batch {
+                sequence: *sequence,
+                events,
+                agent: agent(dropped_events, unacked_batches),
+                ..template.clone()
+            });
+        }
+    });
+    shared.new_batch.notify_one();
+    Ok(snapshot)
+}
+
+/// The probe's mean cost per packet over the last interval, from the program's run time and
+/// count (which the kernel keeps only while kernel.bpf_stats_enabled=1).
+#[derive(Default)]
+pub(crate) struct RuntimeSampler {
+    last: Option<(Duration, u64)>,
+}
+
+impl RuntimeSampler {
+    fn sample(&mut self, probe: &AttachedProbe) -> Option<f64> {
+        let now = probe.program_runtime().ok()?;
+        let last = self.last.replace(now)?;
+        let runs = now.1.checked_sub(last.1).filter(|r| *r > 0)?;
+        let time = now.0.checked_sub(last.0)?;
+        #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
+        Some(time.as_nanos() as f64 / runs as f64)
+    }
+}

@@ -1,0 +1,155 @@
+//! What the agent's tasks share: the outbox, the events read and not batched yet, the figures
+//! of the status line and of each batch, and the probe's ledger of events held (which a
+//! successor counts as lost if this process dies).
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use log::warn;
+use tokio::sync::Notify;
+use xdt_datapath::attached::AttachedProbe;
+use xdt_wire::Event;
+
+use crate::outbox::Outbox;
+
+/// State the tasks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    outbox: Mutex<Outbox>,
+    /// Events read from the ring and not batched yet.
+    /// A deque: dropping the oldest of a full buffer is O(dropped), not a shift of the rest.
+    pending: Mutex<VecDeque<Event>>,
+    /// Events dropped from `pending` because it was full (or lost by a killed predecessor).
+    pub(crate) pending_dropped: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    /// Whether a session with central is up (for the status line).
+    pub(crate) connected: AtomicBool,
+    /// Woken when a batch is in the outbox.
+    pub(crate) new_batch: Notify,
+    /// Events held (pending or in the outbox), as recorded in the probe's ledger.
+    held: AtomicU64,
+    /// The probe's `XDT_AGENT` (absent for a foreign map, or a probe attached without it).
+    ledger: Mutex<Option<xdt_datapath::ledger::Ledger>>,
+}
+
+impl Shared {
+    pub(crate) fn new(max_batches: usize, max_events: usize) -> Self {
+        Self {
+            outbox: Mutex::new(Outbox::new(max_batches, max_events)),
+            pending: Mutex::new(VecDeque::new()),
+            pending_dropped: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            new_batch: Notify::new(),
+            held: AtomicU64::new(0),
+            ledger: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn dropped_events(&self) -> u64 {
+        self.outbox().dropped_events + self.pending_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Changes the outbox and records the change in events held.
+    pub(crate) fn change_outbox<T>(&self, change: impl FnOnce(&mut Outbox) -> T) -> T {
+        self.change_outbox_taking(0, change)
+    }
+
+    /// [`Shared::change_outbox`] with `taken` events that left `pending` for it, recorded in
+    /// the same update.
+    pub(crate) fn change_outbox_taking<T>(
+        &self,
+        taken: usize,
+        change: impl FnOnce(&mut Outbox) -> T,
+    ) -> T {
+        let mut outbox = self.outbox();
+        let before = outbox.events();
+        let result = change(&mut outbox);
+        let after = outbox.events();
+        drop(outbox);
+        self.held_changed(after, before + taken);
+        result
+    }
+
+    /// Records `added` events more and `removed` fewer held, in the probe's ledger too: what a
+    /// successor counts as lost if this process dies now. Written under the ledger's lock with the latest total, so
+    /// the map never goes back to an older figure.
+    fn held_changed(&self, added: usize, removed: usize) {
+        if added == removed {
+            return;
+        }
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some((held + added as u64).saturating_sub(removed as u64))
+            });
+        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ledger) = ledger.as_mut() {
+            let held = self.held.load(Ordering::Relaxed);
+            if let Err(e) = ledger.set_undelivered(held) {
+                warn!("updating the agent ledger failed: {e}");
+            }
+        }
+    }
+}
+
+/// Opens the probe's ledger and takes over from the previous agent: the events it held
+/// undelivered when it ended are lost, and counted here (`dropped_events`).
+pub(crate) fn take_over_ledger(probe: &AttachedProbe, shared: &Shared) {
+    let iface = probe.interface();
+    match probe.ledger() {
+        Ok(Some(mut ledger)) => {
+            match ledger.undelivered() {
+                Ok(0) => {}
+                Ok(lost) => {
+                    warn!(
+                        "the previous agent of {iface} ended holding {lost} events central never \
+                         acknowledged (killed, or stopped before central took them): lost, \
+                         counted in dropped_events"
+                    );
+                    shared.pending_dropped.fetch_add(lost, Ordering::Relaxed);
+                }
+                Err(e) => warn!("reading the agent ledger failed: {e}"),
+            }
+            if let Err(e) = ledger.set_undelivered(0) {
+                warn!("resetting the agent ledger failed: {e}");
+            }
+            *shared.ledger.lock().unwrap_or_else(PoisonError::into_inner) = Some(ledger);
+        }
+        Ok(None) => warn!(
+            "the probe on {iface} was attached without an agent ledger (XDT_AGENT): events a \
+             killed agent held cannot be counted; attach it again to have one"
+        ),
+        Err(e) => warn!("opening the agent ledger failed: {e}"),
+    }
+}
+
+/// Adds events to the next batch, dropping (and counting) the oldest beyond `max_pending`.
+pub(crate) fn push_pending(shared: &Shared, fresh: Vec<Event>, max_pending: usize) {
+    let mut pending = shared.pending();
+    let before = pending.len();
+    pending.extend(fresh);
+    if pending.len() > max_pending {
+        let excess = pending.len() - max_pending;
+        pending.drain(..excess);
+        shared
+            .pending_dropped
+            .fetch_add(excess as u64, Ordering::Relaxed);
+    }
+    let after = pending.len();
+    drop(pending);
+    shared.held_changed(after, before);
+}
