@@ -304,8 +304,10 @@ fn clear_errors() {
     );
     assert_eq!(lab.ok(&["rules", "list", "-i", &iface]).lines().count(), 2);
 
-    // No privileges.
-    let out = Command::new("setpriv")
+    // No privileges (in the node namespace, where the probe is).
+    let out = lab
+        .node
+        .command("setpriv")
         .args([
             "--reuid=65534",
             "--regid=65534",
