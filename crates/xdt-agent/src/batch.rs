@@ -19,7 +19,38 @@ use crate::{
 /// Batches everything pending: one batch, or as many as the events need to keep every frame
 /// within the wire's maximum (all with the same counter snapshot; see [`split`]). Returns the
 /// counters it read (for the status line).
-pub(crate) fn make_batches(
+/// What batching keeps from one interval to the next.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    /// The sequence number of the last batch made.
+    sequence: u64,
+    runtime: RuntimeSampler,
+}
+
+impl Batcher {
+    /// See [`make_batches`].
+    pub(crate) fn batch(
+        &mut self,
+        source: &Source,
+        shared: &Shared,
+        steering: Option<&xdt_wire::SteeringStats>,
+    ) -> Result<Snapshot> {
+        make_batches(
+            source,
+            shared,
+            &mut self.sequence,
+            &mut self.runtime,
+            steering,
+        )
+    }
+
+    /// How many batches were made.
+    pub(crate) fn batches(&self) -> u64 {
+        self.sequence
+    }
+}
+
+fn make_batches(
     source: &Source,
     shared: &Shared,
     sequence: &mut u64,
@@ -77,7 +108,7 @@ pub(crate) fn make_batches(
 /// The probe's mean cost per packet over the last interval, from the program's run time and
 /// count (which the kernel keeps only while kernel.bpf_stats_enabled=1).
 #[derive(Default)]
-pub(crate) struct RuntimeSampler {
+struct RuntimeSampler {
     last: Option<(Duration, u64)>,
 }
 

@@ -10,7 +10,7 @@ use xdt_systemd::notify::Notifier;
 use xdt_wire::Hello;
 
 use crate::{
-    batch::{RuntimeSampler, make_batches},
+    batch::Batcher,
     config::{Config, Control},
     heartbeat, host, labels, privileges,
     ring::{open_events, read_events},
@@ -108,8 +108,7 @@ pub async fn run(
         (period, None) => period,
     };
     let mut watchdog = tokio::time::interval(health_period.unwrap_or(Duration::from_hours(1)));
-    let mut sequence = 0u64;
-    let mut runtime = RuntimeSampler::default();
+    let mut batcher = Batcher::default();
     let mut status = StatusLine::new(&config, steering.as_ref());
     notifier.ready(&status.line(None, &shared));
     loop {
@@ -149,13 +148,7 @@ pub async fn run(
             },
         }
         let steer_stats = steering.as_ref().map(steer::Steering::stats);
-        let snapshot = make_batches(
-            &source,
-            &shared,
-            &mut sequence,
-            &mut runtime,
-            steer_stats.as_ref(),
-        )?;
+        let snapshot = batcher.batch(&source, &shared, steer_stats.as_ref())?;
         notifier.status(&status.line(Some(&snapshot), &shared));
     }
     notifier.stopping("flushing unacknowledged batches");
@@ -168,13 +161,7 @@ pub async fn run(
         Some(steering) => Some(steering.stop().await),
         None => None,
     };
-    make_batches(
-        &source,
-        &shared,
-        &mut sequence,
-        &mut runtime,
-        steer_stats.as_ref(),
-    )?;
+    batcher.batch(&source, &shared, steer_stats.as_ref())?;
     if let Some(events) = events {
         events.abort();
     }
@@ -199,7 +186,7 @@ pub async fn run(
              cumulative)"
         );
     }
-    info!("xdt-agent stopped after {sequence} batches");
+    info!("xdt-agent stopped after {} batches", batcher.batches());
     Ok(())
 }
 
