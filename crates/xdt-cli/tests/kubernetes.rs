@@ -276,7 +276,11 @@ impl Stopped {
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        signal(self.0, nix::sys::signal::Signal::SIGCONT);
+        // The process may be gone (killed while stopped): nothing to resume then.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
     }
 }
 
@@ -661,6 +665,52 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     let central_rss = rss_kib(&podman, "xdt-central-pod-0-central");
     say(&format!(
         "RSS: agent {agent_rss} KiB, central {central_rss} KiB"
+    ));
+
+    // What the kubelet does once the probe has failed often enough: kill the agent's container
+    // (SIGTERM, SIGKILL after the grace period: a hung agent does not stop by itself) and start
+    // it again. Init containers do not run again: the new agent must take over the probe that
+    // is still attached and the re-entry pair the killed one left, and steer again.
+    let killed = main_pid(&podman, &agent);
+    let stopped = Stopped::stop(killed);
+    check(
+        "podman restart",
+        podman.podman().args(["restart", "--time", "2", &agent]),
+    );
+    drop(stopped);
+    assert_ne!(
+        main_pid(&podman, &agent),
+        killed,
+        "the agent was not restarted"
+    );
+    let restarted = Instant::now();
+    while !liveness(&podman, &agent).0 {
+        assert!(
+            restarted.elapsed() < Duration::from_mins(1),
+            "the restarted agent is not live: {}\n{}",
+            liveness(&podman, &agent).1,
+            podman.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_for_agent(
+        &podman,
+        &central_ip,
+        "the restarted agent steering",
+        Duration::from_mins(1),
+        |n| n["connected"] == true && n["agent"]["steering"]["sockets"].as_u64() >= Some(1),
+    );
+    echo(&client.0, NODE_ADDR, STEERED_PORT, "after-restart");
+    wait_for_agent(
+        &podman,
+        &central_ip,
+        "a request steered by the restarted agent",
+        Duration::from_secs(30),
+        |n| steered_http_paths(n).contains("/echo/after-restart"),
+    );
+    say(&format!(
+        "restarted as the kubelet would: live and steering again after {:.1?}",
+        restarted.elapsed()
     ));
 
     // The preStop hooks, as the kubelet runs them before stopping the pod.
