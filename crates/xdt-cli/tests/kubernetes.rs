@@ -8,7 +8,7 @@
 //! namespace and show up, read by the agent, in central's events. The pod runs under the
 //! manifest's Localhost seccomp profile. The agent's liveness probe (podman's healthcheck made
 //! from it) must pass on the running agent and fail within its max age once the agent is
-//! stopped (SIGSTOP). The preStop hook (which podman 4.3 does not run) is run as the kubelet
+//! stopped (SIGSTOP); restarted as the kubelet then would, the agent must steer again. The preStop hook (which podman 4.3 does not run) is run as the kubelet
 //! would, and must detach the probe and delete the re-entry pair. Root only; needs podman, mmdebstrap, cargo-deb and kubernetes-validate (`cargo
 //! xtask setup --tests`). Every pod, container, volume, secret, image and namespace it makes is
 //! removed at the end, also when it fails.
