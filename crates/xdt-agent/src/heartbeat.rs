@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use log::warn;
+use log::{info, warn};
 
 /// How often the agent beats without a systemd watchdog (with one, at least as often as it
 /// feeds the watchdog). A probe's max age should be several of these.
@@ -65,6 +65,8 @@ pub enum HeartbeatError {
 pub struct Heartbeat {
     beats: SyncSender<u64>,
     path: PathBuf,
+    /// Whether the last beat could not be handed over (said once, not at every beat).
+    stuck: std::cell::Cell<bool>,
 }
 
 impl Heartbeat {
@@ -100,6 +102,7 @@ impl Heartbeat {
         Ok(Self {
             beats,
             path: path.to_owned(),
+            stuck: std::cell::Cell::new(false),
         })
     }
 
@@ -108,15 +111,18 @@ impl Heartbeat {
         let Ok(now) = xdt_datapath::sys::monotonic_ns() else {
             return;
         };
-        match self.beats.try_send(now) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => warn!(
-                "the heartbeat writer is still busy with the previous beat: {} is not updated",
+        let stuck = match self.beats.try_send(now) {
+            Ok(()) => None,
+            Err(TrySendError::Full(_)) => Some("is still writing the previous beat"),
+            Err(TrySendError::Disconnected(_)) => Some("is gone"),
+        };
+        match (stuck, self.stuck.replace(stuck.is_some())) {
+            (Some(why), false) => warn!(
+                "the heartbeat writer {why}: {} ages until it takes beats again",
                 self.path.display()
             ),
-            Err(TrySendError::Disconnected(_)) => {
-                warn!("the heartbeat writer is gone: {} ages", self.path.display());
-            }
+            (None, true) => info!("the heartbeat writer takes beats again"),
+            _ => {}
         }
     }
 }
