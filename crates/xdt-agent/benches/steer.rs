@@ -143,19 +143,9 @@ impl Lab {
         lab
     }
 
-    fn get(&self, path: &str) -> Option<String> {
-        lab::get(&self.lab, self.central.http, path)
-    }
-
     /// The agent's node in central's /metrics.json once `pick` holds (fails after 20 s).
     fn agent_node(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
-        xdt_testkit::http::central_node_when(
-            || self.get("/metrics.json"),
-            AGENT,
-            what,
-            Duration::from_secs(20),
-            pick,
-        )
+        self.central.node_when(&self.lab, AGENT, what, pick)
     }
 
     /// `xdt stats --json` of the node's interface.

@@ -8,15 +8,13 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use xdt_testkit::{
     frames::{ETH_P_IP, UDP, ethernet, ipv4, udp},
-    lab::{self, Side},
-    net::FrameSender,
+    lab::{self, Lab, Side},
     process::Process,
     root_or_skip,
 };
@@ -25,68 +23,47 @@ use xdt_wire::{Hello, Message, Preamble, Welcome, frame};
 const AGENT: &str = env!("CARGO_BIN_EXE_xdt-agent");
 const RULES: &str = "all proto udp action sample 1\n";
 
-/// Client and node namespaces, the probe on the node's end sampling every UDP frame.
-struct Lab {
-    token: PathBuf,
-    lab: lab::Lab,
+/// Client and node namespaces, the probe on the node's end sampling every UDP frame, the
+/// agent's token in the lab's directory.
+fn frozen_lab() -> Lab {
+    let mut lab = lab::lab(
+        Side::unique("xfc", "fc"),
+        Side::unique("xfn", "fn"),
+        1,
+        "xdt-frozen-",
+    );
+    // Loopback's 64 KiB MTU lets TCP grow the agent's send buffer past a megabyte; at an
+    // Ethernet MTU it stays small, and a central that stops reading stops the agent's writes
+    // after a few batches.
+    lab.node
+        .ip(&["link", "set", "lo", "mtu", "1500"])
+        .expect("ip link set lo mtu");
+    lab::attach(&mut lab, "native", RULES);
+    lab.file("token", "frozen-token\n").expect("token");
+    lab
 }
 
-impl std::ops::Deref for Lab {
-    type Target = lab::Lab;
-    fn deref(&self) -> &lab::Lab {
-        &self.lab
-    }
-}
-
-impl Lab {
-    fn new() -> Self {
-        let mut lab = lab::lab(
-            Side::unique("xfc", "fc"),
-            Side::unique("xfn", "fn"),
-            1,
-            "xdt-frozen-",
-        );
-        // Loopback's 64 KiB MTU lets TCP grow the agent's send buffer past a megabyte; at an
-        // Ethernet MTU it stays small, and a central that stops reading stops the agent's
-        // writes after a few batches.
+/// The agent in the node namespace, its stderr in `log`.
+fn agent(lab: &Lab, central: u16, log: &std::path::Path) -> Process {
+    Process::start(
         lab.node
-            .ip(&["link", "set", "lo", "mtu", "1500"])
-            .expect("ip link set lo mtu");
-        lab::attach(&mut lab, "native", RULES);
-        let token = lab.file("token", "frozen-token\n").expect("token");
-        Self { token, lab }
-    }
+            .command(AGENT)
+            .args(["--interface", &lab.node_if, "--agent-id", "frozen-test"])
+            .args(["--interval", "0.05", "--no-steer"])
+            .args(["--central", &format!("127.0.0.1:{central}")])
+            .arg("--token-file")
+            .arg(lab.dir.join("token"))
+            .stderr(std::fs::File::create(log).expect("log file")),
+    )
+}
 
-    /// The agent in the node namespace, its stderr in `log`.
-    fn agent(&self, central: u16, log: &std::path::Path) -> Process {
-        Process::start(
-            self.node
-                .command(AGENT)
-                .args(["--interface", &self.node_if, "--agent-id", "frozen-test"])
-                .args(["--interval", "0.05", "--no-steer"])
-                .args(["--central", &format!("127.0.0.1:{central}")])
-                .arg("--token-file")
-                .arg(&self.token)
-                .stderr(std::fs::File::create(log).expect("log file")),
-        )
-    }
-
-    /// `count` sampled UDP frames from the client.
-    fn send(&self, count: usize) {
-        let iface = self.client_if.clone();
-        let frame = ethernet(
-            ETH_P_IP,
-            &ipv4([10, 88, 0, 9], [10, 88, 0, 5], UDP, &udp(5353, 9999, b"x")),
-        );
-        self.client
-            .enter(move || {
-                let sender = FrameSender::open(&iface);
-                for _ in 0..count {
-                    sender.send(&frame);
-                }
-            })
-            .expect("client namespace");
-    }
+/// `count` sampled UDP frames from the client.
+fn send(lab: &Lab, count: usize) {
+    let frame = ethernet(
+        ETH_P_IP,
+        &ipv4([10, 88, 0, 9], [10, 88, 0, 5], UDP, &udp(5353, 9999, b"x")),
+    );
+    lab::send_frames(lab, &[(frame, count)]);
 }
 
 /// A listener in the node namespace with a small receive buffer (inherited by what it
@@ -174,16 +151,16 @@ fn sigterm_stops_the_agent_within_its_flush_when_central_stopped_reading() {
     if !root_or_skip("sigterm_stops_the_agent_within_its_flush_when_central_stopped_reading") {
         return;
     }
-    let lab = Lab::new();
+    let lab = frozen_lab();
     let (listener, port) = listener(&lab);
     let connected = frozen_central(listener);
     let log = lab.dir.join("agent.log");
-    let mut agent = lab.agent(port, &log);
+    let mut agent = agent(&lab, port, &log);
     connected
         .recv_timeout(Duration::from_secs(15))
         .expect("the agent connects");
     // About 2.4 MB of events: far more than the frozen connection's buffers take.
-    lab.send(40_000);
+    send(&lab, 40_000);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         matches!(agent.0.try_wait(), Ok(None)),
@@ -227,15 +204,15 @@ fn a_central_that_stopped_reading_is_left_for_a_new_connection() {
     if !root_or_skip("a_central_that_stopped_reading_is_left_for_a_new_connection") {
         return;
     }
-    let lab = Lab::new();
+    let lab = frozen_lab();
     let (listener, port) = listener(&lab);
     let connected = frozen_central(listener);
     let log = lab.dir.join("agent.log");
-    let _agent = lab.agent(port, &log);
+    let _agent = agent(&lab, port, &log);
     let (instance, first) = connected
         .recv_timeout(Duration::from_secs(15))
         .expect("the agent connects");
-    lab.send(40_000);
+    send(&lab, 40_000);
     let (again, second) = connected
         .recv_timeout(Duration::from_secs(40))
         .unwrap_or_else(|_| {
@@ -288,21 +265,21 @@ fn events_a_killed_agent_held_are_counted_by_the_next() {
     if !root_or_skip("events_a_killed_agent_held_are_counted_by_the_next") {
         return;
     }
-    let lab = Lab::new();
+    let lab = frozen_lab();
     let (frozen, port) = listener(&lab);
     let connected = frozen_central(frozen);
     let log = lab.dir.join("killed.log");
-    let killed = lab.agent(port, &log);
+    let killed = agent(&lab, port, &log);
     connected
         .recv_timeout(Duration::from_secs(15))
         .expect("the agent connects");
-    lab.send(3000);
+    send(&lab, 3000);
     std::thread::sleep(Duration::from_secs(2));
     drop(killed); // SIGKILL
 
     let (acking, port) = listener(&lab);
     let log = lab.dir.join("next.log");
-    let _next = lab.agent(port, &log);
+    let _next = agent(&lab, port, &log);
     let batches = accept_and_acknowledge(&acking, Duration::from_secs(2));
     let last = batches.last().expect("batches");
     let counter = |name: &str| {

@@ -104,8 +104,13 @@ pub fn run(options: &Options) -> Result<()> {
         report: true,
     })?;
     let dir = lab.dir.clone();
-    // The management link; it goes away with the node namespace.
+    // The management link. It would go with the node namespace, but the kernel removes a
+    // namespace's devices asynchronously: deleted here, it is gone when the demo has ended.
     xdt_lab::veth((None, MGMT_IF), (Some(&lab.node), MGMT_NODE_IF), 1)?;
+    lab.on_drop(|_| {
+        xdt_lab::ip(&["link", "del", MGMT_IF])?;
+        Ok(format!("removed the management link {MGMT_IF}"))
+    });
     xdt_lab::ip(&["addr", "add", &format!("{MGMT_HOST4}/30"), "dev", MGMT_IF])?;
     xdt_lab::ip(&["link", "set", MGMT_IF, "up"])?;
     let mgmt_node = format!("{MGMT_NODE4}/30");

@@ -64,10 +64,6 @@ impl SteerLab {
         Self { central, lab }
     }
 
-    fn get(&self, path: &str) -> Option<String> {
-        lab::get(&self.lab, self.central.http, path)
-    }
-
     fn agent(&self) -> Process {
         self.agent_with(&[])
     }
@@ -86,13 +82,7 @@ impl SteerLab {
 
     /// The agent's node in /metrics.json once `pick` holds (fails after 20 s).
     fn node_when(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
-        xdt_testkit::http::central_node_when(
-            || self.get("/metrics.json"),
-            AGENT,
-            what,
-            Duration::from_secs(20),
-            pick,
-        )
+        self.central.node_when(&self.lab, AGENT, what, pick)
     }
 
     fn steering_up(&self, sockets: u64) -> Value {

@@ -76,6 +76,30 @@ pub struct Central {
 }
 
 impl Central {
+    /// The body of a `200 OK` answer to `GET path` from this central.
+    #[must_use]
+    pub fn get(&self, lab: &Lab, path: &str) -> Option<String> {
+        get(lab, self.http, path)
+    }
+
+    /// The node of agent `agent_id` in this central's /metrics.json once `pick` holds (panics
+    /// with `what` after 20 s).
+    pub fn node_when(
+        &self,
+        lab: &Lab,
+        agent_id: &str,
+        what: &str,
+        pick: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        crate::http::central_node_when(
+            || self.get(lab, "/metrics.json"),
+            agent_id,
+            what,
+            Duration::from_secs(20),
+            pick,
+        )
+    }
+
     /// `--central` and `--token-file` for an agent in the node namespace.
     #[must_use]
     pub fn agent_args(&self) -> Vec<String> {
@@ -141,4 +165,21 @@ pub fn stats(lab: &Lab) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("stats json")
+}
+
+/// Sends each `(frame, count)` from the client's end, whole frames through AF_PACKET, from a
+/// thread on CPU 0 (so the veth delivers, and the probe sees, every frame on one CPU).
+pub fn send_frames(lab: &Lab, frames: &[(Vec<u8>, usize)]) {
+    let iface = lab.client_if.as_str();
+    lab.client
+        .enter(|| {
+            crate::net::FrameSender::pin_to_cpu(0);
+            let sender = crate::net::FrameSender::open(iface);
+            for (frame, count) in frames {
+                for _ in 0..*count {
+                    sender.send(frame);
+                }
+            }
+        })
+        .expect("client namespace");
 }

@@ -11,7 +11,6 @@ use serde_json::Value;
 use xdt_testkit::{
     frames::v6,
     lab::{self, Side},
-    net::FrameSender,
 };
 
 pub const XDT: &str = env!("CARGO_BIN_EXE_xdt");
@@ -126,18 +125,7 @@ impl Lab {
     }
 
     pub fn send(&self, frames: &[(Vec<u8>, usize)]) {
-        let iface = self.client_if.clone();
-        self.client
-            .enter(move || {
-                FrameSender::pin_to_cpu(0);
-                let sender = FrameSender::open(&iface);
-                for (frame, count) in frames {
-                    for _ in 0..*count {
-                        sender.send(frame);
-                    }
-                }
-            })
-            .expect("client namespace");
+        lab::send_frames(self, frames);
     }
 }
 
