@@ -65,8 +65,9 @@ pub fn run(iface: &str, json: bool, top: Option<usize>, sort: FlowSort) -> Resul
     let mut records = tables.read()?;
     let full = probe.maps().counters()?.get(Counter::FlowTableFull);
     let labels = probe.maps().label_names()?;
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| u64::try_from(Duration::from(t).as_nanos()).unwrap_or(u64::MAX));
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(Duration::from(t).as_nanos()).unwrap_or(u64::MAX)
+    });
     let size = |r: &FlowRecord| match sort {
         FlowSort::Bytes => (r.bytes, r.packets),
         FlowSort::Packets => (r.packets, r.bytes),
@@ -107,11 +108,10 @@ pub fn run(iface: &str, json: bool, top: Option<usize>, sort: FlowSort) -> Resul
             endpoint(&f.src, f.src_port, f.ip_version),
             endpoint(&f.dst, f.dst_port, f.ip_version)
         );
-        let handshake = f
-            .handshake_ns
-            .map_or_else(|| "-".to_owned(), |ns| {
-                format!("{:.3} ms", Duration::from_nanos(ns).as_secs_f64() * 1e3)
-            });
+        let handshake = f.handshake_ns.map_or_else(
+            || "-".to_owned(),
+            |ns| format!("{:.3} ms", Duration::from_nanos(ns).as_secs_f64() * 1e3),
+        );
         let idle = Duration::from_nanos(now.saturating_sub(f.last_seen_ns)).as_secs_f64();
         println!(
             "{:<7} {endpoints:<47} {:>10} {:>12} {:>9} {:>7.1}s {handshake:>11}  {}",

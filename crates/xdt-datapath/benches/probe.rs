@@ -1,11 +1,20 @@
 //! ns/packet of the xdt probe against an empty XDP_PASS program and a plain single-LPM-trie
-//! labeller, with BPF_PROG_TEST_RUN, at 0, 100, 10k and 100k rules (mixed IPv4/IPv6 prefixes).
+//! labeller, with BPF_PROG_TEST_RUN, at 0, 100, 10k and 100k rules (mixed IPv4/IPv6 prefixes);
+//! then the probe with flows off and on at 1k and 100k active flows.
 //! Run as root: `cargo bench -p xdt-datapath --bench probe` (results: docs/benchmarks.md).
 //!
 //! All programs are measured in one process, interleaved, on the same two packets. Each rule
 //! count loads the three programs `LOADS` times afresh (new JIT images and maps: the figures move
 //! with placement); per load a figure is the median of `ROUNDS` runs of `REPEAT` packets; the
 //! table shows the median over loads, and for the probe's net cost the range too.
+//!
+//! Flows: per load, a probe with flows off and one with flows on (tables of `FLOW_TABLE`
+//! entries) take the same 100 rules; the second is filled with N active flows by running one
+//! packet of each through it. Both are then measured interleaved two ways: "hot", `REPEAT`
+//! runs of one packet of a flow in the table (its record stays in cache), and "spread", single
+//! runs of packets of `SPREAD_RUNS` flows picked at random among the N, whose records the
+//! caches mostly do not hold at 100k (the kernel's time of each run is averaged; the syscall
+//! between runs is outside it but leaves the caches colder, for both probes alike).
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
@@ -14,6 +23,7 @@ use aya::{
     maps::{LpmTrie, lpm_trie::Key},
     programs::Xdp,
 };
+use xdt_common::flows::TABLE_MAPS;
 use xdt_datapath::{
     probe::{BENCH_LPM_OBJECT, BENCH_PASS_OBJECT, Capacity, LoadedProbe, test_run},
     rules::{Cidr, Rule, check},
@@ -26,6 +36,12 @@ const ROUNDS: usize = 5;
 const LOADS: usize = 5;
 const SIZES: [usize; 4] = [0, 100, 10_000, 100_000];
 const LABELS: usize = 1000;
+/// Active flows of the flows table.
+const ACTIVE_FLOWS: [u32; 2] = [1_000, 100_000];
+/// Entries of each flow table: room for the largest count.
+const FLOW_TABLE: u32 = 131_072;
+/// Single runs per figure of the spread measurement.
+const SPREAD_RUNS: u32 = 20_000;
 
 /// xorshift64*: deterministic rule sets without a dependency.
 struct Rng(u64);
@@ -137,6 +153,11 @@ fn main() {
         ),
     );
 
+    // XDT_BENCH_ONLY=flows measures the flows table alone.
+    if std::env::var("XDT_BENCH_ONLY").is_ok_and(|v| v == "flows") {
+        flows_table();
+        return;
+    }
     println!(
         "| rules | trie nodes | empty v4 | xdt v4 | lpm v4 | xdt net v4 [min-max] | lpm net v4 | lpm/xdt v4 \
          | empty v6 | xdt v6 | lpm v6 | xdt net v6 [min-max] | lpm net v6 | lpm/xdt v6 |"
@@ -185,6 +206,143 @@ fn main() {
             median(l6) / median(x6),
         );
     }
+    flows_table();
+}
+
+/// The flows table: the probe with flows off and on, side by side.
+fn flows_table() {
+    println!();
+    println!(
+        "| active flows | off hot | on hot | on - off hot [min-max] | off spread | on spread \
+         | on - off spread [min-max] | flow_table_full |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rules = rule_set(100);
+    let active: Vec<u32> = std::env::var("XDT_BENCH_FLOWS").map_or_else(
+        |_| ACTIVE_FLOWS.to_vec(),
+        |v| {
+            v.split(',')
+                .map(|n| n.trim().parse().expect("XDT_BENCH_FLOWS: numbers"))
+                .collect()
+        },
+    );
+    for n in active {
+        assert!(n <= FLOW_TABLE, "at most {FLOW_TABLE} active flows");
+        // One TCP ACK per flow, all to the labelled 198.18.0.10:80, from 10.0.0.0/8 sources.
+        let frames: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                let src = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+                ethernet(
+                    ETH_P_IP,
+                    &ipv4(src, [198, 18, 0, 10], TCP, &tcp(40000, 80, 0x10, b"")),
+                )
+            })
+            .collect();
+        let mut loads: Vec<[f64; 4]> = Vec::new();
+        let mut full = 0;
+        for _ in 0..LOADS {
+            let (figures, refused) = measure_flows_load(&rules, &frames);
+            loads.push(figures);
+            full += refused;
+        }
+        let column = |i: usize| median(loads.iter().map(|l| l[i]).collect());
+        let net = |on: usize, off: usize| -> String {
+            let v: Vec<f64> = loads.iter().map(|l| l[on] - l[off]).collect();
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            format!("{:.1} [{lo:.1}-{hi:.1}]", median(v.clone()))
+        };
+        println!(
+            "| {n} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {full} |",
+            column(0),
+            column(1),
+            net(1, 0),
+            column(2),
+            column(3),
+            net(3, 2),
+        );
+    }
+    // What a table costs in kernel memory, as the kernel accounts it (fdinfo's memlock).
+    for entries in [1_000, FLOW_TABLE] {
+        let probe = LoadedProbe::load(Capacity {
+            flows: entries,
+            ..Capacity::default()
+        })
+        .expect("load probe");
+        let map = probe.ebpf.map(TABLE_MAPS[0]).expect("flow table");
+        let aya::maps::Map::HashMap(data) = map else {
+            panic!("the flow table is not a hash map");
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+        let memlock: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("memlock in fdinfo");
+        println!(
+            "\nflow table of {entries} entries: {memlock} bytes of kernel memory ({} per entry; \
+             two tables per probe)",
+            memlock / u64::from(entries)
+        );
+    }
+}
+
+/// One load of a probe with flows off and one with them on, the second filled with a record
+/// per frame: [off hot, on hot, off spread, on spread] and the packets refused for a full table.
+fn measure_flows_load(rules: &[Rule], frames: &[Vec<u8>]) -> ([f64; 4], u64) {
+    let load = |flows: u32| {
+        let mut probe = LoadedProbe::load(Capacity {
+            max_rules: 100,
+            flows,
+            ..Capacity::default()
+        })
+        .expect("load probe");
+        probe.maps().expect("maps").install(rules).expect("install");
+        probe
+    };
+    let off = load(0);
+    let mut on = load(FLOW_TABLE);
+    for frame in frames {
+        test_run(on.program().expect("probe"), frame, 1).expect("fill");
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ frames.len() as u64);
+    let picks: Vec<usize> = (0..SPREAD_RUNS)
+        .map(|_| (rng.next() % frames.len() as u64) as usize)
+        .collect();
+    let spread = |program: &Xdp| -> f64 {
+        let total: f64 = picks
+            .iter()
+            .map(|&i| {
+                let (verdict, d) = test_run(program, &frames[i], 1).expect("test run");
+                assert_eq!(verdict, 2, "XDP_PASS expected");
+                d.as_secs_f64()
+            })
+            .sum();
+        total / f64::from(SPREAD_RUNS) * 1e9
+    };
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    for _ in 0..ROUNDS {
+        let (off_program, on_program) = (off.program().expect("off"), on.program().expect("on"));
+        samples[0].push(ns(off_program, &frames[0]));
+        samples[1].push(ns(on_program, &frames[0]));
+        samples[2].push(spread(off_program));
+        samples[3].push(spread(on_program));
+    }
+    // Every packet must have been counted in its flow.
+    let flows = on.flows().expect("flows").read().expect("read flows");
+    assert_eq!(flows.len(), frames.len(), "one record per active flow");
+    let counted: u64 = flows.iter().map(|(_, r)| r.packets).sum();
+    let runs = frames.len() as u64 + ROUNDS as u64 * u64::from(REPEAT + SPREAD_RUNS);
+    let full = on
+        .maps()
+        .expect("maps")
+        .counters()
+        .expect("counters")
+        .get(xdt_common::counters::Counter::FlowTableFull);
+    assert_eq!(counted + full, runs, "every packet counted in its flow");
+    (samples.map(median), full)
 }
 
 /// Loads the three programs afresh (new JIT images, new maps) and measures them.

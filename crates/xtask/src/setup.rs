@@ -123,6 +123,8 @@ fn test_tools(apt: &mut Apt) -> Result<Tools> {
     )?;
     // The Nix checks parse and evaluate with Debian's nix-bin.
     apt.ensure("the Nix checks", &["nix-bin"])?;
+    // softflowd: the reference flow exporter `xdt flows` is checked against.
+    apt.ensure("the flows test", &["softflowd"])?;
     if !(cmd::succeeds("node", &["--version"]) && cmd::succeeds("npm", &["--version"])) {
         apt.ensure("the dashboard test", &["nodejs", "npm"])?;
     }
