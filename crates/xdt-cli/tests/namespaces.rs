@@ -188,6 +188,13 @@ fn each_namespace_has_its_own_probe_on_an_interface_of_the_same_name() {
         "A's namespace directory left behind"
     );
     assert_eq!(b.stats()["total_packets"].as_u64(), Some(9));
+
+    // An interface deleted under its probe leaves the pins: xdt says so instead of reading a
+    // probe that sees no traffic, and detach removes them.
+    node_b.ip(&["link", "del", &same]);
+    let e = fails(&node_b, &["stats", "-i", &same]);
+    assert!(e.contains("of an interface that is gone"), "{e}");
+    ok(&node_b, &["detach", "-i", &same]);
     drop(b);
     assert!(!PinDir::of(id_b, &same).path().exists(), "pins left in B");
     let _ = std::fs::remove_dir_all(&dir);

@@ -68,12 +68,24 @@ impl AttachedProbe {
         }
         let open = |name| open_pinned_map(&pins, name);
         let maps = ProbeMaps::from_lookup(open)?;
-        let found = maps.config()?.attachment.abi_version;
-        if found != ABI_VERSION {
+        let attachment = maps.config()?.attachment;
+        if attachment.abi_version != ABI_VERSION {
             return Err(Error::AbiMismatch {
                 iface: iface.to_owned(),
-                found,
+                found: attachment.abi_version,
                 expected: ABI_VERSION,
+            });
+        }
+        // Pins outlive their interface: deleted, or gone with its namespace (whose inode number
+        // a new namespace may then get). Such a probe sees no traffic; reading it would show
+        // counters that stopped without saying why.
+        let now = crate::sys::ifindex(iface).ok();
+        if now != Some(attachment.ifindex) {
+            return Err(Error::InterfaceGone {
+                iface: iface.to_owned(),
+                dir: pins.path().to_owned(),
+                attached: attachment.ifindex,
+                now,
             });
         }
         let ledger = pins

@@ -45,6 +45,19 @@ pub enum Error {
         here: Netns,
         there: Vec<Netns>,
     },
+    /// Pins whose interface is gone (the pinned link has nothing attached any more).
+    #[error(
+        "the pins of {iface} in {} are of an interface that is gone (index {attached} when \
+         attached, {} now): `xdt detach --interface {iface}` removes them",
+        dir.display(),
+        now.map_or_else(|| "no such interface".to_owned(), |i| format!("index {i}"))
+    )]
+    InterfaceGone {
+        iface: String,
+        dir: PathBuf,
+        attached: u32,
+        now: Option<u32>,
+    },
     /// Pins in the layout of xdt before network namespaces were part of the path.
     #[error(
         "the pins of {iface} are in {}, where an older xdt kept them without their network \
