@@ -199,3 +199,57 @@ fn each_namespace_has_its_own_probe_on_an_interface_of_the_same_name() {
     assert!(!PinDir::of(id_b, &same).path().exists(), "pins left in B");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Removes what the old-layout test leaves if it fails half-way: the pins in either place.
+struct OldPins {
+    ns: Netns,
+    iface: String,
+}
+
+impl Drop for OldPins {
+    fn drop(&mut self) {
+        let _ = xdt(&self.ns, &["detach", "-i", &self.iface]);
+        let _ = xdt(&self.ns, &["detach", "-i", &self.iface]);
+    }
+}
+
+#[test]
+fn pins_of_the_old_layout_are_named_and_detached() {
+    if !root_or_skip("pins_of_the_old_layout_are_named_and_detached") {
+        return;
+    }
+    let client = Netns::new("xdtoc");
+    let iface = unique_name("xo");
+    let old = OldPins {
+        ns: Netns::new("xdton"),
+        iface: iface.clone(),
+    };
+    quiet_veth(&client, &unique_name("xoc"), &old.ns, &iface, 1);
+    ok(&old.ns, &["attach", "-i", &iface, "--mode", "generic"]);
+    // Where xdt kept the pins before namespaces were part of the path (bpffs renames them).
+    let pins = PinDir::of(netns_id(&old.ns), &iface);
+    let legacy = xdt_datapath::paths::legacy_dir(&iface);
+    std::fs::rename(pins.path(), &legacy).expect("move the pins to the old place");
+    let _ = std::fs::remove_dir(netns_id(&old.ns).pin_root());
+
+    for args in [
+        vec!["stats", "-i", &iface],
+        vec!["attach", "-i", &iface, "--mode", "generic"],
+    ] {
+        let e = fails(&old.ns, &args);
+        assert!(
+            e.contains(&legacy.display().to_string()) && e.contains("older xdt"),
+            "{args:?}: {e}"
+        );
+    }
+    ok(&old.ns, &["detach", "-i", &iface]);
+    assert!(!legacy.exists(), "old pins left");
+    let link = old.ns.ip(&["link", "show", &iface]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP still on the interface"
+    );
+    // The new place works again.
+    ok(&old.ns, &["attach", "-i", &iface, "--mode", "generic"]);
+    assert!(pins.link().exists());
+}
