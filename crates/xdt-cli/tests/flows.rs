@@ -461,7 +461,7 @@ fn inbound_tcp_handshakes_are_timed() {
 }
 
 /// softflowd (Debian's) on the node's interface is the reference: it must see the same flows
-/// with the same packet counts as `xdt flows`.
+/// with the same packet and byte (IP octet) counts as `xdt flows`.
 #[test]
 fn softflowd_sees_the_same_flows() {
     if !root_or_skip("softflowd_sees_the_same_flows") {
@@ -509,11 +509,14 @@ fn softflowd_sees_the_same_flows() {
     let total: usize = frames.iter().map(|(_, n)| n).sum();
     wait_for_total(&lab, total as u64);
 
-    let ours: BTreeMap<Key, u64> = flows_json(&lab, &[])["flows"]
+    let ours: BTreeMap<Key, (u64, u64)> = flows_json(&lab, &[])["flows"]
         .as_array()
         .expect("flows")
         .iter()
-        .map(|f| (key_of(f), f["packets"].as_u64().expect("packets")))
+        .map(|f| {
+            let count = |name: &str| f[name].as_u64().expect("count");
+            (key_of(f), (count("packets"), count("bytes")))
+        })
         .collect();
     // softflowd's libpcap (TPACKET_V3) hands packets over a block at a time, and a block of
     // a quiet link is not passed on for a long time: push the test's packets through with
@@ -524,7 +527,7 @@ fn softflowd_sees_the_same_flows() {
     for _ in 0..40 {
         dump = softflowctl(&lab, &ctl, &control, "dump-flows").unwrap_or_default();
         theirs = parse_softflowd(&dump);
-        if theirs.values().sum::<u64>() >= total as u64 {
+        if theirs.values().map(|(packets, _)| packets).sum::<u64>() >= total as u64 {
             break;
         }
         send(&lab, &[(filler.clone(), 200)]);
@@ -552,10 +555,10 @@ fn softflowctl(lab: &Lab, ctl: &Path, control: &Path, command: &str) -> Option<S
 }
 
 /// softflowd keeps a flow as one bidirectional entry; each direction that saw packets is one
-/// of ours. Lines of `softflowctl dump-flows` look like
-/// `ACTIVE seq:1 [10.91.0.1]:40000 <> [10.91.0.2]:80 proto:6 octets>:... packets>:N octets<:...
+/// of ours, with its packets and octets. Lines of `softflowctl dump-flows` look like
+/// `ACTIVE seq:1 [10.91.0.1]:40000 <> [10.91.0.2]:80 proto:6 octets>:B packets>:N octets<:B2
 /// packets<:M ...` (">" from the first address to the second).
-fn parse_softflowd(dump: &str) -> BTreeMap<Key, u64> {
+fn parse_softflowd(dump: &str) -> BTreeMap<Key, (u64, u64)> {
     let mut out = BTreeMap::new();
     for line in dump.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -581,8 +584,10 @@ fn parse_softflowd(dump: &str) -> BTreeMap<Key, u64> {
         let Some(protocol) = field("proto:").and_then(|p| u8::try_from(p).ok()) else {
             continue;
         };
-        for (from, to, count) in [(a, b, field("packets>:")), (b, a, field("packets<:"))] {
-            if let Some(packets) = count.filter(|&n| n > 0) {
+        let forward = (field("packets>:"), field("octets>:"));
+        let backward = (field("packets<:"), field("octets<:"));
+        for (from, to, (packets, octets)) in [(a, b, forward), (b, a, backward)] {
+            if let (Some(packets), Some(octets)) = (packets.filter(|&n| n > 0), octets) {
                 let key = Key {
                     protocol,
                     src: from.0,
@@ -590,7 +595,9 @@ fn parse_softflowd(dump: &str) -> BTreeMap<Key, u64> {
                     dst: to.0,
                     dst_port: to.1,
                 };
-                *out.entry(key).or_default() += packets;
+                let entry: &mut (u64, u64) = out.entry(key).or_default();
+                entry.0 += packets;
+                entry.1 += octets;
             }
         }
     }
@@ -611,6 +618,6 @@ fn softflowd_dump_lines_parse() {
         dst: "10.91.0.2".parse().expect("ip"),
         dst_port: 53,
     };
-    assert_eq!(flows.get(&key), Some(&30));
+    assert_eq!(flows.get(&key), Some(&(30, 990)));
     assert_eq!(flows.len(), 1);
 }
