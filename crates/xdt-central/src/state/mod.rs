@@ -33,7 +33,7 @@ pub const MAX_RECENT_EVENTS: usize = 65_536;
 pub const RATE_HISTORY: usize = 120;
 /// (time, payload length) points kept per agent.
 pub const PAYLOAD_HISTORY: usize = 512;
-/// Counter names kept per agent (the probe has `xdt_common::counters::COUNT`, 21).
+/// Counter names kept per agent (the probe has `xdt_common::counters::COUNT`, 22).
 pub const MAX_COUNTERS: usize = 64;
 /// Label entries kept per agent (the probe's label table holds 1024).
 pub const MAX_LABELS: usize = 1024;
