@@ -147,6 +147,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn key_addresses_read_back_as_the_packet_carried_them() {
+        let words = |bytes: [u8; 16]| {
+            let mut w = [0u32; 4];
+            for (i, word) in w.iter_mut().enumerate() {
+                *word = u32::from_ne_bytes([
+                    bytes[i * 4],
+                    bytes[i * 4 + 1],
+                    bytes[i * 4 + 2],
+                    bytes[i * 4 + 3],
+                ]);
+            }
+            w
+        };
+        let v6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let key = FlowKey {
+            src: words([192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            dst: words(v6),
+            ip_version: 4,
+            ..FlowKey::default()
+        };
+        assert_eq!(key.src_addr(), core::net::IpAddr::from([192, 0, 2, 1]));
+        let key = FlowKey {
+            ip_version: 6,
+            ..key
+        };
+        assert_eq!(key.dst_addr(), core::net::IpAddr::from(v6));
+    }
+
+    #[test]
     fn spread_puts_each_flag_in_its_byte() {
         for flags in 0..=u8::MAX {
             let lanes = spread_tcp_flags(flags).to_le_bytes();
