@@ -80,21 +80,21 @@ impl Path {
 }
 
 /// Client and node namespaces, the probe, central and the agent.
-struct Lab {
+struct BenchLab {
     path: Path,
     agent: u32,
     central: Central,
     lab: lab::Lab,
 }
 
-impl std::ops::Deref for Lab {
+impl std::ops::Deref for BenchLab {
     type Target = lab::Lab;
     fn deref(&self) -> &lab::Lab {
         &self.lab
     }
 }
 
-impl Lab {
+impl BenchLab {
     fn new(path: Path) -> Self {
         let mut lab = lab::lab(
             Side::unique("xbsc", "bsc").v4(&format!("{CLIENT}/24")),
@@ -488,7 +488,7 @@ struct Cpu {
 }
 
 impl Cpu {
-    fn now(lab: &Lab, thread: Option<&str>) -> Self {
+    fn now(lab: &BenchLab, thread: Option<&str>) -> Self {
         Self {
             agent: ticks(&format!("/proc/{}/stat", lab.agent)),
             steer_thread: thread.map_or(0, ticks),
@@ -519,7 +519,7 @@ struct Throughput {
     after: Snapshot,
 }
 
-fn throughput(lab: &Lab, servers: &Servers, payload: usize) -> Throughput {
+fn throughput(lab: &BenchLab, servers: &Servers, payload: usize) -> Throughput {
     let before = lab.snapshot();
     let received_before = servers.packets.load(Ordering::Relaxed);
     let sent = AtomicU64::new(0);
@@ -531,7 +531,7 @@ fn throughput(lab: &Lab, servers: &Servers, payload: usize) -> Throughput {
         s.spawn(move || {
             lab.client
                 .enter(|| blast(payload, done, sent))
-                .expect("client namespace")
+                .expect("client namespace");
         });
         std::thread::sleep(WARM_UP);
         eprintln!(
@@ -624,7 +624,7 @@ impl Latency {
     }
 }
 
-fn latency(lab: &Lab, placement: &'static str, port: u16) -> Latency {
+fn latency(lab: &BenchLab, placement: &'static str, port: u16) -> Latency {
     let before = number(&lab.probe()["steered_packets"]);
     let (rtt_ns, lost) = lab
         .client
@@ -678,7 +678,7 @@ fn latency(lab: &Lab, placement: &'static str, port: u16) -> Latency {
 }
 
 fn measure(path: Path) -> (Vec<Throughput>, Vec<Latency>, String) {
-    let lab = Lab::new(path);
+    let lab = BenchLab::new(path);
     let servers = Servers::default();
     let (throughputs, latencies) = std::thread::scope(|s| {
         let _stop = StopOnDrop(&servers.stop);
@@ -688,7 +688,7 @@ fn measure(path: Path) -> (Vec<Throughput>, Vec<Latency>, String) {
             s.spawn(move || {
                 lab.node
                     .enter(|| echo(servers, port, cpu))
-                    .expect("node namespace")
+                    .expect("node namespace");
             });
         }
         let deadline = Instant::now() + Duration::from_secs(5);
