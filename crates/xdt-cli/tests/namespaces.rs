@@ -1,15 +1,17 @@
 //! Pins are kept per network namespace, as root: two namespaces each attach the probe to an
-//! interface of the same name, each `xdt` reads and changes its own, and a namespace without
-//! the probe is refused with an error naming both namespaces instead of reading, changing or
-//! detaching another namespace's probe.
+//! interface of the same name, each `xdt` and each agent reads (and changes) its own, and a
+//! namespace without the probe is refused with an error naming the namespaces instead of
+//! reading, changing or detaching another namespace's probe.
 
-use std::{path::Path, process::Output};
+use std::{path::Path, process::Output, time::Duration};
 
 use serde_json::Value;
 use xdt_datapath::paths::{Netns as NetnsId, PinDir};
 use xdt_testkit::{
     frames::*,
+    http::{central_node_when, get_ok},
     net::{FrameSender, Netns, quiet_veth, veth},
+    process::{Process, free_port, sibling},
     root_or_skip, unique_name,
 };
 
@@ -141,6 +143,60 @@ fn each_namespace_has_its_own_probe_on_an_interface_of_the_same_name() {
     assert_eq!(stats_b["total_packets"].as_u64(), Some(9), "{stats_b}");
     assert_eq!(stats_a["labels"][0]["label"], "alpha", "{stats_a}");
     assert_eq!(stats_b["labels"][0]["label"], "beta", "{stats_b}");
+
+    // An agent in each namespace with a probe streams that namespace's counters (to a central
+    // on that namespace's loopback); one where the interface has no probe refuses to start.
+    let token = dir.join("token");
+    std::fs::write(&token, "namespaces-token\n").expect("token");
+    for (ns, total) in [(&node_a, 5), (&node_b, 9)] {
+        let (http, telemetry) = (free_port(), free_port());
+        let _central = Process::start(
+            ns.command(sibling("xdt-central").to_str().expect("path"))
+                .args(["--telemetry-listen", &format!("127.0.0.1:{telemetry}")])
+                .args(["--http-listen", &format!("127.0.0.1:{http}")])
+                .arg("--token-file")
+                .arg(&token),
+        );
+        let _agent = Process::start(
+            ns.command(sibling("xdt-agent").to_str().expect("path"))
+                .args(["--interface", &same, "--agent-id", "netns-node"])
+                .args(["--interval", "0.2", "--no-steer"])
+                .args(["--central", &format!("127.0.0.1:{telemetry}")])
+                .arg("--token-file")
+                .arg(&token),
+        );
+        let node = central_node_when(
+            || ns.enter(|| get_ok(http, "/metrics.json")),
+            "netns-node",
+            "this namespace's counters",
+            Duration::from_secs(15),
+            |n| n["counters"]["total_packets"].as_u64().is_some(),
+        );
+        assert_eq!(
+            node["counters"]["total_packets"].as_u64(),
+            Some(total),
+            "{}: {node}",
+            ns.name()
+        );
+    }
+    let refused = elsewhere
+        .command(sibling("xdt-agent").to_str().expect("path"))
+        .args([
+            "--interface",
+            &same,
+            "--no-steer",
+            "--central",
+            "127.0.0.1:9",
+        ])
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .expect("run xdt-agent");
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "the agent started: {e}");
+    for id in [id_e, id_a, id_b] {
+        assert!(e.contains(&id.to_string()), "agent: {e} lacks {id}");
+    }
 
     // Rules change in one namespace only.
     ok(
