@@ -103,7 +103,10 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up on an IPv6 packet's upper-layer protocol.
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+/// The flags that tell a SYN, and the ACK that completes a handshake, from other segments.
+const TCP_HANDSHAKE_FLAGS: u8 = TCP_SYN | TCP_RST | TCP_ACK;
 /// bpf_map_update_elem's answers the flow table can give (negated).
 const EEXIST: i32 = 17;
 const E2BIG: i32 = 7;
@@ -574,7 +577,7 @@ fn record_flow(counters: &mut Counters, packet: &Packet, label: u32) {
         return;
     }
     let flags = tcp_flags.unwrap_or(0);
-    let (syn_ns, handshake_ns) = match flags & (TCP_SYN | TCP_ACK) {
+    let (syn_ns, handshake_ns) = match flags & TCP_HANDSHAKE_FLAGS {
         TCP_SYN => (now, 0),
         // A handshake whose SYN the table of the previous generation holds (the generation
         // switched in between): finish it here. Only on a record's creation, so it costs a
@@ -642,13 +645,13 @@ fn update_flow(record: *mut FlowRecord, bytes: u64, now: u64, tcp_flags: Option<
                 }
             }
         }
-        match flags & (TCP_SYN | TCP_ACK) {
+        match flags & TCP_HANDSHAKE_FLAGS {
             // A client opens (or retries) a connection: time its handshake from here.
             TCP_SYN => {
                 addr_of_mut!((*record).syn_ns).write_volatile(now);
                 addr_of_mut!((*record).handshake_ns).write_volatile(0);
             }
-            // The first ACK after a SYN completes the handshake.
+            // The first ACK after a SYN completes the handshake (a reset does not).
             TCP_ACK => {
                 let syn = addr_of_mut!((*record).syn_ns).read_volatile();
                 let handshake = addr_of_mut!((*record).handshake_ns);

@@ -73,8 +73,8 @@ pub struct FlowRecord {
     /// host); 0 when none was seen.
     pub syn_ns: u64,
     /// Inbound TCP only: the time from the latest SYN to the first packet of the flow with ACK
-    /// set and SYN clear (the client's ACK of the host's SYN-ACK), as both cross the hook; 0
-    /// when not measured. See [`FlowRecord::handshake_ns`] and docs/flows.md for what it holds.
+    /// set and SYN and RST clear (the client's ACK of the host's SYN-ACK), as both cross the
+    /// hook; 0 when not measured. docs/flows.md says what it holds.
     pub handshake_ns: u64,
     /// TCP flags seen, one byte per flag bit (bit `i` of the TCP flags byte sets byte `7 - i`
     /// to 1, the order one multiplication spreads them in): idempotent byte stores need no

@@ -251,6 +251,14 @@ fn tcp_flags_are_ored_and_the_handshake_timed() {
         "handshake {handshake:?}, the ACK went {ack_sent:?} after the SYN"
     );
 
+    // A SYN answered by the client's reset is no handshake.
+    let refused = |flags: u8| ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(41002, 22, flags, b"")));
+    lab.run(&refused(0x02));
+    lab.run(&refused(0x14));
+    let reset = lab.flows()[&key(ip4(A4), ip4(B4), TCP, (41002, 22), [0, 0])];
+    assert_ne!(reset.syn_ns, 0);
+    assert_eq!(reset.handshake_ns, 0);
+
     // A flow seen from its middle (no SYN) has no handshake.
     lab.run(&ethernet(
         ETH_P_IP,
