@@ -3,7 +3,7 @@
 
 use std::{io, net::SocketAddr, path::PathBuf};
 
-use xdt_wire::{ErrorCode, FrameError};
+use xdt_wire::{ErrorCode, FrameError, MIN_PROTOCOL_VERSION};
 
 /// Errors that keep central from starting or stop it.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,9 @@ pub enum CloseReason {
     /// The first 8 bytes are not an xdt preamble (an HTTP client, a port scanner, ...).
     #[error("not an xdt peer (preamble {found:02x?})")]
     NotXdt { found: [u8; 4] },
-    #[error("the peer speaks protocol version {theirs}, central speaks {ours}")]
+    #[error(
+        "the peer speaks protocol version {theirs}, central speaks {MIN_PROTOCOL_VERSION} to {ours}"
+    )]
     VersionMismatch { ours: u16, theirs: u16 },
     /// No complete preamble and `Hello` within the handshake deadline.
     #[error("no Hello within {seconds:.1} s")]
@@ -129,7 +131,8 @@ impl CloseReason {
             Self::Frame(
                 FrameError::Malformed { .. }
                 | FrameError::Trailing { .. }
-                | FrameError::TooLong { .. },
+                | FrameError::TooLong { .. }
+                | FrameError::TooManyFlows { .. },
             )
             | Self::Unexpected { .. } => Some(ErrorCode::Malformed),
             Self::AgentTableFull { .. } | Self::TooManyNewAgents => Some(ErrorCode::Busy),

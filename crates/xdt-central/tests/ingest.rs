@@ -10,7 +10,11 @@ use common::{
     STEP, TOKEN, TestAgent, TestCentral, batch, config, event, get, hello, node, read_to_close,
     steered_batch, steered_event, steering, wait_for_json, wait_for_log,
 };
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    time::timeout,
+};
 use xdt_wire::{ErrorCode, MAX_FRAME, Message, Preamble, frame};
 
 /// A well-behaved agent still gets through (after each bad connection).
@@ -509,36 +513,49 @@ async fn an_oversized_agent_id_is_refused_and_never_logged_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_protocol_version_gets_our_preamble_and_version_mismatch() {
+async fn an_older_protocol_version_gets_our_preamble_and_version_mismatch() {
     let central = TestCentral::start(config()).await;
-    // Version 1 (an agent from before steering) and one from the future.
-    for version in [1u8, 9] {
-        assert_ne!(u16::from(version), xdt_wire::PROTOCOL_VERSION);
-        let mut stream = TcpStream::connect(central.telemetry)
-            .await
-            .expect("connect");
-        let local = stream.local_addr().expect("addr").to_string();
-        stream
-            .write_all(&[b'X', b'D', b'T', 0, 0, version, 0, 0])
-            .await
-            .expect("write");
-        let answer = read_to_close(&mut stream).await;
-        assert_eq!(&answer[..Preamble::LEN], &Preamble::ours().encode());
-        let rest = &answer[Preamble::LEN..];
-        let len = frame::check(rest).expect("frame").expect("complete");
-        match frame::decode(&rest[frame::HEADER_LEN..len]).expect("decode") {
-            Message::Error(e) => {
-                assert_eq!(e.code, ErrorCode::VersionMismatch);
-                assert!(
-                    e.message.contains(&format!("version {version}")),
-                    "{}",
-                    e.message
-                );
-            }
-            other => panic!("expected an error, got {other:?}"),
+    // Version 1: an agent from before steering, older than any version central speaks.
+    let version = 1u8;
+    assert!(u16::from(version) < xdt_wire::MIN_PROTOCOL_VERSION);
+    let mut stream = TcpStream::connect(central.telemetry)
+        .await
+        .expect("connect");
+    let local = stream.local_addr().expect("addr").to_string();
+    stream
+        .write_all(&[b'X', b'D', b'T', 0, 0, version, 0, 0])
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut stream).await;
+    assert_eq!(&answer[..Preamble::LEN], &Preamble::ours().encode());
+    let rest = &answer[Preamble::LEN..];
+    let len = frame::check(rest).expect("frame").expect("complete");
+    match frame::decode(&rest[frame::HEADER_LEN..len]).expect("decode") {
+        Message::Error(e) => {
+            assert_eq!(e.code, ErrorCode::VersionMismatch);
+            assert!(
+                e.message.contains(&format!("version {version}")),
+                "{}",
+                e.message
+            );
         }
-        wait_for_log(&[&format!("protocol version {version}"), &local]).await;
+        other => panic!("expected an error, got {other:?}"),
     }
+    wait_for_log(&[&format!("protocol version {version}"), &local]).await;
+
+    // A peer from the future is answered in central's newest version: whether it still speaks
+    // that one is its decision.
+    let mut stream = TcpStream::connect(central.telemetry)
+        .await
+        .expect("connect");
+    stream.write_all(b"XDT\0\0\x09\0\0").await.expect("write");
+    let mut answer = [0; Preamble::LEN];
+    timeout(Duration::from_secs(5), stream.read_exact(&mut answer))
+        .await
+        .expect("in time")
+        .expect("preamble");
+    assert_eq!(answer, Preamble::ours().encode());
+    drop(stream);
     assert_serves(&central, "after-version").await;
     central.stop().await.expect("clean stop");
 }

@@ -1,7 +1,7 @@
 //! Frames without I/O: the connection preamble, and `length (u32 BE) | postcard payload`.
 //! [`check`] is cheap and allocates nothing; [`decode`] parses a complete frame.
 
-use crate::{Message, PROTOCOL_VERSION};
+use crate::{MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION};
 
 /// Largest frame payload accepted or sent (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
@@ -22,6 +22,9 @@ pub enum FrameError {
     /// A valid message followed by more bytes inside its frame.
     #[error("malformed frame: {len} bytes after the message")]
     Trailing { len: usize },
+    /// More flow records in one message than the protocol allows.
+    #[error("malformed frame: {count} flow records, more than the {MAX_FLOWS} allowed")]
+    TooManyFlows { count: usize },
     /// A string longer than the protocol allows.
     #[error("malformed frame: {field} is {len} bytes, more than the {max} allowed")]
     TooLong {
@@ -35,6 +38,26 @@ pub enum FrameError {
 pub const MAX_NAME: usize = 255;
 /// Longest token in a `Hello`, and longest message of an `Error`, in bytes.
 pub const MAX_TEXT: usize = 4096;
+
+/// Most flow records in one `FlowBatch`. The smallest record encodes in about 30 bytes, so a
+/// frame of [`MAX_FRAME`] alone would let a batch carry some 35,000; an IPv6 record with a
+/// short label takes about 75, so this many fit a frame. A sender splits by this count and by
+/// the frame size ([`encoded_len`]).
+pub const MAX_FLOWS: usize = 8_192;
+
+/// The version a connection speaks, given the version the peer's preamble announced: the
+/// lower of the two, when this build still speaks it. `Err` carries the peer's version when
+/// there is none in common (it is older than [`MIN_PROTOCOL_VERSION`]).
+///
+/// The side that accepts (central) answers with a preamble of the agreed version; the side that
+/// connects (the agent) offers [`PROTOCOL_VERSION`] and speaks what the answer says.
+pub fn negotiate(theirs: u16) -> Result<u16, u16> {
+    let agreed = theirs.min(PROTOCOL_VERSION);
+    if agreed < MIN_PROTOCOL_VERSION {
+        return Err(theirs);
+    }
+    Ok(agreed)
+}
 
 /// The 8 bytes each side sends first: magic `XDT\0`, protocol version (u16 BE), 2 reserved bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +130,23 @@ fn check_bounds(message: &Message) -> Result<(), FrameError> {
         ],
         Message::Welcome(w) => &[("central_version", &w.central_version, MAX_NAME)],
         Message::Error(e) => &[("message", &e.message, MAX_TEXT)],
+        Message::FlowBatch(b) => {
+            if b.flows.len() > MAX_FLOWS {
+                return Err(FrameError::TooManyFlows {
+                    count: b.flows.len(),
+                });
+            }
+            for label in b.flows.iter().filter_map(|f| f.label.as_deref()) {
+                if label.len() > MAX_NAME {
+                    return Err(FrameError::TooLong {
+                        field: "flow label",
+                        len: label.len(),
+                        max: MAX_NAME,
+                    });
+                }
+            }
+            &[]
+        }
         Message::Batch(_) | Message::Ack(_) => &[],
     };
     for &(field, value, max) in fields {
@@ -150,11 +190,31 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
-        Ack, AgentStats, Batch, ErrorCode, ErrorMessage, Event, Hello, LabelCount, Welcome,
+        Ack, AgentStats, Batch, ErrorCode, ErrorMessage, Event, Flow, FlowBatch, FlowEnd,
+        FlowStats, Hello, LabelCount, Welcome,
     };
+
+    pub(crate) fn flow() -> Flow {
+        Flow {
+            src: "2001:db8::2".parse().expect("ip"),
+            dst: "2001:db8::1".parse().expect("ip"),
+            src_port: 40000,
+            dst_port: 443,
+            protocol: 6,
+            vlans: [100, 0],
+            packets: 12,
+            bytes: 4_000,
+            first_seen_unix_ns: 1_700_000_000_000_000_000,
+            last_seen_unix_ns: 1_700_000_000_500_000_000,
+            tcp_flags: 0x1b,
+            label: Some("web".into()),
+            handshake_ns: Some(250_000),
+            end: FlowEnd::EndOfFlow,
+        }
+    }
 
     pub(crate) fn samples() -> Vec<Message> {
         vec![
@@ -208,7 +268,114 @@ mod tests {
                 code: ErrorCode::Unauthorized,
                 message: "wrong token".into(),
             }),
+            Message::FlowBatch(FlowBatch {
+                batch: Batch {
+                    sequence: 9,
+                    taken_at_unix_ns: 1_700_000_001_000_000_000,
+                    counters: vec![("total_packets".into(), 12)],
+                    labels: Vec::new(),
+                    events: Vec::new(),
+                    agent: AgentStats::default(),
+                },
+                flows: vec![
+                    flow(),
+                    Flow {
+                        src: "10.0.0.2".parse().expect("ip"),
+                        dst: "10.0.0.1".parse().expect("ip"),
+                        protocol: 1,
+                        src_port: 0,
+                        dst_port: 8 << 8,
+                        tcp_flags: 0,
+                        label: None,
+                        handshake_ns: None,
+                        end: FlowEnd::Idle,
+                        ..flow()
+                    },
+                ],
+                stats: FlowStats {
+                    active: 3,
+                    records: 2,
+                    state_full: 1,
+                    dropped_records: 0,
+                    ipfix_messages: 5,
+                    ipfix_records: 2,
+                    ipfix_send_failures: 1,
+                },
+            }),
         ]
+    }
+
+    /// Version 3 only appended a message: every message of version 2 has the bytes it had
+    /// (hand-checked postcard: variant index, then the fields in order), so a version-2 peer
+    /// and a version-3 one read each other's version-2 messages alike, and a journal written
+    /// by a version-2 central replays.
+    #[test]
+    fn version_2_messages_keep_their_encoding() {
+        let mut buf = Vec::new();
+        encode(&Message::Ack(Ack { sequence: 300 }), &mut buf).expect("encode");
+        assert_eq!(buf, [0, 0, 0, 3, 3, 0xac, 0x02]);
+        let mut buf = Vec::new();
+        encode(&samples()[2], &mut buf).expect("encode");
+        assert_eq!(buf[HEADER_LEN], 2, "Batch is variant 2");
+        assert_eq!(
+            &buf[HEADER_LEN + 1..HEADER_LEN + 2 + 9],
+            &[8, 0x80, 0x80, 0xa8, 0xb1, 0xe3, 0x9f, 0xe7, 0xcb, 0x17][..],
+            "sequence, then taken_at_unix_ns as varints"
+        );
+        let mut buf = Vec::new();
+        encode(&samples()[5], &mut buf).expect("encode");
+        assert_eq!(buf[HEADER_LEN], 5, "FlowBatch is appended as variant 5");
+    }
+
+    #[test]
+    fn negotiation_agrees_on_the_lower_version() {
+        assert_eq!(negotiate(PROTOCOL_VERSION), Ok(PROTOCOL_VERSION));
+        assert_eq!(negotiate(2), Ok(2));
+        assert_eq!(negotiate(PROTOCOL_VERSION + 1), Ok(PROTOCOL_VERSION));
+        assert_eq!(negotiate(1), Err(1));
+        assert_eq!(negotiate(0), Err(0));
+        assert_eq!(samples()[5].since(), 3);
+        assert!(samples()[..5].iter().all(|m| m.since() <= 2));
+    }
+
+    #[test]
+    fn flow_batches_are_bounded() {
+        let Message::FlowBatch(mut batch) = samples().remove(5) else {
+            unreachable!()
+        };
+        batch.flows = vec![flow(); MAX_FLOWS];
+        let mut buf = Vec::new();
+        encode(&Message::FlowBatch(batch.clone()), &mut buf).expect("encode");
+        assert!(
+            buf.len() - HEADER_LEN <= MAX_FRAME,
+            "MAX_FLOWS IPv6 records with a label fit a frame"
+        );
+        assert!(decode(&buf[HEADER_LEN..]).is_ok());
+        batch.flows.push(flow());
+        let mut buf = Vec::new();
+        encode(&Message::FlowBatch(batch), &mut buf).expect("encode");
+        assert_eq!(
+            decode(&buf[HEADER_LEN..]),
+            Err(FrameError::TooManyFlows {
+                count: MAX_FLOWS + 1
+            })
+        );
+        let mut long = flow();
+        long.label = Some("l".repeat(MAX_NAME + 1));
+        let Message::FlowBatch(mut batch) = samples().remove(5) else {
+            unreachable!()
+        };
+        batch.flows = vec![long];
+        let mut buf = Vec::new();
+        encode(&Message::FlowBatch(batch), &mut buf).expect("encode");
+        assert_eq!(
+            decode(&buf[HEADER_LEN..]),
+            Err(FrameError::TooLong {
+                field: "flow label",
+                len: MAX_NAME + 1,
+                max: MAX_NAME
+            })
+        );
     }
 
     #[test]

@@ -10,14 +10,18 @@ pub mod frame;
 mod message;
 
 pub use connection::{Connection, WireError};
-pub use frame::{FrameError, MAX_FRAME, MAX_NAME, MAX_TEXT, Preamble};
+pub use frame::{FrameError, MAX_FLOWS, MAX_FRAME, MAX_NAME, MAX_TEXT, Preamble, negotiate};
 pub use message::{
-    Ack, AgentStats, Batch, DnsQuery, ErrorCode, ErrorMessage, Event, Hello, HttpRequest,
-    Inspection, LabelCount, Message, SteeringStats, Welcome,
+    Ack, AgentStats, Batch, DnsQuery, ErrorCode, ErrorMessage, Event, Flow, FlowBatch, FlowEnd,
+    FlowStats, Hello, HttpRequest, Inspection, LabelCount, Message, SteeringStats, Welcome,
 };
 
-/// The protocol version this build speaks; both sides must speak the same one.
+/// The newest protocol version this build speaks, and the one it offers in its preamble.
 /// 2: steered-packet inspection in `Event`, AF_XDP figures in `AgentStats`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: `Message::FlowBatch` (flow records); every version-2 message is unchanged.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest version this build still speaks: a connection agrees on the lower of the two
+/// sides' versions when both speak it ([`negotiate`]).
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// The default telemetry port.
 pub const DEFAULT_PORT: u16 = 50051;

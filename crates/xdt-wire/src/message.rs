@@ -17,6 +17,50 @@ pub enum Message {
     Ack(Ack),
     /// Either side, then it closes the connection.
     Error(ErrorMessage),
+    /// Agent -> central, protocol version 3: a batch with the flow records of its interval and
+    /// the agent's flow figures. Central applies, acknowledges and deduplicates it as the
+    /// `Batch` it carries. Appended last, so every message of version 2 keeps its encoding.
+    FlowBatch(FlowBatch),
+}
+
+impl Message {
+    /// The first protocol version that has this message: a peer may send it only on a
+    /// connection that agreed on that version or a later one.
+    #[must_use]
+    pub const fn since(&self) -> u16 {
+        match self {
+            Self::FlowBatch(_) => 3,
+            Self::Hello(_) | Self::Welcome(_) | Self::Batch(_) | Self::Ack(_) | Self::Error(_) => 1,
+        }
+    }
+
+    /// The message's name, for logs and errors.
+    #[must_use]
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Welcome(_) => "Welcome",
+            Self::Batch(_) => "Batch",
+            Self::Ack(_) => "Ack",
+            Self::Error(_) => "Error",
+            Self::FlowBatch(_) => "FlowBatch",
+        }
+    }
+
+    /// The message for `batch`: a `FlowBatch` when the connection speaks version 3 or later
+    /// and there are flow figures to send, else the plain `Batch` (a version-2 central knows
+    /// only that one; the flows are then not delivered, which the caller counts).
+    #[must_use]
+    pub fn batch(batch: Batch, flows: Option<(Vec<Flow>, FlowStats)>, version: u16) -> Self {
+        match flows {
+            Some((flows, stats)) if version >= 3 => Self::FlowBatch(FlowBatch {
+                batch,
+                flows,
+                stats,
+            }),
+            _ => Self::Batch(batch),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +208,106 @@ pub struct SteeringStats {
     pub rx_ring_full: u64,
     pub rx_fill_ring_empty: u64,
     pub tx_invalid_descs: u64,
+}
+
+/// A batch with flow records (protocol version 3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowBatch {
+    pub batch: Batch,
+    /// Flow records ended or timed out since the previous batch: deltas, each counted once
+    /// (at most [`crate::MAX_FLOWS`] in one message).
+    pub flows: Vec<Flow>,
+    /// The agent's flow figures, cumulative for the instance unless said otherwise.
+    pub stats: FlowStats,
+}
+
+/// One flow's delta: what the probe counted for it since the agent's previous record of the
+/// flow. A flow is one direction of traffic arriving at the interface (docs/flows.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// TCP and UDP ports; for ICMP and ICMPv6 `src_port` is 0 and `dst_port` is
+    /// `type << 8 | code`; 0 for other protocols and later fragments.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IP protocol number; for IPv6 the one after the extension headers.
+    pub protocol: u8,
+    /// VLAN ids of the outer and the inner tag, 0 where there is none.
+    pub vlans: [u16; 2],
+    /// Packets and IP octets (header included) of this delta.
+    pub packets: u64,
+    pub bytes: u64,
+    /// The first and the latest packet counted in this delta, nanoseconds since the Unix
+    /// epoch (the probe's monotonic times, moved to the wall clock by the agent).
+    pub first_seen_unix_ns: u64,
+    pub last_seen_unix_ns: u64,
+    /// The OR of the TCP flags of the delta's packets (0 for other protocols).
+    pub tcp_flags: u8,
+    /// The label of the rule the flow's first packet matched; `None`: no rule.
+    pub label: Option<String>,
+    /// Inbound TCP: SYN to the client's first ACK at the hook, nanoseconds; in every delta of
+    /// the flow once measured, `None` before or when not measured.
+    pub handshake_ns: Option<u64>,
+    /// Why the agent sent this delta.
+    pub end: FlowEnd,
+}
+
+/// Why a flow record was exported; the IPFIX flowEndReason values (RFC 5102) in that order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FlowEnd {
+    /// No packet for the idle timeout: the flow is over.
+    Idle,
+    /// The active timeout: a delta of a flow that goes on.
+    Active,
+    /// TCP FIN or RST seen.
+    EndOfFlow,
+    /// The agent stopped (or its state was cleared) with the flow still active.
+    Forced,
+}
+
+impl FlowEnd {
+    /// IPFIX flowEndReason (information element 136).
+    #[must_use]
+    pub const fn ipfix(self) -> u8 {
+        match self {
+            Self::Idle => 1,
+            Self::Active => 2,
+            Self::EndOfFlow => 3,
+            Self::Forced => 4,
+        }
+    }
+
+    /// The name in JSON, metrics and logs.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Active => "active",
+            Self::EndOfFlow => "end",
+            Self::Forced => "forced",
+        }
+    }
+}
+
+/// The agent's flow figures. Counts are cumulative for the agent instance; `active` is a gauge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStats {
+    /// Flows in the agent's flow state when the batch was made.
+    pub active: u64,
+    /// Flow records the agent exported (to central and to IPFIX alike: one per delta).
+    pub records: u64,
+    /// Flow records drained from the probe that the agent's full flow state could not take:
+    /// their counts are in no export (a loss).
+    pub state_full: u64,
+    /// Flow records dropped because the unacknowledged-batch buffer was full (oldest first),
+    /// as `AgentStats::dropped_events` for events (a loss).
+    pub dropped_records: u64,
+    /// IPFIX messages sent to collectors and the records in them (over all collectors).
+    pub ipfix_messages: u64,
+    pub ipfix_records: u64,
+    /// IPFIX messages whose send failed: their records did not reach that collector (a loss).
+    pub ipfix_send_failures: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

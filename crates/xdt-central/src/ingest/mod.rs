@@ -20,7 +20,7 @@ use tokio::{
     sync::{Notify, Semaphore, broadcast, mpsc},
     time::{Instant, timeout_at},
 };
-use xdt_wire::{Ack, ErrorCode, ErrorMessage, Hello, Message, Welcome};
+use xdt_wire::{Ack, ErrorCode, ErrorMessage, FlowBatch, Hello, Message, Welcome};
 
 use self::wire::Wire;
 use crate::{
@@ -294,7 +294,7 @@ async fn handshake(wire: &mut Wire, context: &Context) -> Result<Hello, CloseRea
         Some((Message::Hello(hello), _)) => hello,
         Some((other, _)) => {
             return Err(CloseReason::Unexpected {
-                got: kind(&other),
+                got: other.name(),
                 when: "instead of Hello",
             });
         }
@@ -335,7 +335,10 @@ async fn stream_batches(
                 wire.flush().await?;
                 return Ok(());
             }
-            Some((Message::Batch(batch), payload)) => {
+            Some((
+                Message::Batch(batch) | Message::FlowBatch(FlowBatch { batch, .. }),
+                payload,
+            )) => {
                 let sequence = batch.sequence;
                 // Copied only when exported: the state takes the batch.
                 let events = context.event_logs.as_ref().map(|_| batch.events.clone());
@@ -377,7 +380,7 @@ async fn stream_batches(
             }
             Some((other, _)) => {
                 return Err(CloseReason::Unexpected {
-                    got: kind(&other),
+                    got: other.name(),
                     when: "after Hello",
                 });
             }
@@ -413,15 +416,5 @@ struct Registered<'a> {
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.state.write().disconnect(self.agent_id, now_unix());
-    }
-}
-
-fn kind(message: &Message) -> &'static str {
-    match message {
-        Message::Hello(_) => "Hello",
-        Message::Welcome(_) => "Welcome",
-        Message::Batch(_) => "Batch",
-        Message::Ack(_) => "Ack",
-        Message::Error(_) => "Error",
     }
 }

@@ -30,6 +30,8 @@ pub(super) struct Wire {
     out: Vec<u8>,
     preamble_sent: bool,
     frame_deadline: Option<Instant>,
+    /// Ours until the agent's preamble is read, then the agreed one (the lower of the two).
+    version: u16,
 }
 
 impl Wire {
@@ -40,6 +42,7 @@ impl Wire {
             out: Vec::new(),
             preamble_sent: false,
             frame_deadline: None,
+            version: xdt_wire::PROTOCOL_VERSION,
         }
     }
 
@@ -59,16 +62,21 @@ impl Wire {
                 found: [bytes[0], bytes[1], bytes[2], bytes[3]],
             })?
             .version;
-        let ours = Preamble::ours().version;
-        if theirs != ours {
-            return Err(CloseReason::VersionMismatch { ours, theirs });
-        }
+        self.version =
+            xdt_wire::negotiate(theirs).map_err(|theirs| CloseReason::VersionMismatch {
+                ours: xdt_wire::PROTOCOL_VERSION,
+                theirs,
+            })?;
         Ok(())
     }
 
+    /// Our preamble, with the agreed version (ours when the agent's was refused).
     pub(super) async fn write_preamble(&mut self) -> std::io::Result<()> {
         self.preamble_sent = true;
-        self.stream.write_all(&Preamble::ours().encode()).await
+        let preamble = Preamble {
+            version: self.version,
+        };
+        self.stream.write_all(&preamble.encode()).await
     }
 
     /// The next message and its frame payload; `None` when the peer closed between frames. Waiting for a frame to
@@ -84,7 +92,14 @@ impl Wire {
                 frame.advance(HEADER_LEN);
                 let payload = frame.freeze();
                 self.frame_deadline = None;
-                return Ok(Some((frame::decode(&payload)?, payload)));
+                let message = frame::decode(&payload)?;
+                if message.since() > self.version {
+                    return Err(CloseReason::Unexpected {
+                        got: message.name(),
+                        when: "on a connection of an older protocol version",
+                    });
+                }
+                return Ok(Some((message, payload)));
             }
             self.flush().await?;
             if self.buffer.len() >= HEADER_LEN {

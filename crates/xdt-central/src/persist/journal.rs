@@ -382,7 +382,10 @@ fn replay(path: &Path, state: &mut State) -> Result<u64> {
         };
         match postcard::from_bytes::<Entry<'_>>(record) {
             Ok(Entry::Batch(record)) => match xdt_wire::frame::decode(record.payload) {
-                Ok(xdt_wire::Message::Batch(batch)) => {
+                Ok(
+                    xdt_wire::Message::Batch(batch)
+                    | xdt_wire::Message::FlowBatch(xdt_wire::FlowBatch { batch, .. }),
+                ) => {
                     state.register(
                         record.agent_id,
                         record.hostname,
