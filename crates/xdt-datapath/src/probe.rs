@@ -39,11 +39,13 @@ pub static DEMO_COUNTER_OBJECT: &[u8] =
 /// The program's name in the object.
 pub const PROGRAM: &str = "xdt";
 
-/// How many rules and trie nodes the maps hold per generation; fixed when the probe is loaded.
+/// How many rules and trie nodes the maps hold per generation, and how many flows each flow
+/// table holds (0: flows off); fixed when the probe is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     pub max_rules: u32,
     pub trie_nodes: u32,
+    pub flows: u32,
 }
 
 impl Default for Capacity {
