@@ -139,7 +139,10 @@ fn traffic_mix(mode: &str) {
         !program_exists(program_id),
         "program {program_id} still loaded after detach"
     );
-    let link = lab.node.ip(&["link", "show", &lab.node_if]);
+    let link = lab
+        .node
+        .ip(&["link", "show", &lab.node_if])
+        .expect("ip link");
     assert!(
         !String::from_utf8_lossy(&link.stdout).contains("xdp"),
         "XDP still on the interface"
@@ -241,19 +244,22 @@ fn clear_errors() {
 
     // Another XDP program holds the interface: attached (and held) from a thread inside the
     // node namespace, so the ifindex is the veth's.
-    let e = lab.node.enter(|| {
-        let mut other = aya::Ebpf::load(xdt_datapath::probe::BENCH_PASS_OBJECT).expect("load");
-        let program: &mut aya::programs::Xdp = other
-            .program_mut("bench_pass")
-            .expect("program")
-            .try_into()
-            .expect("xdp");
-        program.load().expect("load program");
-        program
-            .attach(&iface, aya::programs::XdpMode::Skb)
-            .expect("attach other");
-        lab.fails(&["attach", "-i", &iface])
-    });
+    let e = lab
+        .node
+        .enter(|| {
+            let mut other = aya::Ebpf::load(xdt_datapath::probe::BENCH_PASS_OBJECT).expect("load");
+            let program: &mut aya::programs::Xdp = other
+                .program_mut("bench_pass")
+                .expect("program")
+                .try_into()
+                .expect("xdp");
+            program.load().expect("load program");
+            program
+                .attach(&iface, aya::programs::XdpMode::Skb)
+                .expect("attach other");
+            lab.fails(&["attach", "-i", &iface])
+        })
+        .expect("node namespace");
     assert!(e.contains("another XDP program is already attached"), "{e}");
     assert!(
         !xdt_datapath_pin_dir(&lab, &iface).exists(),
