@@ -1,7 +1,7 @@
 //! docs/observability/prometheus: `promtool check rules` accepts the alert rules and
 //! `promtool test rules` passes their unit tests (every alert fires on what should make it
 //! fire, and stays quiet on healthy series). The rules against a real Prometheus scraping a
-//! real central: crates/xdt-cli/tests/steer.rs, `prometheus_evaluates_every_panel_and_alert`.
+//! real central: crates/xdt-system-tests/tests/steer.rs, `prometheus_evaluates_every_panel_and_alert`.
 
 use std::{path::Path, process::Command};
 

@@ -505,7 +505,7 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     let pod = check(
         "node_pod.py",
         Command::new("python3")
-            .arg(repo.join("crates/xdt-cli/tests/kubernetes/node_pod.py"))
+            .arg(repo.join("crates/xdt-system-tests/tests/kubernetes/node_pod.py"))
             .arg(manifests.join("agent.yaml"))
             .args([node_name, &iface, &format!("{central_ip}:50051")])
             .arg(&rules),
@@ -717,7 +717,7 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     let hooks: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&check(
         "node_pod.py --pre-stop",
         Command::new("python3")
-            .arg(repo.join("crates/xdt-cli/tests/kubernetes/node_pod.py"))
+            .arg(repo.join("crates/xdt-system-tests/tests/kubernetes/node_pod.py"))
             .arg("--pre-stop")
             .arg(manifests.join("agent.yaml")),
     ))

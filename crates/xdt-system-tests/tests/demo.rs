@@ -20,7 +20,7 @@ fn demo_shows_telemetry_and_cleans_up() {
         return;
     }
     let http = free_port();
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_xdt"))
+    let mut demo = Command::new(xdt_testkit::process::xdt())
         .args(["demo", "--duration", "60"])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
         .args(["--telemetry-port", &free_port().to_string()])
@@ -103,7 +103,7 @@ fn demo_with_duration_stops_and_cleans_up_by_itself() {
     }
     let http = free_port();
     let started = Instant::now();
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_xdt"))
+    let mut demo = Command::new(xdt_testkit::process::xdt())
         .args(["demo", "--duration", "8"])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
         .args(["--telemetry-port", &free_port().to_string()])

@@ -20,7 +20,6 @@ use xdt_testkit::{
     root_or_skip,
 };
 
-const XDT: &str = env!("CARGO_BIN_EXE_xdt");
 const NODE4: &str = "10.90.0.2";
 const NODE6: &str = "fd00:90::2";
 const AGENT: &str = "steer-node";
@@ -439,7 +438,11 @@ struct Detach<'a>(&'a Netns, Vec<String>, PathBuf);
 impl Drop for Detach<'_> {
     fn drop(&mut self) {
         for dev in &self.1 {
-            let _ = self.0.command(XDT).args(["detach", "-i", dev]).output();
+            let _ = self
+                .0
+                .command(xdt_testkit::process::xdt())
+                .args(["detach", "-i", dev])
+                .output();
         }
         let _ = std::fs::remove_dir_all(&self.2);
     }
@@ -512,7 +515,7 @@ fn egress_mode_forwards_between_two_ports() {
     let _detach = Detach(&node, vec![in0.clone(), out0.clone()], dir.clone());
     for dev in [&in0, &out0] {
         let out = node
-            .command(XDT)
+            .command(xdt_testkit::process::xdt())
             .args(["attach", "-i", dev, "--mode", "native", "--rules"])
             .arg(&rules)
             .output()
@@ -556,7 +559,7 @@ fn egress_mode_forwards_between_two_ports() {
     let _backward = agent(&out0, &in0);
     let stats = |dev: &str| -> Value {
         let out = node
-            .command(XDT)
+            .command(xdt_testkit::process::xdt())
             .args(["stats", "-i", dev, "--json"])
             .output()
             .expect("stats");

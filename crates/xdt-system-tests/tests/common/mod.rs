@@ -13,7 +13,6 @@ use xdt_testkit::{
     lab::{self, Side},
 };
 
-pub const XDT: &str = env!("CARGO_BIN_EXE_xdt");
 pub const NODE4: [u8; 4] = [10, 88, 0, 5];
 pub const CLIENT4: [u8; 4] = [10, 88, 0, 9];
 
@@ -47,7 +46,11 @@ impl Lab {
 
     /// Runs `xdt ARGS` in the node namespace.
     pub fn xdt(&self, args: &[&str]) -> Output {
-        self.node.command(XDT).args(args).output().expect("run xdt")
+        self.node
+            .command(xdt_testkit::process::xdt())
+            .args(args)
+            .output()
+            .expect("run xdt")
     }
 
     /// Runs `xdt ARGS` and returns its stdout; panics with stderr on failure.

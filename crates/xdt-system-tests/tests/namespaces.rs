@@ -15,10 +15,11 @@ use xdt_testkit::{
     root_or_skip, unique_name,
 };
 
-const XDT: &str = env!("CARGO_BIN_EXE_xdt");
-
 fn xdt(ns: &Netns, args: &[&str]) -> Output {
-    ns.command(XDT).args(args).output().expect("run xdt")
+    ns.command(xdt_testkit::process::xdt())
+        .args(args)
+        .output()
+        .expect("run xdt")
 }
 
 fn ok(ns: &Netns, args: &[&str]) -> String {

@@ -319,7 +319,7 @@ fn clear_errors() {
             "--regid=65534",
             "--clear-groups",
             "--inh-caps=-all",
-            XDT,
+            xdt_testkit::process::xdt(),
             "stats",
             "-i",
             &iface,
@@ -338,7 +338,10 @@ fn clear_errors() {
             "private",
             "sh",
             "-c",
-            &format!("umount /sys/fs/bpf && {XDT} stats -i {iface}"),
+            &format!(
+                "umount /sys/fs/bpf && {xdt} stats -i {iface}",
+                xdt = xdt_testkit::process::xdt()
+            ),
         ])
         .output()
         .expect("unshare");
@@ -349,8 +352,9 @@ fn clear_errors() {
     // pins vanish with it, and the program with the last process holding it).
     drop(small);
     let script = format!(
-        "umount /sys/fs/bpf && {XDT} attach -i {iface} --mode generic && {XDT} status -i {iface} --json \
-         && {XDT} detach -i {iface}"
+        "umount /sys/fs/bpf && {xdt} attach -i {iface} --mode generic && {xdt} status -i {iface} --json \
+         && {xdt} detach -i {iface}",
+        xdt = xdt_testkit::process::xdt()
     );
     let out = lab
         .node
@@ -379,7 +383,7 @@ fn stats_watch_shows_rates() {
     let _attached = lab.attach("native", "");
     let watch = lab
         .node
-        .command(XDT)
+        .command(xdt_testkit::process::xdt())
         .args([
             "stats",
             "-i",
