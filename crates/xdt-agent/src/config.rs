@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{host::hostname, source::MapSelector, steer::SteerConfig};
+use crate::{flows::FlowConfig, host::hostname, source::MapSelector, steer::SteerConfig};
 
 /// Everything the agent needs, from flags or environment (see `main.rs`).
 #[derive(Clone, Debug)]
@@ -30,6 +30,8 @@ pub struct Config {
     pub drop_capabilities: bool,
     /// Where to write a heartbeat wherever the watchdog is fed (see [`crate::heartbeat`]).
     pub heartbeat: Option<std::path::PathBuf>,
+    /// Flow expiry and export (when the probe has flow tables).
+    pub flows: FlowConfig,
 }
 
 /// What the binary asks of a running agent (from signals).

@@ -10,12 +10,13 @@
 //! (unless told not to), tells systemd it is ready and keeps its watchdog fed from its loop.
 //!
 //! Modules depend downwards only: `clock`, `host` and `labels` are leaves; `config`, `outbox`,
-//! `source` and `steer` use them; `shared` the outbox; `batch`, `ring`, `status` and `uplink`
+//! `source`, `steer` and `flows` use them; `shared` the outbox; `batch`, `ring`, `status` and `uplink`
 //! the shared state; `run` all of them. This file only declares and re-exports.
 
 mod batch;
 mod clock;
 mod config;
+pub mod flows;
 pub mod heartbeat;
 mod host;
 mod labels;

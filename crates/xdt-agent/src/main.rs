@@ -7,7 +7,9 @@ use clap::Parser;
 use log::{error, info};
 use tokio::sync::mpsc::UnboundedSender;
 use xdt_agent::{
-    Config, Control, default_agent_id, read_token,
+    Config, Control, default_agent_id,
+    flows::FlowConfig,
+    read_token,
     source::MapSelector,
     steer::{BindMode, Reinject, SteerConfig},
 };
@@ -107,6 +109,51 @@ struct Args {
     /// that runs --check-heartbeat.
     #[arg(long, env = "XDT_HEARTBEAT", value_name = "FILE")]
     heartbeat: Option<PathBuf>,
+    /// A flow without packets for this long ends (flowEndReason idle).
+    #[arg(
+        long,
+        env = "XDT_FLOW_IDLE",
+        default_value_t = 15.0,
+        value_name = "SECONDS"
+    )]
+    flow_idle: f64,
+    /// A flow this long exports what it counted and goes on (flowEndReason active timeout).
+    #[arg(
+        long,
+        env = "XDT_FLOW_ACTIVE",
+        default_value_t = 60.0,
+        value_name = "SECONDS"
+    )]
+    flow_active: f64,
+    /// Flows the agent keeps at most; a new flow beyond goes out at once (flowEndReason lack
+    /// of resources), counted.
+    #[arg(
+        long,
+        env = "XDT_FLOW_MAX",
+        default_value_t = 262_144,
+        value_name = "N"
+    )]
+    flow_max: usize,
+    /// Export ended flows as IPFIX over UDP to this collector (repeatable; in the environment
+    /// and config file, comma-separated).
+    #[arg(
+        long,
+        env = "XDT_IPFIX",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    ipfix: Vec<String>,
+    /// Seconds between two sendings of the IPFIX templates to each collector.
+    #[arg(
+        long,
+        env = "XDT_IPFIX_TEMPLATE_REFRESH",
+        default_value_t = 60.0,
+        value_name = "SECONDS"
+    )]
+    ipfix_template_refresh: f64,
+    /// IPFIX observation domain id [default: the interface's index].
+    #[arg(long, env = "XDT_IPFIX_DOMAIN", value_name = "ID")]
+    ipfix_domain: Option<u32>,
     /// Exit 0 if the heartbeat in FILE is at most --max-age old, else say why and exit 1 (a
     /// Kubernetes exec liveness probe).
     #[arg(long, value_name = "FILE")]
@@ -239,6 +286,29 @@ fn config(args: &Args) -> anyhow::Result<Config> {
             args.steer_lease
         );
     }
+    for (flag, value, range) in [
+        ("--flow-idle", args.flow_idle, 1.0..=3600.0),
+        ("--flow-active", args.flow_active, 1.0..=86400.0),
+        (
+            "--ipfix-template-refresh",
+            args.ipfix_template_refresh,
+            1.0..=86400.0,
+        ),
+    ] {
+        if !range.contains(&value) {
+            anyhow::bail!(
+                "{flag} must be between {} and {} seconds, not {value}",
+                range.start(),
+                range.end()
+            );
+        }
+    }
+    if !(1..=16_777_216).contains(&args.flow_max) {
+        anyhow::bail!(
+            "--flow-max must be between 1 and 16777216, not {}",
+            args.flow_max
+        );
+    }
     let token_file = xdt_systemd::credential(
         args.token_file.as_deref(),
         "token",
@@ -274,6 +344,14 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         }),
         drop_capabilities: !args.keep_capabilities,
         heartbeat: args.heartbeat.clone(),
+        flows: FlowConfig {
+            idle: Duration::from_secs_f64(args.flow_idle),
+            active: Duration::from_secs_f64(args.flow_active),
+            max_flows: args.flow_max,
+            ipfix: args.ipfix.clone(),
+            template_refresh: Duration::from_secs_f64(args.ipfix_template_refresh),
+            domain: args.ipfix_domain,
+        },
     })
 }
 

@@ -12,7 +12,7 @@ use xdt_wire::Hello;
 use crate::{
     batch::Batcher,
     config::{Config, Control},
-    heartbeat, host, labels, privileges,
+    flows, heartbeat, host, labels, privileges,
     ring::{open_events, read_events},
     shared::{Shared, push_pending, take_over_ledger},
     source::Source,
@@ -74,6 +74,10 @@ pub async fn run(
     };
 
     let ring = source.probe().map(open_events);
+    let flow_tables = match source.probe() {
+        Some(probe) => flows::open(probe, &config.flows)?,
+        None => None,
+    };
     // Everything is open: from here on no capability is needed, and no thread has been started
     // yet by this one (the uplink's name lookups run on threads the runtime starts later).
     if config.drop_capabilities {
@@ -87,6 +91,9 @@ pub async fn run(
         ),
         None => None,
     };
+    let flow_thread = flow_tables
+        .map(|opened| flows::Flows::start(opened, config.interval))
+        .transpose()?;
     let events = ring.flatten().map(|(ring, names)| {
         tokio::spawn(read_events(ring, names, shared.clone(), config.max_events))
     });
@@ -109,23 +116,26 @@ pub async fn run(
     };
     let mut watchdog = tokio::time::interval(health_period.unwrap_or(Duration::from_hours(1)));
     let mut batcher = Batcher::default();
-    let mut status = StatusLine::new(&config, steering.as_ref());
+    let mut status = StatusLine::new(&config, steering.as_ref(), flow_thread.as_ref());
     notifier.ready(&status.line(None, &shared));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = watchdog.tick() => {
-                // The loop is alive if it got here; steering's thread must be too.
+                // The loop is alive if it got here; steering's and the flows' threads must be
+                // too.
                 let period = health_period.unwrap_or(Duration::MAX);
-                if steering.as_ref().is_none_or(|s| s.alive(period)) {
+                if steering.as_ref().is_none_or(|s| s.alive(period))
+                    && flow_thread.as_ref().is_none_or(flows::Flows::alive)
+                {
                     notifier.watchdog();
                     if let Some(heartbeat) = &heartbeat {
                         heartbeat.beat();
                     }
                 } else {
                     warn!(
-                        "the steering thread has not run for {period:?}: not feeding the \
-                         watchdog or the heartbeat"
+                        "the steering thread has not run for {period:?} or the flow thread \
+                         ended: not feeding the watchdog or the heartbeat"
                     );
                 }
                 continue;
@@ -135,7 +145,7 @@ pub async fn run(
                 Some(Control::Reload(new)) => {
                     notifier.reloading();
                     reload(&mut config, &new, &shared, &mut ticker);
-                    status = StatusLine::new(&config, steering.as_ref());
+                    status = StatusLine::new(&config, steering.as_ref(), flow_thread.as_ref());
                     notifier.reloaded(&status.line(None, &shared));
                     continue;
                 }
@@ -162,6 +172,10 @@ pub async fn run(
         None => None,
     };
     batcher.batch(&source, &shared, steer_stats.as_ref())?;
+    if let Some(flow_thread) = flow_thread {
+        let stats = flow_thread.stop();
+        info!("flows: {}", flows::summary(&stats));
+    }
     if let Some(events) = events {
         events.abort();
     }
@@ -200,6 +214,7 @@ fn reload(config: &mut Config, new: &Config, shared: &Shared, ticker: &mut tokio
         (new.foreign_map != config.foreign_map, "map"),
         (new.heartbeat != config.heartbeat, "heartbeat"),
         (new.steer != config.steer, "steering"),
+        (new.flows != config.flows, "flows"),
         (
             new.drop_capabilities != config.drop_capabilities,
             "capabilities",

@@ -2,18 +2,25 @@
 
 use std::{fmt::Write as _, sync::atomic::Ordering};
 
-use crate::{config::Config, shared::Shared, source::Snapshot, steer::Steering};
+use crate::{
+    config::Config,
+    flows::{self, FlowStats, Flows},
+    shared::Shared,
+    source::Snapshot,
+    steer::Steering,
+};
 
 /// The one-line `STATUS=` for `systemctl status`: packet and bit rates, central, steering.
 pub(crate) struct StatusLine {
     iface: String,
     central: String,
     steering: Option<String>,
+    flows: Option<std::sync::Arc<FlowStats>>,
     last: Option<(u64, u64, std::time::Instant)>,
 }
 
 impl StatusLine {
-    pub(crate) fn new(config: &Config, steering: Option<&Steering>) -> Self {
+    pub(crate) fn new(config: &Config, steering: Option<&Steering>, flows: Option<&Flows>) -> Self {
         Self {
             iface: config.interface.clone(),
             central: config.central.clone(),
@@ -21,6 +28,7 @@ impl StatusLine {
                 let stats = s.stats();
                 format!("steering {} socket(s) {}", stats.sockets, stats.mode)
             }),
+            flows: flows.map(Flows::shared_stats),
             last: None,
         }
     }
@@ -55,6 +63,9 @@ impl StatusLine {
         }
         if let Some(steering) = &self.steering {
             let _ = write!(line, "; {steering}");
+        }
+        if let Some(stats) = &self.flows {
+            let _ = write!(line, "; flows: {}", flows::summary(stats));
         }
         let dropped = shared.dropped_events();
         if dropped > 0 {

@@ -49,6 +49,7 @@ fn config(central: String, map_id: u32) -> Config {
         steer: None,
         drop_capabilities: false,
         heartbeat: None,
+        flows: xdt_agent::flows::FlowConfig::default(),
     }
 }
 

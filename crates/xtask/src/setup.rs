@@ -125,6 +125,9 @@ fn test_tools(apt: &mut Apt) -> Result<Tools> {
     apt.ensure("the Nix checks", &["nix-bin"])?;
     // softflowd: the reference flow exporter `xdt flows` is checked against.
     apt.ensure("the flows test", &["softflowd"])?;
+    // nfdump's nfcapd (an IPFIX collector) and tshark (a decoder that flags malformed
+    // messages): the agent's IPFIX export is checked against both.
+    apt.ensure("the IPFIX test", &["nfdump", "tshark"])?;
     if !(cmd::succeeds("node", &["--version"]) && cmd::succeeds("npm", &["--version"])) {
         apt.ensure("the dashboard test", &["nodejs", "npm"])?;
     }
