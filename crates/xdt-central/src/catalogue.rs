@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use xdt_common::counters::{CATALOGUE as PROBE, Export, Panel, Severity};
 use xdt_wire::SteeringStats;
 
-use crate::state::AgentState;
+use crate::state::{AgentState, MAX_FLOWS_KEPT, TOP_FLOWS};
 
 /// One cumulative steering counter. Prometheus names it `xdt_steering_<name>_total`, OTLP
 /// `xdt.steering.<name>`; its rate is `steering_rates.<rate>` in `/metrics.json`.
@@ -264,6 +264,144 @@ pub const AGENT: [Figure; 7] = [
     },
 ];
 
+/// Series of the top talkers per agent that sends flows: `xdt_flow_top_bytes` and
+/// `xdt_flow_top_packets` with ranks 1 to [`TOP_FLOWS`] and `other`, and one
+/// `xdt_flow_top_info` per named rank of each ranking. The hard cap of docs/observability.md.
+pub const FLOW_SERIES_PER_AGENT: usize = 2 * (TOP_FLOWS + 1) + 2 * TOP_FLOWS;
+// `xdt_flow_kept`'s help states the bound.
+const _: () = assert!(MAX_FLOWS_KEPT == 1024);
+
+/// The flow figures of an agent that sends flows (protocol version 3; the others have no series
+/// here): the agent's own (`agent.flows` in `/metrics.json`, their `field` a path under the
+/// node's `agent` object) and what central's window of its records holds (`flows`). The top
+/// talkers themselves are `xdt_flow_top_*` (export/prom.rs), with a fixed number of series.
+pub const FLOWS: [Figure; 12] = [
+    Figure {
+        name: "xdt_flow_records_received",
+        help: "Flow records central received from the agent (since central started).",
+        kind: Kind::Counter,
+        value: |a| Some(Number::Count(a.flow_summary.as_ref()?.received_records)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+    Figure {
+        name: "xdt_flow_records_rate",
+        help: "Flow records per second central received from the agent over the last minute.",
+        kind: Kind::Gauge,
+        value: |a| Some(Number::Real(a.flow_summary.as_ref()?.records_per_second)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+    Figure {
+        name: "xdt_flow_active",
+        help: "Flows in the agent's flow state.",
+        kind: Kind::Gauge,
+        value: |a| Some(Number::Count(a.agent_stats.flows.as_ref()?.active)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+    Figure {
+        name: "xdt_flow_exported_records",
+        help: "Flow records the agent exported (one per flow delta).",
+        kind: Kind::Counter,
+        value: |a| Some(Number::Count(a.agent_stats.flows.as_ref()?.records)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+    Figure {
+        name: "xdt_flow_state_full",
+        help: "Flow records drained from the probe that the agent's full flow state could not take: their counts are in no export.",
+        kind: Kind::Counter,
+        value: |a| Some(Number::Count(a.agent_stats.flows.as_ref()?.state_full)),
+        field: Some("flows.state_full"),
+        otlp: None,
+        panel: Some(Panel::Losses {
+            label: "Flow state full",
+            hint: "flow records the agent had no room for",
+            severity: Severity::Loss,
+        }),
+    },
+    Figure {
+        name: "xdt_flow_dropped_records",
+        help: "Flow records the agent dropped because its unacknowledged-batch buffer was full.",
+        kind: Kind::Counter,
+        value: |a| Some(Number::Count(a.agent_stats.flows.as_ref()?.dropped_records)),
+        field: Some("flows.dropped_records"),
+        otlp: None,
+        panel: Some(Panel::Losses {
+            label: "Agent dropped flows",
+            hint: "agent send buffer full",
+            severity: Severity::Loss,
+        }),
+    },
+    Figure {
+        name: "xdt_flow_ipfix_messages",
+        help: "IPFIX messages the agent sent to its collectors.",
+        kind: Kind::Counter,
+        value: |a| Some(Number::Count(a.agent_stats.flows.as_ref()?.ipfix_messages)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+    Figure {
+        name: "xdt_flow_ipfix_records",
+        help: "Flow records in the IPFIX messages the agent sent.",
+        kind: Kind::Counter,
+        value: |a| Some(Number::Count(a.agent_stats.flows.as_ref()?.ipfix_records)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+    Figure {
+        name: "xdt_flow_ipfix_send_failures",
+        help: "IPFIX messages whose send failed: their records did not reach that collector.",
+        kind: Kind::Counter,
+        value: |a| {
+            Some(Number::Count(
+                a.agent_stats.flows.as_ref()?.ipfix_send_failures,
+            ))
+        },
+        field: Some("flows.ipfix_send_failures"),
+        otlp: None,
+        panel: Some(Panel::Losses {
+            label: "IPFIX send failures",
+            hint: "messages that did not reach a collector",
+            severity: Severity::Loss,
+        }),
+    },
+    Figure {
+        name: "xdt_flow_kept",
+        help: "Flows central keeps for the agent's top talkers (at most 1024).",
+        kind: Kind::Gauge,
+        value: |a| Some(Number::Count(a.flow_summary.as_ref()?.flows_kept as u64)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+    Figure {
+        name: "xdt_flow_untracked_records",
+        help: "Flow records of flows central did not keep for the top talkers (every kept flow had more bytes); counted in the other remainder.",
+        kind: Kind::Counter,
+        value: |a| Some(Number::Count(a.flow_summary.as_ref()?.untracked_records)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+    Figure {
+        name: "xdt_flow_evicted",
+        help: "Kept flows central pushed out for a flow with more bytes; their counts stay in the other remainder.",
+        kind: Kind::Counter,
+        value: |a| Some(Number::Count(a.flow_summary.as_ref()?.evicted_flows)),
+        field: None,
+        otlp: None,
+        panel: None,
+    },
+];
+
 fn panel(panel: Option<Panel>) -> Value {
     match panel {
         None => Value::Null,
@@ -282,7 +420,8 @@ fn panel(panel: Option<Panel>) -> Value {
 
 /// `/catalogue.json`: what the dashboard shows, so that it keeps no list of its own. Probe
 /// counters are keys of a node's `counters`, steering counters of `agent.steering` (their
-/// rates of `steering_rates`), agent figures of `agent`.
+/// rates of `steering_rates`), agent figures of `agent` (a name with a dot is a path:
+/// `flows.state_full` is `agent.flows.state_full`).
 #[must_use]
 pub fn json() -> Value {
     json!({
@@ -293,7 +432,7 @@ pub fn json() -> Value {
             "name": c.name, "unit": c.unit, "help": c.help, "rate": c.rate.0,
             "panel": panel(c.panel),
         })).collect::<Vec<_>>(),
-        "agent": AGENT.iter().filter_map(|f| Some(json!({
+        "agent": AGENT.iter().chain(&FLOWS).filter_map(|f| Some(json!({
             "name": f.field?, "help": f.help, "panel": panel(f.panel),
         }))).collect::<Vec<_>>(),
     })

@@ -6,7 +6,8 @@
 use std::{path::PathBuf, sync::atomic::Ordering};
 
 use xdt_wire::{
-    AgentStats, Batch, DnsQuery, Event, HttpRequest, Inspection, LabelCount, SteeringStats,
+    AgentStats, Batch, DnsQuery, Event, Flow, FlowEnd, FlowStats, HttpRequest, Inspection,
+    LabelCount, SteeringStats,
 };
 
 use crate::{
@@ -105,11 +106,54 @@ fn batch(sequence: u64, taken_s: u64, counters: Vec<(String, u64)>, events: Vec<
     }
 }
 
-/// A steering agent with every counter, a foreign-map agent, an agent that disconnected and
+/// The golden fleet's time: its batches arrive in the two seconds after it.
+const NOW: f64 = 1_700_000_000.0;
+
+/// Flow records of node-a: three flows, one of them in two records, one with a label that
+/// needs escaping; the IPv6 one has a handshake.
+fn flows() -> Vec<Flow> {
+    let flow = |src: &str, dst: &str, dst_port: u16, packets: u64, bytes: u64| Flow {
+        src: src.parse().expect("ip"),
+        dst: dst.parse().expect("ip"),
+        src_port: 40_000,
+        dst_port,
+        protocol: 6,
+        vlans: [0, 0],
+        packets,
+        bytes,
+        first_seen_unix_ns: 1_699_999_990_000_000_000,
+        last_seen_unix_ns: 1_699_999_999_500_000_000,
+        tcp_flags: 0x1b,
+        label: Some("web \"q\"\n<b>".into()),
+        handshake_ns: None,
+        end: FlowEnd::EndOfFlow,
+    };
+    vec![
+        Flow {
+            handshake_ns: Some(180_000),
+            ..flow("2001:db8::2", "2001:db8::1", 443, 10, 9_000)
+        },
+        flow("192.0.2.7", "192.0.2.1", 80, 50, 4_000),
+        Flow {
+            protocol: 17,
+            tcp_flags: 0,
+            label: None,
+            end: FlowEnd::Idle,
+            vlans: [100, 0],
+            ..flow("192.0.2.8", "192.0.2.1", 53, 2, 150)
+        },
+        Flow {
+            end: FlowEnd::Active,
+            ..flow("192.0.2.7", "192.0.2.1", 80, 5, 400)
+        },
+    ]
+}
+
+/// A steering agent with every counter and flows, a foreign-map agent, an agent that disconnected and
 /// one that never sent a batch.
 fn fleet() -> Shared {
     let mut state = State::new(10, 8);
-    let now = 1_700_000_000.0;
+    let now = NOW;
     state.connect(&hello("node-a/eth0", 7), now).expect("a");
     let mut first = batch(1, 1_700_000_000, probe_counters(100), vec![event(1, 10)]);
     first.agent.steering = Some(steering(1000));
@@ -121,7 +165,16 @@ fn fleet() -> Shared {
         vec![event(2, 20), steered(3, true), steered(4, false)],
     );
     second.agent.steering = Some(steering(5000));
-    state.apply("node-a/eth0", 7, second, now + 2.0);
+    let stats = FlowStats {
+        active: 12,
+        records: 4,
+        state_full: 1,
+        dropped_records: 2,
+        ipfix_messages: 3,
+        ipfix_records: 4,
+        ipfix_send_failures: 1,
+    };
+    state.apply_with_flows("node-a/eth0", 7, second, Some((flows(), stats)), now + 2.0);
 
     state.connect(&hello("node-b", 1), now).expect("b");
     let mut b1 = batch(1, 1_700_000_000, pkt_stats(10), Vec::new());
@@ -176,12 +229,15 @@ fn compare(name: &str, actual: &[u8]) {
 
 #[test]
 fn prometheus_text_is_unchanged() {
-    let body =
-        crate::export::prom::render(&crate::export::prom::registry(fleet(), 100)).expect("render");
+    let registry = crate::export::prom::registry_at(fleet(), 100, Some(NOW + 2.5));
+    let body = crate::export::prom::render(&registry).expect("render");
     compare("metrics.txt", body.as_bytes());
 }
 
 #[test]
 fn metrics_json_is_unchanged() {
-    compare("metrics.json", &crate::export::json::render(&fleet()));
+    compare(
+        "metrics.json",
+        &crate::export::json::render_at(&fleet(), NOW + 2.5),
+    );
 }

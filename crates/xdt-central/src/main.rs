@@ -107,7 +107,11 @@ fn main() {
     let destination = logging::init("xdt-central", cli.log_level, &[]);
     if let Err(e) = run(cli, argv) {
         destination.report_fatal("xdt-central", &format!("{e:#}"));
-        std::process::exit(1);
+        // A missing token: the unit does not restart on this status (RestartPreventExitStatus=).
+        std::process::exit(
+            e.downcast_ref::<xdt_systemd::CredentialError>()
+                .map_or(1, xdt_systemd::CredentialError::exit_status),
+        );
     }
 }
 

@@ -13,7 +13,7 @@ pub use connection::{Connection, WireError};
 pub use frame::{FrameError, MAX_FLOWS, MAX_FRAME, MAX_NAME, MAX_TEXT, Preamble, negotiate};
 pub use message::{
     Ack, AgentStats, Batch, DnsQuery, ErrorCode, ErrorMessage, Event, Flow, FlowBatch, FlowEnd,
-    FlowStats, Hello, HttpRequest, Inspection, LabelCount, Message, SteeringStats, Welcome,
+    FlowStats, Flows, Hello, HttpRequest, Inspection, LabelCount, Message, SteeringStats, Welcome,
 };
 
 /// The newest protocol version this build speaks, and the one it offers in its preamble.

@@ -34,6 +34,26 @@ impl Message {
         }
     }
 
+    /// The batch a `Batch` or `FlowBatch` carries, with the flow records and figures of the
+    /// latter (the inverse of [`Message::batch`]); any other message is given back.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the message given back is the one taken, moved as it came"
+    )]
+    pub fn into_batch(self) -> Result<(Batch, Option<Flows>), Self> {
+        match self {
+            Self::Batch(batch) => Ok((batch, None)),
+            Self::FlowBatch(FlowBatch {
+                batch,
+                flows,
+                stats,
+            }) => Ok((batch, Some((flows, stats)))),
+            other @ (Self::Hello(_) | Self::Welcome(_) | Self::Ack(_) | Self::Error(_)) => {
+                Err(other)
+            }
+        }
+    }
+
     /// The message's name, for logs and errors.
     #[must_use]
     pub const fn name(&self) -> &'static str {
@@ -51,7 +71,7 @@ impl Message {
     /// and there are flow figures to send, else the plain `Batch` (a version-2 central knows
     /// only that one; the flows are then not delivered, which the caller counts).
     #[must_use]
-    pub fn batch(batch: Batch, flows: Option<(Vec<Flow>, FlowStats)>, version: u16) -> Self {
+    pub fn batch(batch: Batch, flows: Option<Flows>, version: u16) -> Self {
         match flows {
             Some((flows, stats)) if version >= 3 => Self::FlowBatch(FlowBatch {
                 batch,
@@ -209,6 +229,9 @@ pub struct SteeringStats {
     pub rx_fill_ring_empty: u64,
     pub tx_invalid_descs: u64,
 }
+
+/// The flow part of a `FlowBatch`: its records and the agent's flow figures.
+pub type Flows = (Vec<Flow>, FlowStats);
 
 /// A batch with flow records (protocol version 3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::state::{AgentState, AgentStats, LabelCount, Rates, Shared, SteeringRates, seconds};
+use crate::state::{
+    AgentState, AgentStats, FlowSummary, LabelCount, Rates, Shared, SteeringRates, now_unix,
+    seconds,
+};
 
 /// Recent events in one document, shared among the nodes (each gets at least
 /// [`MIN_EVENTS_PER_NODE`], at most `--recent-events`).
@@ -86,6 +89,9 @@ struct Node<'a> {
     lost_events: u64,
     /// Counter names and labels beyond central's caps, dropped.
     ignored_entries: u64,
+    /// The top talkers of the last minute (absent when the agent sends no flows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flows: Option<FlowSummary>,
 }
 
 /// Counters as a JSON object, name -> value, in the agent's order.
@@ -186,7 +192,7 @@ impl<'a> From<&'a Inspection> for InspectionJson<'a> {
     }
 }
 
-fn node(agent: &AgentState, shares: Shares) -> Node<'_> {
+fn node(agent: &AgentState, shares: Shares, now: f64) -> Node<'_> {
     let skip_events = agent.recent_events.len().saturating_sub(shares.events);
     let skip_payload = agent.payload_history.len().saturating_sub(shares.payload);
     let skip_rates = agent.rate_history.len().saturating_sub(shares.rates);
@@ -228,12 +234,18 @@ fn node(agent: &AgentState, shares: Shares) -> Node<'_> {
         agent: &agent.agent_stats,
         lost_events: agent.counter(Counter::LostEvents.name()).unwrap_or(0),
         ignored_entries: agent.ignored_entries,
+        flows: agent.flows.as_ref().map(|window| window.summary(now)),
     }
 }
 
 /// The body of `/metrics.json`, rendered a slice of agents per read lock.
 #[must_use]
 pub fn render(shared: &Shared) -> Vec<u8> {
+    render_at(shared, now_unix())
+}
+
+/// [`render`] as of `now` (Unix seconds): the top talkers' minute ends there.
+pub(crate) fn render_at(shared: &Shared, now: f64) -> Vec<u8> {
     let shares = Shares::for_fleet(shared.read().agent_count());
     let mut out = Vec::with_capacity(64 * 1024);
     out.extend_from_slice(b"{\"nodes\":[");
@@ -250,7 +262,7 @@ pub fn render(shared: &Shared) -> Vec<u8> {
             first = false;
             // Serialising plain structs of strings and numbers into a Vec cannot fail
             // (non-finite floats become null); never panic on it either.
-            if let Err(e) = serde_json::to_writer(&mut out, &node(agent, shares)) {
+            if let Err(e) = serde_json::to_writer(&mut out, &node(agent, shares, now)) {
                 log::error!(cause:% = e; "cannot render a node of /metrics.json");
                 out.extend_from_slice(b"null");
             }

@@ -1,5 +1,5 @@
-//! OTLP logs (`--otlp-logs`): every sampled event and steered-packet inspection central
-//! stores becomes one log record, pushed as HTTP/protobuf by the official SDK's exporter, with
+//! OTLP logs (`--otlp-logs`): every sampled event, steered-packet inspection and flow record
+//! central stores becomes one log record, pushed as HTTP/protobuf by the official SDK's exporter, with
 //! OpenTelemetry semantic-convention attribute names where one exists (`network.transport`,
 //! `source.address`, `url.path`, `dns.question.name`, ...) and `xdt.*` for the rest.
 //!
@@ -33,7 +33,7 @@ use opentelemetry_sdk::{
     error::OTelSdkResult,
     logs::{LogBatch, LogExporter as _, LogProcessor, SdkLogRecord, SdkLoggerProvider},
 };
-use xdt_wire::{Event, Hello};
+use xdt_wire::{Event, Flow, Hello};
 
 use crate::{
     counters::Counters,
@@ -57,7 +57,7 @@ struct Origin {
 
 #[derive(Debug)]
 enum Item {
-    Events(Arc<Origin>, Vec<Event>),
+    Events(Arc<Origin>, Vec<Event>, Vec<Flow>),
     Stop,
 }
 
@@ -71,12 +71,13 @@ pub(crate) struct EventLogs {
 }
 
 impl EventLogs {
-    /// Hands the events of a newly stored batch to the exporter, or counts them as dropped.
-    pub(crate) fn record(&self, hello: &Hello, events: Vec<Event>) {
-        if events.is_empty() {
+    /// Hands the events and flow records of a newly stored batch to the exporter, or counts
+    /// them as dropped.
+    pub(crate) fn record(&self, hello: &Hello, events: Vec<Event>, flows: Vec<Flow>) {
+        if events.is_empty() && flows.is_empty() {
             return;
         }
-        let n = events.len() as u64;
+        let n = (events.len() + flows.len()) as u64;
         if self.queued.fetch_add(n, Ordering::Relaxed) + n > QUEUE as u64 {
             self.drop_events(n);
             return;
@@ -86,7 +87,7 @@ impl EventLogs {
             hostname: hello.hostname.clone(),
             interface: hello.interface.clone(),
         });
-        match self.queue.try_send(Item::Events(origin, events)) {
+        match self.queue.try_send(Item::Events(origin, events, flows)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.drop_events(n),
         }
@@ -198,14 +199,19 @@ fn export_loop(
                 Some(at) => items.recv_timeout(at.saturating_duration_since(Instant::now())),
             };
             match item {
-                Ok(Item::Events(origin, events)) => {
+                Ok(Item::Events(origin, events, flows)) => {
                     let now = SystemTime::now();
                     for event in &events {
                         let mut record = logger.create_log_record();
                         fill(&mut record, &origin, event, now);
                         logger.emit(record);
                     }
-                    count += events.len();
+                    for flow in &flows {
+                        let mut record = logger.create_log_record();
+                        fill_flow(&mut record, &origin, flow, now);
+                        logger.emit(record);
+                    }
+                    count += events.len() + flows.len();
                     deadline.get_or_insert_with(|| Instant::now() + LINGER);
                 }
                 Ok(Item::Stop) | Err(RecvTimeoutError::Disconnected) => {
@@ -244,6 +250,73 @@ fn export_loop(
     let _ = provider.shutdown();
 }
 
+fn transport(protocol: u8) -> &'static str {
+    match protocol {
+        6 => "tcp",
+        17 => "udp",
+        1 | 58 => "icmp",
+        _ => "other",
+    }
+}
+
+fn int(value: u64) -> AnyValue {
+    i64::try_from(value).unwrap_or(i64::MAX).into()
+}
+
+/// One flow record as a log record (event name `xdt.flow`): the time of its latest packet, a
+/// one-line body, and its fields as attributes, with the semantic conventions' names where
+/// the events use them.
+fn fill_flow(record: &mut SdkLogRecord, origin: &Origin, flow: &Flow, observed: SystemTime) {
+    record.set_timestamp(UNIX_EPOCH + Duration::from_nanos(flow.last_seen_unix_ns));
+    record.set_observed_timestamp(observed);
+    record.set_severity_number(Severity::Info);
+    record.set_severity_text("INFO");
+    record.set_event_name("xdt.flow");
+    let transport = transport(flow.protocol);
+    let mut body = format!(
+        "flow {transport} {}:{} -> {}:{} {} packets {} bytes ({})",
+        flow.src,
+        flow.src_port,
+        flow.dst,
+        flow.dst_port,
+        flow.packets,
+        flow.bytes,
+        flow.end.name()
+    );
+    let mut attributes: Vec<(&'static str, AnyValue)> = vec![
+        ("xdt.agent.id", origin.agent_id.clone().into()),
+        ("host.name", origin.hostname.clone().into()),
+        ("network.interface.name", origin.interface.clone().into()),
+        (
+            "network.type",
+            if flow.src.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+        ),
+        ("network.transport", transport.into()),
+        ("xdt.ip.protocol", i64::from(flow.protocol).into()),
+        ("source.address", flow.src.to_string().into()),
+        ("source.port", i64::from(flow.src_port).into()),
+        ("destination.address", flow.dst.to_string().into()),
+        ("destination.port", i64::from(flow.dst_port).into()),
+        ("xdt.vlan.outer", i64::from(flow.vlans[0]).into()),
+        ("xdt.vlan.inner", i64::from(flow.vlans[1]).into()),
+        ("xdt.flow.packets", int(flow.packets)),
+        ("xdt.flow.bytes", int(flow.bytes)),
+        ("xdt.flow.start_unix_ns", int(flow.first_seen_unix_ns)),
+        ("xdt.flow.end_unix_ns", int(flow.last_seen_unix_ns)),
+        ("xdt.tcp.flags", i64::from(flow.tcp_flags).into()),
+        ("xdt.flow.end_reason", flow.end.name().into()),
+    ];
+    if let Some(label) = &flow.label {
+        attributes.push(("xdt.rule.label", label.clone().into()));
+        let _ = write!(body, " label {label}");
+    }
+    if let Some(handshake) = flow.handshake_ns {
+        attributes.push(("xdt.tcp.handshake_ns", int(handshake)));
+    }
+    record.set_body(body.into());
+    record.add_attributes(attributes);
+}
+
 /// One event as a log record: the packet's time, a one-line body, and its fields as attributes.
 fn fill(record: &mut SdkLogRecord, origin: &Origin, event: &Event, observed: SystemTime) {
     record.set_timestamp(UNIX_EPOCH + Duration::from_nanos(event.timestamp_unix_ns));
@@ -256,12 +329,7 @@ fn fill(record: &mut SdkLogRecord, origin: &Origin, event: &Event, observed: Sys
     } else {
         "xdt.packet.sampled"
     });
-    let transport = match event.protocol {
-        6 => "tcp",
-        17 => "udp",
-        1 | 58 => "icmp",
-        _ => "other",
-    };
+    let transport = transport(event.protocol);
     let mut body = format!(
         "{} {transport} {}:{} -> {}:{} label {}",
         event.action, event.src, event.src_port, event.dst, event.dst_port, event.label

@@ -11,8 +11,8 @@ use prometheus_client::{
 use xdt_common::counters::CATALOGUE as PROBE;
 
 use crate::{
-    catalogue::{AGENT, Figure, Kind, Number, RATES, STEERING},
-    state::{AgentState, Shared},
+    catalogue::{AGENT, FLOWS, Figure, Kind, Number, RATES, STEERING},
+    state::{AgentState, Count, FlowSummary, Shared, TOP_FLOWS, TopFlow},
 };
 
 /// Content type of the exposition `prometheus_client::encoding::text` writes.
@@ -22,16 +22,24 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct StateCollector {
     state: Shared,
     max_connections: usize,
+    /// The time the top talkers' minute ends at: the clock's, or a fixed one (golden tests).
+    now: Option<f64>,
 }
 
 /// A registry whose only collector reads `state`; `max_connections` is the telemetry
 /// listener's limit, reported next to the connections in use.
 #[must_use]
 pub fn registry(state: Shared, max_connections: usize) -> Registry {
+    registry_at(state, max_connections, None)
+}
+
+/// [`registry`] whose top talkers are those of the minute ending at `now`, if given.
+pub(crate) fn registry_at(state: Shared, max_connections: usize, now: Option<f64>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StateCollector {
         state,
         max_connections,
+        now,
     }));
     registry
 }
@@ -60,7 +68,9 @@ impl Collector for StateCollector {
 
         // Copies of the agents' figures, taken a slice at a time: encoding thousands of series
         // under the lock held ingest up for the whole scrape.
-        let (copies, max_agents) = self.state.figures();
+        let (copies, max_agents) = self
+            .state
+            .figures_with_flows(self.now.unwrap_or_else(crate::state::now_unix));
         let agents: Vec<&AgentState> = copies.iter().collect();
 
         // Central's limits next to their use, for alerts before agents are refused.
@@ -122,6 +132,8 @@ impl Collector for StateCollector {
             }
         }
         encode_figures(&mut encoder, &AGENT, &agents)?;
+        encode_figures(&mut encoder, &FLOWS, &agents)?;
+        encode_top_flows(&mut encoder, &agents)?;
 
         // AF_XDP steering: series only for the agents that report it, families only if any does.
         let steering: Vec<_> = agents
@@ -169,6 +181,120 @@ impl Collector for StateCollector {
         }
         Ok(())
     }
+}
+
+/// One ranking of the top talkers.
+struct Ranking {
+    name: &'static str,
+    help: &'static str,
+    /// The `by` label of its info series.
+    by: &'static str,
+    top: fn(&FlowSummary) -> &[TopFlow],
+    other: fn(&FlowSummary) -> Count,
+    value: fn(&Count) -> u64,
+}
+
+const RANKINGS: [Ranking; 2] = [
+    Ranking {
+        name: "xdt_flow_top_bytes",
+        help: "IP bytes of the agent's largest flows by bytes over the last minute, by rank (1 the largest); rank other is every other flow's.",
+        by: "bytes",
+        top: |s| &s.top_bytes,
+        other: |s| s.other_by_bytes,
+        value: |c| c.bytes,
+    },
+    Ranking {
+        name: "xdt_flow_top_packets",
+        help: "Packets of the agent's largest flows by packets over the last minute, by rank (1 the largest); rank other is every other flow's.",
+        by: "packets",
+        top: |s| &s.top_packets,
+        other: |s| s.other_by_packets,
+        value: |c| c.packets,
+    },
+];
+
+const RANKS: [&str; TOP_FLOWS] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+
+fn gauge(value: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// The top talkers: the values by rank (series that stay as flows come and go: `rank` is
+/// `1`..`10` or `other`, never the flow), and which flow holds each named rank as an info
+/// series (labels of the flow, value 1), so a flow's key is never part of a value series and
+/// the number of series is at most [`crate::catalogue::FLOW_SERIES_PER_AGENT`] per agent
+/// whatever the traffic.
+fn encode_top_flows(
+    encoder: &mut DescriptorEncoder,
+    agents: &[&AgentState],
+) -> Result<(), std::fmt::Error> {
+    let flows: Vec<_> = agents
+        .iter()
+        .filter_map(|a| Some((*a, a.flow_summary.as_deref()?)))
+        .collect();
+    if flows.is_empty() {
+        return Ok(());
+    }
+    for ranking in &RANKINGS {
+        let mut family =
+            encoder.encode_descriptor(ranking.name, ranking.help, None, MetricType::Gauge)?;
+        for (agent, summary) in &flows {
+            let named = (ranking.top)(summary).iter().map(|flow| Count {
+                packets: flow.packets,
+                bytes: flow.bytes,
+            });
+            for (count, rank) in named
+                .zip(RANKS)
+                .chain([((ranking.other)(summary), "other")])
+            {
+                let labels = [
+                    ("agent_id", agent.agent_id.as_str()),
+                    ("interface", agent.interface.as_str()),
+                    ("rank", rank),
+                ];
+                gauge((ranking.value)(&count)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "xdt_flow_top_info",
+        "1 for the flow at each rank of xdt_flow_top_bytes (by=bytes) and xdt_flow_top_packets (by=packets); its labels are the flow's key and rule label.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (agent, summary) in &flows {
+        for ranking in &RANKINGS {
+            for (flow, rank) in (ranking.top)(summary).iter().zip(RANKS) {
+                let key = &flow.key;
+                let (src, dst) = (key.src.to_string(), key.dst.to_string());
+                let (protocol, src_port, dst_port, vlan) = (
+                    key.protocol.to_string(),
+                    key.src_port.to_string(),
+                    key.dst_port.to_string(),
+                    // The outer VLAN id, and the inner one after a dot for 802.1ad.
+                    match key.vlans {
+                        [outer, 0] => outer.to_string(),
+                        [outer, inner] => format!("{outer}.{inner}"),
+                    },
+                );
+                let labels = [
+                    ("agent_id", agent.agent_id.as_str()),
+                    ("interface", agent.interface.as_str()),
+                    ("by", ranking.by),
+                    ("rank", rank),
+                    ("src", src.as_str()),
+                    ("dst", dst.as_str()),
+                    ("protocol", protocol.as_str()),
+                    ("src_port", src_port.as_str()),
+                    ("dst_port", dst_port.as_str()),
+                    ("vlan", vlan.as_str()),
+                    ("label", flow.label.as_deref().unwrap_or("")),
+                ];
+                gauge(1).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One family per figure, one series per agent that has it.

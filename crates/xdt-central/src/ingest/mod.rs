@@ -20,7 +20,7 @@ use tokio::{
     sync::{Notify, Semaphore, broadcast, mpsc},
     time::{Instant, timeout_at},
 };
-use xdt_wire::{Ack, ErrorCode, ErrorMessage, FlowBatch, Hello, Message, Welcome};
+use xdt_wire::{Ack, ErrorCode, ErrorMessage, Hello, Message, Welcome};
 
 use self::wire::Wire;
 use crate::{
@@ -330,22 +330,24 @@ async fn stream_batches(
                 return Err(CloseReason::Shutdown);
             }
         };
-        match message {
-            None => {
-                wire.flush().await?;
-                return Ok(());
-            }
-            Some((
-                Message::Batch(batch) | Message::FlowBatch(FlowBatch { batch, .. }),
-                payload,
-            )) => {
+        let Some((message, payload)) = message else {
+            wire.flush().await?;
+            return Ok(());
+        };
+        match message.into_batch() {
+            Ok((batch, flows)) => {
                 let sequence = batch.sequence;
                 // Copied only when exported: the state takes the batch.
-                let events = context.event_logs.as_ref().map(|_| batch.events.clone());
+                let exported = context.event_logs.as_ref().map(|_| {
+                    (
+                        batch.events.clone(),
+                        flows.as_ref().map(|(f, _)| f.clone()).unwrap_or_default(),
+                    )
+                });
                 let (applied, ticket) = {
                     let now = now_unix();
                     let mut state = context.state.write();
-                    let applied = state.apply(agent_id, instance, batch, now);
+                    let applied = state.apply_with_flows(agent_id, instance, batch, flows, now);
                     let ticket = context.journal.as_ref().map(|journal| match applied {
                         Applied::New => journal.append(&Record {
                             agent_id,
@@ -360,10 +362,10 @@ async fn stream_batches(
                     });
                     (applied, ticket)
                 };
-                if let (Applied::New, Some(logs), Some(events)) =
-                    (applied, &context.event_logs, events)
+                if let (Applied::New, Some(logs), Some((events, flows))) =
+                    (applied, &context.event_logs, exported)
                 {
-                    logs.record(hello, events);
+                    logs.record(hello, events, flows);
                 }
                 if let (Some(journal), Some(ticket)) = (&context.journal, ticket) {
                     wire.flush().await?;
@@ -373,12 +375,12 @@ async fn stream_batches(
                 }
                 wire.queue(&Message::Ack(Ack { sequence }))?;
             }
-            Some((Message::Error(ErrorMessage { code, message }), _)) => {
+            Err(Message::Error(ErrorMessage { code, message })) => {
                 // Logged: at most a line's worth of what the peer wrote.
                 let message = message.chars().take(256).collect();
                 return Err(CloseReason::PeerError { code, message });
             }
-            Some((other, _)) => {
+            Err(other) => {
                 return Err(CloseReason::Unexpected {
                     got: other.name(),
                     when: "after Hello",

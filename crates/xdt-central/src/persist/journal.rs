@@ -381,11 +381,11 @@ fn replay(path: &Path, state: &mut State) -> Result<u64> {
             break;
         };
         match postcard::from_bytes::<Entry<'_>>(record) {
-            Ok(Entry::Batch(record)) => match xdt_wire::frame::decode(record.payload) {
-                Ok(
-                    xdt_wire::Message::Batch(batch)
-                    | xdt_wire::Message::FlowBatch(xdt_wire::FlowBatch { batch, .. }),
-                ) => {
+            Ok(Entry::Batch(record)) => match xdt_wire::frame::decode(record.payload)
+                .ok()
+                .and_then(|message| message.into_batch().ok())
+            {
+                Some((batch, flows)) => {
                     state.register(
                         record.agent_id,
                         record.hostname,
@@ -393,15 +393,16 @@ fn replay(path: &Path, state: &mut State) -> Result<u64> {
                         record.probe_version,
                         record.instance,
                     );
-                    state.apply(
+                    state.apply_with_flows(
                         record.agent_id,
                         record.instance,
                         batch,
+                        flows,
                         record.received_unix,
                     );
                     count += 1;
                 }
-                Ok(_) | Err(_) => {
+                None => {
                     warn!(path:% = path.display(); "a journal record holds no batch: skipped");
                 }
             },

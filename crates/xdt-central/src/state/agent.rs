@@ -6,11 +6,12 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use xdt_common::counters::Counter;
-use xdt_wire::{Batch, Event};
+use xdt_wire::{Batch, Event, Flow, FlowStats};
 
 use super::{
     MAX_COUNTERS, MAX_INSTANCES, MAX_LABELS, MAX_SHORT, PAYLOAD_HISTORY, RATE_HISTORY,
     clip::{clip, clip_event, clip_steering, clipped},
+    flows::{FlowSummary, FlowWindow},
     time::{FUTURE_TOLERANCE_NS, seconds, to_f64, unix_ns},
 };
 use crate::catalogue::STEERING;
@@ -51,6 +52,11 @@ pub struct AgentState {
     pub payload_history: VecDeque<(f64, u16)>,
     /// Counter names and labels beyond the caps, dropped and counted.
     pub ignored_entries: u64,
+    /// The flow records of the last minute, once the agent has sent any (live state only).
+    pub flows: Option<Box<FlowWindow>>,
+    /// The top talkers as of the copy (only in the copies of [`AgentState::figures`] with a
+    /// time: Prometheus reads these, not the window).
+    pub flow_summary: Option<Box<FlowSummary>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -77,6 +83,9 @@ pub struct AgentStats {
     /// versions, and from the JSON when the agent does not steer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steering: Option<SteeringStats>,
+    /// The agent's flow figures, if it sends flows (protocol version 3; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<FlowStats>,
 }
 
 /// The agent's AF_XDP steering figures, cumulative for the agent instance; `mode` and
@@ -153,11 +162,14 @@ impl AgentState {
             rate_history: VecDeque::new(),
             payload_history: VecDeque::new(),
             ignored_entries: 0,
+            flows: None,
+            flow_summary: None,
         }
     }
 
-    /// A copy of the figures, without the recent events and histories.
-    pub(super) fn figures(&self) -> Self {
+    /// A copy of the figures, without the recent events and histories; with the top talkers
+    /// as of `flows_at` (Unix seconds) if given.
+    pub(super) fn figures(&self, flows_at: Option<f64>) -> Self {
         Self {
             agent_id: self.agent_id.clone(),
             hostname: self.hostname.clone(),
@@ -180,6 +192,12 @@ impl AgentState {
             rate_history: VecDeque::new(),
             payload_history: VecDeque::new(),
             ignored_entries: self.ignored_entries,
+            flows: None,
+            flow_summary: flows_at.and_then(|now| {
+                self.flows
+                    .as_ref()
+                    .map(|window| Box::new(window.summary(now)))
+            }),
         }
     }
 
@@ -219,7 +237,17 @@ impl AgentState {
     /// rising sequences through), a replayed batch of an older instance does not. `taken_at` is
     /// only used for rates and display, clamped to a few seconds past central's clock, so a
     /// batch from a clock a year ahead cannot freeze the figures (nor survive in state.json).
-    pub(super) fn apply(&mut self, instance: u64, batch: Batch, recent_cap: usize, now: f64) {
+    ///
+    /// Flow records are deltas, like events: every applied batch's go into the window. The
+    /// agent's flow figures are cumulative, like the steering ones: the current instance's win.
+    pub(super) fn apply(
+        &mut self,
+        instance: u64,
+        batch: Batch,
+        flows: Option<(Vec<Flow>, FlowStats)>,
+        recent_cap: usize,
+        now: f64,
+    ) {
         let Batch {
             sequence: _,
             taken_at_unix_ns,
@@ -298,6 +326,14 @@ impl AgentState {
             if self.agent_stats.steering.is_none() {
                 self.steering_rates = None;
             }
+        }
+        if let Some((records, stats)) = flows {
+            if current {
+                self.agent_stats.flows = Some(stats);
+            }
+            self.flows
+                .get_or_insert_with(|| Box::new(FlowWindow::new(now)))
+                .add(records, now);
         }
         self.agent_stats.dropped_events = agent.dropped_events;
         self.agent_stats.reconnects = agent.reconnects;

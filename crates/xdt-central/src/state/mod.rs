@@ -8,6 +8,7 @@
 
 mod agent;
 mod clip;
+mod flows;
 #[cfg(test)]
 mod tests;
 mod time;
@@ -17,13 +18,17 @@ use std::{
     sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
-use xdt_wire::{Batch, Hello};
+use xdt_wire::{Batch, Flow, FlowStats, Hello};
 
 use crate::counters::Counters;
 
 pub(crate) use self::clip::clipped;
 pub use self::{
     agent::{AgentState, AgentStats, LabelCount, Rates, SteeringRates, SteeringStats},
+    flows::{
+        Count, FLOW_WINDOW_SECONDS, FlowKey, FlowSummary, FlowWindow, MAX_FLOWS_KEPT, TOP_FLOWS,
+        TopFlow,
+    },
     time::{now_unix, seconds},
 };
 
@@ -81,7 +86,15 @@ impl Shared {
     #[must_use]
     pub fn figures(&self) -> (Vec<AgentState>, usize) {
         let max_agents = self.read().max_agents;
-        (self.copy_agents(AgentState::figures), max_agents)
+        (self.copy_agents(|a| a.figures(None)), max_agents)
+    }
+
+    /// [`Shared::figures`] with each agent's top talkers of the minute ending at `now` (Unix
+    /// seconds) in `flow_summary`.
+    #[must_use]
+    pub fn figures_with_flows(&self, now: f64) -> (Vec<AgentState>, usize) {
+        let max_agents = self.read().max_agents;
+        (self.copy_agents(|a| a.figures(Some(now))), max_agents)
     }
 
     /// `copy` of every agent, by id, taken [`COPY_SLICE`] agents per hold of the read lock
@@ -363,6 +376,19 @@ impl State {
 
     /// Applies the batch if its sequence is above the last one held for (agent, instance).
     pub fn apply(&mut self, agent_id: &str, instance: u64, batch: Batch, now: f64) -> Applied {
+        self.apply_with_flows(agent_id, instance, batch, None, now)
+    }
+
+    /// [`State::apply`] for a batch that came with flow records and the agent's flow figures
+    /// (a `FlowBatch`): they count once, with the batch.
+    pub fn apply_with_flows(
+        &mut self,
+        agent_id: &str,
+        instance: u64,
+        batch: Batch,
+        flows: Option<(Vec<Flow>, FlowStats)>,
+        now: f64,
+    ) -> Applied {
         let cap = self.recent_events;
         let Some(agent) = self.agents.get_mut(clipped(agent_id, MAX_NAME)) else {
             // Only a connected agent sends batches, and agents are never removed.
@@ -374,7 +400,7 @@ impl State {
         }
         agent.set_last_sequence(instance, batch.sequence);
         self.generation += 1;
-        agent.apply(instance, batch, cap, now);
+        agent.apply(instance, batch, flows, cap, now);
         Applied::New
     }
 
