@@ -196,9 +196,10 @@ let
     };
 
   # The units read the token as the credential `token`; the drop-in replaces its source, and
-  # moves the units' check that the token exists (AssertPathExists=/etc/xdt/token) with it.
+  # XDT_TOKEN_SOURCE (the file a daemon names when systemd had only the units' placeholder,
+  # SetCredential=token:\n, because the file does not exist) follows it.
   tokenCredential = file: [ "" "token:${file}" ];
-  tokenCheck = file: [ "" file ];
+  tokenSource = file: { XDT_TOKEN_SOURCE = file; };
 
   tokenAssertions = name: opt: file: [
     {
@@ -473,11 +474,10 @@ in
           "xdt-agent@${instance name}" = {
             overrideStrategy = "asDropin";
             wantedBy = [ "multi-user.target" ];
-            environment = lib.optionalAttrs (agentCfg.agentId != null) {
+            environment = tokenSource agentCfg.tokenFile // lib.optionalAttrs (agentCfg.agentId != null) {
               XDT_AGENT_ID = "${agentCfg.agentId}/${name}";
             };
             serviceConfig.LoadCredential = tokenCredential agentCfg.tokenFile;
-            unitConfig.AssertPathExists = tokenCheck agentCfg.tokenFile;
             restartTriggers = [ agentConf agentCfg.tokenFile ];
           };
         })
@@ -502,8 +502,8 @@ in
       systemd.services.xdt-central = {
         overrideStrategy = "asDropin";
         wantedBy = [ "multi-user.target" ];
+        environment = tokenSource centralCfg.tokenFile;
         serviceConfig.LoadCredential = tokenCredential centralCfg.tokenFile;
-        unitConfig.AssertPathExists = tokenCheck centralCfg.tokenFile;
         restartTriggers = [ centralConf centralCfg.tokenFile ];
       };
       networking.firewall.allowedTCPPorts = mkIf centralCfg.openFirewall [

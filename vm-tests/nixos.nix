@@ -19,9 +19,11 @@ in
   };
 
   nodes = {
-    # Telemetry from node on vlan 2, the dashboard for client on vlan 3.
-    central = {
+    # Telemetry from node on vlan 2, the dashboard for client on vlan 3; Prometheus beside
+    # central, with the scrape job and alert rules the module adds to it.
+    central = { pkgs, ... }: {
       virtualisation.vlans = [ 2 3 ];
+      environment.systemPackages = [ pkgs.curl ];
       services.xdt = {
         enable = true;
         central = {
@@ -31,6 +33,12 @@ in
           openFirewall = true;
           inherit tokenFile;
         };
+      };
+      # Every 2 s (NixOS's default is a minute), so that the scenario waits seconds for a scrape
+      # newer than its traffic and for rules to evaluate.
+      services.prometheus = {
+        enable = true;
+        globalConfig = { scrape_interval = "2s"; evaluation_interval = "2s"; };
       };
     };
 
@@ -61,6 +69,8 @@ in
           openFirewall = true;
         };
       };
+      # The probe's run time per packet (a dashboard panel) is kept only with this on.
+      boot.kernel.sysctl."kernel.bpf_stats_enabled" = 1;
       # Test only: SIGUSR2 hangs the agent's main loop, for the watchdog subtest.
       systemd.services."xdt-agent@eth1".environment.XDT_TEST_FAULTS = "hang-on-sigusr2";
     };

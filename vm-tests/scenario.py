@@ -3,10 +3,12 @@
 # harness (vm-tests/debian/run.py) and the NixOS VM test (vm-tests/nixos.nix) both run it.
 #
 # Nodes (alphabetical order gives NixOS's addresses 192.168.VLAN.N):
-#   central (1): xdt-central.service; eth1 on vlan 2 (agents), eth2 on vlan 3 (the client)
+#   central (1): xdt-central.service and Prometheus (scraping it every 2 s, with the alert rules
+#                the package ships); eth1 on vlan 2 (agents), eth2 on vlan 3 (the client)
 #   client  (2): eth1 on vlan 1 (the node's service), eth2 on vlan 3 (the dashboard)
 #   node    (3): xdt-attach@eth1 + xdt-agent@eth1 (probe and agent on vlan 1, facing the
-#                client), xdt-service-health on 8081; eth2 on vlan 2 reaches central
+#                client), xdt-service-health on 8081; eth2 on vlan 2 reaches central;
+#                kernel.bpf_stats_enabled=1 (the probe's cost per packet)
 # The node's rules (/etc/xdt/rules/eth1.rules; vm-tests/debian/nodes/node/rootfs/ for Debian):
 # `counted` = UDP to 9999, `web` = TCP to 8081 steered through AF_XDP. Its agent runs with
 # XDT_TEST_FAULTS=hang-on-sigusr2.
@@ -16,6 +18,7 @@
 # buffer), so output is searched with `grep -q PATTERN < <(CMD)`, whose status is grep's alone.
 
 import json
+import shlex
 import time
 
 NODE = "192.168.1.3"  # the node's eth1, where the probe is attached
@@ -76,6 +79,130 @@ def service_answers(times=10):
         client.succeed(f"grep -q /echo/check{i} < <(curl -sf --max-time 5 http://{NODE}:8081/echo/check{i})")
 
 
+PROMETHEUS = "http://localhost:9090"  # on central
+
+
+def until(what, check, timeout=60, every=1):
+    """Calls `check()` until it returns a true value, which is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise Exception(f"{what}: not within {timeout} s")
+        time.sleep(every)
+
+
+def prometheus_queries(exprs):
+    """Instant queries through Prometheus's HTTP API on central, in one round trip: each
+    expression's result (a list of series; a failed query raises, naming it)."""
+    script = "".join(
+        f"curl -sS --max-time 10 -G {PROMETHEUS}/api/v1/query"
+        f" --data-urlencode {shlex.quote('query=' + expr)}; echo\n"
+        for expr in exprs
+    )
+    lines = central.succeed(script).splitlines()
+    assert len(lines) == len(exprs), lines
+    results = []
+    for expr, line in zip(exprs, lines):
+        answer = json.loads(line)
+        assert answer.get("status") == "success", f"{expr}: {answer}"
+        results.append(answer["data"]["result"])
+    return results
+
+
+def prometheus_api(path):
+    answer = json.loads(central.succeed(f"curl -sS --max-time 10 {PROMETHEUS}/api/v1/{path}"))
+    assert answer.get("status") == "success", f"{path}: {answer}"
+    return answer["data"]
+
+
+def prometheus_checks(agent_id, label):
+    """Prometheus on central, set up as an operator would (Debian's package with its scrape job
+    and the rules file the xdt package ships; NixOS's services.prometheus wired by the module):
+    the job is up, every alert rule of the shipped file is loaded and evaluates, the first scrape
+    after the traffic holds exactly what the probe counted for `label`, every panel query of both
+    Grafana dashboards returns data, and no alert is pending or firing."""
+    central.wait_for_unit("prometheus.service")
+    central.wait_until_succeeds(f"curl -sf --max-time 5 {PROMETHEUS}/-/ready", timeout=300)
+    share = central.succeed(
+        "echo $(dirname $(dirname $(readlink -f $(command -v xdt-central))))/share/xdt"
+    ).strip()
+
+    def value(expr):
+        (result,) = prometheus_queries([expr])
+        return result[0]["value"][1] if result else None
+
+    until("Prometheus scrapes central", lambda: value('up{job="xdt-central"}') == "1", 120)
+
+    shipped = central.succeed(
+        f"sed -n 's/^ *- alert: *//p' {share}/prometheus/xdt.rules.yml"
+    ).split()
+    assert len(shipped) >= 10, shipped
+
+    def rules_evaluated():
+        rules = [r for g in prometheus_api("rules")["groups"] for r in g["rules"]]
+        assert sorted(r["name"] for r in rules) == sorted(shipped), (rules, shipped)
+        return all(r["health"] == "ok" for r in rules)
+
+    until(f"the {len(shipped)} alert rules evaluate", rules_evaluated, 60)
+
+    # Exact counts: the probe's, then a scrape that began after them (Prometheus's sample
+    # timestamps are central's clock, as is `date` there).
+    stats = json.loads(node.succeed("xdt stats --interface eth1 --json"))
+    probe = next(c for c in stats["labels"] if c["label"] == label)
+    counted = float(central.succeed("date +%s.%N"))
+    selector = f'{{agent_id="{agent_id}",interface="eth1",label="{label}"}}'
+    metrics = {"xdp_label_packets_total": probe["packets"], "xdp_label_bytes_total": probe["bytes"]}
+
+    def scraped_after():
+        results = prometheus_queries([f"{m}{selector}[30s]" for m in metrics])
+        newer = [[v for t, v in r[0]["values"] if float(t) > counted] if r else [] for r in results]
+        return newer if all(newer) else None
+
+    for (metric, expected), samples in zip(metrics.items(), until("a scrape after the traffic", scraped_after, 60)):
+        assert samples == [str(expected)] * len(samples), (metric, expected, samples)
+        log.info(f"Prometheus: {metric}{selector} = {samples[-1]} (the probe: {expected})")
+
+    # Every panel query of the dashboards the package ships returns data. Rates and the probe's
+    # cost per packet (the run time of an agent interval's packets, kept by the kernel only
+    # with bpf_stats_enabled) need packets flowing: pings from the client meanwhile.
+    node.succeed("test $(cat /proc/sys/kernel/bpf_stats_enabled) = 1")
+    pinger = client.succeed(f"ping -q -i 0.2 -w 120 {NODE} > /dev/null 2>&1 & echo $!").strip()
+    panels = []
+    for board in ("xdt-overview.json", "xdt-agent.json"):
+        dashboard = json.loads(central.succeed(f"cat {share}/grafana/{board}"))
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                expr = (target["expr"].replace("$__rate_interval", "20s")
+                        .replace("$agent", agent_id))
+                assert "$" not in expr, expr
+                panels.append((f"{board}: {panel['title']}", expr))
+    assert len(panels) >= 50, panels
+    answered = {}
+
+    def every_panel_answers():
+        pending = [p for p in panels if p not in answered]
+        for panel, result in zip(pending, prometheus_queries([e for _, e in pending])):
+            if result:
+                answered[panel] = result
+        return len(answered) == len(panels)
+
+    try:
+        until("every panel query returns data", every_panel_answers, 60, every=2)
+    except Exception:
+        raise Exception(f"panel queries without data: {[p for p in panels if p not in answered]}")
+    finally:
+        client.succeed(f"kill {pinger} 2> /dev/null || true")
+    for (title, expr), result in ((p, answered[p]) for p in panels):
+        log.info(f"{title}: {expr} = {[r['value'][1] for r in result][:4]}")
+
+    alerts = prometheus_api("alerts")["alerts"]
+    assert alerts == [], f"alerts on a healthy appliance: {alerts}"
+    log.info(f"Prometheus: {len(shipped)} alert rules healthy and quiet, {len(panels)} panel queries answered")
+
+
 def rules_file(lines):
     text = "\n".join(lines) + "\n"
     node.succeed(f"cat > /etc/xdt/rules/eth1.rules <<'EOF'\n{text}EOF")
@@ -131,6 +258,9 @@ with subtest("client traffic is counted exactly"):
     assert probe_label("counted") == 500
     time.sleep(3)  # nothing arrives late
     assert label_packets(agent_node(), "counted") == 500
+
+with subtest("Prometheus holds the exact counts, and every panel and alert evaluates"):
+    prometheus_checks("node/eth1", "counted")
 
 with subtest("steered HTTP is inspected and answered"):
     service_answers()
@@ -223,9 +353,16 @@ else:
         assert active.strip() == "", active
         client.fail("test -e /sys/fs/bpf/xdt")
         client.fail("systemctl start xdt-central.service")
-        # systemd 252 says only "Assertion failed"; the unit's assertion names the file.
-        assert client.succeed("systemctl show -p AssertResult --value xdt-central.service").strip() == "no"
-        client.succeed("grep -qx AssertPathExists=/etc/xdt/token < <(systemctl cat xdt-central.service)")
+        # The daemon refuses and says which file is missing and what to do, in the journal and
+        # in `systemctl status` (systemd 252 names no file when a credential cannot be loaded).
+        missing = "no token: /etc/xdt/token does not exist. Write the token"
+        client.succeed(f"grep -qF '{missing}' < <(journalctl -u xdt-central.service --no-pager)")
+        status = client.execute("systemctl status --full --no-pager --lines=10 xdt-central.service")[1]
+        log.info(f"systemctl status without the token:\n{status}")
+        assert missing in status, status
+        # Refused once, not restarted: nothing changes until the operator writes the file.
+        assert unit_property(client, "xdt-central.service", "ExecMainStatus") == "78"
+        assert unit_property(client, "xdt-central.service", "NRestarts") == "0"
         client.succeed("install -m 0600 /dev/null /etc/xdt/token && echo client-token > /etc/xdt/token")
         client.succeed("systemctl start xdt-central.service")
         client.succeed("systemctl stop xdt-central.service && rm /etc/xdt/token")

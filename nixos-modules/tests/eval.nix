@@ -117,6 +117,13 @@ let
         default = [ ];
       };
       services.prometheus.ruleFiles = mkOption { type = types.listOf types.path; default = [ ]; };
+      services.prometheus.globalConfig = mkOption {
+        type = types.submodule {
+          options.scrape_interval = mkOption { type = types.nullOr types.str; default = null; };
+          options.evaluation_interval = mkOption { type = types.nullOr types.str; default = null; };
+        };
+        default = { };
+      };
       services.grafana.enable = mkOption { type = types.bool; default = false; };
       services.grafana.provision.enable = mkOption { type = types.bool; default = false; };
       services.grafana.provision.dashboards.settings.providers = mkOption {
@@ -318,16 +325,21 @@ let
         ]
         [ "agent is a drop-in" c.systemd.services."xdt-agent@eth1".overrideStrategy "asDropin" ]
         [ "agent starts at boot" c.systemd.services."xdt-agent@eth1".wantedBy [ "multi-user.target" ] ]
-        [ "one agent id per interface" c.systemd.services."xdt-agent@eth1".environment { XDT_AGENT_ID = "node/eth1"; } ]
+        [ "one agent id per interface" c.systemd.services."xdt-agent@eth1".environment.XDT_AGENT_ID "node/eth1" ]
         [
           "the token credential is replaced"
           c.systemd.services."xdt-agent@eth1".serviceConfig.LoadCredential
           [ "" "token:${token}" ]
         ]
         [
-          "the token check follows the token"
-          c.systemd.services."xdt-agent@eth1".unitConfig.AssertPathExists
-          [ "" token ]
+          "the file a missing token is named by follows the token"
+          c.systemd.services."xdt-agent@eth1".environment.XDT_TOKEN_SOURCE or null
+          token
+        ]
+        [
+          "no check before the start that would not name the file"
+          (c.systemd.services."xdt-agent@eth1".unitConfig ? AssertPathExists)
+          false
         ]
         [
           "a new agent.conf restarts the agent"
@@ -374,7 +386,7 @@ let
         ]
         [ "starts at boot" c.systemd.services.xdt-central.wantedBy [ "multi-user.target" ] ]
         [ "token" c.systemd.services.xdt-central.serviceConfig.LoadCredential [ "" "token:${token}" ] ]
-        [ "token check" c.systemd.services.xdt-central.unitConfig.AssertPathExists [ "" token ] ]
+        [ "the file a missing token is named by" c.systemd.services.xdt-central.environment { XDT_TOKEN_SOURCE = token; } ]
         [ "ports opened" (lib.sort lib.lessThan c.networking.firewall.allowedTCPPorts) [ 8080 50051 ] ]
         [ "no agent units" (lib.filter (lib.hasPrefix "xdt-agent@") (lib.attrNames c.systemd.services)) [ ] ]
         [ "no Prometheus of its own" c.services.prometheus.scrapeConfigs [ ] ]
@@ -469,7 +481,7 @@ let
           ''
         ]
         [ "no reverse-path exemption without steering" c.networking.firewall.extraReversePathFilterRules "" ]
-        [ "no agent id: the agent's own" c.systemd.services."xdt-agent@eth1".environment { } ]
+        [ "no agent id: the agent's own" (c.systemd.services."xdt-agent@eth1".environment ? XDT_AGENT_ID) false ]
       ];
 
     "an agent id prefix of our own" =
@@ -583,9 +595,28 @@ let
           [ [ ] [ ] [ ] ]
         ]
         [
+          "the VM test's Prometheus on central: the module's scrape job and rules, every 2 s"
+          (
+            let p = (vmNode "central").services.prometheus; in
+            {
+              inherit (p) enable ruleFiles;
+              jobs = map (j: { inherit (j) job_name; targets = lib.concatMap (s: s.targets) j.static_configs; }) p.scrapeConfigs;
+              intervals = [ p.globalConfig.scrape_interval p.globalConfig.evaluation_interval ];
+            }
+          )
+          {
+            enable = true;
+            ruleFiles = [ "${stubPackage}/share/xdt/prometheus/xdt.rules.yml" ];
+            jobs = [{ job_name = "xdt-central"; targets = [ "[::1]:8080" ]; }];
+            intervals = [ "2s" "2s" ];
+          }
+        ]
+        [ "and none elsewhere" (map (n: (vmNode n).services.prometheus.scrapeConfigs) [ "client" "node" ]) [ [ ] [ ] ] ]
+        [ "the VM node keeps the probe's run time" (vmNode "node").boot.kernel.sysctl."kernel.bpf_stats_enabled" 1 ]
+        [
           "the VM node's agent: its id and the test fault"
           (vmNode "node").systemd.services."xdt-agent@eth1".environment
-          { XDT_AGENT_ID = "node/eth1"; XDT_TEST_FAULTS = "hang-on-sigusr2"; }
+          { XDT_AGENT_ID = "node/eth1"; XDT_TEST_FAULTS = "hang-on-sigusr2"; XDT_TOKEN_SOURCE = "/etc/xdt/token"; }
         ]
         [ "an overlay function" (lib.isFunction outputs.overlays.default) true ]
         [ "its module sets the same units up" (failedAssertions c) [ ] ]

@@ -1,8 +1,9 @@
 """Debian 12 guest images for the VM tests.
 
-The base (a Debian root file system from mmdebstrap, its kernel and initrd) is built once and
-cached under a key made of everything that goes into it. Each node's disk is a copy of the base
-with the common guest files (./guest), xdt's Debian package installed, the node's own overlay and its generated
+The base (a Debian root file system from mmdebstrap, its kernel and initrd, and the .debs of the
+packages nodes add) is built once and cached under a key made of everything that goes into it.
+Each node's disk is a copy of the base with the common guest files (./guest), xdt's Debian
+package and the node's own packages installed, the node's own overlay and its generated
 network, host name and hosts files, written into a raw ext4 image with `mkfs.ext4 -d`.
 """
 
@@ -85,14 +86,38 @@ def apt_sources() -> Path:
 @dataclasses.dataclass(frozen=True)
 class Base:
     rootfs: Path
+    debs: Path  # debs/PACKAGE/*.deb: a node package and what it needs beyond the base
     kernel: Path
     initrd: Path
     kernel_version: str
 
 
+def node_packages() -> list[str]:
+    """Every package a node's node.toml adds (`packages`), sorted."""
+    wanted = set()
+    for spec in NODES_DIR.glob("*/node.toml"):
+        with open(spec, "rb") as f:
+            wanted.update(tomllib.load(f).get("packages", []))
+    return sorted(wanted)
+
+
+def _mmdebstrap_args(packages: list[str]) -> list[str]:
+    """MMDEBSTRAP_ARGS, and for each of `packages` a hook that downloads it and whatever it needs
+    beyond the base into debs/PACKAGE beside the root file system, before mmdebstrap removes the
+    package lists: nodes install them from there, offline, and only on the nodes that ask."""
+    hooks = [
+        f"--customize-hook=chroot \"$1\" apt-get clean && mkdir -p \"$1/../debs/{package}\""
+        " && chroot \"$1\" apt-get install --yes --download-only --no-install-recommends"
+        f" {package} && mv \"$1\"/var/cache/apt/archives/*.deb \"$1/../debs/{package}/\""
+        for package in packages
+    ]
+    return [*MMDEBSTRAP_ARGS, *hooks]
+
+
 def base(log: Log) -> Base:
     """The cached base for the current recipe, built (and older bases removed) if missing."""
-    recipe = json.dumps({"suite": SUITE, "mmdebstrap": MMDEBSTRAP_ARGS}, sort_keys=True)
+    args = _mmdebstrap_args(node_packages())
+    recipe = json.dumps({"suite": SUITE, "mmdebstrap": args}, sort_keys=True)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     root = cache_dir() / "base"
     done = root / key
@@ -102,16 +127,17 @@ def base(log: Log) -> Base:
         if (done / "ok").exists():
             log(f"using the cached base {done}")
         else:
-            _build_base(root, key, log)
+            _build_base(root, key, args, log)
     return Base(
         rootfs=done / "rootfs",
+        debs=done / "debs",
         kernel=done / "vmlinuz",
         initrd=done / "initrd.img",
         kernel_version=(done / "kernel-version").read_text(),
     )
 
 
-def _build_base(root: Path, key: str, log: Log) -> None:
+def _build_base(root: Path, key: str, args: list[str], log: Log) -> None:
     """Build base `key` in `root`, replacing any other."""
     for old in root.iterdir():
         shutil.rmtree(old)
@@ -122,7 +148,7 @@ def _build_base(root: Path, key: str, log: Log) -> None:
     building.mkdir()
     with open(building / "mmdebstrap.log", "wb") as out:
         result = subprocess.run(
-            ["mmdebstrap", *MMDEBSTRAP_ARGS, SUITE, str(building / "rootfs"), str(sources)],
+            ["mmdebstrap", *args, SUITE, str(building / "rootfs"), str(sources)],
             stdout=out, stderr=subprocess.STDOUT,
         )
     if result.returncode != 0:
@@ -143,14 +169,16 @@ def _build_base(root: Path, key: str, log: Log) -> None:
 class Node:
     """A node of the test network, from vm-tests/debian/nodes/<name>/.
 
-    node.toml has `vlans` (the node's NICs eth1, eth2, ... in this order), `units` (to enable)
-    and optionally `memory` (MiB); rootfs/ beside it is copied over the guest's root.
+    node.toml has `vlans` (the node's NICs eth1, eth2, ... in this order), `units` (to enable),
+    optionally `packages` (Debian packages to install besides xdt's) and `memory` (MiB);
+    rootfs/ beside it is copied over the guest's root.
     """
 
     name: str
     index: int  # 1-based, in the alphabetical order of the run's node names
     vlans: tuple[int, ...]
     units: tuple[str, ...]
+    packages: tuple[str, ...]
     memory: int
 
     @property
@@ -183,6 +211,7 @@ def load_nodes(names: list[str]) -> list[Node]:
             index=index,
             vlans=tuple(spec.get("vlans", [])),
             units=tuple(spec.get("units", [])),
+            packages=tuple(spec.get("packages", [])),
             memory=spec.get("memory", 1024),
         ))
     for vlan in {v for n in nodes for v in n.vlans}:
@@ -211,23 +240,33 @@ def _copy_tree(source: Path, target: Path) -> None:
         shutil.copy2(path, dest, follow_symlinks=False)
 
 
-def _install_package(rootfs: Path, deb: Path | None, log: Log) -> None:
-    """xdt's Debian package, installed as an operator would: `apt install ./xdt_*.deb` (in a
-    chroot, where its maintainer scripts see no running systemd and start nothing)."""
+def _install_packages(rootfs: Path, base: Base, node: Node, deb: Path | None, log: Log) -> None:
+    """xdt's Debian package and the node's own, installed as an operator would: `apt install
+    ./xdt_*.deb` (in a chroot, where maintainer scripts see no running systemd and start
+    nothing); the node's packages from the .debs the base downloaded, so offline."""
+    debs = {} if deb is None else {deb.name: deb}
     if deb is None:
         log("no package given: xdt is not installed")
+    for package in node.packages:
+        found = sorted((base.debs / package).glob("*.deb"))
+        if not found:
+            raise SystemExit(f"{node.name}: the base has no .deb of {package} in {base.debs}")
+        debs.update((path.name, path) for path in found)  # a dependency of two packages once
+    if not debs:
         return
-    inside = Path("/tmp") / deb.name
-    shutil.copy2(deb, rootfs / inside.relative_to("/"))
+    inside = Path("/tmp/xdt-vm-debs")
+    (rootfs / inside.relative_to("/")).mkdir()
+    for name, path in debs.items():
+        shutil.copy2(path, rootfs / inside.relative_to("/") / name)
     result = subprocess.run(
         ["chroot", str(rootfs), "apt-get", "install", "--yes", "--no-install-recommends",
-         str(inside)],
+         *(str(inside / name) for name in sorted(debs))],
         capture_output=True, text=True,
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"},
     )
-    (rootfs / inside.relative_to("/")).unlink()
+    shutil.rmtree(rootfs / inside.relative_to("/"))
     if result.returncode != 0:
-        raise SystemExit(f"apt install {inside} failed in the guest image:\n"
+        raise SystemExit(f"apt install {' '.join(sorted(debs))} failed in the guest image:\n"
                          f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
 
 
@@ -258,7 +297,7 @@ def build_disk(
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(["cp", "-a", str(base.rootfs), str(rootfs)], check=True)
         _copy_tree(GUEST_DIR, rootfs)
-        _install_package(rootfs, deb, log)
+        _install_packages(rootfs, base, node, deb, log)
         for path, content in _network_files(node, nodes).items():
             _replace(rootfs / path, content)
         machine_id = hashlib.sha256(f"xdt-vm {node.name}".encode()).hexdigest()[:32]

@@ -89,3 +89,30 @@ fn the_agent_unit_allows_exactly_what_setup_needs() {
         );
     }
 }
+
+/// The daemons' units load the token from one file and name that same file for the message a
+/// missing token gets: systemd passes the placeholder (a newline) when the file does not exist,
+/// and the daemon refuses it naming `XDT_TOKEN_SOURCE` (xdt_systemd::credential).
+#[test]
+fn the_units_name_the_token_file_they_load() {
+    for unit in ["xdt-agent@.service", "xdt-central.service"] {
+        let text = std::fs::read_to_string(units_dir().join(unit)).expect("unit");
+        let values = |key: &str| -> Vec<&str> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .collect()
+        };
+        assert_eq!(values("LoadCredential"), ["token:/etc/xdt/token"], "{unit}");
+        assert_eq!(values("SetCredential"), ["token:\\n"], "{unit}");
+        assert!(
+            values("Environment").contains(&"XDT_TOKEN_SOURCE=/etc/xdt/token"),
+            "{unit}"
+        );
+        // The refusal (exit status xdt_systemd::EXIT_CONFIG) is not retried.
+        assert_eq!(values("RestartPreventExitStatus"), ["78"], "{unit}");
+        assert!(
+            values("AssertPathExists").is_empty(),
+            "{unit}: it would refuse without a path"
+        );
+    }
+}

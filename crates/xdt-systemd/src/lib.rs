@@ -29,7 +29,7 @@ pub fn credential(
     explicit: Option<&std::path::Path>,
     name: &str,
     flag: &str,
-) -> Result<std::path::PathBuf, String> {
+) -> Result<std::path::PathBuf, CredentialError> {
     credential_from(
         explicit,
         name,
@@ -38,6 +38,34 @@ pub fn credential(
         std::env::var_os(source_variable(name)).as_deref(),
     )
 }
+
+/// Why there is no credential to read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialError {
+    /// Neither the flag nor systemd's credentials directory: run by hand without the flag.
+    #[error("no {name}: pass {flag} or a systemd credential named {name}")]
+    NotGiven { name: String, flag: String },
+    /// systemd passed the unit's placeholder: the file the unit loads is missing or empty. The
+    /// message names it and says what to do.
+    #[error("{0}")]
+    Missing(String),
+}
+
+impl CredentialError {
+    /// What a daemon exits with: [`EXIT_CONFIG`] for a missing file, which the units do not
+    /// restart on (`RestartPreventExitStatus=`): nothing changes until the operator writes it.
+    #[must_use]
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Self::NotGiven { .. } => 1,
+            Self::Missing(_) => EXIT_CONFIG,
+        }
+    }
+}
+
+/// Exit status of a daemon refusing its configuration in a way a restart cannot mend
+/// (`EX_CONFIG` of sysexits.h; systemd.exec(5) lists it as `CONFIG`).
+pub const EXIT_CONFIG: i32 = 78;
 
 /// The environment variable that names the file the credential `name` is loaded from.
 fn source_variable(name: &str) -> String {
@@ -52,15 +80,16 @@ fn credential_from(
     flag: &str,
     directory: Option<&std::ffi::OsStr>,
     source: Option<&std::ffi::OsStr>,
-) -> Result<std::path::PathBuf, String> {
+) -> Result<std::path::PathBuf, CredentialError> {
     use std::io::Read as _;
     let directory = match (explicit, directory) {
         (Some(path), _) => return Ok(path.to_owned()),
         (None, Some(directory)) => std::path::Path::new(directory),
         (None, None) => {
-            return Err(format!(
-                "no {name}: pass {flag} or a systemd credential named {name}"
-            ));
+            return Err(CredentialError::NotGiven {
+                name: name.to_owned(),
+                flag: flag.to_owned(),
+            });
         }
     };
     let path = directory.join(name);
@@ -81,12 +110,12 @@ fn credential_from(
     }
     let variable = source_variable(name);
     let Some(source) = source.filter(|s| !s.is_empty()) else {
-        return Err(format!(
+        return Err(CredentialError::Missing(format!(
             "no {name}: the systemd credential {name} ({}) is empty: the file the unit's \
              LoadCredential={name}:FILE names is missing or empty (set {variable}=FILE in the \
              unit for this message to name it)",
             path.display()
-        ));
+        )));
     };
     let source = std::path::Path::new(source);
     let shown = source.display();
@@ -96,19 +125,19 @@ fn credential_from(
         Ok(_) => "holds no token (only whitespace)",
         Err(_) => "is missing or empty",
     };
-    Err(format!(
+    Err(CredentialError::Missing(format!(
         "no {name}: {shown} {what}. Write the token that central and its agents share into it \
          (readable by root only: install -m 0600 /dev/stdin {shown} <<<'TOKEN'), then start the \
          unit again. The unit loads it as the systemd credential {name} (LoadCredential=); a \
          drop-in that loads it from elsewhere sets {variable} to the same file"
-    ))
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use std::{ffi::OsStr, path::Path};
 
-    use super::credential_from;
+    use super::{EXIT_CONFIG, credential_from};
 
     /// A fresh directory under the system's temporary directory, removed on drop.
     struct Scratch(std::path::PathBuf);
@@ -143,6 +172,14 @@ mod tests {
             Some(directory.as_os_str()),
             source.map(Path::as_os_str),
         )
+        .map_err(|e| {
+            assert_eq!(
+                e.exit_status(),
+                EXIT_CONFIG,
+                "{e}: a restart does not mend it"
+            );
+            e.to_string()
+        })
     }
 
     #[test]
@@ -165,13 +202,13 @@ mod tests {
             ),
             Ok(flag.to_owned())
         );
+        let error = credential_from(None, "token", "--token-file (XDT_TOKEN_FILE)", None, None)
+            .expect_err("nothing given");
         assert_eq!(
-            credential_from(None, "token", "--token-file (XDT_TOKEN_FILE)", None, None),
-            Err(
-                "no token: pass --token-file (XDT_TOKEN_FILE) or a systemd credential named token"
-                    .to_owned()
-            )
+            error.to_string(),
+            "no token: pass --token-file (XDT_TOKEN_FILE) or a systemd credential named token"
         );
+        assert_eq!(error.exit_status(), 1);
     }
 
     #[test]
