@@ -211,7 +211,11 @@ fn main() {
     );
     if let Err(e) = start(&args, argv) {
         destination.report_fatal("xdt-agent", &format!("{e:#}"));
-        std::process::exit(1);
+        // A missing token: the unit does not restart on this status (RestartPreventExitStatus=).
+        std::process::exit(
+            e.downcast_ref::<xdt_systemd::CredentialError>()
+                .map_or(1, xdt_systemd::CredentialError::exit_status),
+        );
     }
 }
 
