@@ -69,8 +69,9 @@ fn with_notify<'a>(command: &'a mut Command, socket: &Path, watchdog: Duration) 
         .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
 }
 
-fn node(http: u16) -> Option<Value> {
-    let text = xdt_testkit::http::get_ok(http, "/metrics.json")?;
+/// The agent's node in /metrics.json of the central at `http` in the lab's node namespace.
+fn node(lab: &Lab, http: u16) -> Option<Value> {
+    let text = xdt_testkit::lab::get(lab, http, "/metrics.json")?;
     let v: Value = serde_json::from_str(&text).ok()?;
     v["nodes"]
         .as_array()?
@@ -79,9 +80,9 @@ fn node(http: u16) -> Option<Value> {
         .cloned()
 }
 
-fn node_when(http: u16, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+fn node_when(lab: &Lab, http: u16, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
     xdt_testkit::http::central_node_when(
-        || xdt_testkit::http::get_ok(http, "/metrics.json"),
+        || xdt_testkit::lab::get(lab, http, "/metrics.json"),
         "notify-node",
         what,
         Duration::from_secs(20),
@@ -115,7 +116,9 @@ fn daemons_notify_systemd_and_reload_their_config_files() {
     let central_socket = lab.dir.join("central.notify");
     let mut central_notes = Notifications::bind(&central_socket);
     let central = Process::start(with_notify(
-        Command::new(sibling("xdt-central")).args(["--config", &central_conf]),
+        lab.node
+            .command(sibling("xdt-central"))
+            .args(["--config", &central_conf]),
         &central_socket,
         watchdog,
     ));
@@ -129,7 +132,7 @@ fn daemons_notify_systemd_and_reload_their_config_files() {
         status.contains(&format!("dashboard on http://127.0.0.1:{http}/")),
         "{status}"
     );
-    assert!(xdt_testkit::http::get_ok(http, "/healthz").is_some());
+    assert!(xdt_testkit::lab::get(&lab, http, "/healthz").is_some());
     central_notes.expect("central's WATCHDOG=1", watchdog, |l| l == "WATCHDOG=1");
 
     // The agent, from its file; the command line adds the interface.
@@ -145,7 +148,8 @@ fn daemons_notify_systemd_and_reload_their_config_files() {
     let agent_socket = lab.dir.join("agent.notify");
     let mut agent_notes = Notifications::bind(&agent_socket);
     let agent = Process::start(with_notify(
-        Command::new(sibling("xdt-agent"))
+        lab.node
+            .command(sibling("xdt-agent"))
             .args(["--config", &conf])
             .args(["--interface", &lab.node_if]),
         &agent_socket,
@@ -167,7 +171,9 @@ fn daemons_notify_systemd_and_reload_their_config_files() {
     );
 
     // SIGHUP with a longer interval: applied in place, the connection stays.
-    let before = node_when(http, "batches", |n| n["last_sequence"].as_u64() > Some(5));
+    let before = node_when(&lab, http, "batches", |n| {
+        n["last_sequence"].as_u64() > Some(5)
+    });
     agent_conf("1.5", "XDT_LOG_LEVEL=debug\n");
     signal(&agent, nix::sys::signal::Signal::SIGHUP);
     agent_notes.expect("RELOADING=1", Duration::from_secs(5), |l| {
@@ -176,11 +182,11 @@ fn daemons_notify_systemd_and_reload_their_config_files() {
     agent_notes.expect("READY=1 after the reload", Duration::from_secs(5), |l| {
         l == "READY=1"
     });
-    let start = node(http).expect("node")["last_sequence"]
+    let start = node(&lab, http).expect("node")["last_sequence"]
         .as_u64()
         .expect("sequence");
     std::thread::sleep(Duration::from_secs(3));
-    let after = node(http).expect("node");
+    let after = node(&lab, http).expect("node");
     let batches = after["last_sequence"].as_u64().expect("sequence") - start;
     assert!(
         (1..=3).contains(&batches),
@@ -197,11 +203,11 @@ fn daemons_notify_systemd_and_reload_their_config_files() {
     agent_conf("0.2", "XDT_BOGUS=1\n");
     signal(&agent, nix::sys::signal::Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    let start = node(http).expect("node")["last_sequence"]
+    let start = node(&lab, http).expect("node")["last_sequence"]
         .as_u64()
         .expect("sequence");
     std::thread::sleep(Duration::from_secs(3));
-    let batches = node(http).expect("node")["last_sequence"]
+    let batches = node(&lab, http).expect("node")["last_sequence"]
         .as_u64()
         .expect("sequence")
         - start;
