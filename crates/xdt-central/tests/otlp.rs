@@ -342,6 +342,74 @@ async fn events_reach_a_real_otlp_receiver_as_logs_exactly_once() {
     drop(receiver);
 }
 
+/// `--otlp-logs`: each flow record central stores reaches a real receiver once, as an
+/// `xdt.flow` log record with the flow's key, counts, times, label, handshake and end reason;
+/// a FlowBatch sent again adds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_records_reach_a_real_otlp_receiver_as_logs_exactly_once() {
+    let Some((_dir, out, receiver)) = receiver("otlp-flow-logs") else {
+        return;
+    };
+    let mut cfg = config();
+    cfg.otlp = Some(
+        OtlpConfig::new(
+            &format!("http://127.0.0.1:{}", receiver.port),
+            Duration::from_mins(1),
+        )
+        .expect("endpoint")
+        .with_logs(),
+    );
+    let central = TestCentral::start(cfg).await;
+    let flows: Vec<_> = (1..=40)
+        .map(|i| common::flow(i, u64::from(i), 100 * u64::from(i)))
+        .collect();
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("flow-logs", 1, TOKEN)).await;
+    assert_eq!(
+        agent
+            .flow_batch(
+                batch(1, 100, 1000, vec![]),
+                flows.clone(),
+                common::flow_stats(40)
+            )
+            .await,
+        1
+    );
+    assert_eq!(
+        agent
+            .flow_batch(batch(1, 100, 1000, vec![]), flows, common::flow_stats(40))
+            .await,
+        1,
+        "a resend"
+    );
+    drop(agent);
+    central.stop().await.expect("clean stop");
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("the receiver wrote"))
+            .expect("receiver JSON");
+    let logs = doc["logs"].as_array().expect("logs");
+    assert_eq!(logs.len(), 40, "each flow record exactly once");
+    assert!(logs.iter().all(|l| l["event_name"] == "xdt.flow"));
+    let seventh = logs
+        .iter()
+        .find(|l| l["attributes"]["source.address"] == "10.0.0.7")
+        .expect("flow 7");
+    assert_eq!(seventh["time_unix_nano"], 1_700_000_001_000_000_000_u64);
+    let a = &seventh["attributes"];
+    assert_eq!(a["xdt.agent.id"], "flow-logs");
+    assert_eq!(a["network.transport"], "tcp");
+    assert_eq!(a["destination.address"], "192.0.2.1");
+    assert_eq!(a["destination.port"], 443);
+    assert_eq!(a["xdt.flow.packets"], 7);
+    assert_eq!(a["xdt.flow.bytes"], 700);
+    assert_eq!(a["xdt.flow.start_unix_ns"], 1_700_000_000_000_000_000_u64);
+    assert_eq!(a["xdt.tcp.flags"], 0x1b);
+    assert_eq!(a["xdt.rule.label"], "web");
+    assert_eq!(a["xdt.tcp.handshake_ns"], 150_007);
+    assert_eq!(a["xdt.flow.end_reason"], "end");
+    drop(receiver);
+}
+
 /// A collector that cannot be reached loses the records, and central counts every one where an
 /// operator sees it (`xdt_central_otlp_logs_dropped_total`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@ use std::{
 };
 
 use common::{
-    TOKEN, TestAgent, TestCentral, batch, config, event, get, hello, steered_batch, steering,
+    TOKEN, TestAgent, TestCentral, batch, config, event, flow, flow_stats, get, hello,
+    steered_batch, steering,
 };
 
 fn promtool(body: &str) -> Option<(bool, String)> {
@@ -114,6 +115,20 @@ async fn promtool_accepts_metrics() {
         agent.batch(steered_batch(1, 10, 100, vec![], stats)).await,
         1
     );
+    // An agent that sends flows, one with a label that needs escaping and one over a QinQ
+    // VLAN pair: the top talkers' families and their info labels.
+    let (mut agent, _) = TestAgent::hello(central.telemetry, hello("node-d", 4, TOKEN)).await;
+    let mut flows: Vec<_> = (1..=12)
+        .map(|i| flow(i, u64::from(i), 100 * u64::from(i)))
+        .collect();
+    flows[11].label = Some("web \"q\"\\\n".into());
+    flows[10].vlans = [100, 200];
+    assert_eq!(
+        agent
+            .flow_batch(batch(1, 10, 100, vec![]), flows, flow_stats(12))
+            .await,
+        1
+    );
     let body = get(central.http, "/metrics").await.text();
     central.stop().await.expect("clean stop");
 
@@ -123,6 +138,9 @@ async fn promtool_accepts_metrics() {
         "xdt_steering_rx_ring_full counter",
         "xdt_steering_sockets gauge",
         "xdt_steering_info gauge",
+        "xdt_flow_top_bytes gauge",
+        "xdt_flow_top_info gauge",
+        "xdt_flow_state_full counter",
     ] {
         assert!(
             body.lines().any(|l| l == format!("# TYPE {family}")),

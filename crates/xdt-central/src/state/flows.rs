@@ -77,6 +77,8 @@ impl Count {
 #[derive(Debug, Clone)]
 struct Kept {
     slots: [Count; SLOTS],
+    /// Its bytes in the minute: the sum of `slots`.
+    bytes: u64,
     label: Option<String>,
     handshake_ns: Option<u64>,
     tcp_flags: u8,
@@ -101,6 +103,10 @@ pub struct FlowWindow {
     pub untracked_records: u64,
     /// Kept flows pushed out by a flow with more bytes, cumulative.
     pub evicted_flows: u64,
+    /// At most the fewest bytes of a kept flow, while the map is full: a record with no more
+    /// is not kept without looking at every flow (kept flows only grow until a slot is
+    /// cleared, which forgets it).
+    floor: Option<u64>,
 }
 
 /// A named flow of a ranking.
@@ -170,6 +176,7 @@ impl FlowWindow {
             received_records: 0,
             untracked_records: 0,
             evicted_flows: 0,
+            floor: None,
         }
     }
 
@@ -196,10 +203,12 @@ impl FlowWindow {
             self.records[i] = 0;
         }
         self.slot_numbers[index] = current;
+        self.floor = None;
         self.flows.retain(|_, kept| {
             for &i in &stale {
                 kept.slots[i] = Count::default();
             }
+            kept.bytes = kept.slots.iter().map(|c| c.bytes).sum();
             kept.slots.iter().any(|c| c.packets != 0 || c.bytes != 0)
         });
         index
@@ -222,6 +231,7 @@ impl FlowWindow {
             }
             let kept = self.flows.entry(key).or_insert_with(|| Kept {
                 slots: [Count::default(); SLOTS],
+                bytes: 0,
                 label: None,
                 handshake_ns: None,
                 tcp_flags: 0,
@@ -229,6 +239,7 @@ impl FlowWindow {
                 end: flow.end,
             });
             kept.slots[index].add(flow.packets, flow.bytes);
+            kept.bytes = kept.bytes.saturating_add(flow.bytes);
             if let Some(label) = flow.label {
                 kept.label = Some(clipped(&label, MAX_SHORT).to_owned());
             }
@@ -246,18 +257,27 @@ impl FlowWindow {
         if self.flows.len() < MAX_FLOWS_KEPT {
             return true;
         }
+        if self.floor.is_some_and(|floor| bytes <= floor) {
+            return false;
+        }
         let smallest = self
             .flows
             .iter()
-            .map(|(key, kept)| (kept.slots.iter().map(|c| c.bytes).sum::<u64>(), *key))
+            .map(|(key, kept)| (kept.bytes, *key))
             .min();
         match smallest {
             Some((least, key)) if least < bytes => {
                 self.flows.remove(&key);
                 self.evicted_flows += 1;
+                // The rest had at least `least`, and the newcomer more.
+                self.floor = Some(least);
                 true
             }
-            _ => false,
+            Some((least, _)) => {
+                self.floor = Some(least);
+                false
+            }
+            None => true,
         }
     }
 

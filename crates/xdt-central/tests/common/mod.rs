@@ -25,8 +25,8 @@ use tokio::{
 };
 use xdt_central::{Central, Config, Token};
 use xdt_wire::{
-    AgentStats, Batch, Connection, DnsQuery, ErrorCode, Event, Hello, HttpRequest, Inspection,
-    LabelCount, Message, SteeringStats, Welcome,
+    AgentStats, Batch, Connection, DnsQuery, ErrorCode, Event, Flow, FlowBatch, FlowEnd, FlowStats,
+    Hello, HttpRequest, Inspection, LabelCount, Message, SteeringStats, Welcome,
 };
 
 pub use self::process::{CentralProcess, STEP, TOKEN};
@@ -314,6 +314,40 @@ pub fn batch(sequence: u64, taken_at_s: u64, packets: u64, events: Vec<Event>) -
     }
 }
 
+/// A TCP flow record from `10.0.0.{i / 256}.{i % 256}` to 192.0.2.1:443, its counts given.
+pub fn flow(i: u32, packets: u64, bytes: u64) -> Flow {
+    let [_, _, a, b] = i.to_be_bytes();
+    Flow {
+        src: std::net::IpAddr::from([10, 0, a, b]),
+        dst: "192.0.2.1".parse().expect("ip"),
+        src_port: 40_000,
+        dst_port: 443,
+        protocol: 6,
+        vlans: [0, 0],
+        packets,
+        bytes,
+        first_seen_unix_ns: 1_700_000_000_000_000_000,
+        last_seen_unix_ns: 1_700_000_001_000_000_000,
+        tcp_flags: 0x1b,
+        label: Some("web".into()),
+        handshake_ns: Some(150_000 + u64::from(i)),
+        end: FlowEnd::EndOfFlow,
+    }
+}
+
+/// The agent's flow figures, derived from `records` so each test can predict every value.
+pub fn flow_stats(records: u64) -> FlowStats {
+    FlowStats {
+        active: 7,
+        records,
+        state_full: 1,
+        dropped_records: 2,
+        ipfix_messages: records / 10,
+        ipfix_records: records,
+        ipfix_send_failures: 3,
+    }
+}
+
 pub struct TestAgent {
     pub conn: Connection<TcpStream>,
 }
@@ -321,11 +355,16 @@ pub struct TestAgent {
 impl TestAgent {
     /// Connects and exchanges preambles.
     pub async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_as(addr, xdt_wire::PROTOCOL_VERSION).await
+    }
+
+    /// Connects offering protocol `version` (an older agent), and exchanges preambles.
+    pub async fn connect_as(addr: SocketAddr, version: u16) -> Self {
         let stream = timeout(STEP, TcpStream::connect(addr))
             .await
             .expect("connect in time")
             .expect("connect");
-        let mut conn = Connection::new(stream);
+        let mut conn = Connection::with_version(stream, version);
         conn.write_preamble().await.expect("preamble");
         timeout(STEP, conn.read_preamble())
             .await
@@ -361,6 +400,21 @@ impl TestAgent {
     /// Sends the batch and returns the acknowledged sequence.
     pub async fn batch(&mut self, batch: Batch) -> u64 {
         self.send(&Message::Batch(batch)).await;
+        self.ack().await
+    }
+
+    /// Sends the batch with flow records and returns the acknowledged sequence.
+    pub async fn flow_batch(&mut self, batch: Batch, flows: Vec<Flow>, stats: FlowStats) -> u64 {
+        self.send(&Message::FlowBatch(FlowBatch {
+            batch,
+            flows,
+            stats,
+        }))
+        .await;
+        self.ack().await
+    }
+
+    async fn ack(&mut self) -> u64 {
         match self.recv().await {
             Some(Message::Ack(ack)) => ack.sequence,
             other => panic!("expected Ack, got {other:?}"),
