@@ -21,6 +21,7 @@
     sort: 'problems',
     filter: '',
     scope: 'all',
+    flowsBy: 'bytes', // the top-flows table's ranking: 'bytes' or 'packets'
     paused: false,
     timer: 0,
     rows: new Map(), // agent key -> row elements, reused between refreshes
@@ -173,6 +174,11 @@
     return v && typeof v === 'object' && !Array.isArray(v) ? v : {};
   }
 
+  // A catalogue name with dots is a path into the object (`flows.state_full`).
+  function pick(o, path) {
+    return path.split('.').reduce((v, k) => obj(v)[k], o);
+  }
+
   function normalise(nodes) {
     const seen = new Map();
     return nodes.filter((n) => n && typeof n === 'object').map((n) => {
@@ -186,7 +192,7 @@
       // level, as `lost_events`) and the agent's figures, losses first.
       const losses = inPanel(catalogue.probe, 'losses')
         .map((c) => ({ panel: c.panel, value: num(counters[c.name]) !== null ? counters[c.name] : num(n[c.name]) }))
-        .concat(inPanel(catalogue.agent, 'losses').map((c) => ({ panel: c.panel, value: num(agent[c.name]) })))
+        .concat(inPanel(catalogue.agent, 'losses').map((c) => ({ panel: c.panel, value: num(pick(agent, c.name)) })))
         .sort((a, b) => (SEVERITY_ORDER[a.panel.severity] ?? 3) - (SEVERITY_ORDER[b.panel.severity] ?? 3));
       // Telemetry loss: events that never reached the central. Packets dropped by a `drop`
       // rule are intended and shown apart.
@@ -220,6 +226,8 @@
         loss: lossParts.length ? lossParts.reduce((a, b) => a + b, 0) : null,
         steering,
         steerRates: obj(n.steering_rates),
+        // The top talkers of the last minute, when the agent sends flows.
+        flows: n.flows && typeof n.flows === 'object' && !Array.isArray(n.flows) ? n.flows : null,
         // Loss indications of the steering path, for sorting and flagging only: the kernel
         // counts some drops twice (copy mode: fill ring empty is also an RX drop), so this
         // is not shown as a number of packets.
@@ -494,6 +502,84 @@
       lossItem(c.panel.label, num(s[c.name]), c.panel.hint, c.panel.severity, fmtPerSecond(num(r[c.rate])))));
   }
 
+  const FLOW_ENDS = { idle: 'idle timeout', active: 'active timeout', end: 'FIN/RST', forced: 'agent stopped' };
+
+  // The top talkers of the minute: ranked by bytes or packets as central ranked them, then
+  // the rest of the minute's traffic in one row. Agent-supplied text, so textContent only.
+  function renderFlows(v) {
+    const card = $('d-flows-card');
+    const f = v.flows;
+    card.hidden = !f;
+    if (!f) return;
+    const byBytes = state.flowsBy !== 'packets';
+    const top = (Array.isArray(byBytes ? f.top_bytes : f.top_packets) ? (byBytes ? f.top_bytes : f.top_packets) : [])
+      .filter((x) => x && typeof x === 'object');
+    const other = obj(byBytes ? f.other_by_bytes : f.other_by_packets);
+    const total = obj(f.total);
+    const whole = num(byBytes ? total.bytes : total.packets);
+    const frag = document.createDocumentFragment();
+    top.forEach((x, i) => {
+      const tr = el('tr', 'flow-row');
+      const label = typeof x.label === 'string' ? x.label : null;
+      const labelCell = el('td');
+      if (label !== null) {
+        const tag = el('span', 'tag');
+        const sw = el('span', 'swatch');
+        sw.style.backgroundColor = labelColor(label);
+        tag.append(sw, document.createTextNode(label));
+        labelCell.append(tag);
+      } else {
+        labelCell.textContent = '-';
+      }
+      const vlans = Array.isArray(x.vlans) ? x.vlans.filter((id) => isNum(id) && id > 0) : [];
+      const src = el('td', 'mono', endpoint(x.src, x.src_port));
+      if (vlans.length) src.title = 'VLAN ' + vlans.join(' / ');
+      const end = typeof x.end === 'string' ? x.end : null;
+      tr.append(
+        cell(String(i + 1), 'num'),
+        cell(protoName(x.protocol)),
+        src,
+        cell(endpoint(x.dst, x.dst_port), 'mono'),
+        labelCell,
+        cell(fmtInt(num(x.packets)), 'num'),
+        cell(fmtBytes(num(x.bytes)), 'num'),
+        cell(pct(num(byBytes ? x.bytes : x.packets), whole), 'num'),
+        cell(isNum(x.handshake_ns) ? fmtLatency(x.handshake_ns) : '-', 'num flow-row__handshake'),
+        cell(tcpFlags(x.tcp_flags, x.protocol), 'mono'),
+        cell(end === null ? '-' : FLOW_ENDS[end] || end),
+      );
+      frag.append(tr);
+    });
+    const rest = el('tr', 'flow-row flow-row--other');
+    const restLabel = el('td', null, 'Other flows');
+    restLabel.colSpan = 5;
+    rest.append(
+      restLabel,
+      cell(fmtInt(num(other.packets)), 'num'),
+      cell(fmtBytes(num(other.bytes)), 'num'),
+      cell(pct(num(byBytes ? other.bytes : other.packets), whole), 'num'),
+      el('td'), el('td'), el('td'),
+    );
+    frag.append(rest);
+    $('d-flows-body').replaceChildren(frag);
+    const span = num(f.window_seconds);
+    $('d-flows-window').textContent = 'last ' + (span === null ? '-' : Math.round(span) + ' s') + ', ' +
+      (isNum(f.records_per_second) ? f.records_per_second.toFixed(f.records_per_second < 10 ? 1 : 0) : '-') + ' flow records/s';
+    const notes = [fmtInt(num(f.flows_kept)) + ' of at most ' + fmtInt(num(f.max_flows_kept)) + ' flows kept'];
+    if (num(f.untracked_records) > 0 || num(f.evicted_flows) > 0) {
+      notes.push(fmtInt(num(f.untracked_records)) + ' records of flows not kept and ' + fmtInt(num(f.evicted_flows)) + ' pushed out (their traffic is in Other flows)');
+    }
+    $('d-flows-note').textContent = notes.join('; ');
+  }
+
+  function setFlowsBy(by) {
+    state.flowsBy = by;
+    $('flows-by-bytes').setAttribute('aria-pressed', String(by === 'bytes'));
+    $('flows-by-packets').setAttribute('aria-pressed', String(by === 'packets'));
+    const v = selectedNode();
+    if (v) renderFlows(v);
+  }
+
   function renderLoss(v) {
     $('d-loss').replaceChildren(...v.losses.map((l) => lossItem(l.panel.label, l.value, l.panel.hint, l.panel.severity)));
   }
@@ -577,6 +663,7 @@
     renderProtocols(v);
     renderLoss(v);
     renderSteering(v);
+    renderFlows(v);
     renderCharts(v);
   }
 
@@ -808,6 +895,8 @@
     });
     $('scope-all').addEventListener('click', () => setScope('all'));
     $('scope-one').addEventListener('click', () => setScope('one'));
+    $('flows-by-bytes').addEventListener('click', () => setFlowsBy('bytes'));
+    $('flows-by-packets').addEventListener('click', () => setFlowsBy('packets'));
     $('pause').addEventListener('click', () => setPaused(!state.paused));
     let pending = 0;
     window.addEventListener('resize', () => {

@@ -191,12 +191,47 @@ function syntheticNode(i, sec, start) {
     agent: { dropped_events: lossy ? 4 : 0, reconnects: connected ? 0 : 3, unacked_batches: connected ? (i % 3) : 7, probe_ns_per_packet: 18 + noise(i, 18) * 10 },
     lost_events: lossy ? 12 + up * 3 : 0,
   });
+  if (i % 3 === 0) {
+    node.flows = syntheticFlows(i);
+    node.agent.flows = { active: 40 + i, records: 1000 + i, state_full: i === 0 ? 2 : 0, dropped_records: 0, ipfix_messages: 50, ipfix_records: 1000 + i, ipfix_send_failures: 0 };
+  }
   if (steers) {
     const { steering, rates } = syntheticSteering(i, up, steerLossy, totalPackets, avgSize, connected ? pps(sec) : 0);
     node.agent.steering = steering;
     node.steering_rates = rates;
   }
   return node;
+}
+
+// The top talkers of an agent (`flows` in /metrics.json, as central's FlowSummary writes it),
+// the same every second so the checks can compare exact cells: 14 flows, flow k with
+// 10 * (k + 1) packets and 1000 * (14 - k) bytes, so ranking by packets reverses the order by
+// bytes. The first agent's largest flow has the XSS label and a handshake of 180 µs.
+const FLOW_COUNT = 14;
+function syntheticFlows(i) {
+  const flows = [];
+  for (let k = 0; k < FLOW_COUNT; k++) {
+    const v6 = k % 4 === 3;
+    flows.push({
+      src: v6 ? 'fd00:20::' + (k + 2).toString(16) : '10.1.' + (i % 250) + '.' + (k + 2),
+      dst: v6 ? 'fd00:20::1' : '10.1.' + (i % 250) + '.1',
+      src_port: 40000 + k, dst_port: k % 5 === 4 ? 53 : 443, protocol: k % 5 === 4 ? 17 : 6, vlans: [k === 1 ? 100 : 0, 0],
+      packets: 10 * (k + 1), bytes: 1000 * (FLOW_COUNT - k),
+      label: k === 0 && i === 0 ? XSS_LABEL : k % 3 === 2 ? null : 'web',
+      handshake_ns: k % 5 === 4 ? null : 180_000 + 1000 * k,
+      tcp_flags: k % 5 === 4 ? 0 : 27, last_seen_unix_ns: 1_700_000_000_000_000_000, end: ['end', 'idle', 'active'][k % 3],
+    });
+  }
+  const sum = (list, f) => list.reduce((a, x) => a + x[f], 0);
+  const total = { packets: sum(flows, 'packets'), bytes: sum(flows, 'bytes') };
+  const topBytes = flows.slice().sort((a, b) => b.bytes - a.bytes).slice(0, 10);
+  const topPackets = flows.slice().sort((a, b) => b.packets - a.packets).slice(0, 10);
+  const rest = (top) => ({ packets: total.packets - sum(top, 'packets'), bytes: total.bytes - sum(top, 'bytes') });
+  return {
+    window_seconds: 60, records_per_second: 3.5, total, records: 210, flows_kept: FLOW_COUNT, max_flows_kept: 1024,
+    top_bytes: topBytes, other_by_bytes: rest(topBytes), top_packets: topPackets, other_by_packets: rest(topPackets),
+    received_records: 5000, untracked_records: i === 0 ? 7 : 0, evicted_flows: 0,
+  };
 }
 
 // The steering block of an agent (`agent.steering` and `steering_rates`), a fifth of its packets
@@ -307,6 +342,14 @@ function check(name, ok, detail) {
     console.log('FAIL ' + name + (detail ? ': ' + detail : ''));
   }
   return ok;
+}
+
+// The dashboard's byte format (ui/app.js fmtBytes), for expected cells.
+function fmtBytesLikeUi(v) {
+  for (const [f, p] of [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']]) {
+    if (Math.abs(v) >= f) return (Math.abs(v / f) >= 100 ? (v / f).toFixed(0) : (v / f).toFixed(1)) + ' ' + p + 'B';
+  }
+  return (Number.isInteger(v) || Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1)) + ' B';
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -456,6 +499,41 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
       check(prefix + 'a steered packet that was not re-injected is flagged', Boolean(dns) && dns.text.includes('not re-injected'), dns ? dns.text : '');
       const stillText = await page.evaluate(() => document.querySelectorAll('img, svg, iframe').length);
       check(prefix + 'no element injected by the inspections or the steering card', stillText === 0, stillText + ' elements');
+
+      // Its top flows: ten rows ranked by bytes and the rest in one, label and handshake as
+      // text, then ranked by packets; the agent's flow loss in the loss panel.
+      const flowRows = () => page.evaluate(() => ({
+        hidden: document.getElementById('d-flows-card').hidden,
+        rows: Array.from(document.querySelectorAll('#d-flows-body tr'), (r) => Array.from(r.cells, (c) => c.textContent)),
+        window: document.getElementById('d-flows-window').textContent,
+        note: document.getElementById('d-flows-note').textContent,
+      }));
+      const want = syntheticFlows(0);
+      const byBytes = await flowRows();
+      check(prefix + 'top-flows card shown for an agent that sends flows', !byBytes.hidden);
+      check(prefix + 'top flows: ten ranked rows and the rest', byBytes.rows.length === 11 && byBytes.rows[10][0] === 'Other flows', JSON.stringify(byBytes.rows.map((r) => r[0])));
+      const first = byBytes.rows[0] || [];
+      check(prefix + 'top flow by bytes with its endpoints, XSS label as text and handshake',
+        first[0] === '1' && first[1] === 'TCP' && first[2] === '10.1.0.2:40000' && first[3] === '10.1.0.1:443' && first[4] === XSS_LABEL &&
+        first[5] === '10' && first[6] === '14.0 kB' && first[8] === '180 µs' && first[9] === 'FIN SYN PSH ACK' && first[10] === 'FIN/RST',
+        JSON.stringify(first));
+      const fourth = byBytes.rows[3] || [];
+      check(prefix + 'an IPv6 flow, a flow without label and a UDP flow without handshake',
+        fourth[2] === '[fd00:20::5]:40003' && byBytes.rows[2][4] === '-' && byBytes.rows[4][1] === 'UDP' && byBytes.rows[4][8] === '-',
+        JSON.stringify(byBytes.rows.slice(2, 5)));
+      const other = byBytes.rows[10] || [];
+      check(prefix + 'Other flows row is the rest of the minute', other[1] === String(want.other_by_bytes.packets) && other[2] === fmtBytesLikeUi(want.other_by_bytes.bytes), JSON.stringify(other) + ' want ' + JSON.stringify(want.other_by_bytes));
+      check(prefix + 'top flows say their window, rate and bound', byBytes.window.includes('last 60 s') && byBytes.window.includes('3.5 flow records/s') && byBytes.note.includes('14 of at most 1,024 flows kept') && byBytes.note.includes('7 records of flows not kept'), byBytes.window + ' | ' + byBytes.note);
+      await page.click('#flows-by-packets');
+      const byPackets = await flowRows();
+      check(prefix + 'ranked by packets on request', (byPackets.rows[0] || [])[2] === want.top_packets[0].src + ':' + want.top_packets[0].src_port && (byPackets.rows[0] || [])[5] === '140', JSON.stringify(byPackets.rows[0]));
+      await page.click('#flows-by-bytes');
+      const flowLoss = await page.evaluate(() => Array.from(document.querySelectorAll('#d-loss .loss'), (e) => ({
+        label: e.querySelector('.loss__label').textContent, value: e.querySelector('.loss__value').textContent, nonzero: e.matches('.loss--nonzero'),
+      })).find((l) => l.label === 'Flow state full'));
+      check(prefix + 'the agent\'s flow loss is in the loss panel', Boolean(flowLoss) && flowLoss.value === '2' && flowLoss.nonzero, JSON.stringify(flowLoss));
+      const injected = await page.evaluate(() => document.querySelectorAll('img, svg, iframe').length);
+      check(prefix + 'no element injected by the top-flows table', injected === 0, injected + ' elements');
     }
 
     // Charts of the selected agent.
@@ -489,6 +567,9 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
       const steers = Boolean(node.agent && node.agent.steering);
       const shown = await page.evaluate(() => !document.getElementById('d-steer-card').hidden);
       check(prefix + 'steering card shown exactly when the agent steers', shown === steers, 'agent steers: ' + steers + ', card shown: ' + shown);
+      const hasFlows = Boolean(node.flows);
+      const flowsShown = await page.evaluate(() => !document.getElementById('d-flows-card').hidden);
+      check(prefix + 'top-flows card shown exactly when the agent sends flows', flowsShown === hasFlows, 'agent sends flows: ' + hasFlows + ', card shown: ' + flowsShown);
     }
 
     // Events table: rows, bounded, newest first.
