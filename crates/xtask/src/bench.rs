@@ -27,6 +27,12 @@ pub const BENCHES: &[(&str, &str, bool, &str)] = &[
     ("xdt-agent", "agent_load", true, "Agent memory and CPU"),
     (
         "xdt-agent",
+        "flows",
+        true,
+        "Agent flow drain, expiry and IPFIX export",
+    ),
+    (
+        "xdt-agent",
         "steer",
         true,
         "AF_XDP steering and re-injection",
@@ -35,7 +41,8 @@ pub const BENCHES: &[(&str, &str, bool, &str)] = &[
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Run only these benchmarks (bench target names: probe, ingest, fleet, agent_load, steer).
+    /// Run only these benchmarks (bench target names: probe, ingest, fleet, agent_load, flows,
+    /// steer).
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     only: Vec<String>,
     /// Where the report goes (default: target/xtask/bench-<unix time>.md).

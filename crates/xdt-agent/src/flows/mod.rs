@@ -82,7 +82,8 @@ pub struct FlowStats {
     pub ipfix: IpfixStats,
 }
 
-/// What the flow thread needs, opened while the agent still has its capabilities.
+/// What the flow thread needs, opened while the agent still has its capabilities, and the
+/// buffers it reuses from one round to the next.
 pub struct Opened {
     tables: FlowTables,
     grace: GracePeriod,
@@ -90,6 +91,8 @@ pub struct Opened {
     ifindex: u32,
     ipfix: Option<IpfixExporter>,
     state: FlowState,
+    drained: Vec<(FlowKey, FlowRecord)>,
+    deltas: Vec<FlowDelta>,
 }
 
 impl std::fmt::Debug for Opened {
@@ -119,31 +122,131 @@ pub fn open(probe: &AttachedProbe, config: &FlowConfig) -> Result<Option<Opened>
         Err(e) => return Err(e).context("opening the flow tables"),
     };
     let ifindex = probe.maps().config()?.attachment.ifindex;
-    let grace = GracePeriod::new().context("creating the grace-period map of the flow drain")?;
-    let labels = LabelNames::new(probe.label_names()?);
-    let ipfix = if config.ipfix.is_empty() {
-        None
-    } else {
-        Some(IpfixExporter::new(
-            &config.ipfix,
-            config.domain.unwrap_or(ifindex),
-            config.template_refresh,
-            Duration::from_secs(1),
-        )?)
-    };
-    let state = FlowState::new(Limits {
-        idle_ns: nanos(config.idle),
-        active_ns: nanos(config.active),
-        max_flows: config.max_flows,
-    });
-    Ok(Some(Opened {
-        tables,
-        grace,
-        labels,
-        ifindex,
-        ipfix,
-        state,
-    }))
+    Opened::new(tables, probe.label_names()?, ifindex, config).map(Some)
+}
+
+impl Opened {
+    /// From the flow tables and label names of a probe on interface `ifindex`: creates the
+    /// grace-period map (CAP_BPF) and the IPFIX sockets of `config`.
+    pub fn new(
+        tables: FlowTables,
+        labels: xdt_datapath::labels::LabelNames,
+        ifindex: u32,
+        config: &FlowConfig,
+    ) -> Result<Self> {
+        let grace =
+            GracePeriod::new().context("creating the grace-period map of the flow drain")?;
+        let ipfix = if config.ipfix.is_empty() {
+            None
+        } else {
+            Some(IpfixExporter::new(
+                &config.ipfix,
+                config.domain.unwrap_or(ifindex),
+                config.template_refresh,
+                Duration::from_secs(1),
+            )?)
+        };
+        Ok(Self {
+            tables,
+            grace,
+            labels: LabelNames::new(labels),
+            ifindex,
+            ipfix,
+            state: FlowState::new(Limits {
+                idle_ns: nanos(config.idle),
+                active_ns: nanos(config.active),
+                max_flows: config.max_flows,
+            }),
+            drained: Vec::new(),
+            deltas: Vec::new(),
+        })
+    }
+
+    /// Drains the table nobody writes (left full by an agent killed between its switch and
+    /// its drain), as the first thing an agent does.
+    pub fn drain_left_behind(&mut self, stats: &FlowStats) {
+        self.drained.clear();
+        match self.tables.generation() {
+            Ok(current) => {
+                drain(&self.tables, current ^ 1, &mut self.drained, stats);
+                self.settle(stats, false);
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                warn!("reading the flow generation: {e}");
+            }
+        }
+    }
+
+    /// One interval: switch, wait, drain, merge, expire (or, when `last`, end everything),
+    /// export.
+    pub fn round(&mut self, stats: &FlowStats, last: bool) {
+        self.drained.clear();
+        match self.tables.switch() {
+            Ok(old) => {
+                if let Err(e) = self.grace.wait() {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        "waiting for the flow table's grace period: {e}; draining one round \
+                         later"
+                    );
+                } else {
+                    drain(&self.tables, old, &mut self.drained, stats);
+                }
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                warn!("switching the flow generation: {e}");
+            }
+        }
+        self.settle(stats, last);
+    }
+
+    /// The deltas the latest round exported.
+    #[must_use]
+    pub fn deltas(&self) -> &[FlowDelta] {
+        &self.deltas
+    }
+
+    /// Merges what was drained, ends what is due (everything when `last`) and exports it.
+    fn settle(&mut self, stats: &FlowStats, last: bool) {
+        self.deltas.clear();
+        self.state.merge(&self.drained, &mut self.deltas);
+        if last {
+            self.state.end_all(&mut self.deltas);
+        } else if let Ok(now) = xdt_datapath::sys::monotonic_ns() {
+            self.state.expire(now, &mut self.deltas);
+        }
+        stats
+            .active
+            .store(self.state.len() as u64, Ordering::Relaxed);
+        let overflowed = self
+            .deltas
+            .iter()
+            .filter(|d| d.reason == EndReason::LackOfResources)
+            .count();
+        stats
+            .overflowed
+            .fetch_add(overflowed as u64, Ordering::Relaxed);
+        stats
+            .deltas
+            .fetch_add(self.deltas.len() as u64, Ordering::Relaxed);
+        if let Some(ipfix) = &mut self.ipfix {
+            let context = ipfix::Context {
+                unix_offset_ns: crate::clock::monotonic_to_unix_offset(),
+                ingress_interface: self.ifindex,
+            };
+            let labels = &mut self.labels;
+            let mut name = |id: u32| {
+                if id == 0 {
+                    String::new()
+                } else {
+                    labels.covering(id).name(id)
+                }
+            };
+            ipfix.export(&self.deltas, &mut name, &context, &stats.ipfix);
+        }
+    }
 }
 
 /// The running flow thread.
@@ -201,20 +304,7 @@ impl Flows {
 
 /// The thread: drain, merge, expire and export every interval; the last round on stop.
 fn run(mut opened: Opened, interval: Duration, stopped: &mpsc::Receiver<()>, stats: &FlowStats) {
-    let mut drained = Vec::new();
-    let mut deltas = Vec::new();
-    // A previous agent killed between its switch and its drain left the other table full:
-    // nobody writes it, so it is drained first.
-    match opened.tables.generation() {
-        Ok(current) => {
-            drain(&opened, current ^ 1, &mut drained, stats);
-            settle(&mut opened, &drained, &mut deltas, stats, false);
-        }
-        Err(e) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            warn!("reading the flow generation: {e}");
-        }
-    }
+    opened.drain_left_behind(stats);
     info!(
         "flows: draining every {interval:?}{}",
         opened.ipfix.as_ref().map_or(String::new(), |x| format!(
@@ -227,92 +317,21 @@ fn run(mut opened: Opened, interval: Duration, stopped: &mpsc::Receiver<()>, sta
             stopped.recv_timeout(interval),
             Err(mpsc::RecvTimeoutError::Timeout)
         );
-        round(&mut opened, &mut drained, &mut deltas, stats, stop);
+        opened.round(stats, stop);
         if stop {
             return;
         }
     }
 }
 
-/// One interval: switch, wait, drain, merge, expire (or end everything), export.
-pub(crate) fn round(
-    opened: &mut Opened,
-    drained: &mut Vec<(FlowKey, FlowRecord)>,
-    deltas: &mut Vec<FlowDelta>,
-    stats: &FlowStats,
-    last: bool,
-) {
-    drained.clear();
-    match opened.tables.switch() {
-        Ok(old) => {
-            if let Err(e) = opened.grace.wait() {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                warn!("waiting for the flow table's grace period: {e}; draining one round later");
-            } else {
-                drain(opened, old, drained, stats);
-            }
-        }
-        Err(e) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            warn!("switching the flow generation: {e}");
-        }
-    }
-    settle(opened, drained, deltas, stats, last);
-}
-
-/// Merges what was drained, ends what is due (everything when `last`) and exports it.
-fn settle(
-    opened: &mut Opened,
-    drained: &[(FlowKey, FlowRecord)],
-    deltas: &mut Vec<FlowDelta>,
-    stats: &FlowStats,
-    last: bool,
-) {
-    deltas.clear();
-    opened.state.merge(drained, deltas);
-    if last {
-        opened.state.end_all(deltas);
-    } else if let Ok(now) = xdt_datapath::sys::monotonic_ns() {
-        opened.state.expire(now, deltas);
-    }
-    stats
-        .active
-        .store(opened.state.len() as u64, Ordering::Relaxed);
-    let overflowed = deltas
-        .iter()
-        .filter(|d| d.reason == EndReason::LackOfResources)
-        .count();
-    stats
-        .overflowed
-        .fetch_add(overflowed as u64, Ordering::Relaxed);
-    stats
-        .deltas
-        .fetch_add(deltas.len() as u64, Ordering::Relaxed);
-    if let Some(ipfix) = &mut opened.ipfix {
-        let context = ipfix::Context {
-            unix_offset_ns: crate::clock::monotonic_to_unix_offset(),
-            ingress_interface: opened.ifindex,
-        };
-        let labels = &mut opened.labels;
-        let mut name = |id: u32| {
-            if id == 0 {
-                String::new()
-            } else {
-                labels.covering(id).name(id)
-            }
-        };
-        ipfix.export(deltas, &mut name, &context, &stats.ipfix);
-    }
-}
-
 fn drain(
-    opened: &Opened,
+    tables: &FlowTables,
     generation: u32,
     drained: &mut Vec<(FlowKey, FlowRecord)>,
     stats: &FlowStats,
 ) {
     let before = drained.len();
-    if let Err(e) = opened.tables.drain_table(generation, drained) {
+    if let Err(e) = tables.drain_table(generation, drained) {
         stats.errors.fetch_add(1, Ordering::Relaxed);
         warn!("draining flow table {generation}: {e}; the rest is drained at its next turn");
     }

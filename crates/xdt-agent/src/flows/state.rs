@@ -2,7 +2,7 @@
 //! per flow key, and the end of flows (idle, active timeout, FIN or RST, the agent stopping, or
 //! no room left) as deltas to export. Pure: no kernel, no clock of its own, unit-tested.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map::Entry};
 
 use xdt_common::flows::{FlowKey, FlowRecord};
 
@@ -128,13 +128,14 @@ impl FlowState {
             }
             let flags = record.tcp_flags();
             let full = self.flows.len() >= self.limits.max_flows;
-            let flow = match self.flows.get_mut(key) {
-                Some(flow) => flow,
-                None if full => {
+            // One hash of the key per record: the entry, not a lookup and then an insert.
+            let flow = match self.flows.entry(*key) {
+                Entry::Occupied(flow) => flow.into_mut(),
+                Entry::Vacant(_) if full => {
                     out.push(delta_of(key, record, flags, EndReason::LackOfResources));
                     continue;
                 }
-                None => self.flows.entry(*key).or_insert(Flow {
+                Entry::Vacant(slot) => slot.insert(Flow {
                     label: record.label,
                     start_ns: record.first_seen_ns,
                     last_ns: record.last_seen_ns,
