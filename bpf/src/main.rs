@@ -36,8 +36,8 @@ use xdt_common::{
     },
     steer::{MAX_QUEUES, META_MAGIC, SteerLease, SteerMeta},
     trie::{
-        CHILD, DEFAULT_TRIE_NODES, IPV4_CHILD_LEVELS, IPV6_CHILD_LEVELS, NODES_PER_ROOT, Root,
-        TrieNode, nodes_per_generation,
+        CHILD, DEFAULT_TRIE_NODES, IPV4_CHILD_LEVELS, IPV6_CHILD_LEVELS, NODES_PER_ROOT, PATH,
+        Root, TrieNode, nodes_per_generation, path,
     },
 };
 
@@ -728,7 +728,9 @@ fn lookup(generation: &Generation, root: Root, addr: &[u32; 4], levels: u32) -> 
     let root_node = generation.node_base + root as u32 * NODES_PER_ROOT + (high >> 56) as u32;
     let node = XDT_TRIE.get(root_node).ok_or(())?;
     let mut entry = node.entries[((high >> 48) & 0xff) as usize];
-    for level in 0..IPV6_CHILD_LEVELS {
+    // Child levels consumed; every step consumes at least one.
+    let mut level = 0;
+    for _ in 0..IPV6_CHILD_LEVELS {
         if entry & CHILD == 0 {
             return Ok(entry);
         }
@@ -736,16 +738,31 @@ fn lookup(generation: &Generation, root: Root, addr: &[u32; 4], levels: u32) -> 
             // A child below the last byte: the trie is corrupt; treat as no match.
             return Err(());
         }
+        let node = XDT_TRIE
+            .get(generation.node_base + (entry & !(CHILD | PATH)))
+            .ok_or(())?;
+        if entry & PATH != 0 {
+            // A path record: the address either has the bits of its levels or gets its miss.
+            let e = &node.entries;
+            let differ = ((addr[0] & e[path::MASK]) ^ e[path::NET])
+                | ((addr[1] & e[path::MASK + 1]) ^ e[path::NET + 1])
+                | ((addr[2] & e[path::MASK + 2]) ^ e[path::NET + 2])
+                | ((addr[3] & e[path::MASK + 3]) ^ e[path::NET + 3]);
+            if differ != 0 {
+                return Ok(e[path::MISS]);
+            }
+            level += e[path::LEVELS];
+            entry = e[path::MATCH];
+            continue;
+        }
         // Byte 2 + level of the address.
         let byte = if level < 6 {
             high >> (40 - 8 * level)
         } else {
             low >> (56 - 8 * (level - 6))
         };
-        let node = XDT_TRIE
-            .get(generation.node_base + (entry & !CHILD))
-            .ok_or(())?;
         entry = node.entries[(byte & 0xff) as usize];
+        level += 1;
     }
     if entry & CHILD == 0 {
         Ok(entry)

@@ -32,4 +32,5 @@ pub(crate) use user_pod;
 /// Version of this ABI; recorded by `xdt attach` so user space refuses maps of another layout.
 /// 2: AF_XDP steering (`steer` action, `XDT_XSKS`, `XDT_STEER`, two counters).
 /// 3: flows (`XDT_FLOWS`, `Config::flow_entries`, the `flow_table_full` counter).
-pub const ABI_VERSION: u32 = 3;
+/// 4: path records in `XDT_TRIE` (`trie::PATH`).
+pub const ABI_VERSION: u32 = 4;

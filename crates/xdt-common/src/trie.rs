@@ -6,6 +6,14 @@
 //! 16 address bits, followed by child nodes of 2^8 entries for each further byte. An entry is
 //! 0 (no rule), a candidate list id, or [`CHILD`] | node index (relative to the generation).
 //! Child nodes inherit their parent's covering list in every slot no longer prefix fills.
+//!
+//! Path compression: a chain of two or more child levels whose nodes each hold one value in
+//! every entry but one (the entry that leads on) is laid out as one path record instead, an
+//! entry of [`CHILD`] | [`PATH`] | node index. The record holds the address bits the chain spells
+//! (and all above it) with their mask: an address that has them goes on with the record's
+//! [`path::MATCH`] entry, [`path::LEVELS`] levels further down; any other gets
+//! [`path::MISS`], the one value the chain's other entries held. A sparse IPv6 /64 thus costs the
+//! root and one record instead of the root and six nodes.
 
 use crate::user_pod;
 
@@ -14,6 +22,23 @@ pub const NODE_ENTRIES: usize = 256;
 /// Default child nodes per generation (`xdt attach --trie-nodes` changes it).
 pub const DEFAULT_TRIE_NODES: u32 = 2048;
 pub const CHILD: u32 = 1 << 31;
+/// With [`CHILD`]: the node is a path record (see [`path`]), not 256 entries.
+pub const PATH: u32 = 1 << 30;
+
+/// Where a path record keeps its fields among its node's entries.
+pub mod path {
+    /// Four words: the address bits from the first bit to the end of the skipped levels, as raw
+    /// packet words (what a native-endian load of the address gives), zero below.
+    pub const NET: usize = 0;
+    /// Four words: the mask of those bits, as raw packet words.
+    pub const MASK: usize = 4;
+    /// The entry below the skipped levels, for an address that has the bits.
+    pub const MATCH: usize = 8;
+    /// The candidate list for an address that does not.
+    pub const MISS: usize = 9;
+    /// How many child levels the record stands for (at least 2).
+    pub const LEVELS: usize = 10;
+}
 
 /// The four roots, in the order they sit at the start of a generation.
 #[repr(u32)]

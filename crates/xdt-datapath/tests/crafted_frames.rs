@@ -465,6 +465,71 @@ fn sampled_events_and_ring_loss() {
     );
 }
 
+/// Prefixes whose sparse levels the compiler lays out as path records (see the compile unit
+/// test of the same shapes): addresses that follow a record, leave it at its first or its last
+/// level, and fork below it, in both families and in a source root.
+#[test]
+fn path_records_match_like_nodes() {
+    if !root_or_skip("path_records_match_like_nodes") {
+        return;
+    }
+    let lab = Lab::new(
+        "d dst 2001:db8:1:3:ffff::/80
+         a dst 2001:db8:1:2::/64
+         b dst 2001:db8:1:3::/64
+         c dst 2001:db8::/32
+         h dst 198.51.100.7
+         net dst 198.51.0.0/16
+         s src fd00::1
+",
+    );
+    let to6 = |src: [u16; 8], dst: [u16; 8]| {
+        ethernet(ETH_P_IPV6, &ipv6(v6(src), v6(dst), UDP, &udp(1, 53, b"")))
+    };
+    let to4 = |dst: [u8; 4]| ethernet(ETH_P_IP, &ipv4(A4, dst, UDP, &udp(1, 53, b"")));
+    let from = [0xfd00, 0, 0, 0, 0, 0, 0, 2];
+    let cases: [(Vec<u8>, Option<&str>); 11] = [
+        (to6(from, [0x2001, 0xdb8, 1, 3, 0xffff, 1, 0, 0]), Some("d")),
+        (to6(from, [0x2001, 0xdb8, 1, 3, 0xfffe, 0, 0, 0]), Some("b")),
+        (to6(from, [0x2001, 0xdb8, 1, 2, 0, 0, 0, 5]), Some("a")),
+        (to6(from, [0x2001, 0xdb8, 1, 4, 0, 0, 0, 0]), Some("c")),
+        (to6(from, [0x2001, 0xdb8, 2, 0, 0, 0, 0, 1]), Some("c")),
+        (to6(from, [0x2001, 0xdb9, 0, 0, 0, 0, 0, 1]), None),
+        (to4([198, 51, 100, 7]), Some("h")),
+        (to4([198, 51, 100, 8]), Some("net")),
+        (to4([198, 51, 7, 100]), Some("net")),
+        (
+            to6(
+                [0xfd00, 0, 0, 0, 0, 0, 0, 1],
+                [0x2001, 0xcb8, 0, 0, 0, 0, 0, 1],
+            ),
+            Some("s"),
+        ),
+        (to6(from, [0x2001, 0xcb8, 0, 0, 0, 0, 0, 1]), None),
+    ];
+    let mut want: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (frame, label) in &cases {
+        assert_eq!(lab.run(frame), XDP_PASS);
+        if let Some(label) = label {
+            *want.entry(label).or_default() += 1;
+        }
+    }
+    eprintln!(
+        "DEBUG {:?}",
+        ["a", "b", "c", "d", "h", "net", "s"].map(|l| lab.label(l).0)
+    );
+    for label in ["a", "b", "c", "d", "h", "net", "s"] {
+        assert_eq!(
+            lab.label(label).0,
+            want.get(label).copied().unwrap_or(0),
+            "label {label}"
+        );
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(MatchedPackets), 9);
+    assert_eq!(c.get(TotalPackets), 11);
+}
+
 #[test]
 fn rule_set_switch_keeps_label_counts() {
     if !root_or_skip("rule_set_switch_keeps_label_counts") {

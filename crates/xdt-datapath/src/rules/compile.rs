@@ -13,7 +13,7 @@ use xdt_common::{
         ACTION_COUNT, ACTION_DROP, ACTION_SAMPLE, ACTION_STEER, CandidateList, MATCH_DST,
         MATCH_PORT, MATCH_PROTOCOL, MATCH_SRC, MAX_CANDIDATES, Rule as RawRule,
     },
-    trie::{CHILD, NODE_ENTRIES, ROOT_NODES, Root, TrieNode},
+    trie::{CHILD, NODE_ENTRIES, PATH, ROOT_NODES, Root, TrieNode, path},
 };
 
 use super::{Action, Cidr, Rule};
@@ -120,14 +120,14 @@ pub fn compile<S: std::hash::BuildHasher>(
             rule_ids: wildcard.iter().map(|&s| raw[s as usize].id).collect(),
         });
     }
-    let needed = builder.nodes.len() as u32 - ROOT_NODES;
+    let compiled = builder.finish(raw, &wildcard, roots_in_use);
+    let needed = compiled.child_nodes();
     if needed > trie_nodes {
         return Err(CompileError::TrieFull {
             needed,
             capacity: trie_nodes,
         });
     }
-    let compiled = builder.finish(raw, &wildcard, roots_in_use);
     // Guaranteed by the bound in `max_lists`; checked so a wrong bound fails here, not in a map.
     debug_assert!(compiled.lists.len() <= xdt_common::rules::max_lists(max_rules) as usize);
     Ok(compiled)
@@ -148,37 +148,17 @@ fn words(cidr: Option<Cidr>) -> ([u32; 4], [u32; 4]) {
     let Some(cidr) = cidr else {
         return ([0; 4], [0; 4]);
     };
-    let (bytes, mask): ([u8; 16], [u8; 16]) = match cidr.addr {
-        std::net::IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(cidr.len)).unwrap_or(0);
-            let mut b = [0; 16];
-            let mut m = [0; 16];
-            b[..4].copy_from_slice(&a.octets());
-            m[..4].copy_from_slice(&mask.to_be_bytes());
-            (b, m)
-        }
-        std::net::IpAddr::V6(a) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(cidr.len))
-                .unwrap_or(0);
-            (a.octets(), mask.to_be_bytes())
-        }
-    };
-    let word = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    (
-        [
-            word(&bytes, 0),
-            word(&bytes, 4),
-            word(&bytes, 8),
-            word(&bytes, 12),
-        ],
-        [
-            word(&mask, 0),
-            word(&mask, 4),
-            word(&mask, 8),
-            word(&mask, 12),
-        ],
-    )
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(cidr.len))
+        .unwrap_or(0);
+    (raw_words(cidr.bits()), raw_words(mask))
+}
+
+/// Address bits (first bit highest, an IPv4 address in the top 32) as the probe's raw words.
+fn raw_words(bits: u128) -> [u32; 4] {
+    let b = bits.to_be_bytes();
+    let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
 }
 
 fn to_raw(rule: &Rule, label: u32, id: u32) -> RawRule {
@@ -338,55 +318,132 @@ impl TrieBuilder {
         Ok(())
     }
 
-    /// Numbers the sets in use as candidate lists and lays out the nodes.
-    fn finish(mut self, rules: Vec<RawRule>, wildcard: &[u32], roots_in_use: u32) -> Compiled {
-        let mut list_of_set: HashMap<u32, u32> = HashMap::from([(0, 0)]);
-        let mut lists = vec![CandidateList::EMPTY];
-        let mut list_for = |members: &[u32], set: Option<u32>| -> u32 {
-            if let Some(set) = set
-                && let Some(&id) = list_of_set.get(&set)
-            {
-                return id;
-            }
-            let mut list = CandidateList::EMPTY;
-            list.len = members.len() as u32;
-            list.rules[..members.len()].copy_from_slice(members);
-            lists.push(list);
-            let id = lists.len() as u32 - 1;
-            if let Some(set) = set {
-                list_of_set.insert(set, id);
-            }
-            id
+    /// Numbers the sets in use as candidate lists and lays out the nodes: the roots in place,
+    /// the child nodes depth first, chains of sparse nodes as path records.
+    fn finish(self, rules: Vec<RawRule>, wildcard: &[u32], roots_in_use: u32) -> Compiled {
+        let mut layout = Layout {
+            nodes: &self.nodes,
+            sets: &self.sets.members,
+            list_of_set: HashMap::from([(0, 0)]),
+            lists: vec![CandidateList::EMPTY],
+            out: vec![TrieNode::EMPTY; ROOT_NODES as usize],
         };
-        let sets = std::mem::take(&mut self.sets.members);
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|node| {
-                let mut out = TrieNode::EMPTY;
-                for (o, &value) in out.entries.iter_mut().zip(node) {
-                    *o = if value & CHILD != 0 {
-                        value
-                    } else {
-                        list_for(&sets[value as usize], Some(value))
-                    };
-                }
-                out
-            })
-            .collect();
+        for node in 0..ROOT_NODES as usize {
+            // A root node's index within its root is the address's first byte.
+            let first = (node % 256) as u128;
+            for index in 0..NODE_ENTRIES {
+                let bits = (first << 8 | index as u128) << 112;
+                layout.out[node].entries[index] = layout.entry(self.nodes[node][index], bits, 16);
+            }
+        }
         let wildcard_list = if wildcard.is_empty() {
             0
         } else {
-            list_for(wildcard, None)
+            layout.list(wildcard, None)
         };
         Compiled {
             rules,
-            lists,
-            nodes,
+            lists: layout.lists,
+            nodes: layout.out,
             wildcard_list,
             roots_in_use,
         }
     }
+}
+
+/// The builder's tries as the probe reads them.
+struct Layout<'a> {
+    nodes: &'a [[u32; NODE_ENTRIES]],
+    sets: &'a [Vec<u32>],
+    list_of_set: HashMap<u32, u32>,
+    lists: Vec<CandidateList>,
+    out: Vec<TrieNode>,
+}
+
+impl Layout<'_> {
+    fn list(&mut self, members: &[u32], set: Option<u32>) -> u32 {
+        if let Some(set) = set
+            && let Some(&id) = self.list_of_set.get(&set)
+        {
+            return id;
+        }
+        let mut list = CandidateList::EMPTY;
+        list.len = members.len() as u32;
+        list.rules[..members.len()].copy_from_slice(members);
+        self.lists.push(list);
+        let id = self.lists.len() as u32 - 1;
+        if let Some(set) = set {
+            self.list_of_set.insert(set, id);
+        }
+        id
+    }
+
+    fn set_list(&mut self, set: u32) -> u32 {
+        let sets = self.sets;
+        self.list(&sets[set as usize], Some(set))
+    }
+
+    /// The probe's entry for the builder's entry `value`, which addresses starting with the
+    /// first `depth` bits of `bits` reach.
+    fn entry(&mut self, value: u32, bits: u128, depth: u32) -> u32 {
+        if value & CHILD == 0 {
+            return self.set_list(value);
+        }
+        let node = (value & !CHILD) as usize;
+        // Follow the chain of nodes that hold one value everywhere but on the way on.
+        if let Some((miss, _, _)) = sparse(&self.nodes[node]) {
+            let (mut levels, mut end, mut spelled, mut next) = (0, depth, bits, value);
+            while next & CHILD != 0 {
+                let Some((other, byte, on)) = sparse(&self.nodes[(next & !CHILD) as usize]) else {
+                    break;
+                };
+                if other != miss {
+                    break;
+                }
+                spelled |= u128::from(byte) << (120 - end);
+                end += 8;
+                levels += 1;
+                next = on;
+            }
+            if levels >= 2 {
+                let record = self.out.len();
+                self.out.push(TrieNode::EMPTY);
+                let mask = !u128::MAX.checked_shr(end).unwrap_or(0);
+                let (net, mask) = (raw_words(spelled), raw_words(mask));
+                let matched = self.entry(next, spelled, end);
+                let miss = self.set_list(miss);
+                let entries = &mut self.out[record].entries;
+                entries[path::NET..path::NET + 4].copy_from_slice(&net);
+                entries[path::MASK..path::MASK + 4].copy_from_slice(&mask);
+                entries[path::MATCH] = matched;
+                entries[path::MISS] = miss;
+                entries[path::LEVELS] = levels;
+                return CHILD | PATH | record as u32;
+            }
+        }
+        let out = self.out.len();
+        self.out.push(TrieNode::EMPTY);
+        for index in 0..NODE_ENTRIES {
+            let below = bits | (index as u128) << (120 - depth);
+            self.out[out].entries[index] = self.entry(self.nodes[node][index], below, depth + 8);
+        }
+        CHILD | out as u32
+    }
+}
+
+/// A node whose entries all hold one value but one: that value, the other's index and value.
+fn sparse(node: &[u32; NODE_ENTRIES]) -> Option<(u32, u32, u32)> {
+    let common = if node[0] == node[1] || node[0] == node[2] {
+        node[0]
+    } else {
+        node[1]
+    };
+    let mut others = node.iter().enumerate().filter(|&(_, &v)| v != common);
+    let (index, &value) = others.next()?;
+    if others.next().is_some() {
+        return None;
+    }
+    Some((common, index as u32, value))
 }
 
 #[cfg(test)]
@@ -410,10 +467,22 @@ mod tests {
         let top = (bits >> 112) as u32;
         let mut entry =
             c.nodes[(root as u32 * 256 + (top >> 8)) as usize].entries[(top & 0xff) as usize];
-        let mut shift = 104;
+        let words = raw_words(bits);
+        let mut shift: i64 = 104;
         while entry & CHILD != 0 {
+            let node = &c.nodes[(entry & !(CHILD | PATH)) as usize].entries;
+            if entry & PATH != 0 {
+                let differ = (0..4).any(|i| words[i] & node[path::MASK + i] != node[path::NET + i]);
+                if differ {
+                    entry = node[path::MISS];
+                    break;
+                }
+                entry = node[path::MATCH];
+                shift -= 8 * i64::from(node[path::LEVELS]);
+                continue;
+            }
             let byte = ((bits >> shift) & 0xff) as usize;
-            entry = c.nodes[(entry & !CHILD) as usize].entries[byte];
+            entry = node[byte];
             shift -= 8;
         }
         let list = &c.lists[entry as usize];
@@ -491,8 +560,80 @@ mod tests {
             candidates(&c, Root::Ipv6Dst, "::2".parse().expect("ip")),
             [2]
         );
-        // A /32 takes two child levels, a /128 fourteen.
-        assert_eq!(c.child_nodes(), 2 + 14);
+        // The /32's two child levels and the /128's fourteen are one path record each.
+        assert_eq!(c.child_nodes(), 2);
+        let records = c.nodes[ROOT_NODES as usize..]
+            .iter()
+            .map(|n| n.entries[path::LEVELS])
+            .collect::<Vec<_>>();
+        assert_eq!(records, [2, 14]);
+    }
+
+    #[test]
+    fn sparse_chains_become_path_records() {
+        let c = compiled(
+            "a dst 2001:db8:1:2::/64
+b dst 2001:db8:1:3::/64
+c dst 2001:db8::/32
+             d dst 2001:db8:1:3:ffff::/80
+",
+        );
+        let at = |addr: &str| candidates(&c, Root::Ipv6Dst, addr.parse().expect("ip"));
+        assert_eq!(at("2001:db8:1:2::5"), [0, 2]);
+        assert_eq!(at("2001:db8:1:3::"), [1, 2]);
+        assert_eq!(at("2001:db8:1:3:ffff:1::"), [1, 2, 3]);
+        assert_eq!(at("2001:db8:1:3:fffe::"), [1, 2]);
+        // Off the chain below the /32 (the second record), at its last level, and off the one
+        // above it (the first record).
+        assert_eq!(at("2001:db8:2::1"), [2]);
+        assert_eq!(at("2001:db8:1:4::"), [2]);
+        assert_eq!(at("2001:db9::1"), Vec::<u32>::new());
+        assert_eq!(at("2001:cb8::1"), Vec::<u32>::new());
+        // Root 2001, then: a record for bytes 2-3 (db8), a record for bytes 4-6 (00 01 00), the
+        // node of byte 7 (02, 03), and below 03 a record for bytes 8-9 (ff ff).
+        assert_eq!(c.child_nodes(), 4);
+        let root = c.nodes[Root::Ipv6Dst as usize * 256 + 0x20].entries[0x01];
+        assert_eq!(root & (CHILD | PATH), CHILD | PATH);
+        let first = &c.nodes[(root & !(CHILD | PATH)) as usize].entries;
+        assert_eq!(first[path::LEVELS], 2);
+        assert_eq!(first[path::MISS], 0);
+        assert_eq!(
+            first[path::NET..path::NET + 4],
+            raw_words(0x2001_0db8_u128 << 96)
+        );
+        assert_eq!(
+            first[path::MASK..path::MASK + 4],
+            raw_words(0xffff_ffff_u128 << 96)
+        );
+        let second = &c.nodes[(first[path::MATCH] & !(CHILD | PATH)) as usize].entries;
+        assert_eq!(first[path::MATCH] & PATH, PATH);
+        assert_eq!(second[path::LEVELS], 3);
+        assert_eq!(c.lists[second[path::MISS] as usize].rules[0], 2);
+        assert_eq!(second[path::MATCH] & (CHILD | PATH), CHILD, "byte 7 forks");
+    }
+
+    #[test]
+    fn dense_or_single_levels_stay_nodes() {
+        // One sparse level alone gains nothing: it stays a node.
+        let c = compiled(
+            "a dst 10.1.2.0/24
+",
+        );
+        assert_eq!(c.child_nodes(), 1);
+        let root = c.nodes[Root::Ipv4Dst as usize * 256 + 10].entries[1];
+        assert_eq!(root & (CHILD | PATH), CHILD);
+        // Levels whose other entries differ (here by a /34 beside the /40) end the chain.
+        let c = compiled(
+            "a dst 2001:db8:4000::/34
+b dst 2001:db8:4200::/40
+c dst 2001:db8:4201::/48
+",
+        );
+        let at = |addr: &str| candidates(&c, Root::Ipv6Dst, addr.parse().expect("ip"));
+        assert_eq!(at("2001:db8:4201::1"), [0, 1, 2]);
+        assert_eq!(at("2001:db8:4202::1"), [0, 1]);
+        assert_eq!(at("2001:db8:4300::1"), [0]);
+        assert_eq!(at("2001:db8:8000::1"), Vec::<u32>::new());
     }
 
     #[test]
