@@ -1,7 +1,7 @@
 # Evaluates the services.xdt module with nixpkgs' lib alone (no nixpkgs, no NixOS): the NixOS
 # options the module sets are declared here as stand-ins, and pkgs is a stand-in too. Each case
 # is a configuration and what it must produce; the result is a list of failures (empty: all
-# pass). Run by crates/xdt-cli/tests/nix.rs:
+# pass). Run by crates/xdt-system-tests/tests/nix.rs:
 #   nix-instantiate --eval --strict --json nixos-modules/tests/eval.nix --arg lib 'import LIB/lib'
 { lib }:
 

@@ -27,7 +27,7 @@ const NIXPKGS_LIB_MIRROR: &str = "/work/.mirror/nix-community+nixpkgs.lib/repo";
 /// What the installs found that the test run passes on.
 #[derive(Debug, Default)]
 pub struct Tools {
-    /// nixpkgs' lib directory for crates/xdt-cli/tests/nix.rs (`XDT_NIXPKGS_LIB`).
+    /// nixpkgs' lib directory for crates/xdt-system-tests/tests/nix.rs (`XDT_NIXPKGS_LIB`).
     pub nixpkgs_lib: Option<PathBuf>,
 }
 
