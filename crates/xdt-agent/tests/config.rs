@@ -82,6 +82,44 @@ fn zero_buffer_sizes_are_refused() {
     }
 }
 
+/// Flow options out of range are refused with the flag and the range, from the command line
+/// and from the config file alike.
+#[test]
+fn flow_options_out_of_range_are_refused() {
+    let dir = Dir::new();
+    for (args, message) in [
+        (
+            &["--flow-idle", "0"][..],
+            "--flow-idle must be between 1 and 3600 seconds, not 0",
+        ),
+        (
+            &["--flow-active", "100000"][..],
+            "--flow-active must be between 1 and 86400 seconds, not 100000",
+        ),
+        (
+            &["--ipfix-template-refresh", "0.5"][..],
+            "--ipfix-template-refresh must be between 1 and 86400 seconds, not 0.5",
+        ),
+        (
+            &["--flow-max", "0"][..],
+            "--flow-max must be between 1 and 16777216, not 0",
+        ),
+    ] {
+        let stderr = refused(&agent(args, &dir.path("token")));
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let config = dir.path("agent.conf");
+    std::fs::write(&config, "XDT_FLOW_IDLE=0\n").expect("write");
+    let stderr = refused(&agent(
+        &["--config", config.to_str().expect("path")],
+        &dir.path("token"),
+    ));
+    assert!(
+        stderr.contains("--flow-idle must be between 1 and 3600 seconds, not 0"),
+        "{stderr}"
+    );
+}
+
 /// A token or config file that is a FIFO (nobody writes to it) is refused at once instead of
 /// hanging the agent; `/dev/zero` instead of exhausting memory; a file over the bound is
 /// refused too.
