@@ -250,6 +250,7 @@ async fn a_version_2_agent_works_next_to_a_version_3_one() {
     old.send(&Message::Hello(hello("old-agent", 1, TOKEN)))
         .await;
     assert!(matches!(old.recv().await, Some(Message::Welcome(_))));
+    common::wait_for_log(&["agent connected", "old-agent", "protocol_version=2"]).await;
     assert_eq!(old.batch(batch(1, 10, 100, vec![])).await, 1);
 
     let (mut new, _) = TestAgent::hello(central.telemetry, hello("new-agent", 1, TOKEN)).await;

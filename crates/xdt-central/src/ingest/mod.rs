@@ -267,7 +267,8 @@ async fn session(
     };
     info!(
         peer:% = peer, agent_id:? = agent_id, hostname:? = hello.hostname,
-        interface:? = hello.interface, instance = hello.instance, last_sequence;
+        interface:? = hello.interface, instance = hello.instance, last_sequence,
+        protocol_version = wire.version();
         "agent connected"
     );
     let result = async {

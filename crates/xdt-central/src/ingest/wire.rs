@@ -46,6 +46,12 @@ impl Wire {
         }
     }
 
+    /// The protocol version of this connection: agreed once the agent's preamble is read (an
+    /// agent of version 2 sends no flows).
+    pub(super) fn version(&self) -> u16 {
+        self.version
+    }
+
     pub(super) async fn read_preamble(&mut self) -> Result<(), CloseReason> {
         while self.buffer.len() < Preamble::LEN {
             if self.stream.read_buf(&mut self.buffer).await? == 0 {
