@@ -83,11 +83,6 @@ static XDT_FLOWS_1: HashMap<FlowKey, FlowRecord> = HashMap::with_max_entries(OFF
 /// The generation whose table the probe writes; switched by the reader that drains tables.
 #[map]
 static XDT_FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
-/// The parsed packet, per CPU, on its way from the parser to the rules (see `xdt`); the
-/// probe's alone, never pinned.
-#[map]
-static XDT_PACKET: PerCpuArray<[u64; PACKET_WORDS]> = PerCpuArray::with_max_entries(1, 0);
-const PACKET_WORDS: usize = core::mem::size_of::<Packet>() / 8;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -119,8 +114,7 @@ const ENOMEM: i32 = 12;
 const BPF_NOEXIST: u64 = 1;
 
 /// What the probe learnt of an IP packet; everything the rules and events look at.
-#[derive(Default, Clone, Copy)]
-#[repr(C, align(8))]
+#[derive(Default)]
 struct Packet {
     /// 0 until an IP header was read, then 4 or 6.
     version: u8,
@@ -261,22 +255,6 @@ pub fn xdt(ctx: XdpContext) -> u32 {
     let Some(config) = XDT_CONFIG.get(0) else {
         bump(counters, Counter::Errors);
         return XDP_PASS;
-    };
-    // The parser's result goes through map memory before the rules and flows see it. The
-    // verifier knows it exactly on each of the parser's many paths (IPv4 or IPv6, VLAN tags,
-    // extension headers, protocols) and would check the rules and the flow code once per path:
-    // with flows that passed its limit of a million instructions on Linux 6.1. Loaded from a
-    // map, the values are unknown to it, and it checks the rest once for all of them.
-    let Some(slot) = XDT_PACKET.get_ptr_mut(0) else {
-        bump(counters, Counter::Errors);
-        return XDP_PASS;
-    };
-    // SAFETY: a per-CPU value, touched only by this CPU while this program runs on it; Packet
-    // is plain integers, `align(8)` makes it whole words, and the volatile accesses keep the
-    // compiler from carrying the values around the map.
-    let packet = unsafe {
-        slot.write_volatile(core::mem::transmute::<Packet, [u64; PACKET_WORDS]>(packet));
-        core::mem::transmute::<[u64; PACKET_WORDS], Packet>(slot.read_volatile())
     };
     let (verdict, label) = match classify(&ctx, counters, config, &packet, frame_len) {
         Ok(classified) => classified,
@@ -750,9 +728,7 @@ fn lookup(generation: &Generation, root: Root, addr: &[u32; 4], levels: u32) -> 
     let root_node = generation.node_base + root as u32 * NODES_PER_ROOT + (high >> 56) as u32;
     let node = XDT_TRIE.get(root_node).ok_or(())?;
     let mut entry = node.entries[((high >> 48) & 0xff) as usize];
-    // Child levels consumed; every step consumes at least one.
-    let mut level = 0;
-    for _ in 0..IPV6_CHILD_LEVELS {
+    for level in 0..IPV6_CHILD_LEVELS {
         if entry & CHILD == 0 {
             return Ok(entry);
         }
@@ -770,12 +746,14 @@ fn lookup(generation: &Generation, root: Root, addr: &[u32; 4], levels: u32) -> 
                 | ((addr[1] & e[path::MASK + 1]) ^ e[path::NET + 1])
                 | ((addr[2] & e[path::MASK + 2]) ^ e[path::NET + 2])
                 | ((addr[3] & e[path::MASK + 3]) ^ e[path::NET + 3]);
-            if differ != 0 {
-                return Ok(e[path::MISS]);
-            }
-            level += e[path::LEVELS];
-            entry = e[path::MATCH];
-            continue;
+            // Records end at the last level of their prefixes (their match is a list), so the
+            // walk ends here and `level` stays a constant of each unrolled step (walking on with
+            // a level read from the record, the probe did not load).
+            return Ok(if differ == 0 {
+                e[path::MATCH]
+            } else {
+                e[path::MISS]
+            });
         }
         // Byte 2 + level of the address.
         let byte = if level < 6 {
@@ -784,7 +762,6 @@ fn lookup(generation: &Generation, root: Root, addr: &[u32; 4], levels: u32) -> 
             low >> (56 - 8 * (level - 6))
         };
         entry = node.entries[(byte & 0xff) as usize];
-        level += 1;
     }
     if entry & CHILD == 0 {
         Ok(entry)

@@ -474,14 +474,13 @@ fn path_records_match_like_nodes() {
         return;
     }
     let lab = Lab::new(
-        "d dst 2001:db8:1:3:ffff::/80
-         a dst 2001:db8:1:2::/64
-         b dst 2001:db8:1:3::/64
-         c dst 2001:db8::/32
-         h dst 198.51.100.7
-         net dst 198.51.0.0/16
-         s src fd00::1
-",
+        "d dst 2001:db8:1:3:ffff::/80\n\
+         a dst 2001:db8:1:2::/64\n\
+         b dst 2001:db8:1:3::/64\n\
+         c dst 2001:db8::/32\n\
+         h dst 198.51.100.7\n\
+         net dst 198.51.0.0/16\n\
+         s src fd00::1\n",
     );
     let to6 = |src: [u16; 8], dst: [u16; 8]| {
         ethernet(ETH_P_IPV6, &ipv6(v6(src), v6(dst), UDP, &udp(1, 53, b"")))

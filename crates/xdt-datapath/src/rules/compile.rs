@@ -405,7 +405,8 @@ impl Layout<'_> {
                 levels += 1;
                 next = on;
             }
-            if levels >= 2 {
+            // Only a chain down to the prefixes' last level: the probe ends its walk at a record.
+            if levels >= 2 && next & CHILD == 0 {
                 let record = self.out.len();
                 self.out.push(TrieNode::EMPTY);
                 let mask = !u128::MAX.checked_shr(end).unwrap_or(0);
@@ -572,62 +573,58 @@ mod tests {
     #[test]
     fn sparse_chains_become_path_records() {
         let c = compiled(
-            "a dst 2001:db8:1:2::/64
-b dst 2001:db8:1:3::/64
-c dst 2001:db8::/32
-             d dst 2001:db8:1:3:ffff::/80
-",
+            "a dst 2001:db8:1:2::/64\nb dst 2001:db8:1:3::/64\nc dst 2001:db8::/32\n\
+             d dst 2001:db8:1:3:ffff::/80\n",
         );
         let at = |addr: &str| candidates(&c, Root::Ipv6Dst, addr.parse().expect("ip"));
         assert_eq!(at("2001:db8:1:2::5"), [0, 2]);
         assert_eq!(at("2001:db8:1:3::"), [1, 2]);
+        // Through the record of bytes 8-9 (ff ff) below 2001:db8:1:3, off it at its first and
+        // at its last level.
         assert_eq!(at("2001:db8:1:3:ffff:1::"), [1, 2, 3]);
         assert_eq!(at("2001:db8:1:3:fffe::"), [1, 2]);
-        // Off the chain below the /32 (the second record), at its last level, and off the one
-        // above it (the first record).
+        assert_eq!(at("2001:db8:1:3:7fff::"), [1, 2]);
         assert_eq!(at("2001:db8:2::1"), [2]);
         assert_eq!(at("2001:db8:1:4::"), [2]);
         assert_eq!(at("2001:db9::1"), Vec::<u32>::new());
         assert_eq!(at("2001:cb8::1"), Vec::<u32>::new());
-        // Root 2001, then: a record for bytes 2-3 (db8), a record for bytes 4-6 (00 01 00), the
-        // node of byte 7 (02, 03), and below 03 a record for bytes 8-9 (ff ff).
-        assert_eq!(c.child_nodes(), 4);
-        let root = c.nodes[Root::Ipv6Dst as usize * 256 + 0x20].entries[0x01];
-        assert_eq!(root & (CHILD | PATH), CHILD | PATH);
-        let first = &c.nodes[(root & !(CHILD | PATH)) as usize].entries;
-        assert_eq!(first[path::LEVELS], 2);
-        assert_eq!(first[path::MISS], 0);
+        // Root 2001, then nodes for bytes 2-7 (the chain above byte 7 leads to a fork, not to
+        // a prefix's end: it stays nodes), and one record for bytes 8-9 below 03.
+        assert_eq!(c.child_nodes(), 6 + 1);
+        let mut entry = c.nodes[Root::Ipv6Dst as usize * 256 + 0x20].entries[0x01];
+        for byte in [0x0d, 0xb8, 0x00, 0x01, 0x00, 0x03] {
+            assert_eq!(entry & (CHILD | PATH), CHILD, "a node above byte 8");
+            entry = c.nodes[(entry & !CHILD) as usize].entries[byte];
+        }
+        assert_eq!(entry & (CHILD | PATH), CHILD | PATH);
+        let record = &c.nodes[(entry & !(CHILD | PATH)) as usize].entries;
+        assert_eq!(record[path::LEVELS], 2);
         assert_eq!(
-            first[path::NET..path::NET + 4],
-            raw_words(0x2001_0db8_u128 << 96)
+            record[path::NET..path::NET + 4],
+            raw_words(0x2001_0db8_0001_0003_ffff_u128 << 48)
         );
         assert_eq!(
-            first[path::MASK..path::MASK + 4],
-            raw_words(0xffff_ffff_u128 << 96)
+            record[path::MASK..path::MASK + 4],
+            raw_words(!(u128::MAX >> 80))
         );
-        let second = &c.nodes[(first[path::MATCH] & !(CHILD | PATH)) as usize].entries;
-        assert_eq!(first[path::MATCH] & PATH, PATH);
-        assert_eq!(second[path::LEVELS], 3);
-        assert_eq!(c.lists[second[path::MISS] as usize].rules[0], 2);
-        assert_eq!(second[path::MATCH] & (CHILD | PATH), CHILD, "byte 7 forks");
+        let list = |id: u32| {
+            let l = &c.lists[id as usize];
+            l.rules[..l.len as usize].to_vec()
+        };
+        assert_eq!(list(record[path::MATCH]), [1, 2, 3]);
+        assert_eq!(list(record[path::MISS]), [1, 2]);
     }
 
     #[test]
     fn dense_or_single_levels_stay_nodes() {
         // One sparse level alone gains nothing: it stays a node.
-        let c = compiled(
-            "a dst 10.1.2.0/24
-",
-        );
+        let c = compiled("a dst 10.1.2.0/24\n");
         assert_eq!(c.child_nodes(), 1);
         let root = c.nodes[Root::Ipv4Dst as usize * 256 + 10].entries[1];
         assert_eq!(root & (CHILD | PATH), CHILD);
         // Levels whose other entries differ (here by a /34 beside the /40) end the chain.
         let c = compiled(
-            "a dst 2001:db8:4000::/34
-b dst 2001:db8:4200::/40
-c dst 2001:db8:4201::/48
-",
+            "a dst 2001:db8:4000::/34\nb dst 2001:db8:4200::/40\nc dst 2001:db8:4201::/48\n",
         );
         let at = |addr: &str| candidates(&c, Root::Ipv6Dst, addr.parse().expect("ip"));
         assert_eq!(at("2001:db8:4201::1"), [0, 1, 2]);
