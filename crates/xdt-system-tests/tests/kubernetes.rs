@@ -22,7 +22,7 @@ use std::{
 use xdt_testkit::{
     http::{echo, steered_http_paths},
     net::{Netns, veth},
-    process::{Process, sibling},
+    process::{Process, sibling, xtask},
     root_or_skip, say, unique_name,
 };
 
@@ -363,15 +363,6 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     );
 
     // The images, from this build's binaries (the test's siblings).
-    let profile = match sibling("xdt")
-        .parent()
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-    {
-        Some("debug") => "dev".to_owned(),
-        Some(other) => other.to_owned(),
-        None => panic!("no profile directory"),
-    };
     let node = Netns::new("xk8n");
     let client = Netns::new("xk8c");
     let mut podman = Podman {
@@ -390,25 +381,7 @@ fn the_kubernetes_manifests_validate_and_run_under_podman() {
     };
     let built = check(
         "cargo xtask images",
-        Command::new(env!("CARGO"))
-            .current_dir(&repo)
-            .args([
-                "run",
-                "--quiet",
-                "--package",
-                "xtask",
-                "--",
-                "images",
-                "--no-build",
-            ])
-            .args([
-                "--no-lintian",
-                "--fast",
-                "--profile",
-                &profile,
-                "--tag",
-                VERSION,
-            ]),
+        xtask("images").args(["--no-lintian", "--fast", "--tag", VERSION]),
     );
     let base = built
         .lines()

@@ -8,27 +8,18 @@
 
 use std::{path::Path, process::Command};
 
-use xdt_testkit::{process::sibling, root_or_skip};
+use xdt_testkit::{
+    process::{sibling, xtask},
+    root_or_skip,
+};
 
-/// `cargo xtask deb` for the binaries of this build (the dev profile), into `out`.
-fn package(repo: &Path, profile: &str, version: &str, out: &Path) -> std::path::PathBuf {
+/// `cargo xtask deb` for the binaries of this build, into `out` (lintian runs in `cargo xtask
+/// deb`'s own check, not here).
+fn package(version: &str, out: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(out).expect("create the packages' directory");
     let deb = out.join(format!("xdt_{version}_amd64.deb"));
-    // The xtask is run through cargo, which only builds xtask itself here: the binaries are
-    // this test's siblings (--no-build). lintian runs in `cargo xtask deb`'s own check, not here.
-    let status = Command::new(env!("CARGO"))
-        .current_dir(repo)
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--",
-            "deb",
-            "--no-build",
-            "--no-lintian",
-        ])
-        .args(["--profile", profile, "--deb-version", version, "--output"])
+    let status = xtask("deb")
+        .args(["--no-lintian", "--deb-version", version, "--output"])
         .arg(&deb)
         .status()
         .expect("run cargo xtask deb");
@@ -52,16 +43,11 @@ fn the_appliance_scenario_passes_under_real_systemd() {
             bin_dir.display()
         );
     }
-    let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => panic!("no profile directory in {}", bin_dir.display()),
-    };
     let out = bin_dir.join("vm-test-debs");
     let version = env!("CARGO_PKG_VERSION");
-    let deb = package(&repo, profile, version, &out);
+    let deb = package(version, &out);
     // Same binaries, newer version: the upgrade is what changes, not the code.
-    let upgrade = package(&repo, profile, &format!("{version}+vmupgrade"), &out);
+    let upgrade = package(&format!("{version}+vmupgrade"), &out);
     let status = Command::new("python3")
         .arg(repo.join("vm-tests/debian/run.py"))
         .arg("--deb")

@@ -39,6 +39,35 @@ pub fn xdt() -> &'static str {
     })
 }
 
+/// `cargo xtask TASK --no-build --profile P`, run in the repository, for the binaries of this
+/// build (the test's siblings, profile P): xtask packages what the tests just built.
+#[must_use]
+pub fn xtask(task: &str) -> Command {
+    let bin_dir = sibling("xdt")
+        .parent()
+        .expect("the binaries' directory")
+        .to_owned();
+    let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("no profile directory in {}", bin_dir.display()),
+    };
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            task,
+            "--no-build",
+        ])
+        .args(["--profile", profile]);
+    cargo
+}
+
 /// A loopback port that was free a moment ago.
 #[must_use]
 pub fn free_port() -> u16 {
