@@ -7,13 +7,13 @@
 //! 0 (no rule), a candidate list id, or [`CHILD`] | node index (relative to the generation).
 //! Child nodes inherit their parent's covering list in every slot no longer prefix fills.
 //!
-//! Path compression: a chain of two or more child levels whose nodes each hold one value in
-//! every entry but one (the entry that leads on) is laid out as one path record instead, an
-//! entry of [`CHILD`] | [`PATH`] | node index. The record holds the address bits the chain spells
-//! (and all above it) with their mask: an address that has them goes on with the record's
-//! [`path::MATCH`] entry, [`path::LEVELS`] levels further down; any other gets
-//! [`path::MISS`], the one value the chain's other entries held. A sparse IPv6 /64 thus costs the
-//! root and one record instead of the root and six nodes.
+//! Path compression: a chain of two or more child levels down to where its prefixes end, whose
+//! nodes each hold one value in every entry but one (the entry that leads on), is laid out as one
+//! path record instead, an entry of [`CHILD`] | [`PATH`] | node index. The record holds the
+//! address bits the chain spells (and all above it) with their mask: an address that has them
+//! gets the record's [`path::MATCH`] list, any other [`path::MISS`], the one value the chain's
+//! other entries held. The walk ends at a record. A sparse IPv6 /64 thus costs the root and one
+//! record instead of the root and six nodes.
 
 use crate::user_pod;
 
@@ -32,7 +32,7 @@ pub mod path {
     pub const NET: usize = 0;
     /// Four words: the mask of those bits, as raw packet words.
     pub const MASK: usize = 4;
-    /// The entry below the skipped levels, for an address that has the bits.
+    /// The candidate list for an address that has the bits.
     pub const MATCH: usize = 8;
     /// The candidate list for an address that does not.
     pub const MISS: usize = 9;
