@@ -83,6 +83,11 @@ static XDT_FLOWS_1: HashMap<FlowKey, FlowRecord> = HashMap::with_max_entries(OFF
 /// The generation whose table the probe writes; switched by the reader that drains tables.
 #[map]
 static XDT_FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
+/// The parsed packet, per CPU, on its way from the parser to the rules (see `xdt`); the
+/// probe's alone, never pinned.
+#[map]
+static XDT_PACKET: PerCpuArray<[u64; PACKET_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+const PACKET_WORDS: usize = core::mem::size_of::<Packet>() / 8;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -114,7 +119,8 @@ const ENOMEM: i32 = 12;
 const BPF_NOEXIST: u64 = 1;
 
 /// What the probe learnt of an IP packet; everything the rules and events look at.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
+#[repr(C, align(8))]
 struct Packet {
     /// 0 until an IP header was read, then 4 or 6.
     version: u8,
@@ -255,6 +261,22 @@ pub fn xdt(ctx: XdpContext) -> u32 {
     let Some(config) = XDT_CONFIG.get(0) else {
         bump(counters, Counter::Errors);
         return XDP_PASS;
+    };
+    // The parser's result goes through map memory before the rules and flows see it. The
+    // verifier knows it exactly on each of the parser's many paths (IPv4 or IPv6, VLAN tags,
+    // extension headers, protocols) and would check the rules and the flow code once per path:
+    // with flows that passed its limit of a million instructions on Linux 6.1. Loaded from a
+    // map, the values are unknown to it, and it checks the rest once for all of them.
+    let Some(slot) = XDT_PACKET.get_ptr_mut(0) else {
+        bump(counters, Counter::Errors);
+        return XDP_PASS;
+    };
+    // SAFETY: a per-CPU value, touched only by this CPU while this program runs on it; Packet
+    // is plain integers, `align(8)` makes it whole words, and the volatile accesses keep the
+    // compiler from carrying the values around the map.
+    let packet = unsafe {
+        slot.write_volatile(core::mem::transmute::<Packet, [u64; PACKET_WORDS]>(packet));
+        core::mem::transmute::<[u64; PACKET_WORDS], Packet>(slot.read_volatile())
     };
     let (verdict, label) = match classify(&ctx, counters, config, &packet, frame_len) {
         Ok(classified) => classified,
