@@ -14,17 +14,8 @@ use std::{
 #[must_use]
 pub fn sibling(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the workspace first (cargo test --workspace, or cargo build [--release] --workspace)",
-        path.display()
-    );
-    path
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    xdt_lab::binary(dir, name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The `xdt` command of this build (a [`sibling`]), for tests that run it as a program.
