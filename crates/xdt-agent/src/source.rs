@@ -6,18 +6,6 @@ use xdt_common::counters::NAMES;
 use xdt_datapath::attached::AttachedProbe;
 use xdt_wire::LabelCount;
 
-/// The otel demo's `struct pkt_stats`, in field order.
-pub const PKT_STATS_FIELDS: [&str; 8] = [
-    "total_packets",
-    "total_bytes",
-    "icmp_packets",
-    "tcp_packets",
-    "udp_packets",
-    "other_packets",
-    "ipv4_packets",
-    "ipv6_packets",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(transparent)]
@@ -191,7 +179,7 @@ impl Source {
                     }
                 };
                 Ok(Snapshot {
-                    counters: PKT_STATS_FIELDS
+                    counters: xdt_common::pkt_stats::FIELDS
                         .iter()
                         .zip(values)
                         .map(|(n, v)| ((*n).to_owned(), v))

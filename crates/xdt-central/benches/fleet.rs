@@ -33,12 +33,11 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
+use xdt_central::fixtures;
 use xdt_wire::{AgentStats, Batch, Hello, LabelCount, Message, Preamble, frame};
 
 #[path = "../tests/common/process.rs"]
 mod process;
-#[path = "../tests/common/sample.rs"]
-mod sample;
 
 use process::{CentralProcess, TOKEN};
 
@@ -56,7 +55,7 @@ fn batch(agent: u64, sequence: u64, events: u64) -> Batch {
     Batch {
         sequence,
         taken_at_unix_ns: now,
-        counters: sample::counters(|n| sequence * 1000 * (n + 1)),
+        counters: fixtures::probe_counters(|n| sequence * 1000 * (n + 1)),
         labels: ["web", "dns", "ssh", "other"]
             .iter()
             .map(|l| LabelCount {
@@ -65,7 +64,9 @@ fn batch(agent: u64, sequence: u64, events: u64) -> Batch {
                 bytes: sequence * 150_000,
             })
             .collect(),
-        events: (0..events).map(|i| sample::event(now + i, i)).collect(),
+        events: (0..events)
+            .map(|i| fixtures::https_event(now + i, i))
+            .collect(),
         agent: AgentStats {
             reconnects: agent % 3,
             ..AgentStats::default()

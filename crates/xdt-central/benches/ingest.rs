@@ -22,11 +22,8 @@ use tokio::{
     net::TcpStream,
     sync::oneshot,
 };
-use xdt_central::{Central, Config, Token};
+use xdt_central::{Central, Config, Token, fixtures};
 use xdt_wire::{AgentStats, Batch, Event, Hello, LabelCount, Message, Preamble, frame};
-
-#[path = "../tests/common/sample.rs"]
-mod sample;
 
 const TOKEN: &str = "bench-token";
 
@@ -41,7 +38,7 @@ fn batch(sequence: u64, events: usize) -> Batch {
     Batch {
         sequence,
         taken_at_unix_ns: 1_700_000_000_000_000_000 + sequence * 1_000_000_000,
-        counters: sample::counters(|_| sequence * 1000),
+        counters: fixtures::probe_counters(|_| sequence * 1000),
         labels: vec![LabelCount {
             label: "web".into(),
             packets: sequence * 10,
@@ -50,7 +47,7 @@ fn batch(sequence: u64, events: usize) -> Batch {
         events: (0..events as u64)
             .map(|i| {
                 let i = sequence * 1_000_000 + i;
-                sample::event(1_700_000_000_000_000_000 + i * 1000, i)
+                fixtures::https_event(1_700_000_000_000_000_000 + i * 1000, i)
             })
             .collect(),
         agent: AgentStats::default(),
@@ -271,7 +268,7 @@ fn main() {
         );
     }
 
-    let record = sample::event(1_700_000_000_012_345_000, 12_345);
+    let record = fixtures::https_event(1_700_000_000_012_345_000, 12_345);
     let iterations = 500_000;
     let mut buf = Vec::with_capacity(256);
     let postcard_bytes = postcard::to_stdvec(&record).expect("postcard").len();

@@ -5,105 +5,73 @@
 
 use std::{path::PathBuf, sync::atomic::Ordering};
 
-use xdt_wire::{
-    AgentStats, Batch, DnsQuery, Event, Flow, FlowEnd, FlowStats, HttpRequest, Inspection,
-    LabelCount, SteeringStats,
-};
+use xdt_common::pkt_stats;
+use xdt_wire::{Batch, Event, Flow, FlowEnd, FlowStats, SteeringStats};
 
 use crate::{
-    fixtures::{event, hello},
+    fixtures::{self, ESCAPED_LABEL},
     state::{Shared, State},
 };
 
+/// A sampled event whose label needs escaping in every export, on RX queue 2.
+fn event(ts: u64, payload_len: u16) -> Event {
+    Event {
+        rx_queue: 2,
+        ..fixtures::event(ts, ESCAPED_LABEL, payload_len)
+    }
+}
+
+/// A steered HTTP request (reinjected) or DNS question (not), with [`event`]'s label and queue.
 fn steered(ts: u64, http: bool) -> Event {
-    let mut e = event(ts, 120);
-    e.action = "steer".into();
-    e.inspection = Some(Box::new(Inspection {
-        frame_len: 194,
-        agent_latency_ns: 23_456,
-        reinjected: http,
-        http: http.then(|| HttpRequest {
-            method: "GET".into(),
-            path: "/a?b=<c>".into(),
-            host: Some("shop.example".into()),
-        }),
-        dns: (!http).then(|| DnsQuery {
-            name: "svc.example.com".into(),
-            qtype: 28,
-        }),
-    }));
-    e
+    let http_request = ("GET", "/a?b=<c>", Some("shop.example"));
+    Event {
+        label: ESCAPED_LABEL.into(),
+        rule: 1,
+        rx_queue: 2,
+        ..fixtures::steered_event(
+            ts,
+            http.then_some(http_request),
+            (!http).then_some(("svc.example.com", 28)),
+        )
+    }
 }
 
 /// Every counter the probe has, each value distinct.
 fn probe_counters(scale: u64) -> Vec<(String, u64)> {
-    xdt_common::counters::NAMES
+    fixtures::probe_counters(|n| (n + 1) * scale)
+}
+
+/// The otel demo's `pkt_stats` map: 8 counters only.
+fn pkt_stats(scale: u64) -> Vec<(String, u64)> {
+    pkt_stats::FIELDS
         .iter()
         .zip(1..)
         .map(|(name, i)| ((*name).to_owned(), i * scale))
         .collect()
 }
 
-/// The otel demo's `pkt_stats` map: 8 counters only.
-fn pkt_stats(scale: u64) -> Vec<(String, u64)> {
-    [
-        "total_packets",
-        "total_bytes",
-        "icmp_packets",
-        "tcp_packets",
-        "udp_packets",
-        "other_packets",
-        "ipv4_packets",
-        "ipv6_packets",
-    ]
-    .iter()
-    .zip(1..)
-    .map(|(name, i)| ((*name).to_owned(), i * scale))
-    .collect()
-}
-
 fn steering(received: u64) -> SteeringStats {
     SteeringStats {
-        mode: "zerocopy".into(),
-        reinject: "host via xdt5r".into(),
-        sockets: 4,
-        received_packets: received,
-        received_bytes: received * 100,
         reinjected_packets: received - 3,
         reinject_dropped: 3,
         rx_dropped: 5,
         rx_ring_full: received / 7,
         rx_fill_ring_empty: received / 11,
         tx_invalid_descs: 1,
+        ..fixtures::steering(received, 0)
     }
 }
 
+/// [`fixtures::batch`] with the golden fleet's own figures: the probe's `counters`, a quarter
+/// second past `taken_s`, label counts growing with the sequence.
 fn batch(sequence: u64, taken_s: u64, counters: Vec<(String, u64)>, events: Vec<Event>) -> Batch {
-    Batch {
-        sequence,
-        taken_at_unix_ns: taken_s * 1_000_000_000 + 250_000_000,
-        counters,
-        labels: vec![
-            LabelCount {
-                label: "web".into(),
-                packets: 10 * sequence,
-                bytes: 1000 * sequence,
-            },
-            LabelCount {
-                label: "dns \"q\"\n<b>".into(),
-                packets: 7,
-                bytes: 700,
-            },
-        ],
-        events,
-        agent: AgentStats {
-            dropped_events: 2,
-            unacked_batches: 1,
-            reconnects: 3,
-            probe_ns_per_packet: Some(42.5),
-            steering: None,
-        },
-    }
+    let mut b = fixtures::batch(sequence, taken_s, 0, events);
+    b.taken_at_unix_ns += 250_000_000;
+    b.counters = counters;
+    b.labels = fixtures::labels(10 * sequence, 1000 * sequence);
+    b.agent.reconnects = 3;
+    b.agent.probe_ns_per_packet = Some(42.5);
+    b
 }
 
 /// The golden fleet's time: its batches arrive in the two seconds after it.
@@ -124,7 +92,7 @@ fn flows() -> Vec<Flow> {
         first_seen_unix_ns: 1_699_999_990_000_000_000,
         last_seen_unix_ns: 1_699_999_999_500_000_000,
         tcp_flags: 0x1b,
-        label: Some("web \"q\"\n<b>".into()),
+        label: Some(ESCAPED_LABEL.into()),
         handshake_ns: None,
         end: FlowEnd::EndOfFlow,
     };
@@ -154,7 +122,9 @@ fn flows() -> Vec<Flow> {
 fn fleet() -> Shared {
     let mut state = State::new(10, 8);
     let now = NOW;
-    state.connect(&hello("node-a/eth0", 7), now).expect("a");
+    state
+        .connect(&fixtures::hello("node-a/eth0", 7, "t"), now)
+        .expect("a");
     let mut first = batch(1, 1_700_000_000, probe_counters(100), vec![event(1, 10)]);
     first.agent.steering = Some(steering(1000));
     state.apply("node-a/eth0", 7, first, now);
@@ -167,16 +137,15 @@ fn fleet() -> Shared {
     second.agent.steering = Some(steering(5000));
     let stats = FlowStats {
         active: 12,
-        records: 4,
-        state_full: 1,
-        dropped_records: 2,
         ipfix_messages: 3,
-        ipfix_records: 4,
         ipfix_send_failures: 1,
+        ..fixtures::flow_stats(4)
     };
     state.apply_with_flows("node-a/eth0", 7, second, Some((flows(), stats)), now + 2.0);
 
-    state.connect(&hello("node-b", 1), now).expect("b");
+    state
+        .connect(&fixtures::hello("node-b", 1, "t"), now)
+        .expect("b");
     let mut b1 = batch(1, 1_700_000_000, pkt_stats(10), Vec::new());
     b1.agent.probe_ns_per_packet = None;
     state.apply("node-b", 1, b1, now);
@@ -185,7 +154,9 @@ fn fleet() -> Shared {
     state.apply("node-b", 1, b2, now + 1.0);
     state.disconnect("node-b", now + 3.0);
 
-    state.connect(&hello("node-c", 9), now + 4.0).expect("c");
+    state
+        .connect(&fixtures::hello("node-c", 9, "t"), now + 4.0)
+        .expect("c");
 
     let counters = std::sync::Arc::clone(state.counters());
     counters.http_rejected.store(4, Ordering::Relaxed);

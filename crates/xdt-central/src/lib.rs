@@ -11,8 +11,8 @@ pub mod config;
 pub mod counters;
 pub mod error;
 mod export;
-#[cfg(test)]
-mod fixtures;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 #[cfg(test)]
 mod golden_tests;
 mod http;

@@ -17,12 +17,39 @@ use tokio::{
 };
 use xdt_wire::{ErrorCode, MAX_FRAME, Message, Preamble, frame};
 
-/// A well-behaved agent still gets through (after each bad connection).
-async fn assert_serves(central: &TestCentral, agent_id: &str) {
+/// A well-behaved agent still gets through (after each bad connection), and central then
+/// stops cleanly.
+async fn serves_and_stops(central: TestCentral, agent_id: &str) {
     let (mut agent, welcome) = TestAgent::hello(central.telemetry, hello(agent_id, 1, TOKEN)).await;
     let next = welcome.last_sequence + 1;
     assert_eq!(agent.batch(batch(next, next, 10, vec![])).await, next);
     assert_eq!(get(central.http, "/healthz").await.status, 200);
+    central.stop().await.expect("clean stop");
+}
+
+/// A connection that is not an agent yet, and its local address as central logs it.
+async fn raw_peer(central: &TestCentral) -> (TcpStream, String) {
+    let stream = TcpStream::connect(central.telemetry)
+        .await
+        .expect("connect");
+    let local = stream.local_addr().expect("addr").to_string();
+    (stream, local)
+}
+
+/// The frame of a first batch, as an agent writes it.
+fn batch_frame() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    frame::encode(&Message::Batch(batch(1, 1, 1, vec![])), &mut bytes).expect("encode");
+    bytes
+}
+
+/// The longest line central has logged so far, in bytes.
+fn longest_log_line() -> usize {
+    common::log_lines(&[])
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,10 +415,7 @@ async fn a_replayed_sequence_is_acked_and_counted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes_are_not_an_xdt_peer() {
     let central = TestCentral::start(config()).await;
-    let mut stream = TcpStream::connect(central.telemetry)
-        .await
-        .expect("connect");
-    let local = stream.local_addr().expect("addr").to_string();
+    let (mut stream, local) = raw_peer(&central).await;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -402,8 +426,7 @@ async fn garbage_bytes_are_not_an_xdt_peer() {
         "nothing is sent to a non-xdt peer: {answer:?}"
     );
     wait_for_log(&["not an xdt peer", &local]).await;
-    assert_serves(&central, "after-garbage").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-garbage").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,16 +434,14 @@ async fn a_truncated_frame_is_logged_and_closed() {
     let central = TestCentral::start(config()).await;
     let (mut agent, _) = TestAgent::hello(central.telemetry, hello("trunc", 1, TOKEN)).await;
     let local = agent.local_addr();
-    let mut frame_bytes = Vec::new();
-    frame::encode(&Message::Batch(batch(1, 1, 1, vec![])), &mut frame_bytes).expect("encode");
+    let frame_bytes = batch_frame();
     agent.write_raw(&frame_bytes[..frame_bytes.len() / 2]).await;
     agent.half_close();
     agent.wait_closed().await;
     wait_for_log(&["closed inside a frame", &local, "trunc"]).await;
     let json = get(central.http, "/metrics.json").await.json();
     assert_eq!(node(&json, "trunc")["last_sequence"], 0, "nothing applied");
-    assert_serves(&central, "after-truncated").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-truncated").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,8 +455,7 @@ async fn an_oversized_length_prefix_is_refused_without_reading_the_body() {
     let message = agent.expect_error(ErrorCode::TooLarge).await;
     assert!(message.contains("exceeds"), "{message}");
     wait_for_log(&["exceeds the maximum", &local]).await;
-    assert_serves(&central, "after-oversized").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-oversized").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,16 +472,14 @@ async fn a_payload_that_does_not_decode_is_malformed() {
     let message = agent.expect_error(ErrorCode::Malformed).await;
     assert!(message.contains("Batch instead of Hello"), "{message}");
     wait_for_log(&["Batch instead of Hello", &local]).await;
-    assert_serves(&central, "after-malformed").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-malformed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_after_a_valid_batch_are_malformed() {
     let central = TestCentral::start(config()).await;
     let (mut agent, _) = TestAgent::hello(central.telemetry, hello("trailing", 1, TOKEN)).await;
-    let mut frame_bytes = Vec::new();
-    frame::encode(&Message::Batch(batch(1, 1, 1, vec![])), &mut frame_bytes).expect("encode");
+    let mut frame_bytes = batch_frame();
     // The same Batch with two more bytes inside its frame.
     frame_bytes.extend_from_slice(&[0xde, 0xad]);
     let len = u32::try_from(frame_bytes.len() - 4).expect("len");
@@ -484,11 +502,7 @@ async fn an_oversized_agent_id_is_refused_and_never_logged_whole() {
     let message = agent.expect_error(ErrorCode::Malformed).await;
     assert!(message.contains("agent_id"), "{message}");
     wait_for_log(&["agent_id", &local]).await;
-    let longest = common::log_lines(&[])
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(0);
+    let longest = longest_log_line();
     assert!(longest < 4096, "a log line of {longest} bytes");
     // A peer's Error message is not logged whole either.
     let (mut agent, _) = TestAgent::hello(central.telemetry, hello("chatty", 1, TOKEN)).await;
@@ -502,14 +516,9 @@ async fn an_oversized_agent_id_is_refused_and_never_logged_whole() {
     let message = agent.expect_error(ErrorCode::Malformed).await;
     assert!(message.contains("more than the 4096 allowed"), "{message}");
     wait_for_log(&[&local, "4096"]).await;
-    let longest = common::log_lines(&[])
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(0);
+    let longest = longest_log_line();
     assert!(longest < 4096, "a log line of {longest} bytes");
-    assert_serves(&central, "after-long-id").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-long-id").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,10 +527,7 @@ async fn an_older_protocol_version_gets_our_preamble_and_version_mismatch() {
     // Version 1: an agent from before steering, older than any version central speaks.
     let version = 1u8;
     assert!(u16::from(version) < xdt_wire::MIN_PROTOCOL_VERSION);
-    let mut stream = TcpStream::connect(central.telemetry)
-        .await
-        .expect("connect");
-    let local = stream.local_addr().expect("addr").to_string();
+    let (mut stream, local) = raw_peer(&central).await;
     stream
         .write_all(&[b'X', b'D', b'T', 0, 0, version, 0, 0])
         .await
@@ -556,8 +562,7 @@ async fn an_older_protocol_version_gets_our_preamble_and_version_mismatch() {
         .expect("preamble");
     assert_eq!(answer, Preamble::ours().encode());
     drop(stream);
-    assert_serves(&central, "after-version").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-version").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,8 +584,7 @@ async fn a_wrong_or_missing_token_is_unauthorized_and_never_logged() {
         json["nodes"].as_array().expect("nodes").is_empty(),
         "an unauthorized agent is not registered: {json}"
     );
-    assert_serves(&central, "after-token").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-token").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,10 +608,7 @@ async fn slow_clients_are_closed_after_the_deadlines() {
     wait_for_log(&["frame not completed", &local]).await;
 
     // Says nothing at all.
-    let mut stream = TcpStream::connect(central.telemetry)
-        .await
-        .expect("connect");
-    let local = stream.local_addr().expect("addr").to_string();
+    let (mut stream, local) = raw_peer(&central).await;
     read_to_close(&mut stream).await;
     wait_for_log(&["no Hello within", &local]).await;
 
@@ -615,8 +616,7 @@ async fn slow_clients_are_closed_after_the_deadlines() {
     let (mut agent, _) = TestAgent::hello(central.telemetry, hello("quiet", 1, TOKEN)).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(agent.batch(batch(1, 1, 1, vec![])).await, 1);
-    assert_serves(&central, "after-slow").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-slow").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,8 +668,7 @@ async fn a_new_agent_beyond_max_agents_is_busy() {
     assert!(message.contains("agent table full"), "{message}");
     wait_for_log(&["agent table full", "second"]).await;
     // The known agent may still connect again.
-    assert_serves(&central, "first").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "first").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,8 +720,7 @@ async fn a_thousand_concurrent_agents() {
             .is_some_and(|n| n.iter().all(|n| n["connected"] == false))
     })
     .await;
-    assert_serves(&central, "after-thousand").await;
-    central.stop().await.expect("clean stop");
+    serves_and_stops(central, "after-thousand").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,29 @@ fn point<'a>(
         .find(|p| p["attributes"]["agent_id"] == agent_id)
 }
 
+/// A test configuration exporting OTLP logs (and metrics, each minute) to port `port` of
+/// loopback.
+fn logs_config(port: u16) -> xdt_central::Config {
+    let mut cfg = config();
+    cfg.otlp = Some(
+        OtlpConfig::new(&format!("http://127.0.0.1:{port}"), Duration::from_mins(1))
+            .expect("endpoint")
+            .with_logs(),
+    );
+    cfg
+}
+
+/// The log records the receiver wrote to `out`, in the order it received them.
+fn received_logs(out: &Path) -> Vec<serde_json::Value> {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out).expect("the receiver wrote"))
+            .expect("receiver JSON");
+    match doc["logs"].take() {
+        serde_json::Value::Array(logs) => logs,
+        other => panic!("logs: {other}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_reach_a_real_otlp_receiver() {
     let Some((_dir, out, receiver)) = receiver("otlp") else {
@@ -260,16 +283,7 @@ async fn events_reach_a_real_otlp_receiver_as_logs_exactly_once() {
     let Some((_dir, out, receiver)) = receiver("otlp-logs") else {
         return;
     };
-    let mut cfg = config();
-    cfg.otlp = Some(
-        OtlpConfig::new(
-            &format!("http://127.0.0.1:{}", receiver.port),
-            Duration::from_mins(1),
-        )
-        .expect("endpoint")
-        .with_logs(),
-    );
-    let central = TestCentral::start(cfg).await;
+    let central = TestCentral::start(logs_config(receiver.port)).await;
 
     let sampled: Vec<_> = (0..300)
         .map(|i| common::event(1_700_000_000_000_000_000 + i, "web", 20))
@@ -294,10 +308,7 @@ async fn events_reach_a_real_otlp_receiver_as_logs_exactly_once() {
     // Stopping exports what is queued.
     central.stop().await.expect("clean stop");
 
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).expect("the receiver wrote"))
-            .expect("receiver JSON");
-    let logs = doc["logs"].as_array().expect("logs");
+    let logs = received_logs(&out);
     assert_eq!(logs.len(), 302, "each event exactly once: {}", logs.len());
     let times: std::collections::BTreeSet<u64> = logs
         .iter()
@@ -350,16 +361,7 @@ async fn flow_records_reach_a_real_otlp_receiver_as_logs_exactly_once() {
     let Some((_dir, out, receiver)) = receiver("otlp-flow-logs") else {
         return;
     };
-    let mut cfg = config();
-    cfg.otlp = Some(
-        OtlpConfig::new(
-            &format!("http://127.0.0.1:{}", receiver.port),
-            Duration::from_mins(1),
-        )
-        .expect("endpoint")
-        .with_logs(),
-    );
-    let central = TestCentral::start(cfg).await;
+    let central = TestCentral::start(logs_config(receiver.port)).await;
     let flows: Vec<_> = (1..=40)
         .map(|i| common::flow(i, u64::from(i), 100 * u64::from(i)))
         .collect();
@@ -384,10 +386,7 @@ async fn flow_records_reach_a_real_otlp_receiver_as_logs_exactly_once() {
     drop(agent);
     central.stop().await.expect("clean stop");
 
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).expect("the receiver wrote"))
-            .expect("receiver JSON");
-    let logs = doc["logs"].as_array().expect("logs");
+    let logs = received_logs(&out);
     assert_eq!(logs.len(), 40, "each flow record exactly once");
     assert!(logs.iter().all(|l| l["event_name"] == "xdt.flow"));
     let seventh = logs
@@ -420,13 +419,7 @@ async fn unexported_event_logs_are_counted() {
         .local_addr()
         .expect("addr")
         .port();
-    let mut cfg = config();
-    cfg.otlp = Some(
-        OtlpConfig::new(&format!("http://127.0.0.1:{port}"), Duration::from_mins(1))
-            .expect("endpoint")
-            .with_logs(),
-    );
-    let central = TestCentral::start(cfg).await;
+    let central = TestCentral::start(logs_config(port)).await;
     let events: Vec<_> = (0..50)
         .map(|i| common::event(1_700_000_000_000_000_000 + i, "web", 20))
         .collect();

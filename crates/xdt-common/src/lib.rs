@@ -12,6 +12,7 @@ pub mod counters;
 pub mod events;
 pub mod flows;
 pub mod labels;
+pub mod pkt_stats;
 pub mod rules;
 pub mod steer;
 pub mod trie;

@@ -1,7 +1,7 @@
 #![expect(clippy::float_cmp, reason = "the rates of these tests are exact")]
 
 use super::*;
-use crate::fixtures::{event, hello};
+use crate::fixtures::{ESCAPED_LABEL, event, hello, steering};
 use xdt_wire::{AgentStats as WireStats, LabelCount as WireLabel};
 
 /// Central's clock in these tests: the batches' times (a few hundred seconds) are past.
@@ -21,7 +21,7 @@ fn batch(sequence: u64, taken_s: u64, packets: u64, bytes: u64, events: usize) -
             bytes,
         }],
         events: (0..events)
-            .map(|i| event(taken_s * 1_000_000_000 + i as u64, i as u16))
+            .map(|i| event(taken_s * 1_000_000_000 + i as u64, ESCAPED_LABEL, i as u16))
             .collect(),
         agent: WireStats::default(),
     }
@@ -30,7 +30,7 @@ fn batch(sequence: u64, taken_s: u64, packets: u64, bytes: u64, events: usize) -
 #[test]
 fn applies_each_sequence_once_per_instance() {
     let mut state = State::new(10, 4);
-    assert_eq!(state.connect(&hello("a", 7), 1.0), Ok(0));
+    assert_eq!(state.connect(&hello("a", 7, "t"), 1.0), Ok(0));
     assert_eq!(
         state.apply("a", 7, batch(1, 10, 5, 500, 3), 1.0),
         Applied::New
@@ -47,10 +47,10 @@ fn applies_each_sequence_once_per_instance() {
     // Reconnect: Welcome carries the last sequence of the instance.
     state.disconnect("a", 2.0);
     assert!(!state.agent("a").expect("a").connected());
-    assert_eq!(state.connect(&hello("a", 7), 3.0), Ok(2));
+    assert_eq!(state.connect(&hello("a", 7, "t"), 3.0), Ok(2));
     assert!(state.agent("a").expect("a").connected());
     // A new instance starts its own sequence.
-    assert_eq!(state.connect(&hello("a", 8), 3.0), Ok(0));
+    assert_eq!(state.connect(&hello("a", 8, "t"), 3.0), Ok(0));
     assert_eq!(
         state.apply("a", 8, batch(1, 12, 10, 1000, 1), 3.0),
         Applied::New
@@ -65,7 +65,7 @@ fn applies_each_sequence_once_per_instance() {
 #[test]
 fn rates_from_the_last_two_snapshots_and_resets() {
     let mut state = State::new(10, 4);
-    state.connect(&hello("a", 1), 0.0).expect("connect");
+    state.connect(&hello("a", 1, "t"), 0.0).expect("connect");
     state.apply("a", 1, batch(1, 100, 1000, 100_000, 0), NOW);
     let a = state.agent("a").expect("a");
     assert_eq!(a.rates, Rates::default());
@@ -92,7 +92,7 @@ fn rates_from_the_last_two_snapshots_and_resets() {
 #[test]
 fn bounded_events_and_histories() {
     let mut state = State::new(10, 4);
-    state.connect(&hello("a", 1), 0.0).expect("connect");
+    state.connect(&hello("a", 1, "t"), 0.0).expect("connect");
     state.apply("a", 1, batch(1, 1, 0, 0, 1000), NOW);
     let a = state.agent("a").expect("a");
     assert_eq!(a.total_events, 1000);
@@ -111,14 +111,14 @@ fn bounded_events_and_histories() {
 fn agent_table_is_bounded_and_strings_clipped() {
     let mut state = State::new(2, 4);
     let long = "é".repeat(200);
-    state.connect(&hello(&long, 1), 0.0).expect("a");
-    state.connect(&hello("b", 1), 0.0).expect("b");
+    state.connect(&hello(&long, 1, "t"), 0.0).expect("a");
+    state.connect(&hello("b", 1, "t"), 0.0).expect("b");
     assert_eq!(
-        state.connect(&hello("c", 1), 0.0),
+        state.connect(&hello("c", 1, "t"), 0.0),
         Err(Refused::TableFull { max: 2 })
     );
     // A known agent is still let in.
-    assert_eq!(state.connect(&hello("b", 1), 0.0), Ok(0));
+    assert_eq!(state.connect(&hello("b", 1, "t"), 0.0), Ok(0));
     let id = state
         .agents()
         .find(|a| a.agent_id != "b")
@@ -143,19 +143,19 @@ fn new_agents_are_rate_limited_and_evict_the_longest_disconnected() {
     let mut state = State::new(burst + 10, 4);
     for i in 0..burst {
         state
-            .connect(&hello(&format!("a{i}"), 1), 0.0)
+            .connect(&hello(&format!("a{i}"), 1, "t"), 0.0)
             .expect("burst");
     }
     assert_eq!(
-        state.connect(&hello("late", 1), 0.0),
+        state.connect(&hello("late", 1, "t"), 0.0),
         Err(Refused::TooManyNew)
     );
     // A known agent is never rate limited.
-    assert_eq!(state.connect(&hello("a0", 1), 0.0), Ok(0));
+    assert_eq!(state.connect(&hello("a0", 1, "t"), 0.0), Ok(0));
     // One second refills NEW_AGENTS_PER_SECOND.
     for i in 0..NEW_AGENTS_PER_SECOND {
         let id = format!("b{i}");
-        let result = state.connect(&hello(&id, 1), 1.0);
+        let result = state.connect(&hello(&id, 1, "t"), 1.0);
         if i < 10 {
             assert_eq!(result, Ok(0), "{id}");
         } else {
@@ -166,7 +166,7 @@ fn new_agents_are_rate_limited_and_evict_the_longest_disconnected() {
     // Disconnected agents make room, the one seen longest ago first.
     state.disconnect("a7", 5.0);
     state.disconnect("a3", 4.0);
-    assert_eq!(state.connect(&hello("c", 1), 10.0), Ok(0));
+    assert_eq!(state.connect(&hello("c", 1, "t"), 10.0), Ok(0));
     assert!(state.agent("a3").is_none() && state.agent("a7").is_some());
     assert_eq!(state.take_removed(), ["a3"]);
     assert_eq!(
@@ -182,22 +182,6 @@ fn new_agents_are_rate_limited_and_evict_the_longest_disconnected() {
     assert_eq!(state.take_removed(), ["a7"]);
 }
 
-fn steering(received: u64, lost: u64) -> xdt_wire::SteeringStats {
-    xdt_wire::SteeringStats {
-        mode: "zerocopy".into(),
-        reinject: "host via xdt5r".into(),
-        sockets: 4,
-        received_packets: received,
-        received_bytes: received * 100,
-        reinjected_packets: received - lost,
-        reinject_dropped: lost,
-        rx_dropped: 2 * lost,
-        rx_ring_full: 3 * lost,
-        rx_fill_ring_empty: 4 * lost,
-        tx_invalid_descs: 5 * lost,
-    }
-}
-
 fn steered(sequence: u64, taken_s: u64, received: u64, lost: u64) -> Batch {
     let mut b = batch(sequence, taken_s, received, received * 100, 0);
     b.agent.steering = Some(steering(received, lost));
@@ -207,7 +191,7 @@ fn steered(sequence: u64, taken_s: u64, received: u64, lost: u64) -> Batch {
 #[test]
 fn steering_figures_are_the_newest_snapshot_with_rates() {
     let mut state = State::new(10, 4);
-    state.connect(&hello("a", 1), 0.0).expect("connect");
+    state.connect(&hello("a", 1, "t"), 0.0).expect("connect");
     state.apply("a", 1, steered(1, 100, 1000, 10), NOW);
     let a = state.agent("a").expect("a");
     let s = a.agent_stats.steering.as_ref().expect("steering");
@@ -242,8 +226,8 @@ fn steering_figures_are_the_newest_snapshot_with_rates() {
     );
     // A batch of an older instance, replayed after a newer one said Hello, does not
     // replace the newer figures.
-    state.connect(&hello("a", 9), 0.0).expect("connect");
-    state.connect(&hello("a", 1), 0.0).expect("connect");
+    state.connect(&hello("a", 9, "t"), 0.0).expect("connect");
+    state.connect(&hello("a", 1, "t"), 0.0).expect("connect");
     state.apply("a", 9, steered(1, 200, 1, 0), NOW);
     let a = state.agent("a").expect("a");
     assert_eq!(
@@ -252,7 +236,7 @@ fn steering_figures_are_the_newest_snapshot_with_rates() {
     );
 
     // A restarted agent (new instance) counts from zero, even above the old figures.
-    state.connect(&hello("a", 2), 0.0).expect("connect");
+    state.connect(&hello("a", 2, "t"), 0.0).expect("connect");
     state.apply("a", 2, steered(1, 104, 4000, 0), NOW);
     let a = state.agent("a").expect("a");
     assert_eq!(
@@ -280,14 +264,14 @@ fn steering_figures_are_the_newest_snapshot_with_rates() {
 #[test]
 fn steering_strings_and_inspections_are_clipped() {
     let mut state = State::new(10, 4);
-    state.connect(&hello("a", 1), 0.0).expect("connect");
+    state.connect(&hello("a", 1, "t"), 0.0).expect("connect");
     let mut b = steered(1, 1, 10, 0);
     let long = "é".repeat(400);
     if let Some(s) = &mut b.agent.steering {
         s.mode.clone_from(&long);
         s.reinject.clone_from(&long);
     }
-    let mut http = event(5, 100);
+    let mut http = event(5, ESCAPED_LABEL, 100);
     http.action = "steer".into();
     http.inspection = Some(Box::new(xdt_wire::Inspection {
         frame_len: 214,
@@ -303,7 +287,7 @@ fn steering_strings_and_inspections_are_clipped() {
             qtype: 28,
         }),
     }));
-    b.events = vec![event(4, 10), http];
+    b.events = vec![event(4, ESCAPED_LABEL, 10), http];
     state.apply("a", 1, b, NOW);
     let a = state.agent("a").expect("a");
     let s = a.agent_stats.steering.as_ref().expect("steering");
@@ -340,7 +324,7 @@ fn steering_strings_and_inspections_are_clipped() {
 #[test]
 fn persisted_steering_round_trips_and_old_files_load() {
     let mut state = State::new(10, 4);
-    state.connect(&hello("a", 7), 0.0).expect("connect");
+    state.connect(&hello("a", 7, "t"), 0.0).expect("connect");
     state.apply("a", 7, steered(1, 10, 500, 5), NOW);
     let json = serde_json::to_string(&crate::persist::persisted(&state)).expect("json");
     let mut restored = State::new(10, 4);
@@ -351,7 +335,7 @@ fn persisted_steering_round_trips_and_old_files_load() {
         state.agent("a").expect("a").agent_stats.steering
     );
     // The same instance goes on: its rate counts from the restored figures.
-    restored.connect(&hello("a", 7), 0.0).expect("connect");
+    restored.connect(&hello("a", 7, "t"), 0.0).expect("connect");
     restored.apply("a", 7, steered(2, 12, 700, 5), NOW);
     let rates = restored
         .agent("a")
@@ -379,7 +363,7 @@ fn persisted_steering_round_trips_and_old_files_load() {
 #[test]
 fn persisted_state_round_trips() {
     let mut state = State::new(10, 4);
-    state.connect(&hello("a", 7), 0.0).expect("connect");
+    state.connect(&hello("a", 7, "t"), 0.0).expect("connect");
     state.apply("a", 7, batch(3, 10, 5, 500, 2), NOW);
     let json = serde_json::to_string(&crate::persist::persisted(&state)).expect("json");
     let mut restored = State::new(10, 4);
