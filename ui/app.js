@@ -502,7 +502,7 @@
       lossItem(c.panel.label, num(s[c.name]), c.panel.hint, c.panel.severity, fmtPerSecond(num(r[c.rate])))));
   }
 
-  const FLOW_ENDS = { idle: 'idle timeout', active: 'active timeout', end: 'FIN/RST', forced: 'agent stopped' };
+  const FLOW_ENDS = { idle: 'idle timeout', active: 'active timeout', end: 'FIN/RST', forced: 'agent stopped', resources: 'agent state full' };
 
   // The top talkers of the minute: ranked by bytes or packets as central ranked them, then
   // the rest of the minute's traffic in one row. Agent-supplied text, so textContent only.

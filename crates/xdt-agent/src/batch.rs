@@ -1,6 +1,6 @@
-//! Batching: what the main loop does every interval. The counters are read, the events
-//! gathered since the last batch are taken, and the outbox gets one batch, or as many as keep
-//! each frame within the wire's maximum ([`split`]).
+//! Batching: what the main loop does every interval. The counters are read, the events and
+//! flow records gathered since the last batch are taken, and the outbox gets one batch, or as
+//! many as keep each frame within the wire's maximum ([`split`]).
 
 mod split;
 
@@ -9,16 +9,15 @@ use std::{sync::atomic::Ordering, time::Duration};
 use anyhow::Result;
 use log::warn;
 use xdt_datapath::attached::AttachedProbe;
-use xdt_wire::{AgentStats, Batch, Event};
+use xdt_wire::{AgentStats, Batch, Event, Flow};
 
 use crate::{
+    flows::FlowStats,
+    outbox::Entry,
     shared::Shared,
     source::{Snapshot, Source},
 };
 
-/// Batches everything pending: one batch, or as many as the events need to keep every frame
-/// within the wire's maximum (all with the same counter snapshot; see [`split`]). Returns the
-/// counters it read (for the status line).
 /// What batching keeps from one interval to the next.
 #[derive(Default)]
 pub(crate) struct Batcher {
@@ -34,6 +33,7 @@ impl Batcher {
         source: &Source,
         shared: &Shared,
         steering: Option<&xdt_wire::SteeringStats>,
+        flows: Option<&FlowStats>,
     ) -> Result<Snapshot> {
         make_batches(
             source,
@@ -41,6 +41,7 @@ impl Batcher {
             &mut self.sequence,
             &mut self.runtime,
             steering,
+            flows,
         )
     }
 
@@ -50,16 +51,22 @@ impl Batcher {
     }
 }
 
+/// Batches everything pending: one batch, or as many as the events and flow records need to
+/// keep every frame within the wire's maximum (all with the same counter snapshot; see
+/// [`split`]). `flows` are the flow thread's figures when it runs: the batches then carry
+/// flow records. Returns the counters it read (for the status line).
 fn make_batches(
     source: &Source,
     shared: &Shared,
     sequence: &mut u64,
     runtime: &mut RuntimeSampler,
     steering: Option<&xdt_wire::SteeringStats>,
+    flows: Option<&FlowStats>,
 ) -> Result<Snapshot> {
     let snapshot = source.snapshot()?;
     let events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
     let moved = events.len();
+    let records: Vec<Flow> = std::mem::take(&mut *shared.pending_flows()).into();
     let probe_ns_per_packet = source.probe().and_then(|p| runtime.sample(p));
     let taken_at_unix_ns = crate::clock::unix_ns();
     let agent = |dropped_events, unacked_batches| AgentStats {
@@ -78,31 +85,56 @@ fn make_batches(
         events: Vec::new(),
         agent: agent(u64::MAX, u32::MAX),
     };
-    let groups = split::split(&template, events, xdt_wire::MAX_FRAME)?;
-    if groups.unfit > 0 {
+    let widest = flows.map(|_| widest_flow_stats());
+    let groups = split::split(
+        &template,
+        widest.as_ref(),
+        events,
+        records,
+        xdt_wire::MAX_FRAME,
+    )?;
+    if groups.unfit_events + groups.unfit_flows > 0 {
         warn!(
-            "{} events do not fit in a frame even alone: dropped",
-            groups.unfit
+            "{} events and {} flow records do not fit in a frame even alone: dropped",
+            groups.unfit_events, groups.unfit_flows
         );
         shared
             .pending_dropped
-            .fetch_add(groups.unfit as u64, Ordering::Relaxed);
+            .fetch_add(groups.unfit_events as u64, Ordering::Relaxed);
+        shared.flows_dropped(groups.unfit_flows);
     }
     let dropped_events = shared.dropped_events();
+    let flow_stats = flows.map(|f| f.wire(shared.dropped_flows()));
     shared.change_outbox_taking(moved, |outbox| {
-        for events in groups.groups {
+        for piece in groups.pieces {
             *sequence += 1;
             let unacked_batches = u32::try_from(outbox.len()).unwrap_or(u32::MAX);
-            outbox.push(Batch {
-                sequence: *sequence,
-                events,
-                agent: agent(dropped_events, unacked_batches),
-                ..template.clone()
+            outbox.push(Entry {
+                batch: Batch {
+                    sequence: *sequence,
+                    events: piece.events,
+                    agent: agent(dropped_events, unacked_batches),
+                    ..template.clone()
+                },
+                flows: flow_stats.clone().map(|stats| (piece.flows, stats)),
             });
         }
     });
     shared.new_batch.notify_one();
     Ok(snapshot)
+}
+
+/// Flow figures with the widest encoding any batch's can have (varints grow with the value).
+fn widest_flow_stats() -> xdt_wire::FlowStats {
+    xdt_wire::FlowStats {
+        active: u64::MAX,
+        records: u64::MAX,
+        state_full: u64::MAX,
+        dropped_records: u64::MAX,
+        ipfix_messages: u64::MAX,
+        ipfix_records: u64::MAX,
+        ipfix_send_failures: u64::MAX,
+    }
 }
 
 /// The probe's mean cost per packet over the last interval, from the program's run time and

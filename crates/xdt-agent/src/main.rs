@@ -78,6 +78,9 @@ struct Args {
     /// Sampled events kept while central is unreachable (oldest dropped first, counted).
     #[arg(long, env = "XDT_BUFFER_EVENTS", default_value_t = 100_000)]
     buffer_events: usize,
+    /// Flow records for central kept while it is unreachable (oldest dropped first, counted).
+    #[arg(long, env = "XDT_BUFFER_FLOWS", default_value_t = 100_000)]
+    buffer_flows: usize,
     /// Do not open AF_XDP sockets: packets of `steer` rules stay on the kernel path.
     #[arg(long, env = "XDT_NO_STEER")]
     no_steer: bool,
@@ -279,6 +282,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     for (flag, value) in [
         ("--buffer-batches", args.buffer_batches),
         ("--buffer-events", args.buffer_events),
+        ("--buffer-flows", args.buffer_flows),
     ] {
         if value == 0 {
             anyhow::bail!("{flag} must be at least 1, not 0");
@@ -355,6 +359,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
             ipfix: args.ipfix.clone(),
             template_refresh: Duration::from_secs_f64(args.ipfix_template_refresh),
             domain: args.ipfix_domain,
+            buffer: args.buffer_flows,
         },
     })
 }

@@ -1,32 +1,73 @@
-//! Batches waiting for central's acknowledgement, bounded in batches and in events.
+//! Batches waiting for central's acknowledgement, bounded in batches, in events and in flow
+//! records.
 //!
 //! Counters and label counts in a batch are cumulative, so a newer batch supersedes an older
-//! one's; only events are deltas. When a bound is hit, the oldest events go first (counted in
-//! `dropped_events`), then the oldest batches, whose counters the newer ones carry anyway.
+//! one's; only events and flow records are deltas. When a bound is hit, the oldest events or
+//! flow records go first (counted in `dropped_events`, `dropped_flows`), then the oldest
+//! batches, whose counters the newer ones carry anyway.
 
 use std::collections::VecDeque;
 
-use xdt_wire::Batch;
+use xdt_wire::{Batch, Flows};
+
+/// A batch waiting for its acknowledgement, with the flow records it carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub batch: Batch,
+    /// Flow records and the agent's flow figures (protocol version 3); `None` for an agent
+    /// without flows.
+    pub flows: Option<Flows>,
+}
+
+impl Entry {
+    fn flow_count(&self) -> usize {
+        self.flows.as_ref().map_or(0, |(flows, _)| flows.len())
+    }
+
+    /// Drops this entry's flow records (not its figures); how many went.
+    fn drop_flows(&mut self, at_most: usize) -> usize {
+        let Some((flows, _)) = self.flows.as_mut() else {
+            return 0;
+        };
+        let n = at_most.min(flows.len());
+        flows.drain(..n);
+        n
+    }
+}
+
+impl From<Batch> for Entry {
+    fn from(batch: Batch) -> Self {
+        Self { batch, flows: None }
+    }
+}
 
 #[derive(Debug)]
 pub struct Outbox {
-    batches: VecDeque<Batch>,
+    batches: VecDeque<Entry>,
     max_batches: usize,
     max_events: usize,
+    max_flows: usize,
     events: usize,
+    flows: usize,
     /// Events dropped because a bound was hit, since the agent started.
     pub dropped_events: u64,
+    /// Flow records dropped because a bound was hit, or because central speaks a protocol
+    /// without them, since the agent started.
+    pub dropped_flows: u64,
 }
 
 impl Outbox {
     #[must_use]
-    pub fn new(max_batches: usize, max_events: usize) -> Self {
+    pub fn new(max_batches: usize, max_events: usize, max_flows: usize) -> Self {
         Self {
             batches: VecDeque::new(),
             max_batches: max_batches.max(1),
             max_events,
+            max_flows,
             events: 0,
+            flows: 0,
             dropped_events: 0,
+            dropped_flows: 0,
         }
     }
 
@@ -37,57 +78,105 @@ impl Outbox {
     }
 
     /// Adds a batch, making room first.
-    pub fn push(&mut self, batch: Batch) {
-        self.events += batch.events.len();
-        self.batches.push_back(batch);
+    pub fn push(&mut self, entry: impl Into<Entry>) {
+        let entry = entry.into();
+        self.events += entry.batch.events.len();
+        self.flows += entry.flow_count();
+        self.batches.push_back(entry);
         while self.batches.len() > self.max_batches {
             if let Some(old) = self.batches.pop_front() {
-                self.events -= old.events.len();
-                self.dropped_events += old.events.len() as u64;
+                self.forget(&old, true);
             }
         }
-        // Strip events from the oldest batches until the total fits.
-        for batch in &mut self.batches {
-            if self.events <= self.max_events {
+        // Strip events and flow records from the oldest batches until the totals fit.
+        for entry in &mut self.batches {
+            if self.events <= self.max_events && self.flows <= self.max_flows {
                 break;
             }
-            let excess = (self.events - self.max_events).min(batch.events.len());
-            batch.events.drain(..excess);
+            let excess = self.events.saturating_sub(self.max_events);
+            let excess = excess.min(entry.batch.events.len());
+            entry.batch.events.drain(..excess);
             self.events -= excess;
             self.dropped_events += excess as u64;
+            let excess = entry.drop_flows(self.flows.saturating_sub(self.max_flows));
+            self.flows -= excess;
+            self.dropped_flows += excess as u64;
+        }
+    }
+
+    /// Takes `entry`'s events and flow records off the totals, counting them as dropped when
+    /// `lost`.
+    fn forget(&mut self, entry: &Entry, lost: bool) {
+        let (events, flows) = (entry.batch.events.len(), entry.flow_count());
+        self.events -= events;
+        self.flows -= flows;
+        if lost {
+            self.dropped_events += events as u64;
+            self.dropped_flows += flows as u64;
         }
     }
 
     /// Forgets every batch up to and including `sequence`.
     pub fn acknowledge(&mut self, sequence: u64) {
-        while self.batches.front().is_some_and(|b| b.sequence <= sequence) {
-            if let Some(b) = self.batches.pop_front() {
-                self.events -= b.events.len();
+        while self
+            .batches
+            .front()
+            .is_some_and(|e| e.batch.sequence <= sequence)
+        {
+            if let Some(e) = self.batches.pop_front() {
+                self.forget(&e, false);
             }
         }
     }
 
     /// Makes batch `sequence` sendable after its frame was refused as too large: drops its
-    /// events (counted), or the batch itself if it had none (its counters are cumulative: the
-    /// next batch carries them). Returns how many events went.
+    /// events and flow records (counted), or the batch itself if it had none (its counters are
+    /// cumulative: the next batch carries them). Returns how many events and records went.
     pub fn shed(&mut self, sequence: u64) -> usize {
-        let Some(at) = self.batches.iter().position(|b| b.sequence == sequence) else {
+        let Some(at) = self.position(sequence) else {
             return 0;
         };
-        let dropped = self.batches[at].events.len();
-        if dropped == 0 {
+        let (events, flows) = (
+            self.batches[at].batch.events.len(),
+            self.batches[at].flow_count(),
+        );
+        if events + flows == 0 {
             self.batches.remove(at);
         } else {
-            self.batches[at].events = Vec::new();
+            self.batches[at].batch.events = Vec::new();
+            self.batches[at].drop_flows(flows);
         }
-        self.events -= dropped;
-        self.dropped_events += dropped as u64;
-        dropped
+        self.events -= events;
+        self.flows -= flows;
+        self.dropped_events += events as u64;
+        self.dropped_flows += flows as u64;
+        events + flows
+    }
+
+    /// Drops the flow records and figures of batch `sequence` (counted): for a central of a
+    /// protocol version without them. Returns how many records went.
+    pub fn drop_flows(&mut self, sequence: u64) -> usize {
+        let Some(at) = self.position(sequence) else {
+            return 0;
+        };
+        let flows = self.batches[at].flow_count();
+        self.batches[at].flows = None;
+        self.flows -= flows;
+        self.dropped_flows += flows as u64;
+        flows
+    }
+
+    fn position(&self, sequence: u64) -> Option<usize> {
+        self.batches
+            .iter()
+            .position(|e| e.batch.sequence == sequence)
     }
 
     /// The batches after `sequence`, oldest first.
-    pub fn after(&self, sequence: u64) -> impl Iterator<Item = &Batch> {
-        self.batches.iter().filter(move |b| b.sequence > sequence)
+    pub fn after(&self, sequence: u64) -> impl Iterator<Item = &Entry> {
+        self.batches
+            .iter()
+            .filter(move |e| e.batch.sequence > sequence)
     }
 
     #[must_use]
@@ -103,6 +192,12 @@ impl Outbox {
     #[must_use]
     pub fn events(&self) -> usize {
         self.events
+    }
+
+    /// Flow records held.
+    #[must_use]
+    pub fn flows(&self) -> usize {
+        self.flows
     }
 }
 
@@ -140,12 +235,15 @@ mod tests {
 
     #[test]
     fn acknowledged_batches_leave() {
-        let mut o = Outbox::new(10, 100);
+        let mut o = Outbox::new(10, 100, 100);
         for s in 1..=5 {
             o.push(batch(s, 2));
         }
         o.acknowledge(3);
-        assert_eq!(o.after(0).map(|b| b.sequence).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(
+            o.after(0).map(|e| e.batch.sequence).collect::<Vec<_>>(),
+            [4, 5]
+        );
         assert_eq!(o.events(), 4);
         assert_eq!(o.after(4).count(), 1);
         assert_eq!(o.dropped_events, 0);
@@ -153,12 +251,12 @@ mod tests {
 
     #[test]
     fn too_many_events_drops_the_oldest_and_counts_them() {
-        let mut o = Outbox::new(10, 5);
+        let mut o = Outbox::new(10, 5, 100);
         o.push(batch(1, 3));
         o.push(batch(2, 3));
         assert_eq!(o.events(), 5);
         assert_eq!(o.dropped_events, 1);
-        let first: Vec<_> = o.after(0).map(|b| b.events.len()).collect();
+        let first: Vec<_> = o.after(0).map(|e| e.batch.events.len()).collect();
         assert_eq!(first, [2, 3], "the oldest batch lost its oldest event");
         o.push(batch(3, 7));
         assert_eq!(o.events(), 5);
@@ -168,23 +266,94 @@ mod tests {
 
     #[test]
     fn shedding_drops_events_then_the_batch() {
-        let mut o = Outbox::new(10, 100);
+        let mut o = Outbox::new(10, 100, 100);
         o.push(batch(1, 3));
         o.push(batch(2, 0));
         assert_eq!(o.shed(1), 3);
         assert_eq!((o.len(), o.events(), o.dropped_events), (2, 0, 3));
         assert_eq!(o.shed(2), 0);
-        assert_eq!(o.after(0).map(|b| b.sequence).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            o.after(0).map(|e| e.batch.sequence).collect::<Vec<_>>(),
+            [1]
+        );
         assert_eq!(o.shed(9), 0);
     }
 
     #[test]
     fn too_many_batches_drops_the_oldest() {
-        let mut o = Outbox::new(2, 100);
+        let mut o = Outbox::new(2, 100, 100);
         o.push(batch(1, 1));
         o.push(batch(2, 1));
         o.push(batch(3, 1));
-        assert_eq!(o.after(0).map(|b| b.sequence).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(
+            o.after(0).map(|e| e.batch.sequence).collect::<Vec<_>>(),
+            [2, 3]
+        );
         assert_eq!(o.dropped_events, 1);
+    }
+
+    fn with_flows(sequence: u64, events: usize, flows: u64) -> Entry {
+        let flow = |i: u64| xdt_wire::Flow {
+            src: "10.0.0.1".parse().expect("ip"),
+            dst: "10.0.0.2".parse().expect("ip"),
+            src_port: 1,
+            dst_port: 2,
+            protocol: 17,
+            vlans: [0, 0],
+            packets: sequence * 100 + i,
+            bytes: 100,
+            first_seen_unix_ns: 1,
+            last_seen_unix_ns: 2,
+            tcp_flags: 0,
+            label: None,
+            handshake_ns: None,
+            end: xdt_wire::FlowEnd::Idle,
+        };
+        Entry {
+            batch: batch(sequence, events),
+            flows: Some((
+                (0..flows).map(flow).collect(),
+                xdt_wire::FlowStats::default(),
+            )),
+        }
+    }
+
+    fn packets(o: &Outbox) -> Vec<Vec<u64>> {
+        o.after(0)
+            .map(|e| {
+                e.flows
+                    .as_ref()
+                    .map_or(Vec::new(), |(f, _)| f.iter().map(|f| f.packets).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flow_records_are_bounded_like_events_and_every_loss_is_counted() {
+        let mut o = Outbox::new(3, 100, 4);
+        o.push(with_flows(1, 1, 3));
+        o.push(with_flows(2, 1, 3));
+        assert_eq!((o.flows(), o.dropped_flows), (4, 2));
+        assert_eq!(
+            packets(&o),
+            [vec![102], vec![200, 201, 202]],
+            "oldest first"
+        );
+        o.push(with_flows(3, 0, 1));
+        o.push(with_flows(4, 0, 0));
+        // Batch 1 left with its record: 2 + 1 more dropped; the bound holds 4.
+        assert_eq!((o.len(), o.flows(), o.dropped_flows), (3, 4, 3));
+        assert_eq!(
+            o.drop_flows(2),
+            3,
+            "a version-2 central: the records go, counted"
+        );
+        assert_eq!((o.flows(), o.dropped_flows), (1, 6));
+        assert!(o.after(1).next().is_some_and(|e| e.flows.is_none()));
+        assert_eq!(o.shed(3), 1);
+        assert_eq!((o.flows(), o.dropped_flows), (0, 7));
+        o.acknowledge(4);
+        assert_eq!((o.len(), o.flows(), o.events()), (0, 0, 0));
+        assert_eq!(o.dropped_events, 1, "batch 1's event went with it");
     }
 }

@@ -41,7 +41,11 @@ pub async fn run(
         config.central,
         config.agent_id
     );
-    let shared = Arc::new(Shared::new(config.max_batches, config.max_events));
+    let shared = Arc::new(Shared::new(
+        config.max_batches,
+        config.max_events,
+        config.flows.buffer,
+    ));
     if let Some(probe) = source.probe() {
         take_over_ledger(probe, &shared);
     }
@@ -92,7 +96,11 @@ pub async fn run(
         None => None,
     };
     let flow_thread = flow_tables
-        .map(|opened| flows::Flows::start(opened, config.interval))
+        .map(|opened| {
+            let to_central = shared.clone();
+            let sink: flows::FlowSink = Box::new(move |records| to_central.push_flows(records));
+            flows::Flows::start(opened.with_sink(sink), config.interval)
+        })
         .transpose()?;
     let events = ring.flatten().map(|(ring, names)| {
         tokio::spawn(read_events(ring, names, shared.clone(), config.max_events))
@@ -158,7 +166,8 @@ pub async fn run(
             },
         }
         let steer_stats = steering.as_ref().map(steer::Steering::stats);
-        let snapshot = batcher.batch(&source, &shared, steer_stats.as_ref())?;
+        let flow_stats = flow_thread.as_ref().map(flows::Flows::stats);
+        let snapshot = batcher.batch(&source, &shared, steer_stats.as_ref(), flow_stats)?;
         notifier.status(&status.line(Some(&snapshot), &shared));
     }
     notifier.stopping("flushing unacknowledged batches");
@@ -171,11 +180,18 @@ pub async fn run(
         Some(steering) => Some(steering.stop().await),
         None => None,
     };
-    batcher.batch(&source, &shared, steer_stats.as_ref())?;
-    if let Some(flow_thread) = flow_thread {
+    // The flow thread's last round ends every flow: its records go in the last batch.
+    let flow_stats = flow_thread.map(|flow_thread| {
         let stats = flow_thread.stop();
         info!("flows: {}", flows::summary(&stats));
-    }
+        stats
+    });
+    batcher.batch(
+        &source,
+        &shared,
+        steer_stats.as_ref(),
+        flow_stats.as_deref(),
+    )?;
     if let Some(events) = events {
         events.abort();
     }
@@ -189,15 +205,15 @@ pub async fn run(
     {
         uplink.abort();
     }
-    let (left, events) = {
+    let (left, events, records) = {
         let outbox = shared.outbox();
-        (outbox.len(), outbox.events())
+        (outbox.len(), outbox.events(), outbox.flows())
     };
     if left > 0 {
         warn!(
             "stopping with {left} batches central did not acknowledge within {FLUSH:?}: \
-             {events} sampled or steered events in them are lost (counters are not: they are \
-             cumulative)"
+             {events} sampled or steered events and {records} flow records in them are lost \
+             (counters are not: they are cumulative)"
         );
     }
     info!("xdt-agent stopped after {} batches", batcher.batches());

@@ -1,4 +1,4 @@
-//! What the agent's tasks share: the outbox, the events read and not batched yet, the figures
+//! What the agent's tasks share: the outbox, the events and flow records not batched yet, the figures
 //! of the status line and of each batch, and the probe's ledger of events held (which a
 //! successor counts as lost if this process dies).
 
@@ -13,7 +13,7 @@ use std::{
 use log::warn;
 use tokio::sync::Notify;
 use xdt_datapath::attached::AttachedProbe;
-use xdt_wire::Event;
+use xdt_wire::{Event, Flow};
 
 use crate::outbox::Outbox;
 
@@ -26,6 +26,11 @@ pub(crate) struct Shared {
     pending: Mutex<VecDeque<Event>>,
     /// Events dropped from `pending` because it was full (or lost by a killed predecessor).
     pub(crate) pending_dropped: AtomicU64,
+    /// Flow records from the flow thread, not batched yet, and their bound.
+    pending_flows: Mutex<VecDeque<Flow>>,
+    max_flows: usize,
+    /// Flow records dropped from `pending_flows` because it was full.
+    pending_flows_dropped: AtomicU64,
     pub(crate) reconnects: AtomicU64,
     /// Whether a session with central is up (for the status line).
     pub(crate) connected: AtomicBool,
@@ -38,11 +43,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(max_batches: usize, max_events: usize) -> Self {
+    /// Bounds: `max_events` events and `max_flows` flow records held, pending and in the
+    /// outbox alike.
+    pub(crate) fn new(max_batches: usize, max_events: usize, max_flows: usize) -> Self {
         Self {
-            outbox: Mutex::new(Outbox::new(max_batches, max_events)),
+            outbox: Mutex::new(Outbox::new(max_batches, max_events, max_flows)),
             pending: Mutex::new(VecDeque::new()),
             pending_dropped: AtomicU64::new(0),
+            pending_flows: Mutex::new(VecDeque::new()),
+            max_flows,
+            pending_flows_dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             new_batch: Notify::new(),
@@ -61,6 +71,35 @@ impl Shared {
 
     pub(crate) fn dropped_events(&self) -> u64 {
         self.outbox().dropped_events + self.pending_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Flow records for the next batch, dropping (and counting) the oldest beyond the bound.
+    pub(crate) fn push_flows(&self, fresh: impl IntoIterator<Item = Flow>) {
+        let mut pending = self.pending_flows();
+        pending.extend(fresh);
+        if pending.len() > self.max_flows {
+            let excess = pending.len() - self.max_flows;
+            pending.drain(..excess);
+            self.pending_flows_dropped
+                .fetch_add(excess as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn pending_flows(&self) -> std::sync::MutexGuard<'_, VecDeque<Flow>> {
+        self.pending_flows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Flow records dropped for a bound (pending or in the outbox) or a central without flows.
+    pub(crate) fn dropped_flows(&self) -> u64 {
+        self.outbox().dropped_flows + self.pending_flows_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Counts flow records dropped before they reached the outbox (too large for a frame).
+    pub(crate) fn flows_dropped(&self, n: usize) {
+        self.pending_flows_dropped
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Changes the outbox and records the change in events held.

@@ -175,9 +175,20 @@ async fn session(
     loop {
         loop {
             let next = shared.outbox().after(sent).next().cloned();
-            let Some(batch) = next else { break };
-            let sequence = batch.sequence;
-            let message = Message::Batch(batch);
+            let Some(entry) = next else { break };
+            let sequence = entry.batch.sequence;
+            if entry.flows.is_some() && conn.version() < 3 {
+                // Sent once per batch: a batch taken back for a resend has no flows left.
+                let dropped = shared.change_outbox(|o| o.drop_flows(sequence));
+                if dropped > 0 {
+                    warn!(
+                        "central speaks protocol version {}, without flow records: {dropped} \
+                         records of batch {sequence} dropped (counted); upgrade central",
+                        conn.version()
+                    );
+                }
+            }
+            let message = Message::batch(entry.batch, entry.flows, conn.version());
             let written = tokio::select! {
                 written = conn.write_message(&message) => written,
                 _ = stop.changed() => return Ok(()),
@@ -191,7 +202,7 @@ async fn session(
                     let dropped = shared.change_outbox(|o| o.shed(sequence));
                     error!(
                         "batch {sequence} encodes to {len} bytes, over the frame maximum: \
-                         {dropped} of its events dropped"
+                         {dropped} of its events and flow records dropped"
                     );
                     continue;
                 }

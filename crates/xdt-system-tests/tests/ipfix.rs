@@ -1,8 +1,9 @@
 //! The agent's IPFIX export checked by real collectors, as root: a client namespace sends
 //! known TCP, UDP and ICMP frames over IPv4 and IPv6 to a node namespace whose interface carries
 //! the probe with flows on; the real agent drains the flow tables and exports IPFIX to nfdump's
-//! `nfcapd` on the node's loopback while `tshark` captures the same stream there. What nfcapd
-//! stored (`nfdump -r`) must give every flow's exact packets and bytes, and tshark must decode
+//! `nfcapd` on the node's loopback while `tshark` captures the same stream there, and sends the
+//! same records to central. What nfcapd stored (`nfdump -r`) and what central shows
+//! (`/metrics.json`) must give every flow's exact packets and bytes, and tshark must decode
 //! every message without a malformed packet or an expert warning, with the end reasons the
 //! timeouts and TCP flags call for.
 
@@ -20,6 +21,7 @@ use xdt_testkit::{
     root_or_skip,
 };
 
+const AGENT: &str = "ipfix-node";
 const CLIENT4: [u8; 4] = [10, 92, 0, 1];
 const NODE4: [u8; 4] = [10, 92, 0, 2];
 
@@ -184,7 +186,7 @@ fn ipfix_to_nfcapd_and_tshark_gives_exact_flows() {
         .args(["--flow-idle", "1", "--flow-active", "1"])
         .args(["--ipfix", &format!("127.0.0.1:{port}")])
         .args(["--ipfix-template-refresh", "1", "--ipfix-domain", "4242"])
-        .args(["--no-steer", "--log-level", "debug"])
+        .args(["--no-steer", "--log-level", "debug", "--agent-id", AGENT])
         .args(central.agent_args());
     let agent_pid = lab.processes.spawn("xdt-agent", &mut agent).expect("agent");
     wait_log(&lab, "xdt-agent", "flows: draining");
@@ -272,6 +274,8 @@ fn ipfix_to_nfcapd_and_tshark_gives_exact_flows() {
         "the active timeout cut the long flow: {dump}"
     );
 
+    central_has_the_flows(&lab, &central, &want);
+
     // tshark: every message decodes, with no malformed packet and no expert warning.
     let decode = |extra: &[&str]| {
         output(
@@ -331,4 +335,57 @@ fn ipfix_to_nfcapd_and_tshark_gives_exact_flows() {
         !before.is_empty() && before.iter().all(|r| *r == 2) && matches!(last, 1 | 2),
         "active timeouts, then active or idle: {long_reasons:?}"
     );
+}
+
+/// Central got every record: its totals are the traffic's, each flow it names (the 10 largest
+/// by bytes and by packets) has exactly its packets and bytes, and what it does not name adds
+/// up to `other`.
+fn central_has_the_flows(lab: &Lab, central: &lab::Central, want: &BTreeMap<Key, (u64, u64)>) {
+    let (packets, bytes) = want
+        .values()
+        .fold((0, 0), |(p, b), (wp, wb)| (p + wp, b + wb));
+    let node = central.node_when(lab, AGENT, "every flow record", |node| {
+        node["flows"]["total"]["packets"] == packets
+    });
+    let flows = &node["flows"];
+    assert_eq!(flows["total"]["bytes"], bytes, "{flows:#}");
+    assert_eq!(
+        node["agent"]["flows"]["dropped_records"], 0,
+        "{:#}",
+        node["agent"]
+    );
+    for (ranking, other) in [
+        ("top_bytes", "other_by_bytes"),
+        ("top_packets", "other_by_packets"),
+    ] {
+        let named = flows[ranking].as_array().expect("ranking");
+        assert_eq!(named.len(), want.len().min(10), "{ranking}: {flows:#}");
+        let mut rest = want.clone();
+        for flow in named {
+            let port = |f: &str| u16::try_from(flow[f].as_u64().expect("port")).expect("u16");
+            let key: Key = (
+                u8::try_from(flow["protocol"].as_u64().expect("protocol")).expect("u8"),
+                flow["src"].as_str().expect("src").parse().expect("src"),
+                port("src_port"),
+                flow["dst"].as_str().expect("dst").parse().expect("dst"),
+                port("dst_port"),
+            );
+            let count = rest
+                .remove(&key)
+                .unwrap_or_else(|| panic!("central names {key:?}, not sent: {flows:#}"));
+            assert_eq!(
+                (flow["packets"].as_u64(), flow["bytes"].as_u64()),
+                (Some(count.0), Some(count.1)),
+                "{key:?} in {ranking}"
+            );
+        }
+        let (p, b) = rest
+            .values()
+            .fold((0, 0), |(p, b), (wp, wb)| (p + wp, b + wb));
+        assert_eq!(
+            (flows[other]["packets"].as_u64(), flows[other]["bytes"].as_u64()),
+            (Some(p), Some(b)),
+            "{other}: the flows not named ({rest:?})"
+        );
+    }
 }

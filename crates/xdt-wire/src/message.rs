@@ -287,6 +287,9 @@ pub enum FlowEnd {
     EndOfFlow,
     /// The agent stopped (or its state was cleared) with the flow still active.
     Forced,
+    /// The agent's flow state was full: the interval's record of a new flow went out at once,
+    /// on its own, instead of being kept. Appended last: the others keep their encoding.
+    LackOfResources,
 }
 
 impl FlowEnd {
@@ -298,6 +301,7 @@ impl FlowEnd {
             Self::Active => 2,
             Self::EndOfFlow => 3,
             Self::Forced => 4,
+            Self::LackOfResources => 5,
         }
     }
 
@@ -309,6 +313,7 @@ impl FlowEnd {
             Self::Active => "active",
             Self::EndOfFlow => "end",
             Self::Forced => "forced",
+            Self::LackOfResources => "resources",
         }
     }
 }
@@ -320,8 +325,9 @@ pub struct FlowStats {
     pub active: u64,
     /// Flow records the agent exported (to central and to IPFIX alike: one per delta).
     pub records: u64,
-    /// Flow records drained from the probe that the agent's full flow state could not take:
-    /// their counts are in no export (a loss).
+    /// New flows that found the agent's flow state full: each interval's record of such a flow
+    /// is exported at once, on its own (end `LackOfResources`), so nothing is lost, but the
+    /// flow is cut into pieces: a sign that the state's bound is too small.
     pub state_full: u64,
     /// Flow records dropped because the unacknowledged-batch buffer was full (oldest first),
     /// as `AgentStats::dropped_events` for events (a loss).

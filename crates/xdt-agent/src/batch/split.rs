@@ -1,76 +1,118 @@
-//! Cutting one interval's events into batches whose frames fit the wire's maximum
-//! ([`xdt_wire::MAX_FRAME`]). A count of events is no bound on bytes: a steered DNS query
-//! carries a name of up to 255 bytes and an HTTP request its path, so a burst of 8,000 such
+//! Cutting one interval's events and flow records into batches whose frames fit the wire's
+//! maximum ([`xdt_wire::MAX_FRAME`]). A count of events is no bound on bytes: a steered DNS
+//! query carries a name of up to 255 bytes and an HTTP request its path, so a burst of 8,000 such
 //! packets in one interval once made a single 2 MB batch that no connection could carry, and
-//! the agent retried it until it left the buffer, an hour later.
+//! the agent retried it until it left the buffer, an hour later. Flow records add their labels
+//! and are also bounded in count per message ([`xdt_wire::MAX_FLOWS`]).
 //!
-//! Sizes are exact, not estimated: postcard is concatenative, so a batch is its fields without
-//! the events, the varint of the events' count, then each event's own encoding.
+//! Sizes are exact, not estimated: postcard is concatenative, so a message is its fields without
+//! the events and flows, the varint of each list's count, then each item's own encoding.
 
-use xdt_wire::{Batch, Event, FrameError, Message, frame::encoded_len};
+use xdt_wire::{
+    Batch, Event, Flow, FlowBatch, FlowStats, FrameError, MAX_FLOWS, Message, frame::encoded_len,
+};
 
-/// Room for the varint of the events' count (a u64 varint takes at most 10 bytes).
+/// Room for the varint of a list's count (a u64 varint takes at most 10 bytes).
 const COUNT_ROOM: usize = 10;
 
-/// One interval's events cut into groups, in order.
-#[derive(Debug, Default)]
-pub(crate) struct Groups {
-    /// One batch's events each; at least one group (possibly empty), so counters always go.
-    pub groups: Vec<Vec<Event>>,
-    /// Events that do not fit in a frame even alone (with the batch's counters and labels):
-    /// dropped, for the caller to count.
-    pub unfit: usize,
+/// The events and flow records of one batch.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Piece {
+    pub events: Vec<Event>,
+    pub flows: Vec<Flow>,
 }
 
-/// Cuts `events` into groups such that `template` (the batch's fields; its own events are
-/// ignored) carrying any one group encodes as a `Message::Batch` of at most `max_payload`
-/// bytes. Give `template` the widest values its numbers can take in any of the batches
-/// (sequence, dropped events, ...): varints grow with the value.
+/// One interval's events and flow records cut into batches, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Groups {
+    /// At least one piece (possibly empty), so counters always go.
+    pub pieces: Vec<Piece>,
+    /// Events and flow records that do not fit in a frame even alone (with the batch's
+    /// counters and labels): dropped, for the caller to count.
+    pub unfit_events: usize,
+    pub unfit_flows: usize,
+}
+
+/// Cuts `events`, then `flows`, into pieces such that `template` (the batch's fields; its own
+/// events are ignored) carrying any one piece encodes in at most `max_payload` bytes, with at
+/// most [`MAX_FLOWS`] flow records: as a `FlowBatch` with `flow_stats` when given, else as a
+/// `Batch`, where flow records have nowhere to go and are all unfit. Give `template` and
+/// `flow_stats` the widest values their numbers can take in any of the batches (sequence,
+/// dropped events, ...): varints grow with the value.
 pub(crate) fn split(
     template: &Batch,
+    flow_stats: Option<&FlowStats>,
     events: Vec<Event>,
+    flows: Vec<Flow>,
     max_payload: usize,
 ) -> Result<Groups, FrameError> {
-    let empty = Batch {
+    let batch = Batch {
         events: Vec::new(),
         ..template.clone()
     };
-    // The empty vector encodes as one byte, its count; COUNT_ROOM stands in for it.
-    let fixed = encoded_len(&Message::Batch(empty))? - 1 + COUNT_ROOM;
-    let Some(budget) = max_payload.checked_sub(fixed) else {
-        // Counters and labels alone exceed a frame (more labels than the probe can hold):
-        // nothing can carry the events.
-        let unfit = events.len();
-        return Ok(Groups {
-            groups: vec![Vec::new()],
-            unfit,
-        });
+    let (empty, lists) = match flow_stats {
+        Some(stats) => (
+            Message::FlowBatch(FlowBatch {
+                batch,
+                flows: Vec::new(),
+                stats: stats.clone(),
+            }),
+            2,
+        ),
+        None => (Message::Batch(batch), 1),
     };
     let mut out = Groups::default();
-    let mut current = Vec::new();
+    if lists == 1 {
+        out.unfit_flows = flows.len();
+    }
+    let flows = if lists == 1 { Vec::new() } else { flows };
+    // Each empty list encodes as one byte, its count; COUNT_ROOM stands in for it.
+    let fixed = encoded_len(&empty)? - lists + lists * COUNT_ROOM;
+    let Some(budget) = max_payload.checked_sub(fixed) else {
+        // Counters and labels alone exceed a frame (more labels than the probe can hold):
+        // nothing can carry the events or flows.
+        out.unfit_events = events.len();
+        out.unfit_flows += flows.len();
+        out.pieces.push(Piece::default());
+        return Ok(out);
+    };
+    let mut current = Piece::default();
     let mut used = 0;
     for event in events {
         let len = encoded_len(&event)?;
         if len > budget {
-            out.unfit += 1;
+            out.unfit_events += 1;
             continue;
         }
         if used + len > budget {
-            out.groups.push(std::mem::take(&mut current));
+            out.pieces.push(std::mem::take(&mut current));
             used = 0;
         }
         used += len;
-        current.push(event);
+        current.events.push(event);
     }
-    if !current.is_empty() || out.groups.is_empty() {
-        out.groups.push(current);
+    for flow in flows {
+        let len = encoded_len(&flow)?;
+        if len > budget {
+            out.unfit_flows += 1;
+            continue;
+        }
+        if used + len > budget || current.flows.len() == MAX_FLOWS {
+            out.pieces.push(std::mem::take(&mut current));
+            used = 0;
+        }
+        used += len;
+        current.flows.push(flow);
+    }
+    if current != Piece::default() || out.pieces.is_empty() {
+        out.pieces.push(current);
     }
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use xdt_wire::{AgentStats, DnsQuery, Inspection, MAX_FRAME, frame};
+    use xdt_wire::{AgentStats, DnsQuery, FlowEnd, Inspection, MAX_FRAME, frame};
 
     use super::*;
 
@@ -127,20 +169,21 @@ mod tests {
         let events: Vec<Event> = (0..8000).map(|i| dns_event(i, 250)).collect();
         let total: usize = events.iter().map(|e| encoded_len(e).expect("len")).sum();
         assert!(total > 2 * MAX_FRAME - MAX_FRAME / 10, "{total} bytes");
-        let groups = split(&template(), events.clone(), MAX_FRAME).expect("split");
-        assert_eq!(groups.unfit, 0);
-        assert!(groups.groups.len() >= 2, "{} batches", groups.groups.len());
-        for (n, group) in groups.groups.iter().enumerate() {
+        let groups =
+            split(&template(), None, events.clone(), Vec::new(), MAX_FRAME).expect("split");
+        assert_eq!(groups.unfit_events, 0);
+        assert!(groups.pieces.len() >= 2, "{} batches", groups.pieces.len());
+        for (n, piece) in groups.pieces.iter().enumerate() {
             let batch = Batch {
-                events: group.clone(),
+                events: piece.events.clone(),
                 sequence: n as u64 + 1,
                 ..template()
             };
             let mut out = Vec::new();
             frame::encode(&Message::Batch(batch), &mut out)
-                .unwrap_or_else(|e| panic!("batch {n} of {} events: {e}", group.len()));
+                .unwrap_or_else(|e| panic!("batch {n} of {} events: {e}", piece.events.len()));
             // Filled, not merely under the limit: within one event of the maximum.
-            if n + 1 < groups.groups.len() {
+            if n + 1 < groups.pieces.len() {
                 assert!(
                     out.len() > MAX_FRAME - 400,
                     "batch {n}: {} bytes",
@@ -148,15 +191,15 @@ mod tests {
                 );
             }
         }
-        let joined: Vec<Event> = groups.groups.into_iter().flatten().collect();
+        let joined: Vec<Event> = groups.pieces.into_iter().flat_map(|p| p.events).collect();
         assert_eq!(joined, events);
     }
 
     #[test]
     fn no_events_still_makes_one_batch_and_unfit_events_are_counted() {
-        let groups = split(&template(), Vec::new(), MAX_FRAME).expect("split");
-        assert_eq!((groups.groups.len(), groups.unfit), (1, 0));
-        assert!(groups.groups[0].is_empty());
+        let groups = split(&template(), None, Vec::new(), Vec::new(), MAX_FRAME).expect("split");
+        assert_eq!((groups.pieces.len(), groups.unfit_events), (1, 0));
+        assert_eq!(groups.pieces[0], Piece::default());
 
         // A frame limit that holds the counters and one short event, not a long one.
         let fixed = encoded_len(&Message::Batch(template())).expect("len") - 1 + COUNT_ROOM;
@@ -164,15 +207,116 @@ mod tests {
         let limit = fixed + encoded_len(&short).expect("len");
         let groups = split(
             &template(),
+            None,
             vec![short.clone(), dns_event(2, 200), short.clone()],
+            Vec::new(),
             limit,
         )
         .expect("split");
-        assert_eq!(groups.unfit, 1);
-        assert_eq!(groups.groups, vec![vec![short.clone()], vec![short]]);
+        assert_eq!(groups.unfit_events, 1);
+        let events: Vec<_> = groups.pieces.into_iter().map(|p| p.events).collect();
+        assert_eq!(events, vec![vec![short.clone()], vec![short]]);
 
         // Counters that do not fit at all: every event is unfit, the batch still goes.
-        let groups = split(&template(), vec![dns_event(3, 1)], 10).expect("split");
-        assert_eq!((groups.groups.len(), groups.unfit), (1, 1));
+        let groups =
+            split(&template(), None, vec![dns_event(3, 1)], Vec::new(), 10).expect("split");
+        assert_eq!((groups.pieces.len(), groups.unfit_events), (1, 1));
+    }
+
+    fn flow(i: u32, label_len: usize) -> Flow {
+        Flow {
+            src: std::net::Ipv6Addr::from(u128::from(i)).into(),
+            dst: "2001:db8::1".parse().expect("ip"),
+            src_port: 40000,
+            dst_port: 443,
+            protocol: 6,
+            vlans: [0, 0],
+            packets: u64::from(i),
+            bytes: u64::from(i) * 1500,
+            first_seen_unix_ns: 1_700_000_000_000_000_000,
+            last_seen_unix_ns: 1_700_000_001_000_000_000,
+            tcp_flags: 0x1b,
+            label: Some("w".repeat(label_len)),
+            handshake_ns: Some(120_000),
+            end: FlowEnd::Idle,
+        }
+    }
+
+    fn widest_stats() -> FlowStats {
+        FlowStats {
+            active: u64::MAX,
+            records: u64::MAX,
+            state_full: u64::MAX,
+            dropped_records: u64::MAX,
+            ipfix_messages: u64::MAX,
+            ipfix_records: u64::MAX,
+            ipfix_send_failures: u64::MAX,
+        }
+    }
+
+    /// An interval's events and 20,000 flow records with long labels: every message is a
+    /// `FlowBatch` within the frame maximum and the flow limit, events go first and share a
+    /// message with the first flows, and together they carry everything once, in order.
+    #[test]
+    fn events_and_flows_are_cut_into_messages_that_fit() {
+        let events: Vec<Event> = (0..100).map(|i| dns_event(i, 100)).collect();
+        let flows: Vec<Flow> = (0..20_000).map(|i| flow(i, 60)).collect();
+        let stats = widest_stats();
+        let groups = split(
+            &template(),
+            Some(&stats),
+            events.clone(),
+            flows.clone(),
+            MAX_FRAME,
+        )
+        .expect("split");
+        assert_eq!((groups.unfit_events, groups.unfit_flows), (0, 0));
+        assert!(groups.pieces.len() >= 3, "{} batches", groups.pieces.len());
+        assert!(
+            !groups.pieces[0].flows.is_empty(),
+            "events and flows share a message"
+        );
+        for (n, piece) in groups.pieces.iter().enumerate() {
+            assert!(piece.flows.len() <= MAX_FLOWS);
+            let message = Message::FlowBatch(FlowBatch {
+                batch: Batch {
+                    events: piece.events.clone(),
+                    sequence: n as u64 + 1,
+                    ..template()
+                },
+                flows: piece.flows.clone(),
+                stats: FlowStats::default(),
+            });
+            let mut out = Vec::new();
+            frame::encode(&message, &mut out).unwrap_or_else(|e| panic!("batch {n}: {e}"));
+        }
+        let (got_events, got_flows): (Vec<Vec<Event>>, Vec<Vec<Flow>>) = groups
+            .pieces
+            .into_iter()
+            .map(|p| (p.events, p.flows))
+            .unzip();
+        assert_eq!(got_events.concat(), events);
+        assert_eq!(got_flows.concat(), flows);
+    }
+
+    /// More short flow records than one message may hold: cut at the flow limit, not the size.
+    #[test]
+    fn flows_are_cut_at_the_flow_limit() {
+        let flows: Vec<Flow> = (0..(MAX_FLOWS as u32 * 2 + 5))
+            .map(|i| flow(i, 0))
+            .collect();
+        let stats = widest_stats();
+        let groups =
+            split(&template(), Some(&stats), Vec::new(), flows, usize::MAX / 2).expect("split");
+        let sizes: Vec<usize> = groups.pieces.iter().map(|p| p.flows.len()).collect();
+        assert_eq!(sizes, [MAX_FLOWS, MAX_FLOWS, 5]);
+    }
+
+    /// Without flow figures the message is a `Batch`, which has no place for flow records.
+    #[test]
+    fn flows_without_flow_figures_are_unfit() {
+        let groups =
+            split(&template(), None, Vec::new(), vec![flow(1, 0)], MAX_FRAME).expect("split");
+        assert_eq!((groups.pieces.len(), groups.unfit_flows), (1, 1));
     }
 }

@@ -212,7 +212,7 @@ impl MessageWriter {
         self.buf
             .extend_from_slice(&ms(delta.start_ns).to_be_bytes());
         self.buf.extend_from_slice(&ms(delta.end_ns).to_be_bytes());
-        self.buf.push(delta.reason as u8);
+        self.buf.push(delta.reason.ipfix());
         let handshake_us = u32::try_from(delta.handshake_ns / 1000).unwrap_or(u32::MAX);
         self.buf.extend_from_slice(&handshake_us.to_be_bytes());
         if label.len() < 255 {
@@ -250,7 +250,7 @@ fn put16(buf: &mut Vec<u8>, value: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::state::EndReason;
+    use crate::flows::state::FlowEnd;
     use xdt_common::flows::FlowKey;
 
     fn delta(v6: bool, label_len: usize) -> (FlowDelta, String) {
@@ -274,7 +274,7 @@ mod tests {
                 tcp_flags: 0x1b,
                 label: 1,
                 handshake_ns: 1_500_000,
-                reason: EndReason::Idle,
+                reason: FlowEnd::Idle,
             },
             "x".repeat(label_len),
         )

@@ -1,6 +1,6 @@
 //! Flows: the agent drains the probe's flow tables every interval, keeps the flows in its own
-//! bounded state, ends them (idle, active timeout, FIN or RST) and exports their deltas as
-//! IPFIX (docs/flows.md).
+//! bounded state, ends them (idle, active timeout, FIN or RST) and exports their deltas to
+//! central (in the agent's batches) and as IPFIX (docs/flows.md).
 //!
 //! A thread of its own does the work: each drain waits for an RCU grace period (milliseconds),
 //! which the main loop's runtime must not wait for. The order that loses no count is
@@ -31,7 +31,7 @@ use xdt_datapath::{
 
 use crate::labels::LabelNames;
 pub use export::{IpfixExporter, IpfixStats};
-pub use state::{EndReason, FlowDelta, FlowState, Limits};
+pub use state::{FlowDelta, FlowEnd, FlowState, Limits};
 
 /// The flow options of the agent's configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,11 +49,14 @@ pub struct FlowConfig {
     pub template_refresh: Duration,
     /// The observation domain id; the interface's index when `None`.
     pub domain: Option<u32>,
+    /// Flow records for central kept unacknowledged or not yet batched, together (oldest
+    /// dropped first, counted).
+    pub buffer: usize,
 }
 
 impl Default for FlowConfig {
     /// The agent's defaults (`--flow-idle 15 --flow-active 60 --flow-max 262144`, templates
-    /// every 60 s, no collector).
+    /// every 60 s, no collector, `--buffer-flows 100000`).
     fn default() -> Self {
         Self {
             idle: Duration::from_secs(15),
@@ -62,6 +65,7 @@ impl Default for FlowConfig {
             ipfix: Vec::new(),
             template_refresh: Duration::from_mins(1),
             domain: None,
+            buffer: 100_000,
         }
     }
 }
@@ -82,6 +86,26 @@ pub struct FlowStats {
     pub ipfix: IpfixStats,
 }
 
+impl FlowStats {
+    /// The figures as central gets them, with the records the agent dropped on their way.
+    #[must_use]
+    pub fn wire(&self, dropped_records: u64) -> xdt_wire::FlowStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        xdt_wire::FlowStats {
+            active: get(&self.active),
+            records: get(&self.deltas),
+            state_full: get(&self.overflowed),
+            dropped_records,
+            ipfix_messages: get(&self.ipfix.messages),
+            ipfix_records: get(&self.ipfix.records),
+            ipfix_send_failures: get(&self.ipfix.failed_messages),
+        }
+    }
+}
+
+/// Where the flow thread hands each round's records for central.
+pub type FlowSink = Box<dyn FnMut(Vec<xdt_wire::Flow>) + Send>;
+
 /// What the flow thread needs, opened while the agent still has its capabilities, and the
 /// buffers it reuses from one round to the next.
 pub struct Opened {
@@ -93,6 +117,7 @@ pub struct Opened {
     state: FlowState,
     drained: Vec<(FlowKey, FlowRecord)>,
     deltas: Vec<FlowDelta>,
+    sink: Option<FlowSink>,
 }
 
 impl std::fmt::Debug for Opened {
@@ -159,7 +184,15 @@ impl Opened {
             }),
             drained: Vec::new(),
             deltas: Vec::new(),
+            sink: None,
         })
+    }
+
+    /// Hands each round's records to `sink` too (for central), as wire records.
+    #[must_use]
+    pub fn with_sink(mut self, sink: FlowSink) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Drains the table nobody writes (left full by an agent killed between its switch and
@@ -223,7 +256,7 @@ impl Opened {
         let overflowed = self
             .deltas
             .iter()
-            .filter(|d| d.reason == EndReason::LackOfResources)
+            .filter(|d| d.reason == FlowEnd::LackOfResources)
             .count();
         stats
             .overflowed
@@ -231,20 +264,32 @@ impl Opened {
         stats
             .deltas
             .fetch_add(self.deltas.len() as u64, Ordering::Relaxed);
+        if self.ipfix.is_none() && self.sink.is_none() {
+            return;
+        }
+        let unix_offset_ns = crate::clock::monotonic_to_unix_offset();
+        let labels = &mut self.labels;
+        let mut name = |id: u32| {
+            if id == 0 {
+                String::new()
+            } else {
+                labels.covering(id).name(id)
+            }
+        };
         if let Some(ipfix) = &mut self.ipfix {
             let context = ipfix::Context {
-                unix_offset_ns: crate::clock::monotonic_to_unix_offset(),
+                unix_offset_ns,
                 ingress_interface: self.ifindex,
             };
-            let labels = &mut self.labels;
-            let mut name = |id: u32| {
-                if id == 0 {
-                    String::new()
-                } else {
-                    labels.covering(id).name(id)
-                }
-            };
             ipfix.export(&self.deltas, &mut name, &context, &stats.ipfix);
+        }
+        if let Some(sink) = &mut self.sink {
+            sink(
+                self.deltas
+                    .iter()
+                    .map(|d| d.to_wire(&mut name, unix_offset_ns))
+                    .collect(),
+            );
         }
     }
 }

@@ -5,40 +5,13 @@
 use std::collections::{HashMap, hash_map::Entry};
 
 use xdt_common::flows::{FlowKey, FlowRecord};
+/// Why a delta was exported: the wire's end reasons are IPFIX's flowEndReason values.
+pub use xdt_wire::FlowEnd;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
-
-/// Why a delta was exported: IPFIX's flowEndReason (IANA registry, RFC 5102 section 5.11.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum EndReason {
-    /// No packet for the idle timeout: the flow ends.
-    Idle = 1,
-    /// The flow lasted the active timeout: a delta goes out, the flow stays.
-    Active = 2,
-    /// TCP FIN or RST seen.
-    EndDetected = 3,
-    /// The agent is stopping.
-    Forced = 4,
-    /// The agent's state was full: the interval's record goes out at once, without a flow.
-    LackOfResources = 5,
-}
-
-impl EndReason {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Idle => "idle",
-            Self::Active => "active",
-            Self::EndDetected => "end",
-            Self::Forced => "forced",
-            Self::LackOfResources => "resources",
-        }
-    }
-}
 
 /// One exported piece of a flow: what the probe counted for it since the previous export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +29,35 @@ pub struct FlowDelta {
     pub label: u32,
     /// Inbound TCP handshake, once measured; 0 when not.
     pub handshake_ns: u64,
-    pub reason: EndReason,
+    pub reason: FlowEnd,
+}
+
+impl FlowDelta {
+    /// The record as central gets it: times moved to the wall clock by `unix_offset_ns` (Unix
+    /// time minus the probe's CLOCK_MONOTONIC), the label named by `label` (no rule: id 0).
+    pub fn to_wire(
+        &self,
+        label: &mut dyn FnMut(u32) -> String,
+        unix_offset_ns: u64,
+    ) -> xdt_wire::Flow {
+        let key = &self.key;
+        xdt_wire::Flow {
+            src: key.src_addr(),
+            dst: key.dst_addr(),
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            protocol: key.protocol,
+            vlans: key.vlans,
+            packets: self.packets,
+            bytes: self.bytes,
+            first_seen_unix_ns: self.start_ns.saturating_add(unix_offset_ns),
+            last_seen_unix_ns: self.end_ns.saturating_add(unix_offset_ns),
+            tcp_flags: self.tcp_flags,
+            label: (self.label != 0).then(|| label(self.label)),
+            handshake_ns: (self.handshake_ns != 0).then_some(self.handshake_ns),
+            end: self.reason,
+        }
+    }
 }
 
 /// The timeouts and the bound.
@@ -132,7 +133,7 @@ impl FlowState {
             let flow = match self.flows.entry(*key) {
                 Entry::Occupied(flow) => flow.into_mut(),
                 Entry::Vacant(_) if full => {
-                    out.push(delta_of(key, record, flags, EndReason::LackOfResources));
+                    out.push(delta_of(key, record, flags, FlowEnd::LackOfResources));
                     continue;
                 }
                 Entry::Vacant(slot) => slot.insert(Flow {
@@ -174,7 +175,7 @@ impl FlowState {
             if flags & (TCP_FIN | TCP_RST) != 0 {
                 let flow = *flow;
                 self.flows.remove(key);
-                out.push(take(key, &flow, EndReason::EndDetected));
+                out.push(take(key, &flow, FlowEnd::EndOfFlow));
             }
         }
     }
@@ -192,12 +193,12 @@ impl FlowState {
             }
             if now_ns.saturating_sub(flow.last_ns) >= idle_ns {
                 if flow.packets > 0 {
-                    out.push(take(key, flow, EndReason::Idle));
+                    out.push(take(key, flow, FlowEnd::Idle));
                 }
                 return false;
             }
             if flow.packets > 0 && now_ns.saturating_sub(flow.start_ns) >= active_ns {
-                out.push(take(key, flow, EndReason::Active));
+                out.push(take(key, flow, FlowEnd::Active));
                 flow.packets = 0;
                 flow.bytes = 0;
                 flow.flags = 0;
@@ -210,13 +211,13 @@ impl FlowState {
     pub fn end_all(&mut self, out: &mut Vec<FlowDelta>) {
         for (key, flow) in self.flows.drain() {
             if flow.packets > 0 {
-                out.push(take(&key, &flow, EndReason::Forced));
+                out.push(take(&key, &flow, FlowEnd::Forced));
             }
         }
     }
 }
 
-fn take(key: &FlowKey, flow: &Flow, reason: EndReason) -> FlowDelta {
+fn take(key: &FlowKey, flow: &Flow, reason: FlowEnd) -> FlowDelta {
     FlowDelta {
         key: *key,
         start_ns: flow.start_ns,
@@ -230,7 +231,7 @@ fn take(key: &FlowKey, flow: &Flow, reason: EndReason) -> FlowDelta {
     }
 }
 
-fn delta_of(key: &FlowKey, record: &FlowRecord, flags: u8, reason: EndReason) -> FlowDelta {
+fn delta_of(key: &FlowKey, record: &FlowRecord, flags: u8, reason: FlowEnd) -> FlowDelta {
     FlowDelta {
         key: *key,
         start_ns: record.first_seen_ns,
@@ -301,7 +302,7 @@ mod tests {
         assert_eq!((d.start_ns, d.end_ns), (S, 4 * S));
         assert_eq!(
             (d.reason, d.label, d.tcp_flags),
-            (EndReason::Idle, 3, TCP_ACK)
+            (FlowEnd::Idle, 3, TCP_ACK)
         );
         assert!(state.is_empty());
         state.expire(100 * S, &mut out);
@@ -316,13 +317,13 @@ mod tests {
         state.merge(&[(key(1), record(5, 31 * S, 61 * S, 0))], &mut out);
         state.expire(61 * S, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].packets, out[0].reason), (15, EndReason::Active));
+        assert_eq!((out[0].packets, out[0].reason), (15, FlowEnd::Active));
         assert_eq!(state.len(), 1);
         state.merge(&[(key(1), record(2, 62 * S, 63 * S, 0))], &mut out);
         state.expire(80 * S, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!((out[1].packets, out[1].start_ns), (2, 62 * S));
-        assert_eq!(out[1].reason, EndReason::Idle);
+        assert_eq!(out[1].reason, FlowEnd::Idle);
     }
 
     #[test]
@@ -339,10 +340,7 @@ mod tests {
         );
         let mut ended: Vec<_> = out.iter().map(|d| (d.key.src_port, d.reason)).collect();
         ended.sort_by_key(|e| e.0);
-        assert_eq!(
-            ended,
-            [(1, EndReason::EndDetected), (2, EndReason::EndDetected)]
-        );
+        assert_eq!(ended, [(1, FlowEnd::EndOfFlow), (2, FlowEnd::EndOfFlow)]);
         assert_eq!(state.len(), 1);
     }
 
@@ -354,10 +352,10 @@ mod tests {
         state.merge(&drained, &mut out);
         assert_eq!(state.len(), 2);
         assert_eq!(out.len(), 3);
-        assert!(out.iter().all(|d| d.reason == EndReason::LackOfResources));
+        assert!(out.iter().all(|d| d.reason == FlowEnd::LackOfResources));
         state.end_all(&mut out);
         assert_eq!(out.iter().map(|d| d.packets).sum::<u64>(), 10);
-        assert!(out[3..].iter().all(|d| d.reason == EndReason::Forced));
+        assert!(out[3..].iter().all(|d| d.reason == FlowEnd::Forced));
     }
 
     #[test]

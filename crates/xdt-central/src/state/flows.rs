@@ -122,7 +122,7 @@ pub struct TopFlow {
     /// The OR of the TCP flags of its records since it is kept.
     pub tcp_flags: u8,
     pub last_seen_unix_ns: u64,
-    /// Why its newest record was sent (`idle`, `active`, `end`, `forced`).
+    /// Why its newest record was sent (`idle`, `active`, `end`, `forced`, `resources`).
     pub end: &'static str,
 }
 
