@@ -314,15 +314,15 @@ pub const FLOWS: [Figure; 12] = [
     },
     Figure {
         name: "xdt_flow_state_full",
-        help: "Flow records drained from the probe that the agent's full flow state could not take: their counts are in no export.",
+        help: "New flows that found the agent's flow state full (--flow-max): their records went out on their own, so the flows come in pieces.",
         kind: Kind::Counter,
         value: |a| Some(Number::Count(a.agent_stats.flows.as_ref()?.state_full)),
         field: Some("flows.state_full"),
         otlp: None,
         panel: Some(Panel::Losses {
             label: "Flow state full",
-            hint: "flow records the agent had no room for",
-            severity: Severity::Loss,
+            hint: "flows cut into pieces: raise --flow-max",
+            severity: Severity::Warn,
         }),
     },
     Figure {
