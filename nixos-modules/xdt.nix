@@ -174,6 +174,7 @@ let
   # XDT_AGENT_ID is per instance (the drop-ins below): the file would override it.
   agentSettings = {
     XDT_CENTRAL = agentCfg.central;
+    XDT_IPFIX = if agentCfg.ipfix == [ ] then null else lib.concatStringsSep "," agentCfg.ipfix;
   } // agentCfg.settings;
   agentConf = renderSettings "xdt-agent" agentSettings;
 
@@ -277,6 +278,18 @@ in
               defaultText = literalExpression "config.services.xdt.agent.mode";
               description = "XDP attach mode of this interface.";
             };
+            flows = mkOption {
+              type = types.ints.u32;
+              default = 0;
+              example = 65536;
+              description = ''
+                Record flows on this interface, up to N per table (two tables of about
+                0.3 KiB an entry, docs/flows.md); 0 is off, which costs nothing per packet. The
+                agent then sends the flows to central and to `services.xdt.agent.ipfix`. A
+                change takes effect when the probe is attached again (a restart of
+                `xdt-attach@IF`, which the switch does).
+              '';
+            };
           };
         });
         default = { };
@@ -315,6 +328,16 @@ in
       };
 
       tokenFile = tokenFileOption "The agent";
+
+      ipfix = mkOption {
+        type = types.listOf (types.strMatching "[^,[:space:]]+:[0-9]+");
+        default = [ ];
+        example = [ "collector.example.org:4739" ];
+        description = ''
+          IPFIX collectors (HOST:PORT, UDP) that get the flows of every interface with `flows`
+          set (docs/flows.md: the template, how a fleet scales).
+        '';
+      };
 
       settings = settingsOption "xdt-agent" "agent.conf" { XDT_INTERVAL = 5; XDT_XSK_MODE = "copy"; XDT_LOG_LEVEL = "debug"; };
     };
@@ -468,7 +491,10 @@ in
             # Environment=: cleared, so a leftover file cannot override the mode set here.
             serviceConfig.EnvironmentFile = [ "" ];
             environment.XDT_ATTACH_MODE = icfg.mode;
-            # New rules are a reload: atomic, counters kept, the agent reloads with it.
+            environment.XDT_FLOWS = toString icfg.flows;
+            # New rules are a reload: atomic, counters kept, the agent reloads with it. The
+            # flow tables' size is fixed at attach: a change of it changes the unit, which the
+            # switch restarts.
             reloadTriggers = [ rulesFiles.${name} ];
           };
           "xdt-agent@${instance name}" = {

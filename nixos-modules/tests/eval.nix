@@ -313,6 +313,8 @@ let
         [ "attach is a drop-in" c.systemd.services."xdt-attach@eth1".overrideStrategy "asDropin" ]
         [ "attach starts at boot" c.systemd.services."xdt-attach@eth1".wantedBy [ "multi-user.target" ] ]
         [ "attach mode" c.systemd.services."xdt-attach@eth1".environment.XDT_ATTACH_MODE "auto" ]
+        [ "flows off by default" c.systemd.services."xdt-attach@eth1".environment.XDT_FLOWS "0" ]
+        [ "no IPFIX by default" (lib.hasInfix "XDT_IPFIX" c.environment.etc."xdt/agent.conf".text) false ]
         [
           "attach.env cannot override the mode"
           c.systemd.services."xdt-attach@eth1".serviceConfig.EnvironmentFile or null
@@ -446,6 +448,27 @@ let
         [ "listen" c.environment.etc."xdt/service-health.env".text "XDT_SERVICE_LISTEN=[::]:9090\n" ]
         [ "port opened" c.networking.firewall.allowedTCPPorts [ 9090 ] ]
         [ "starts at boot" c.systemd.services.xdt-service-health.wantedBy [ "multi-user.target" ] ]
+      ];
+
+    "flows on one interface, IPFIX to two collectors" =
+      let
+        c = evaluate (lib.recursiveUpdate node {
+          services.xdt.agent.interfaces.eth1.flows = 65536;
+          services.xdt.agent.ipfix = [ "192.0.2.9:4739" "collector.example.org:2055" ];
+        });
+        bad = evaluate (lib.recursiveUpdate node {
+          services.xdt.agent.ipfix = [ "collector.example.org" ];
+        });
+      in
+      [
+        [ "no failed assertion" (failedAssertions c) [ ] ]
+        [ "the attach unit sizes the tables" c.systemd.services."xdt-attach@eth1".environment.XDT_FLOWS "65536" ]
+        [
+          "the agent exports to both"
+          (lib.hasInfix "XDT_IPFIX=192.0.2.9:4739,collector.example.org:2055\n" c.environment.etc."xdt/agent.conf".text)
+          true
+        ]
+        [ "a collector without a port is refused" (builtins.tryEval (builtins.deepSeq bad.environment.etc."xdt/agent.conf".text true)).success false ]
       ];
 
     "an interface name with a dash is escaped for the template" =
