@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdt_datapath::probe::DEMO_COUNTER_OBJECT;
+use xdt_datapath::testing::DemoCounter;
 use xdt_testkit::{process::Process, root_or_skip};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_xdt-agent");
@@ -205,23 +205,6 @@ fn long_bad_values_are_clipped() {
     );
 }
 
-/// The otel demo's counter program loaded (not attached): a map for `--map-id`.
-fn counter_map() -> (aya::Ebpf, u32) {
-    let mut ebpf = aya::Ebpf::load(DEMO_COUNTER_OBJECT).expect("load demo counter");
-    let map = ebpf.map("stats_map").expect("stats_map");
-    let aya::maps::Map::Array(data) = map else {
-        panic!("stats_map is not an array")
-    };
-    let id = data.info().expect("info").id();
-    let program: &mut aya::programs::Xdp = ebpf
-        .program_mut("demo_counter")
-        .expect("program")
-        .try_into()
-        .expect("xdp");
-    program.load().expect("verifier");
-    (ebpf, id)
-}
-
 /// A reload refused for a bad value must not apply the file's log level either. The agent
 /// warns at every failed connection to central (none listens on port 1); a refused reload
 /// asking for `error` only must leave those warnings coming.
@@ -230,7 +213,8 @@ fn a_refused_reload_changes_nothing() {
     if !root_or_skip("a_refused_reload_changes_nothing") {
         return;
     }
-    let (_ebpf, map_id) = counter_map();
+    // The otel demo's counter program: a map for `--map-id`.
+    let counter = DemoCounter::load();
     let dir = Dir::new();
     let config = dir.path("agent.conf");
     std::fs::write(&config, "XDT_LOG_LEVEL=info\n").expect("write");
@@ -238,7 +222,7 @@ fn a_refused_reload_changes_nothing() {
     let agent = Process::start(
         Command::new(AGENT)
             .args(["--interface", "eth-test", "--central", "127.0.0.1:1"])
-            .args(["--map-id", &map_id.to_string(), "--no-steer"])
+            .args(["--map-id", &counter.map_id.to_string(), "--no-steer"])
             .arg("--config")
             .arg(&config)
             .arg("--token-file")

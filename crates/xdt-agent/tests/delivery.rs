@@ -7,33 +7,22 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use xdt_agent::{Config, source::MapSelector};
-use xdt_datapath::probe::DEMO_COUNTER_OBJECT;
+use xdt_datapath::testing::DemoCounter;
 use xdt_testkit::{
     frames::{ETH_P_IP, TCP, ethernet, ipv4, tcp},
     root_or_skip,
 };
 use xdt_wire::{Ack, Batch, Connection, ErrorCode, ErrorMessage, Message, Welcome};
 
-/// The demo counter loaded (not attached), its map id, and `packets` TCP frames counted.
-fn counted_map(packets: u32) -> (aya::Ebpf, u32) {
-    let mut ebpf = aya::Ebpf::load(DEMO_COUNTER_OBJECT).expect("load demo counter");
-    let program: &mut aya::programs::Xdp = ebpf
-        .program_mut("demo_counter")
-        .expect("program")
-        .try_into()
-        .expect("xdp");
-    program.load().expect("verifier");
+/// The demo counter loaded (not attached) with `packets` TCP frames counted.
+fn counted_map(packets: u32) -> DemoCounter {
+    let counter = DemoCounter::load();
     let frame = ethernet(
         ETH_P_IP,
         &ipv4([10, 0, 0, 1], [10, 0, 0, 2], TCP, &tcp(1, 80, 2, b"")),
     );
-    xdt_datapath::probe::test_run(program, &frame, packets).expect("test run");
-    let map = ebpf.map("stats_map").expect("stats_map");
-    let aya::maps::Map::Array(data) = map else {
-        panic!("stats_map is not an array")
-    };
-    let id = data.info().expect("info").id();
-    (ebpf, id)
+    counter.count(&frame, packets);
+    counter
 }
 
 fn config(central: String, map_id: u32) -> Config {
@@ -87,11 +76,11 @@ async fn replays_unacknowledged_batches_after_a_reconnect() {
     if !root_or_skip("replays_unacknowledged_batches_after_a_reconnect") {
         return;
     }
-    let (_ebpf, map_id) = counted_map(37);
+    let counter = counted_map(37);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let central = listener.local_addr().expect("addr").to_string();
     let (stop, control) = tokio::sync::mpsc::unbounded_channel();
-    let agent = tokio::spawn(xdt_agent::run(config(central, map_id), control));
+    let agent = tokio::spawn(xdt_agent::run(config(central, counter.map_id), control));
 
     // First connection: take three batches, acknowledge only the first, hang up.
     let mut conn = accept(&listener).await;
@@ -190,11 +179,11 @@ async fn a_refused_token_is_retried_with_backoff() {
     if !root_or_skip("a_refused_token_is_retried_with_backoff") {
         return;
     }
-    let (_ebpf, map_id) = counted_map(1);
+    let counter = counted_map(1);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let central = listener.local_addr().expect("addr").to_string();
     let (stop, control) = tokio::sync::mpsc::unbounded_channel();
-    let agent = tokio::spawn(xdt_agent::run(config(central, map_id), control));
+    let agent = tokio::spawn(xdt_agent::run(config(central, counter.map_id), control));
     let mut conn = accept(&listener).await;
     hello(&mut conn).await;
     let refused = std::time::Instant::now();

@@ -18,5 +18,7 @@ pub mod rules;
 pub mod stats;
 pub mod steer;
 pub mod sys;
+#[cfg(feature = "test-objects")]
+pub mod testing;
 
 pub use error::{Error, Result};

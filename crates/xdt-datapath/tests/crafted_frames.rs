@@ -6,40 +6,31 @@ use std::time::Duration;
 use xdt_common::counters::{Counter, Counters, NAMES};
 use xdt_datapath::{
     events::Event,
-    maps::ProbeMaps,
-    probe::{Capacity, LoadedProbe},
+    probe::Capacity,
     rules::parse_rules,
+    testing::{TestProbe, XDP_DROP, XDP_PASS},
 };
 use xdt_testkit::{frames::*, root_or_skip};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const A4: [u8; 4] = [10, 1, 2, 3];
-const B4: [u8; 4] = [192, 0, 2, 10];
+/// The probe with a rule set; the counter and label checks of these tests.
+struct Lab(TestProbe);
 
-fn a6() -> [u8; 16] {
-    v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1])
-}
-fn b6() -> [u8; 16] {
-    v6([0x2001, 0xdb8, 0xbeef, 0, 0, 0, 0, 2])
+impl std::ops::Deref for Lab {
+    type Target = TestProbe;
+    fn deref(&self) -> &TestProbe {
+        &self.0
+    }
 }
 
-struct Lab {
-    probe: LoadedProbe,
-    maps: ProbeMaps,
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut TestProbe {
+        &mut self.0
+    }
 }
 
 impl Lab {
     fn new(rules: &str) -> Self {
-        let mut probe = LoadedProbe::load(Capacity::default()).expect("load probe");
-        let mut maps = probe.maps().expect("maps");
-        maps.install(&parse_rules(rules, "test").expect("rules"))
-            .expect("install");
-        Self { probe, maps }
-    }
-
-    fn run(&self, frame: &[u8]) -> u32 {
-        self.probe.test_run(frame, 1).expect("test run").0
+        Self(TestProbe::new(Capacity::default(), rules))
     }
 
     fn counters(&self) -> Counters {
@@ -126,23 +117,20 @@ fn well_formed_protocols() {
         &[(Ipv4Packets, 1), (OtherPackets, 1)],
     );
     single(
-        &ethernet(
-            ETH_P_IPV6,
-            &ipv6(a6(), b6(), TCP, &tcp(1, 443, 0x10, b"hi")),
-        ),
+        &ethernet(ETH_P_IPV6, &ipv6(A6, B6, TCP, &tcp(1, 443, 0x10, b"hi"))),
         &[(Ipv6Packets, 1), (TcpPackets, 1)],
     );
     single(
-        &ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), UDP, &udp(1, 53, b""))),
+        &ethernet(ETH_P_IPV6, &ipv6(A6, B6, UDP, &udp(1, 53, b""))),
         &[(Ipv6Packets, 1), (UdpPackets, 1)],
     );
     single(
-        &ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), ICMPV6, &icmp_echo(true, b""))),
+        &ethernet(ETH_P_IPV6, &ipv6(A6, B6, ICMPV6, &icmp_echo(true, b""))),
         &[(Ipv6Packets, 1), (IcmpPackets, 1)],
     );
     // ICMPv4's number inside IPv6 is not ICMP.
     single(
-        &ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), ICMP, &icmp_echo(false, b""))),
+        &ethernet(ETH_P_IPV6, &ipv6(A6, B6, ICMP, &icmp_echo(false, b""))),
         &[(Ipv6Packets, 1), (OtherPackets, 1)],
     );
     single(
@@ -282,16 +270,16 @@ fn ipv6_extension_headers() {
     let seg = tcp(4000, 443, 0x18, b"GET /");
     // Hop-by-hop, then destination options, then TCP.
     let chain = ipv6_ext(60, &ipv6_ext(TCP, &seg));
-    lab.run(&ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 0, &chain)));
+    lab.run(&ethernet(ETH_P_IPV6, &ipv6(A6, B6, 0, &chain)));
     // First fragment carries TCP.
     lab.run(&ethernet(
         ETH_P_IPV6,
-        &ipv6(a6(), b6(), 44, &ipv6_fragment(TCP, 0, true, &seg)),
+        &ipv6(A6, B6, 44, &ipv6_fragment(TCP, 0, true, &seg)),
     ));
     // A later fragment: TCP by the fragment header's next header, but no ports.
     lab.run(&ethernet(
         ETH_P_IPV6,
-        &ipv6(a6(), b6(), 44, &ipv6_fragment(TCP, 100, false, &[0; 16])),
+        &ipv6(A6, B6, 44, &ipv6_fragment(TCP, 100, false, &[0; 16])),
     ));
     assert_eq!(lab.label("web").0, 2);
     assert_eq!(lab.label("any6").0, 1);
@@ -305,7 +293,7 @@ fn ipv6_extension_headers() {
     for _ in 0..8 {
         chain = ipv6_ext(60, &chain);
     }
-    let frame = ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 60, &chain));
+    let frame = ethernet(ETH_P_IPV6, &ipv6(A6, B6, 60, &chain));
     single(
         &frame,
         &[
@@ -316,11 +304,11 @@ fn ipv6_extension_headers() {
     );
     // An extension header cut short.
     single(
-        &ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), 0, &[])),
+        &ethernet(ETH_P_IPV6, &ipv6(A6, B6, 0, &[])),
         &[(Ipv6Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)],
     );
     // IPv6 header cut short, and a wrong version.
-    let full = ipv6(a6(), b6(), UDP, &udp(1, 2, b""));
+    let full = ipv6(A6, B6, UDP, &udp(1, 2, b""));
     single(
         &ethernet(ETH_P_IPV6, &full[..30]),
         &[(Ipv6Packets, 1), (TruncatedPackets, 1), (OtherPackets, 1)],
@@ -362,8 +350,8 @@ fn rule_matching_priority_and_actions() {
         ETH_P_IP,
         &ipv4(A4, [192, 0, 2, 99], TCP, &tcp(1, 80, 0x02, b"")),
     );
-    let dns6 = ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), UDP, &udp(9, 53, b"")));
-    let other6 = ethernet(ETH_P_IPV6, &ipv6(b6(), a6(), UDP, &udp(9, 53, b"")));
+    let dns6 = ethernet(ETH_P_IPV6, &ipv6(A6, B6, UDP, &udp(9, 53, b"")));
+    let other6 = ethernet(ETH_P_IPV6, &ipv6(B6, A6, UDP, &udp(9, 53, b"")));
     assert_eq!(lab.run(&tcp80), XDP_PASS);
     assert_eq!(lab.run(&tcp22), XDP_PASS);
     assert_eq!(lab.run(&udp9), XDP_PASS);

@@ -14,42 +14,42 @@ use xdt_common::{
 };
 use xdt_datapath::{
     Error,
-    maps::ProbeMaps,
     probe::{Capacity, LoadedProbe},
-    rules::parse_rules,
+    testing::{TestProbe, XDP_PASS},
 };
 use xdt_testkit::{frames::*, root_or_skip};
 
-const A4: [u8; 4] = [10, 1, 2, 3];
-const B4: [u8; 4] = [192, 0, 2, 10];
+/// The probe with flow tables of `flows` entries and a rule set; the flow checks of these
+/// tests.
+struct Lab(TestProbe);
 
-fn a6() -> [u8; 16] {
-    v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1])
-}
-fn b6() -> [u8; 16] {
-    v6([0x2001, 0xdb8, 0xbeef, 0, 0, 0, 0, 2])
+impl std::ops::Deref for Lab {
+    type Target = TestProbe;
+    fn deref(&self) -> &TestProbe {
+        &self.0
+    }
 }
 
-struct Lab {
-    probe: LoadedProbe,
-    maps: ProbeMaps,
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut TestProbe {
+        &mut self.0
+    }
 }
 
 impl Lab {
     fn new(flows: u32, rules: &str) -> Self {
-        let mut probe = LoadedProbe::load(Capacity {
-            flows,
-            ..Capacity::default()
-        })
-        .expect("load probe");
-        let mut maps = probe.maps().expect("maps");
-        maps.install(&parse_rules(rules, "test").expect("rules"))
-            .expect("install");
-        Self { probe, maps }
+        Self(TestProbe::new(
+            Capacity {
+                flows,
+                ..Capacity::default()
+            },
+            rules,
+        ))
     }
 
-    fn run(&self, frame: &[u8]) {
-        assert_eq!(self.probe.test_run(frame, 1).expect("test run").0, 2);
+    /// One frame through the probe, which passes it.
+    fn pass(&self, frame: &[u8]) {
+        assert_eq!(self.run(frame), XDP_PASS);
     }
 
     fn flows(&mut self) -> HashMap<FlowKey, FlowRecord> {
@@ -165,22 +165,22 @@ fn flows_are_keyed_and_counted_exactly() {
     }
     let echo6 = icmp_echo(true, b"ping6");
     add(
-        ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), ICMPV6, &echo6)),
-        key(ip6(a6()), ip6(b6()), ICMPV6, (0, 128 << 8), [0, 0]),
+        ethernet(ETH_P_IPV6, &ipv6(A6, B6, ICMPV6, &echo6)),
+        key(ip6(A6), ip6(B6), ICMPV6, (0, 128 << 8), [0, 0]),
         40 + echo6.len(),
     );
     for port in [443u16, 8443] {
         let segment = tcp(50000, port, 0x10, b"data");
         add(
-            ethernet(ETH_P_IPV6, &ipv6(a6(), b6(), TCP, &segment)),
-            key(ip6(a6()), ip6(b6()), TCP, (50000, port), [0, 0]),
+            ethernet(ETH_P_IPV6, &ipv6(A6, B6, TCP, &segment)),
+            key(ip6(A6), ip6(B6), TCP, (50000, port), [0, 0]),
             40 + segment.len(),
         );
     }
     let datagram6 = udp(1000, 2000, b"x");
     add(
-        ethernet(ETH_P_IPV6, &ipv6(b6(), a6(), UDP, &datagram6)),
-        key(ip6(b6()), ip6(a6()), UDP, (1000, 2000), [0, 0]),
+        ethernet(ETH_P_IPV6, &ipv6(B6, A6, UDP, &datagram6)),
+        key(ip6(B6), ip6(A6), UDP, (1000, 2000), [0, 0]),
         40 + datagram6.len(),
     );
     // The same 5-tuple on two VLANs (and QinQ) is three flows.
@@ -198,7 +198,7 @@ fn flows_are_keyed_and_counted_exactly() {
     }
     let start = now_ns();
     for (frame, _, _) in &sent {
-        lab.run(frame);
+        lab.pass(frame);
     }
     let end = now_ns();
 
@@ -236,12 +236,12 @@ fn tcp_flags_are_ored_and_the_handshake_timed() {
     let frame = |flags: u8| ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(41000, 22, flags, b"")));
     let flow = key(ip4(A4), ip4(B4), TCP, (41000, 22), [0, 0]);
     let syn_sent = Instant::now();
-    lab.run(&frame(0x02));
+    lab.pass(&frame(0x02));
     std::thread::sleep(Duration::from_millis(20));
-    lab.run(&frame(0x10));
+    lab.pass(&frame(0x10));
     let ack_sent = syn_sent.elapsed();
-    lab.run(&frame(0x18));
-    lab.run(&frame(0x11));
+    lab.pass(&frame(0x18));
+    lab.pass(&frame(0x11));
     let record = lab.flows()[&flow];
     assert_eq!(record.tcp_flags(), 0x02 | 0x10 | 0x08 | 0x01);
     assert_eq!(record.packets, 4);
@@ -253,14 +253,14 @@ fn tcp_flags_are_ored_and_the_handshake_timed() {
 
     // A SYN answered by the client's reset is no handshake.
     let refused = |flags: u8| ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(41002, 22, flags, b"")));
-    lab.run(&refused(0x02));
-    lab.run(&refused(0x14));
+    lab.pass(&refused(0x02));
+    lab.pass(&refused(0x14));
     let reset = lab.flows()[&key(ip4(A4), ip4(B4), TCP, (41002, 22), [0, 0])];
     assert_ne!(reset.syn_ns, 0);
     assert_eq!(reset.handshake_ns, 0);
 
     // A flow seen from its middle (no SYN) has no handshake.
-    lab.run(&ethernet(
+    lab.pass(&ethernet(
         ETH_P_IP,
         &ipv4(A4, B4, TCP, &tcp(41001, 22, 0x10, b"")),
     ));
@@ -279,7 +279,7 @@ fn a_full_table_counts_what_it_refuses_and_evicts_nothing() {
     let mut lab = Lab::new(u32::from(ENTRIES), "any proto udp\n");
     for round in 0..PACKETS {
         for port in 0..ENTRIES + EXTRA {
-            lab.run(&ethernet(
+            lab.pass(&ethernet(
                 ETH_P_IP,
                 &ipv4(A4, B4, UDP, &udp(1000 + port, 53, &[round as u8])),
             ));
@@ -313,15 +313,15 @@ fn generations_split_tables_and_keep_the_handshake() {
     }
     let mut lab = Lab::new(16, "");
     let frame = |flags: u8| ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(42000, 443, flags, b"")));
-    lab.run(&frame(0x02));
-    lab.run(&frame(0x02));
+    lab.pass(&frame(0x02));
+    lab.pass(&frame(0x02));
     assert_eq!((lab.table_len(0), lab.table_len(1)), (1, 0));
     // The reader that drains tables switches to generation 1: the ACK lands in table 1 and
     // finds its SYN in table 0.
     lab.set_generation(1);
     std::thread::sleep(Duration::from_millis(5));
-    lab.run(&frame(0x10));
-    lab.run(&frame(0x18));
+    lab.pass(&frame(0x10));
+    lab.pass(&frame(0x18));
     assert_eq!((lab.table_len(0), lab.table_len(1)), (1, 1));
     let tables = lab.probe.flows().expect("tables");
     assert_eq!(tables.generation().expect("generation"), 1);
@@ -347,7 +347,7 @@ fn many_flows_read_in_batches() {
     let mut lab = Lab::new(FLOWS, "");
     for i in 0..FLOWS {
         let src = [10, 9, (i >> 8) as u8, i as u8];
-        lab.run(&ethernet(ETH_P_IP, &ipv4(src, B4, UDP, &udp(7, 9, b""))));
+        lab.pass(&ethernet(ETH_P_IP, &ipv4(src, B4, UDP, &udp(7, 9, b""))));
     }
     let flows = lab.flows();
     assert_eq!(flows.len(), FLOWS as usize);
@@ -362,7 +362,7 @@ fn flows_off_touch_nothing() {
     }
     let mut lab = Lab::new(0, "web proto tcp\n");
     for port in 0..10 {
-        lab.run(&ethernet(
+        lab.pass(&ethernet(
             ETH_P_IP,
             &ipv4(A4, B4, TCP, &tcp(port, 80, 0x02, b"")),
         ));

@@ -14,6 +14,13 @@ pub const ICMPV6: u8 = 58;
 pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
+/// The addresses of frames that only BPF_PROG_TEST_RUN sees: a source (A) and a destination (B)
+/// of each family.
+pub const A4: [u8; 4] = [10, 1, 2, 3];
+pub const B4: [u8; 4] = [192, 0, 2, 10];
+pub const A6: [u8; 16] = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
+pub const B6: [u8; 16] = v6([0x2001, 0xdb8, 0xbeef, 0, 0, 0, 0, 2]);
+
 /// Ethernet header (to `dst_mac`) followed by `payload`.
 #[must_use]
 pub fn ethernet_to(dst_mac: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -144,10 +151,14 @@ fn checksum(bytes: &[u8]) -> u16 {
 
 /// An IPv6 address from its 8 groups.
 #[must_use]
-pub fn v6(groups: [u16; 8]) -> [u8; 16] {
+pub const fn v6(groups: [u16; 8]) -> [u8; 16] {
     let mut a = [0; 16];
-    for (i, g) in groups.iter().enumerate() {
-        a[i * 2..i * 2 + 2].copy_from_slice(&g.to_be_bytes());
+    let mut i = 0;
+    while i < 8 {
+        let [high, low] = groups[i].to_be_bytes();
+        a[i * 2] = high;
+        a[i * 2 + 1] = low;
+        i += 1;
     }
     a
 }
