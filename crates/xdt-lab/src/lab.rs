@@ -115,7 +115,7 @@ impl Lab {
         Ok(Self {
             client_if: spec.client.iface.clone(),
             node_if: spec.node.iface.clone(),
-            processes: Processes::new(dir.clone(), spec.grace, spec.report),
+            processes: Processes::new(dir.clone(), spec.grace),
             dir,
             cleanups: Vec::new(),
             report: spec.report,
@@ -163,7 +163,12 @@ impl std::fmt::Debug for Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.processes.stop_all();
+        let report = self.report;
+        self.processes.stop_all(|name| {
+            if report {
+                println!("stopped {name}");
+            }
+        });
         while let Some(cleanup) = self.cleanups.pop() {
             match cleanup(self) {
                 Ok(done) if self.report => println!("{done}"),

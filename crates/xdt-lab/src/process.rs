@@ -27,19 +27,17 @@ pub fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
 pub struct Processes {
     logs: PathBuf,
     grace: Duration,
-    report: bool,
     children: Vec<(String, Child)>,
 }
 
 impl Processes {
     /// Logs go to `logs/NAME.log`. On drop each process gets SIGTERM and `grace` to exit (the
-    /// agent flushes and central saves in it) before SIGKILL; `report` prints each stop.
+    /// agent flushes and central saves in it) before SIGKILL.
     #[must_use]
-    pub fn new(logs: PathBuf, grace: Duration, report: bool) -> Self {
+    pub fn new(logs: PathBuf, grace: Duration) -> Self {
         Self {
             logs,
             grace,
-            report,
             children: Vec::new(),
         }
     }
@@ -93,8 +91,9 @@ impl Processes {
         ))
     }
 
-    /// Stops every process, newest first.
-    pub fn stop_all(&mut self) {
+    /// Stops every process, newest first, calling `stopped` with the name of each once it is
+    /// gone.
+    pub fn stop_all(&mut self, mut stopped: impl FnMut(&str)) {
         while let Some((name, mut child)) = self.children.pop() {
             let pid = nix::unistd::Pid::from_raw(child.id().cast_signed());
             if !self.grace.is_zero() {
@@ -106,15 +105,49 @@ impl Processes {
             }
             let _ = child.kill();
             let _ = child.wait();
-            if self.report {
-                println!("stopped {name}");
-            }
+            stopped(&name);
         }
     }
 }
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        self.stop_all();
+        self.stop_all(|_| {});
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the demo prints as it tears its lab down: each process by name, newest first,
+    /// once it has exited; SIGTERM within the grace time.
+    #[test]
+    fn stop_all_names_each_process_newest_first_once_gone() {
+        let dir = std::env::temp_dir().join(crate::netns::unique_name("xdt-lab-stop-"));
+        fs::create_dir_all(&dir).expect("dir");
+        let mut processes = Processes::new(dir.clone(), Duration::from_secs(5));
+        let mut pids = Vec::new();
+        for name in ["first", "second"] {
+            let pid = processes
+                .spawn(name, Command::new("sleep").arg("60"))
+                .expect("spawn sleep");
+            pids.push(pid);
+        }
+        let started = Instant::now();
+        let mut stopped = Vec::new();
+        processes.stop_all(|name| stopped.push(name.to_owned()));
+        assert_eq!(stopped, ["second", "first"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "sleep ends at SIGTERM"
+        );
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "{pid} still exists"
+            );
+        }
+        let _ = fs::remove_dir_all(dir);
     }
 }
