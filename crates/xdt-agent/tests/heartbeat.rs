@@ -59,33 +59,28 @@ fn monotonic_ns() -> u64 {
     now.tv_sec().cast_unsigned() * 1_000_000_000 + now.tv_nsec().cast_unsigned()
 }
 
+/// The check of `file` with the usual max age fails (exit status 1) saying `why`.
+fn unhealthy(file: &Path, why: &str) {
+    let out = check(file, MAX_AGE);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(why), "{}", text(&out));
+}
+
 #[test]
 fn the_check_names_what_is_wrong_with_a_heartbeat() {
     let scratch = Scratch::new();
     let file = scratch.0.join("heartbeat");
 
-    let out = check(&file, MAX_AGE);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("no heartbeat file"), "{}", text(&out));
+    unhealthy(&file, "no heartbeat file");
 
     std::fs::write(&file, "yesterday\n").expect("write");
-    let out = check(&file, MAX_AGE);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("does not hold a time"),
-        "{}",
-        text(&out)
-    );
+    unhealthy(&file, "does not hold a time");
 
     std::fs::write(&file, format!("{}\n", monotonic_ns() + 3_600_000_000_000)).expect("write");
-    let out = check(&file, MAX_AGE);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("ahead of"), "{}", text(&out));
+    unhealthy(&file, "ahead of");
 
     std::fs::write(&file, format!("{}\n", monotonic_ns() - 6_000_000_000)).expect("write");
-    let out = check(&file, MAX_AGE);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("more than 5s"), "{}", text(&out));
+    unhealthy(&file, "more than 5s");
     let out = check(&file, "10");
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -96,13 +91,7 @@ fn the_check_names_what_is_wrong_with_a_heartbeat() {
 
     // A file of a megabyte is read no further than a number can be long.
     std::fs::write(&file, vec![b'1'; 1 << 20]).expect("write");
-    let out = check(&file, MAX_AGE);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("does not hold a time"),
-        "{}",
-        text(&out)
-    );
+    unhealthy(&file, "does not hold a time");
 
     let out = check(&file, "0");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
