@@ -3,6 +3,7 @@
 
 mod compile;
 mod parse;
+mod trie;
 
 use std::{fmt, net::IpAddr};
 
