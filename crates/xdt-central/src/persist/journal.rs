@@ -13,6 +13,9 @@
 //! A record is `len (u32 BE) | crc32 (u32 BE) | postcard(Record)`, the batch inside it being
 //! the frame payload exactly as the agent sent it. A torn record at the end of a segment (a
 //! crash while writing it) was never synced, hence never acknowledged: it is ignored.
+//!
+//! One job in one file, a little over 500 lines with its tests: the writer thread and the
+//! replay at start share the record format and the segment numbering, and are read together.
 
 use std::{
     fs::{self, File, OpenOptions},
