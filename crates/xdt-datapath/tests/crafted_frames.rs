@@ -12,27 +12,19 @@ use xdt_datapath::{
 };
 use xdt_testkit::{frames::*, root_or_skip};
 
-/// The probe with a rule set; the counter and label checks of these tests.
-struct Lab(TestProbe);
-
-impl std::ops::Deref for Lab {
-    type Target = TestProbe;
-    fn deref(&self) -> &TestProbe {
-        &self.0
-    }
+/// The probe with a rule set.
+fn probe_with(rules: &str) -> TestProbe {
+    TestProbe::new(Capacity::default(), rules)
 }
 
-impl std::ops::DerefMut for Lab {
-    fn deref_mut(&mut self) -> &mut TestProbe {
-        &mut self.0
-    }
+/// The counter and label checks of these tests.
+trait Checks {
+    fn counters(&self) -> Counters;
+    fn expect(&self, expected: &[(Counter, u64)]);
+    fn label(&self, name: &str) -> (u64, u64);
 }
 
-impl Lab {
-    fn new(rules: &str) -> Self {
-        Self(TestProbe::new(Capacity::default(), rules))
-    }
-
+impl Checks for TestProbe {
     fn counters(&self) -> Counters {
         let c = self.maps.counters().expect("counters");
         let total = c.get(Counter::TotalPackets);
@@ -88,7 +80,7 @@ use Counter::*;
 
 /// One frame through a probe without rules: the counters it gives.
 fn single(frame: &[u8], expected: &[(Counter, u64)]) {
-    let lab = Lab::new("");
+    let lab = probe_with("");
     assert_eq!(lab.run(frame), XDP_PASS);
     let mut all = vec![(TotalPackets, 1), (TotalBytes, frame.len() as u64)];
     all.extend_from_slice(expected);
@@ -173,7 +165,7 @@ fn vlan_tags() {
         ],
     );
     // The rules see through the tags.
-    let lab = Lab::new("web dst 192.0.2.0/24 proto tcp dport 80\n");
+    let lab = probe_with("web dst 192.0.2.0/24 proto tcp dport 80\n");
     lab.run(&ethernet_vlan(
         &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 7)],
         ETH_P_IP,
@@ -233,7 +225,7 @@ fn ipv4_options_and_fragments() {
         return;
     }
     let lab =
-        Lab::new("dns dst 192.0.2.0/24 proto udp dport 53\nudp-any dst 192.0.2.0/24 proto udp\n");
+        probe_with("dns dst 192.0.2.0/24 proto udp dport 53\nudp-any dst 192.0.2.0/24 proto udp\n");
     // IHL 6: one word of options before UDP; ports still found.
     let mut with_options = ipv4(A4, B4, UDP, &[]);
     with_options[0] = 0x46;
@@ -266,7 +258,7 @@ fn ipv6_extension_headers() {
         return;
     }
     let lab =
-        Lab::new("web dst 2001:db8:beef::/48 proto tcp dport 443\nany6 dst 2001:db8:beef::/48\n");
+        probe_with("web dst 2001:db8:beef::/48 proto tcp dport 443\nany6 dst 2001:db8:beef::/48\n");
     let seg = tcp(4000, 443, 0x18, b"GET /");
     // Hop-by-hop, then destination options, then TCP.
     let chain = ipv6_ext(60, &ipv6_ext(TCP, &seg));
@@ -326,7 +318,7 @@ fn rule_matching_priority_and_actions() {
     if !root_or_skip("rule_matching_priority_and_actions") {
         return;
     }
-    let lab = Lab::new(
+    let lab = probe_with(
         "broad dst 192.0.2.0/24\n\
          narrow dst 192.0.2.10 proto tcp dport 80-90 priority 10\n\
          from-a src 10.0.0.0/8 proto udp priority 20\n\
@@ -380,7 +372,7 @@ fn steer_falls_back_to_pass_without_a_live_agent() {
     if !root_or_skip("steer_falls_back_to_pass_without_a_live_agent") {
         return;
     }
-    let lab = Lab::new("api proto tcp dport 8081 action steer\n");
+    let lab = probe_with("api proto tcp dport 8081 action steer\n");
     let mut steer = xdt_datapath::steer::SteerMaps::of(&lab.probe).expect("steer maps");
     let frame = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 8081, 0x02, b"")));
     let other = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 8082, 0x02, b"")));
@@ -410,7 +402,7 @@ fn sampled_events_and_ring_loss() {
     if !root_or_skip("sampled_events_and_ring_loss") {
         return;
     }
-    let lab = Lab::new("web dst 192.0.2.0/24 proto tcp action sample 3\n");
+    let lab = probe_with("web dst 192.0.2.0/24 proto tcp action sample 3\n");
     let frame = ethernet(
         ETH_P_IP,
         &ipv4(A4, B4, TCP, &tcp(40000, 8080, 0x18, b"GET / HTTP/1.1\r\n")),
@@ -442,7 +434,7 @@ fn sampled_events_and_ring_loss() {
     assert_eq!(lab.counters().get(SampledEvents), 3);
 
     // Every packet sampled, many more than the ring holds: the rest are counted as lost.
-    let lab = Lab::new("all dst 192.0.2.0/24 action sample 1\n");
+    let lab = probe_with("all dst 192.0.2.0/24 action sample 1\n");
     let runs = 10_000;
     lab.probe.test_run(&frame, runs).expect("run");
     let c = lab.counters();
@@ -461,7 +453,7 @@ fn path_records_match_like_nodes() {
     if !root_or_skip("path_records_match_like_nodes") {
         return;
     }
-    let lab = Lab::new(
+    let lab = probe_with(
         "d dst 2001:db8:1:3:ffff::/80\n\
          a dst 2001:db8:1:2::/64\n\
          b dst 2001:db8:1:3::/64\n\
@@ -522,7 +514,7 @@ fn rule_set_switch_keeps_label_counts() {
     if !root_or_skip("rule_set_switch_keeps_label_counts") {
         return;
     }
-    let mut lab = Lab::new("web dst 192.0.2.0/24\n");
+    let mut lab = probe_with("web dst 192.0.2.0/24\n");
     let frame = ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(1, 80, 0x02, b"")));
     lab.run(&frame);
     lab.maps

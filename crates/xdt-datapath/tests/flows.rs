@@ -19,34 +19,28 @@ use xdt_datapath::{
 };
 use xdt_testkit::{frames::*, root_or_skip};
 
-/// The probe with flow tables of `flows` entries and a rule set; the flow checks of these
-/// tests.
-struct Lab(TestProbe);
-
-impl std::ops::Deref for Lab {
-    type Target = TestProbe;
-    fn deref(&self) -> &TestProbe {
-        &self.0
-    }
+/// The probe with flow tables of `flows` entries and a rule set.
+fn probe_with(flows: u32, rules: &str) -> TestProbe {
+    TestProbe::new(
+        Capacity {
+            flows,
+            ..Capacity::default()
+        },
+        rules,
+    )
 }
 
-impl std::ops::DerefMut for Lab {
-    fn deref_mut(&mut self) -> &mut TestProbe {
-        &mut self.0
-    }
+/// The flow checks of these tests.
+trait FlowChecks {
+    fn pass(&self, frame: &[u8]);
+    fn flows(&mut self) -> HashMap<FlowKey, FlowRecord>;
+    fn table_len(&self, generation: usize) -> usize;
+    fn set_generation(&mut self, generation: u32);
+    fn counter(&self, counter: Counter) -> u64;
+    fn label_id(&self, name: &str) -> u32;
 }
 
-impl Lab {
-    fn new(flows: u32, rules: &str) -> Self {
-        Self(TestProbe::new(
-            Capacity {
-                flows,
-                ..Capacity::default()
-            },
-            rules,
-        ))
-    }
-
+impl FlowChecks for TestProbe {
     /// One frame through the probe, which passes it.
     fn pass(&self, frame: &[u8]) {
         assert_eq!(self.run(frame), XDP_PASS);
@@ -130,7 +124,7 @@ fn flows_are_keyed_and_counted_exactly() {
     if !root_or_skip("flows_are_keyed_and_counted_exactly") {
         return;
     }
-    let mut lab = Lab::new(64, "web proto tcp dport 80\n");
+    let mut lab = probe_with(64, "web proto tcp dport 80\n");
     let web = lab.label_id("web");
     // (frame, key, IP bytes) of each packet; several flows per family and protocol.
     let mut sent: Vec<(Vec<u8>, FlowKey, u64)> = Vec::new();
@@ -232,7 +226,7 @@ fn tcp_flags_are_ored_and_the_handshake_timed() {
     if !root_or_skip("tcp_flags_are_ored_and_the_handshake_timed") {
         return;
     }
-    let mut lab = Lab::new(16, "");
+    let mut lab = probe_with(16, "");
     let frame = |flags: u8| ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(41000, 22, flags, b"")));
     let flow = key(ip4(A4), ip4(B4), TCP, (41000, 22), [0, 0]);
     let syn_sent = Instant::now();
@@ -276,7 +270,7 @@ fn a_full_table_counts_what_it_refuses_and_evicts_nothing() {
     if !root_or_skip("a_full_table_counts_what_it_refuses_and_evicts_nothing") {
         return;
     }
-    let mut lab = Lab::new(u32::from(ENTRIES), "any proto udp\n");
+    let mut lab = probe_with(u32::from(ENTRIES), "any proto udp\n");
     for round in 0..PACKETS {
         for port in 0..ENTRIES + EXTRA {
             lab.pass(&ethernet(
@@ -311,7 +305,7 @@ fn generations_split_tables_and_keep_the_handshake() {
     if !root_or_skip("generations_split_tables_and_keep_the_handshake") {
         return;
     }
-    let mut lab = Lab::new(16, "");
+    let mut lab = probe_with(16, "");
     let frame = |flags: u8| ethernet(ETH_P_IP, &ipv4(A4, B4, TCP, &tcp(42000, 443, flags, b"")));
     lab.pass(&frame(0x02));
     lab.pass(&frame(0x02));
@@ -344,7 +338,7 @@ fn many_flows_read_in_batches() {
     if !root_or_skip("many_flows_read_in_batches") {
         return;
     }
-    let mut lab = Lab::new(FLOWS, "");
+    let mut lab = probe_with(FLOWS, "");
     for i in 0..FLOWS {
         let src = [10, 9, (i >> 8) as u8, i as u8];
         lab.pass(&ethernet(ETH_P_IP, &ipv4(src, B4, UDP, &udp(7, 9, b""))));
@@ -360,7 +354,7 @@ fn flows_off_touch_nothing() {
     if !root_or_skip("flows_off_touch_nothing") {
         return;
     }
-    let mut lab = Lab::new(0, "web proto tcp\n");
+    let mut lab = probe_with(0, "web proto tcp\n");
     for port in 0..10 {
         lab.pass(&ethernet(
             ETH_P_IP,
