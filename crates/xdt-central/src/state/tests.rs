@@ -182,6 +182,12 @@ fn new_agents_are_rate_limited_and_evict_the_longest_disconnected() {
     assert_eq!(state.take_removed(), ["a7"]);
 }
 
+/// The AF_XDP packets agent `a` received, as central keeps them.
+fn received_packets(state: &State) -> Option<u64> {
+    let a = state.agent("a").expect("a");
+    a.agent_stats.steering.as_ref().map(|s| s.received_packets)
+}
+
 fn steered(sequence: u64, taken_s: u64, received: u64, lost: u64) -> Batch {
     let mut b = batch(sequence, taken_s, received, received * 100, 0);
     b.agent.steering = Some(steering(received, lost));
@@ -219,31 +225,19 @@ fn steering_figures_are_the_newest_snapshot_with_rates() {
     // Within an instance the sequence orders the snapshots, not the agent's clock: a clock
     // stepped back does not keep the newer figures out.
     state.apply("a", 1, steered(3, 101, 2000, 20), NOW);
-    let a = state.agent("a").expect("a");
-    assert_eq!(
-        a.agent_stats.steering.as_ref().map(|s| s.received_packets),
-        Some(2000)
-    );
+    assert_eq!(received_packets(&state), Some(2000));
     // A batch of an older instance, replayed after a newer one said Hello, does not
     // replace the newer figures.
     state.connect(&hello("a", 9, "t"), 0.0).expect("connect");
     state.connect(&hello("a", 1, "t"), 0.0).expect("connect");
     state.apply("a", 9, steered(1, 200, 1, 0), NOW);
-    let a = state.agent("a").expect("a");
-    assert_eq!(
-        a.agent_stats.steering.as_ref().map(|s| s.received_packets),
-        Some(2000)
-    );
+    assert_eq!(received_packets(&state), Some(2000));
 
     // A restarted agent (new instance) counts from zero, even above the old figures.
     state.connect(&hello("a", 2, "t"), 0.0).expect("connect");
     state.apply("a", 2, steered(1, 104, 4000, 0), NOW);
-    let a = state.agent("a").expect("a");
-    assert_eq!(
-        a.agent_stats.steering.as_ref().map(|s| s.received_packets),
-        Some(4000)
-    );
-    let rates = a.steering_rates.expect("rates");
+    assert_eq!(received_packets(&state), Some(4000));
+    let rates = state.agent("a").expect("a").steering_rates.expect("rates");
     // Over the 3 s since the snapshot taken at 101.
     assert_eq!(rates.get("received_packets_per_second"), Some(4000.0 / 3.0));
     assert_eq!(rates.get("reinject_dropped_per_second"), Some(0.0));
