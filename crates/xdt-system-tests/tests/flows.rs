@@ -5,6 +5,8 @@
 //! exactly, and flows off must cost nothing. Then softflowd on the same interface with the same
 //! traffic, as the reference: the same flow keys with the same packet counts.
 
+mod common;
+
 use std::{
     collections::{BTreeMap, HashMap},
     io::Read as _,
@@ -13,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::frames::{Key, Subnet, describe};
 use serde_json::Value;
 use xdt_common::flows::{FlowKey, FlowRecord, TABLE_MAPS};
 use xdt_testkit::{
@@ -22,15 +25,8 @@ use xdt_testkit::{
     root_or_skip,
 };
 
-const CLIENT4: [u8; 4] = [10, 91, 0, 1];
-const NODE4: [u8; 4] = [10, 91, 0, 2];
-
-fn client6() -> [u8; 16] {
-    v6([0xfd00, 0x91, 0, 0, 0, 0, 0, 1])
-}
-fn node6() -> [u8; 16] {
-    v6([0xfd00, 0x91, 0, 0, 0, 0, 0, 2])
-}
+/// 10.91.0.0/24 and fd00:91::/64.
+const NET: Subnet = Subnet { v4: 91, v6: 0x91 };
 
 /// Quiet ends (no addresses: no ARP, no IPv6 solicitations), so only the test's frames cross.
 fn quiet_lab() -> Lab {
@@ -108,16 +104,6 @@ fn flows_json(lab: &Lab, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("flows json")
 }
 
-/// A flow's key as `xdt flows --json` and softflowd both name it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct Key {
-    protocol: u8,
-    src: IpAddr,
-    src_port: u16,
-    dst: IpAddr,
-    dst_port: u16,
-}
-
 fn key_of(flow: &Value) -> Key {
     let ip = |name: &str| flow[name].as_str().expect("address").parse().expect("ip");
     let num = |name: &str| u16::try_from(flow[name].as_u64().expect("number")).expect("u16");
@@ -139,57 +125,15 @@ struct Expected {
     label: Option<String>,
 }
 
-/// The frame of `l4` from the client to the node, and the flow it belongs to.
-fn v4(protocol: u8, l4: &[u8]) -> Vec<u8> {
-    ethernet(ETH_P_IP, &ipv4(CLIENT4, NODE4, protocol, l4))
-}
-fn v6f(protocol: u8, l4: &[u8]) -> Vec<u8> {
-    ethernet(ETH_P_IPV6, &ipv6(client6(), node6(), protocol, l4))
-}
-
-/// The key, IP length and TCP flags of one of the frames built above.
-fn describe(frame: &[u8]) -> (Key, u64, u8) {
-    let (version, ip) = (frame[14] >> 4, &frame[14..]);
-    let (protocol, src, dst, ip_len, l4): (u8, IpAddr, IpAddr, u64, &[u8]) = if version == 4 {
-        let src: [u8; 4] = ip[12..16].try_into().expect("4");
-        let dst: [u8; 4] = ip[16..20].try_into().expect("4");
-        let len = u64::from(u16::from_be_bytes([ip[2], ip[3]]));
-        (ip[9], src.into(), dst.into(), len, &ip[20..])
-    } else {
-        let src: [u8; 16] = ip[8..24].try_into().expect("16");
-        let dst: [u8; 16] = ip[24..40].try_into().expect("16");
-        let len = u64::from(u16::from_be_bytes([ip[4], ip[5]])) + 40;
-        (ip[6], src.into(), dst.into(), len, &ip[40..])
-    };
-    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
-    let (src_port, dst_port, flags) = match protocol {
-        TCP => (port(0), port(2), l4[13]),
-        UDP => (port(0), port(2), 0),
-        // ICMP: type << 8 | code, as NetFlow exporters key it.
-        _ => (0, port(0), 0),
-    };
-    (
-        Key {
-            protocol,
-            src,
-            src_port,
-            dst,
-            dst_port,
-        },
-        ip_len,
-        flags,
-    )
-}
-
 /// The flows a mix of frames makes: per key, packets, IP bytes and the OR of TCP flags.
 fn expected(mix: &[(Vec<u8>, usize, Option<&str>)]) -> BTreeMap<Key, Expected> {
     let mut out: BTreeMap<Key, Expected> = BTreeMap::new();
     for (frame, count, label) in mix {
-        let (key, ip_len, flags) = describe(frame);
-        let e = out.entry(key).or_default();
+        let frame = describe(frame);
+        let e = out.entry(frame.key).or_default();
         e.packets += *count as u64;
-        e.bytes += ip_len * *count as u64;
-        e.tcp_flags |= flags;
+        e.bytes += frame.ip_len * *count as u64;
+        e.tcp_flags |= frame.tcp_flags;
         e.label = label.map(str::to_owned);
     }
     out
@@ -200,26 +144,34 @@ const RULES: &str = "web proto tcp dport 80\nping6 proto icmpv6\n";
 
 fn mix() -> Vec<(Vec<u8>, usize, Option<&'static str>)> {
     vec![
-        (v4(TCP, &tcp(40000, 80, 0x02, b"")), 1, Some("web")),
-        (v4(TCP, &tcp(40000, 80, 0x10, b"")), 1, Some("web")),
+        (NET.v4(TCP, &tcp(40000, 80, 0x02, b"")), 1, Some("web")),
+        (NET.v4(TCP, &tcp(40000, 80, 0x10, b"")), 1, Some("web")),
         (
-            v4(TCP, &tcp(40000, 80, 0x18, b"GET / HTTP/1.1\r\n")),
+            NET.v4(TCP, &tcp(40000, 80, 0x18, b"GET / HTTP/1.1\r\n")),
             12,
             Some("web"),
         ),
-        (v4(TCP, &tcp(40000, 80, 0x11, b"")), 1, Some("web")),
-        (v4(TCP, &tcp(40001, 80, 0x18, &[7; 300])), 5, Some("web")),
-        (v4(TCP, &tcp(40002, 22, 0x10, b"ssh")), 9, None),
-        (v4(UDP, &udp(5353, 53, b"query")), 30, None),
-        (v4(UDP, &udp(5354, 53, b"query-2")), 3, None),
-        (v4(UDP, &udp(5353, 123, &[0; 48])), 10, None),
-        (v4(ICMP, &icmp_echo(false, &[0; 56])), 15, None),
-        (v6f(TCP, &tcp(40000, 443, 0x02, b"")), 1, None),
-        (v6f(TCP, &tcp(40000, 443, 0x18, &[1; 1000])), 25, None),
-        (v6f(TCP, &tcp(40003, 80, 0x04, b"")), 2, Some("web")),
-        (v6f(UDP, &udp(5353, 53, b"q6")), 5, None),
-        (v6f(UDP, &udp(6000, 7000, &[2; 512])), 8, None),
-        (v6f(ICMPV6, &icmp_echo(true, &[0; 56])), 12, Some("ping6")),
+        (NET.v4(TCP, &tcp(40000, 80, 0x11, b"")), 1, Some("web")),
+        (
+            NET.v4(TCP, &tcp(40001, 80, 0x18, &[7; 300])),
+            5,
+            Some("web"),
+        ),
+        (NET.v4(TCP, &tcp(40002, 22, 0x10, b"ssh")), 9, None),
+        (NET.v4(UDP, &udp(5353, 53, b"query")), 30, None),
+        (NET.v4(UDP, &udp(5354, 53, b"query-2")), 3, None),
+        (NET.v4(UDP, &udp(5353, 123, &[0; 48])), 10, None),
+        (NET.v4(ICMP, &icmp_echo(false, &[0; 56])), 15, None),
+        (NET.v6(TCP, &tcp(40000, 443, 0x02, b"")), 1, None),
+        (NET.v6(TCP, &tcp(40000, 443, 0x18, &[1; 1000])), 25, None),
+        (NET.v6(TCP, &tcp(40003, 80, 0x04, b"")), 2, Some("web")),
+        (NET.v6(UDP, &udp(5353, 53, b"q6")), 5, None),
+        (NET.v6(UDP, &udp(6000, 7000, &[2; 512])), 8, None),
+        (
+            NET.v6(ICMPV6, &icmp_echo(true, &[0; 56])),
+            12,
+            Some("ping6"),
+        ),
     ]
 }
 
@@ -322,7 +274,7 @@ fn a_full_table_is_counted_exactly() {
     let mut frames = Vec::new();
     for _ in 0..ROUNDS {
         for port in 0..ENTRIES + EXTRA {
-            frames.push((v4(UDP, &udp(20000 + port, 53, b"x")), 1));
+            frames.push((NET.v4(UDP, &udp(20000 + port, 53, b"x")), 1));
         }
     }
     send(&lab, &frames);

@@ -2,6 +2,8 @@
 //! quiet veth pair, the `xdt` binary run in the node namespace, frames sent from the client.
 #![allow(dead_code, reason = "each test file uses a part")]
 
+pub mod frames;
+
 use std::{
     process::Output,
     time::{Duration, Instant},
