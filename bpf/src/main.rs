@@ -83,11 +83,10 @@ static XDT_FLOWS_1: HashMap<FlowKey, FlowRecord> = HashMap::with_max_entries(OFF
 /// The generation whose table the probe writes; switched by the reader that drains tables.
 #[map]
 static XDT_FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
-/// The parsed packet, per CPU, on its way from the parser to the rules (see `xdt`); the
-/// probe's alone, never pinned.
+/// One word that stays 0 (nothing writes it), which the parsed packet is ORed with before the
+/// rules and flows (see `xdt`); the probe's alone, never pinned.
 #[map]
-static XDT_PACKET: PerCpuArray<[u64; PACKET_WORDS]> = PerCpuArray::with_max_entries(1, 0);
-const PACKET_WORDS: usize = core::mem::size_of::<Packet>() / 8;
+static XDT_ZERO: Array<u64> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -120,7 +119,6 @@ const BPF_NOEXIST: u64 = 1;
 
 /// What the probe learnt of an IP packet; everything the rules and events look at.
 #[derive(Default, Clone, Copy)]
-#[repr(C, align(8))]
 struct Packet {
     /// 0 until an IP header was read, then 4 or 6.
     version: u8,
@@ -140,6 +138,29 @@ struct Packet {
     dst_port: u16,
     ip_len: u16,
     payload_len: u16,
+}
+
+impl Packet {
+    /// The same packet in values the verifier cannot see through: each field ORed with `zero`,
+    /// which is 0 (see `xdt`).
+    #[inline(always)]
+    fn opaque(&self, zero: u64) -> Packet {
+        let (z8, z16, z32) = (zero as u8, zero as u16, zero as u32);
+        Packet {
+            version: self.version | z8,
+            protocol: self.protocol | z8,
+            tcp_flags: self.tcp_flags | z8,
+            has_ports: self.has_ports | (z8 & 1 != 0),
+            icmp_type_code: self.icmp_type_code | z16,
+            vlans: self.vlans.map(|v| v | z16),
+            src: self.src.map(|a| a | z32),
+            dst: self.dst.map(|a| a | z32),
+            src_port: self.src_port | z16,
+            dst_port: self.dst_port | z16,
+            ip_len: self.ip_len | z16,
+            payload_len: self.payload_len | z16,
+        }
+    }
 }
 
 // Headers as the wire lays them out, with fields of their natural width so that LLVM reads
@@ -262,22 +283,27 @@ pub fn xdt(ctx: XdpContext) -> u32 {
         bump(counters, Counter::Errors);
         return XDP_PASS;
     };
-    // The parser's result goes through map memory before the rules and flows see it. The
-    // verifier knows it exactly on each of the parser's many paths (IPv4 or IPv6, VLAN tags,
-    // extension headers, protocols) and would check the rules and the flow code once per path:
-    // with flows that passed its limit of a million instructions on Linux 6.1. Loaded from a
-    // map, the values are unknown to it, and it checks the rest once for all of them.
-    let Some(slot) = XDT_PACKET.get_ptr_mut(0) else {
+    let generation = if config.active == 0 {
+        &config.generations[0]
+    } else {
+        &config.generations[1]
+    };
+    // No rule in force and flows off: nothing below has work to do.
+    if generation.rule_count == 0 && config.flow_entries == 0 {
+        return XDP_PASS;
+    }
+    // The verifier knows the parser's result exactly on each of the parser's many paths (IPv4
+    // or IPv6, VLAN tags, extension headers, protocols) and would check the rules and the flow
+    // code once per path: with flows that passed its limit of a million instructions on Linux
+    // 6.1. ORed with a word loaded from a map, which the verifier cannot know, every field is
+    // unknown to it, and it checks the rest once for all paths. (Copying the packet through
+    // map memory does the same at several times the cost; a global function or a tail call
+    // costs a call, which is dear where returns are mitigated, as on AMD: docs/benchmarks.md.)
+    let Some(&zero) = XDT_ZERO.get(0) else {
         bump(counters, Counter::Errors);
         return XDP_PASS;
     };
-    // SAFETY: a per-CPU value, touched only by this CPU while this program runs on it; Packet
-    // is plain integers, `align(8)` makes it whole words, and the volatile accesses keep the
-    // compiler from carrying the values around the map.
-    let packet = unsafe {
-        slot.write_volatile(core::mem::transmute::<Packet, [u64; PACKET_WORDS]>(packet));
-        core::mem::transmute::<[u64; PACKET_WORDS], Packet>(slot.read_volatile())
-    };
+    let packet = packet.opaque(zero);
     let (verdict, label) = match classify(&ctx, counters, config, &packet, frame_len) {
         Ok(classified) => classified,
         Err(()) => {
