@@ -204,7 +204,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xdt_wire::{AgentStats, Event};
+    use xdt_wire::{AgentStats, Event, Headers};
 
     fn batch(sequence: u64, events: usize) -> Batch {
         let event = Event {
@@ -213,14 +213,16 @@ mod tests {
             rule: 1,
             action: "sample".into(),
             rx_queue: 0,
-            protocol: 6,
-            src: "10.0.0.1".parse().expect("ip"),
-            dst: "10.0.0.2".parse().expect("ip"),
-            src_port: 1,
-            dst_port: 2,
-            ip_len: 40,
-            payload_len: 0,
-            tcp_flags: 0,
+            headers: Headers {
+                protocol: 6,
+                src: "10.0.0.1".parse().expect("ip"),
+                dst: "10.0.0.2".parse().expect("ip"),
+                src_port: 1,
+                dst_port: 2,
+                ip_len: 40,
+                payload_len: 0,
+                tcp_flags: 0,
+            },
             inspection: None,
         };
         Batch {

@@ -67,14 +67,7 @@ pub(crate) async fn read_events(
                 rule: e.rule,
                 action: e.action.to_owned(),
                 rx_queue: e.rx_queue,
-                protocol: e.protocol,
-                src: e.src,
-                dst: e.dst,
-                src_port: e.src_port,
-                dst_port: e.dst_port,
-                ip_len: e.ip_len,
-                payload_len: e.payload_len,
-                tcp_flags: e.tcp_flags,
+                headers: e.headers,
                 inspection: None,
             });
         });

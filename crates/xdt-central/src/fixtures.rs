@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use xdt_wire::{
-    AgentStats, Batch, DnsQuery, Event, Flow, FlowEnd, FlowStats, Hello, HttpRequest, Inspection,
-    LabelCount, SteeringStats,
+    AgentStats, Batch, DnsQuery, Event, Flow, FlowEnd, FlowStats, Headers, Hello, HttpRequest,
+    Inspection, LabelCount, SteeringStats,
 };
 
 /// A label that every export has to escape (quotes, a newline, markup).
@@ -34,14 +34,16 @@ pub fn event(timestamp_unix_ns: u64, label: &str, payload_len: u16) -> Event {
         rule: 1,
         action: "sample".into(),
         rx_queue: 0,
-        protocol: 6,
-        src: Ipv4Addr::new(192, 0, 2, 1).into(),
-        dst: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
-        src_port: 40000,
-        dst_port: 80,
-        ip_len: 60 + payload_len,
-        payload_len,
-        tcp_flags: 0x18,
+        headers: Headers {
+            protocol: 6,
+            src: Ipv4Addr::new(192, 0, 2, 1).into(),
+            dst: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+            src_port: 40000,
+            dst_port: 80,
+            ip_len: 60 + payload_len,
+            payload_len,
+            tcp_flags: 0x18,
+        },
         inspection: None,
     }
 }
@@ -50,17 +52,21 @@ pub fn event(timestamp_unix_ns: u64, label: &str, payload_len: u16) -> Event {
 /// the benchmarks send.
 #[must_use]
 pub fn https_event(timestamp_unix_ns: u64, i: u64) -> Event {
+    let sampled = event(timestamp_unix_ns, "web", 1448);
     Event {
         rule: 3,
         rx_queue: 1,
-        src: Ipv4Addr::new(198, 51, 100, 23).into(),
-        dst: Ipv4Addr::new(203, 0, 113, 10).into(),
-        // Below 20,000: a port of 40,000 to 59,999.
-        src_port: 40_000 + (i % 20_000) as u16,
-        dst_port: 443,
-        ip_len: 1500,
-        tcp_flags: 0x10,
-        ..event(timestamp_unix_ns, "web", 1448)
+        headers: Headers {
+            src: Ipv4Addr::new(198, 51, 100, 23).into(),
+            dst: Ipv4Addr::new(203, 0, 113, 10).into(),
+            // Below 20,000: a port of 40,000 to 59,999.
+            src_port: 40_000 + (i % 20_000) as u16,
+            dst_port: 443,
+            ip_len: 1500,
+            tcp_flags: 0x10,
+            ..sampled.headers
+        },
+        ..sampled
     }
 }
 

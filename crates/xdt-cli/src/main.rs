@@ -350,12 +350,12 @@ fn events(iface: &str, json: bool, count: Option<u64>, timeout: Option<f64>) -> 
                     e.label,
                     e.rule,
                     e.action,
-                    e.protocol,
-                    endpoint(e.src, e.src_port),
-                    endpoint(e.dst, e.dst_port),
-                    e.ip_len,
-                    e.payload_len,
-                    e.tcp_flags,
+                    e.headers.protocol,
+                    endpoint(e.headers.src, e.headers.src_port),
+                    endpoint(e.headers.dst, e.headers.dst_port),
+                    e.headers.ip_len,
+                    e.headers.payload_len,
+                    e.headers.tcp_flags,
                     e.rx_queue
                 )
             };

@@ -4,6 +4,9 @@
 //! the `#[repr(C)]` layout of its keys, values or events. The probe (no_std, `bpfel-unknown-none`)
 //! and user space both compile these definitions, and `const` size assertions make a layout drift
 //! fail the build on both sides. Fixed-width integers only, explicit padding, no `bool`.
+//!
+//! Besides the maps, [`packet::Headers`]: what user space decodes of a reported packet's
+//! headers, one definition for the datapath, the wire and the agent.
 #![no_std]
 
 pub mod agent;
@@ -12,6 +15,7 @@ pub mod counters;
 pub mod events;
 pub mod flows;
 pub mod labels;
+pub mod packet;
 pub mod pkt_stats;
 pub mod rules;
 pub mod steer;

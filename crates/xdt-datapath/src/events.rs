@@ -11,6 +11,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Serialize;
 use xdt_common::{
     events::{self, SampledEvent},
+    packet::Headers,
     rules::{ACTION_DROP, ACTION_SAMPLE},
 };
 
@@ -29,14 +30,9 @@ pub struct Event {
     pub rule: u32,
     pub action: &'static str,
     pub ip_version: u8,
-    pub protocol: u8,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub ip_len: u16,
-    pub payload_len: u16,
-    pub tcp_flags: u8,
+    /// Printed as its fields, in place (`xdt events --json`).
+    #[serde(flatten)]
+    pub headers: Headers,
 }
 
 impl Event {
@@ -62,14 +58,16 @@ impl Event {
                 _ => "count",
             },
             ip_version: raw.ip_version,
-            protocol: raw.protocol,
-            src: address(raw.src_addr),
-            dst: address(raw.dst_addr),
-            src_port: raw.src_port,
-            dst_port: raw.dst_port,
-            ip_len: raw.ip_len,
-            payload_len: raw.payload_len,
-            tcp_flags: raw.tcp_flags,
+            headers: Headers {
+                protocol: raw.protocol,
+                src: address(raw.src_addr),
+                dst: address(raw.dst_addr),
+                src_port: raw.src_port,
+                dst_port: raw.dst_port,
+                ip_len: raw.ip_len,
+                payload_len: raw.payload_len,
+                tcp_flags: raw.tcp_flags,
+            },
         }
     }
 }

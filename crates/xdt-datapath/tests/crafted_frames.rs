@@ -421,15 +421,16 @@ fn sampled_events_and_ring_loss() {
     assert_eq!(events.len(), 3, "1 of every 3 of 10 packets");
     let e = &events[0];
     assert_eq!((e.label.as_str(), e.rule, e.action), ("web", 1, "sample"));
+    let h = &e.headers;
     assert_eq!(
-        (e.src.to_string().as_str(), e.dst.to_string().as_str()),
+        (h.src.to_string().as_str(), h.dst.to_string().as_str()),
         ("10.1.2.3", "192.0.2.10")
     );
     assert_eq!(
-        (e.src_port, e.dst_port, e.protocol, e.ip_version),
+        (h.src_port, h.dst_port, h.protocol, e.ip_version),
         (40000, 8080, TCP, 4)
     );
-    assert_eq!((e.ip_len, e.payload_len, e.tcp_flags), (56, 16, 0x18));
+    assert_eq!((h.ip_len, h.payload_len, h.tcp_flags), (56, 16, 0x18));
     assert!(e.timestamp_ns > 0);
     assert_eq!(lab.counters().get(SampledEvents), 3);
 

@@ -194,7 +194,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         Ack, AgentStats, Batch, ErrorCode, ErrorMessage, Event, Flow, FlowBatch, FlowEnd,
-        FlowStats, Hello, LabelCount, Welcome,
+        FlowStats, Headers, Hello, LabelCount, Welcome,
     };
 
     pub(crate) fn flow() -> Flow {
@@ -245,14 +245,16 @@ pub(crate) mod tests {
                     rule: 1,
                     action: "sample".into(),
                     rx_queue: 0,
-                    protocol: 6,
-                    src: "10.0.0.1".parse().expect("ip"),
-                    dst: "2001:db8::1".parse().expect("ip"),
-                    src_port: 40000,
-                    dst_port: 80,
-                    ip_len: 60,
-                    payload_len: 0,
-                    tcp_flags: 2,
+                    headers: Headers {
+                        protocol: 6,
+                        src: "10.0.0.1".parse().expect("ip"),
+                        dst: "2001:db8::1".parse().expect("ip"),
+                        src_port: 40000,
+                        dst_port: 80,
+                        ip_len: 60,
+                        payload_len: 0,
+                        tcp_flags: 2,
+                    },
                     inspection: None,
                 }],
                 agent: AgentStats {

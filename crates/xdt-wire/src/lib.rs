@@ -15,6 +15,7 @@ pub use message::{
     Ack, AgentStats, Batch, DnsQuery, ErrorCode, ErrorMessage, Event, Flow, FlowBatch, FlowEnd,
     FlowStats, Flows, Hello, HttpRequest, Inspection, LabelCount, Message, SteeringStats, Welcome,
 };
+pub use xdt_common::packet::Headers;
 
 /// The newest protocol version this build speaks, and the one it offers in its preamble.
 /// 2: steered-packet inspection in `Event`, AF_XDP figures in `AgentStats`.

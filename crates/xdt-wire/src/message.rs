@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use xdt_common::packet::Headers;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -145,14 +146,9 @@ pub struct Event {
     pub rule: u32,
     pub action: String,
     pub rx_queue: u32,
-    pub protocol: u8,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub ip_len: u16,
-    pub payload_len: u16,
-    pub tcp_flags: u8,
+    /// What the packet's headers say. Its fields go on the wire in its place, as when they were
+    /// the event's own: postcard writes a nested struct as its fields (tests/event_layout.rs).
+    pub headers: Headers,
     /// What the agent read of a steered packet's bytes; `None` for sampled events. Boxed so
     /// that the sampled events, most of those buffered, do not carry its room (postcard encodes
     /// a box as its content: the wire format is the same).

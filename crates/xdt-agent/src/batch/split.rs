@@ -112,7 +112,7 @@ pub(crate) fn split(
 
 #[cfg(test)]
 mod tests {
-    use xdt_wire::{AgentStats, DnsQuery, FlowEnd, Inspection, MAX_FRAME, frame};
+    use xdt_wire::{AgentStats, DnsQuery, FlowEnd, Headers, Inspection, MAX_FRAME, frame};
 
     use super::*;
 
@@ -123,14 +123,16 @@ mod tests {
             rule: 3,
             action: "steer".into(),
             rx_queue: 0,
-            protocol: 17,
-            src: "10.0.0.1".parse().expect("ip"),
-            dst: "10.0.0.2".parse().expect("ip"),
-            src_port: 40000,
-            dst_port: 53,
-            ip_len: 300,
-            payload_len: 272,
-            tcp_flags: 0,
+            headers: Headers {
+                protocol: 17,
+                src: "10.0.0.1".parse().expect("ip"),
+                dst: "10.0.0.2".parse().expect("ip"),
+                src_port: 40000,
+                dst_port: 53,
+                ip_len: 300,
+                payload_len: 272,
+                tcp_flags: 0,
+            },
             inspection: Some(Box::new(Inspection {
                 frame_len: 314,
                 agent_latency_ns: 12_345,

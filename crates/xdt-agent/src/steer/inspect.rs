@@ -1,10 +1,8 @@
 //! Reads a steered frame: addresses, ports and sizes, and the start of an HTTP/1.x request or a
 //! DNS query when the packet carries one. Never fails: what cannot be read is left out.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use xdt_wire::{DnsQuery, HttpRequest};
+use xdt_wire::{DnsQuery, Headers, HttpRequest};
 
 /// Longest HTTP path or Host kept (longer ones are cut at a character boundary).
 const MAX_TEXT: usize = 512;
@@ -13,37 +11,12 @@ const MAX_HEADERS: usize = 32;
 const DNS_PORT: u16 = 53;
 
 /// What one frame shows.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inspected {
-    pub protocol: u8,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    /// IPv4 total length, or IPv6 payload length + 40; 0 if no IP header.
-    pub ip_len: u16,
-    /// Bytes after the TCP/UDP header (or after the IP header for other protocols).
-    pub payload_len: u16,
-    pub tcp_flags: u8,
+    /// Left at their defaults where there is no IP header (or no TCP or UDP one).
+    pub headers: Headers,
     pub http: Option<HttpRequest>,
     pub dns: Option<DnsQuery>,
-}
-
-impl Default for Inspected {
-    fn default() -> Self {
-        Self {
-            protocol: 0,
-            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            src_port: 0,
-            dst_port: 0,
-            ip_len: 0,
-            payload_len: 0,
-            tcp_flags: 0,
-            http: None,
-            dns: None,
-        }
-    }
 }
 
 /// Inspects an Ethernet frame (VLAN tags allowed).
@@ -56,31 +29,31 @@ pub fn inspect(frame: &[u8]) -> Inspected {
     let ip_payload = match &packet.net {
         Some(NetSlice::Ipv4(ip)) => {
             let header = ip.header();
-            out.src = header.source_addr().into();
-            out.dst = header.destination_addr().into();
-            out.ip_len = header.total_len();
+            out.headers.src = header.source_addr().into();
+            out.headers.dst = header.destination_addr().into();
+            out.headers.ip_len = header.total_len();
             ip.payload()
         }
         Some(NetSlice::Ipv6(ip)) => {
             let header = ip.header();
-            out.src = header.source_addr().into();
-            out.dst = header.destination_addr().into();
-            out.ip_len = header.payload_length().saturating_add(40);
+            out.headers.src = header.source_addr().into();
+            out.headers.dst = header.destination_addr().into();
+            out.headers.ip_len = header.payload_length().saturating_add(40);
             ip.payload()
         }
         _ => return out,
     };
-    out.protocol = ip_payload.ip_number.0;
-    out.payload_len = clamp_len(ip_payload.payload.len());
+    out.headers.protocol = ip_payload.ip_number.0;
+    out.headers.payload_len = clamp_len(ip_payload.payload.len());
     match &packet.transport {
         Some(TransportSlice::Tcp(tcp)) => {
-            out.src_port = tcp.source_port();
-            out.dst_port = tcp.destination_port();
+            out.headers.src_port = tcp.source_port();
+            out.headers.dst_port = tcp.destination_port();
             // The flags byte: FIN 0x01 ... CWR 0x80, as the probe reports it.
-            out.tcp_flags = tcp.slice().get(13).copied().unwrap_or(0);
+            out.headers.tcp_flags = tcp.slice().get(13).copied().unwrap_or(0);
             let payload = tcp.payload();
-            out.payload_len = clamp_len(payload.len());
-            if out.dst_port == DNS_PORT {
+            out.headers.payload_len = clamp_len(payload.len());
+            if out.headers.dst_port == DNS_PORT {
                 // DNS over TCP: a two-byte length, then the message.
                 out.dns = payload.get(2..).and_then(dns_query);
             } else {
@@ -88,11 +61,11 @@ pub fn inspect(frame: &[u8]) -> Inspected {
             }
         }
         Some(TransportSlice::Udp(udp)) => {
-            out.src_port = udp.source_port();
-            out.dst_port = udp.destination_port();
+            out.headers.src_port = udp.source_port();
+            out.headers.dst_port = udp.destination_port();
             let payload = udp.payload();
-            out.payload_len = clamp_len(payload.len());
-            if out.dst_port == DNS_PORT {
+            out.headers.payload_len = clamp_len(payload.len());
+            if out.headers.dst_port == DNS_PORT {
                 out.dns = dns_query(payload);
             }
         }
@@ -165,6 +138,8 @@ fn cut(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
     use etherparse::PacketBuilder;
 
@@ -205,12 +180,15 @@ mod tests {
             8081,
             b"GET /steer/42?x=1 HTTP/1.1\r\nHost: node:8081\r\nUser-Agent: t\r\n\r\n",
         ));
-        assert_eq!(seen.protocol, 6);
-        assert_eq!(seen.src, IpAddr::from([10, 0, 0, 1]));
-        assert_eq!((seen.src_port, seen.dst_port), (40000, 8081));
-        assert_eq!(seen.tcp_flags, 0x18);
-        assert_eq!(seen.payload_len, 62);
-        assert_eq!(seen.ip_len, 20 + 20 + 62);
+        assert_eq!(seen.headers.protocol, 6);
+        assert_eq!(seen.headers.src, IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(
+            (seen.headers.src_port, seen.headers.dst_port),
+            (40000, 8081)
+        );
+        assert_eq!(seen.headers.tcp_flags, 0x18);
+        assert_eq!(seen.headers.payload_len, 62);
+        assert_eq!(seen.headers.ip_len, 20 + 20 + 62);
         let http = seen.http.expect("http");
         assert_eq!(
             (http.method.as_str(), http.path.as_str()),
@@ -248,7 +226,7 @@ mod tests {
     fn dns_over_udp_and_tcp() {
         let query = dns_question("www.example.com", simple_dns::TYPE::AAAA);
         let seen = inspect(&udp6(53, &query));
-        assert_eq!(seen.src, IpAddr::from([0xfd; 16]));
+        assert_eq!(seen.headers.src, IpAddr::from([0xfd; 16]));
         assert_eq!(
             seen.dns,
             Some(DnsQuery {

@@ -8,12 +8,10 @@
 //! a fleet-wide budget ([`EVENT_BUDGET`], [`PAYLOAD_BUDGET`], [`RATE_BUDGET`]). [`Cache`] renders it at most once
 //! at a time and serves the rendered document to every reader that comes while it is fresh.
 
-use std::net::IpAddr;
-
 use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
 use xdt_common::counters::Counter;
-use xdt_wire::{Event, Inspection};
+use xdt_wire::{Event, Headers, Inspection};
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -116,14 +114,10 @@ struct EventJson<'a> {
     label: &'a str,
     rule: u32,
     action: &'a str,
-    protocol: u8,
-    src: IpAddr,
-    dst: IpAddr,
-    src_port: u16,
-    dst_port: u16,
-    ip_len: u16,
-    payload_len: u16,
-    tcp_flags: u8,
+    /// The packet's headers, their fields in place (the PoC's shape keeps them before
+    /// `rx_queue`).
+    #[serde(flatten)]
+    headers: &'a Headers,
     rx_queue: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     inspection: Option<InspectionJson<'a>>,
@@ -159,14 +153,7 @@ impl<'a> From<&'a Event> for EventJson<'a> {
             label: &e.label,
             rule: e.rule,
             action: &e.action,
-            protocol: e.protocol,
-            src: e.src,
-            dst: e.dst,
-            src_port: e.src_port,
-            dst_port: e.dst_port,
-            ip_len: e.ip_len,
-            payload_len: e.payload_len,
-            tcp_flags: e.tcp_flags,
+            headers: &e.headers,
             rx_queue: e.rx_queue,
             inspection: e.inspection.as_deref().map(InspectionJson::from),
         }

@@ -329,10 +329,11 @@ fn fill(record: &mut SdkLogRecord, origin: &Origin, event: &Event, observed: Sys
     } else {
         "xdt.packet.sampled"
     });
-    let transport = transport(event.protocol);
+    let h = &event.headers;
+    let transport = transport(h.protocol);
     let mut body = format!(
         "{} {transport} {}:{} -> {}:{} label {}",
-        event.action, event.src, event.src_port, event.dst, event.dst_port, event.label
+        event.action, h.src, h.src_port, h.dst, h.dst_port, event.label
     );
     let attributes: &mut Vec<(&'static str, AnyValue)> = &mut vec![
         ("xdt.agent.id", origin.agent_id.clone().into()),
@@ -344,17 +345,17 @@ fn fill(record: &mut SdkLogRecord, origin: &Origin, event: &Event, observed: Sys
         ("xdt.rx_queue", i64::from(event.rx_queue).into()),
         (
             "network.type",
-            if event.src.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+            if h.src.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
         ),
         ("network.transport", transport.into()),
-        ("xdt.ip.protocol", i64::from(event.protocol).into()),
-        ("source.address", event.src.to_string().into()),
-        ("source.port", i64::from(event.src_port).into()),
-        ("destination.address", event.dst.to_string().into()),
-        ("destination.port", i64::from(event.dst_port).into()),
-        ("xdt.ip.length", i64::from(event.ip_len).into()),
-        ("xdt.payload.length", i64::from(event.payload_len).into()),
-        ("xdt.tcp.flags", i64::from(event.tcp_flags).into()),
+        ("xdt.ip.protocol", i64::from(h.protocol).into()),
+        ("source.address", h.src.to_string().into()),
+        ("source.port", i64::from(h.src_port).into()),
+        ("destination.address", h.dst.to_string().into()),
+        ("destination.port", i64::from(h.dst_port).into()),
+        ("xdt.ip.length", i64::from(h.ip_len).into()),
+        ("xdt.payload.length", i64::from(h.payload_len).into()),
+        ("xdt.tcp.flags", i64::from(h.tcp_flags).into()),
     ];
     if let Some(inspection) = &event.inspection {
         attributes.push(("xdt.frame.length", i64::from(inspection.frame_len).into()));

@@ -355,7 +355,7 @@ impl AgentState {
                     self.payload_history.pop_front();
                 }
                 self.payload_history
-                    .push_back((seconds(event.timestamp_unix_ns), event.payload_len));
+                    .push_back((seconds(event.timestamp_unix_ns), event.headers.payload_len));
             }
             if i >= recent_from {
                 if self.recent_events.len() >= recent_cap {

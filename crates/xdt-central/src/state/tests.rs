@@ -97,8 +97,14 @@ fn bounded_events_and_histories() {
     let a = state.agent("a").expect("a");
     assert_eq!(a.total_events, 1000);
     assert_eq!(a.recent_events.len(), 4);
-    assert_eq!(a.recent_events.back().map(|e| e.payload_len), Some(999));
-    assert_eq!(a.recent_events.front().map(|e| e.payload_len), Some(996));
+    assert_eq!(
+        a.recent_events.back().map(|e| e.headers.payload_len),
+        Some(999)
+    );
+    assert_eq!(
+        a.recent_events.front().map(|e| e.headers.payload_len),
+        Some(996)
+    );
     assert_eq!(a.payload_history.len(), PAYLOAD_HISTORY);
     assert_eq!(a.payload_history.back().map(|p| p.1), Some(999));
     assert_eq!(
