@@ -104,18 +104,6 @@ fn flows_json(lab: &Lab, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("flows json")
 }
 
-fn key_of(flow: &Value) -> Key {
-    let ip = |name: &str| flow[name].as_str().expect("address").parse().expect("ip");
-    let num = |name: &str| u16::try_from(flow[name].as_u64().expect("number")).expect("u16");
-    Key {
-        protocol: u8::try_from(num("protocol")).expect("u8"),
-        src: ip("src"),
-        src_port: num("src_port"),
-        dst: ip("dst"),
-        dst_port: num("dst_port"),
-    }
-}
-
 /// What a test expects of one flow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Expected {
@@ -198,7 +186,7 @@ fn known_traffic_gives_exact_flows() {
         .iter()
         .map(|f| {
             (
-                key_of(f),
+                Key::of_json(f),
                 Expected {
                     packets: f["packets"].as_u64().expect("packets"),
                     bytes: f["bytes"].as_u64().expect("bytes"),
@@ -237,17 +225,13 @@ fn known_traffic_gives_exact_flows() {
         .as_array()
         .expect("flows")
         .iter()
-        .map(key_of)
+        .map(Key::of_json)
         .collect();
-    let want_keys: Vec<Key> = by_packets
-        .iter()
-        .take(3)
-        .map(|(k, _)| (*k).clone())
-        .collect();
+    let want_keys: Vec<Key> = by_packets.iter().take(3).map(|(k, _)| **k).collect();
     assert_eq!(top_keys, want_keys, "{top}");
     let top_bytes = flows_json(&lab, &["--top", "1"]);
     let biggest = want.iter().max_by_key(|(_, e)| e.bytes).expect("a flow");
-    assert_eq!(key_of(&top_bytes["flows"][0]), *biggest.0);
+    assert_eq!(Key::of_json(&top_bytes["flows"][0]), *biggest.0);
 
     // The table as text, for an operator.
     let out = lab::xdt(&lab, &["flows", "-i", &lab.node_if])
@@ -467,7 +451,7 @@ fn softflowd_sees_the_same_flows() {
         .iter()
         .map(|f| {
             let count = |name: &str| f[name].as_u64().expect("count");
-            (key_of(f), (count("packets"), count("bytes")))
+            (Key::of_json(f), (count("packets"), count("bytes")))
         })
         .collect();
     // softflowd's libpcap (TPACKET_V3) hands packets over a block at a time, and a block of

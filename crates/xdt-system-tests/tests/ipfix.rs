@@ -7,13 +7,15 @@
 //! every message without a malformed packet or an expert warning, with the end reasons the
 //! timeouts and TCP flags call for.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     process::Command,
     time::{Duration, Instant},
 };
 
+use common::frames::{Key, Subnet, describe};
 use xdt_testkit::{
     frames::*,
     lab::{self, Lab, Side},
@@ -22,48 +24,8 @@ use xdt_testkit::{
 };
 
 const AGENT: &str = "ipfix-node";
-const CLIENT4: [u8; 4] = [10, 92, 0, 1];
-const NODE4: [u8; 4] = [10, 92, 0, 2];
-
-fn client6() -> [u8; 16] {
-    v6([0xfd00, 0x92, 0, 0, 0, 0, 0, 1])
-}
-fn node6() -> [u8; 16] {
-    v6([0xfd00, 0x92, 0, 0, 0, 0, 0, 2])
-}
-
-fn v4(protocol: u8, l4: &[u8]) -> Vec<u8> {
-    ethernet(ETH_P_IP, &ipv4(CLIENT4, NODE4, protocol, l4))
-}
-fn v6f(protocol: u8, l4: &[u8]) -> Vec<u8> {
-    ethernet(ETH_P_IPV6, &ipv6(client6(), node6(), protocol, l4))
-}
-
-/// A flow as nfdump prints it: protocol number, addresses and ports (ICMP: type and code in
-/// the destination port, as nfdump keeps them).
-type Key = (u8, IpAddr, u16, IpAddr, u16);
-
-/// The key and IP length of one of the frames above.
-fn describe(frame: &[u8]) -> (Key, u64) {
-    let ip = &frame[14..];
-    let (protocol, src, dst, len, l4): (u8, IpAddr, IpAddr, u64, &[u8]) = if ip[0] >> 4 == 4 {
-        let src: [u8; 4] = ip[12..16].try_into().expect("4");
-        let dst: [u8; 4] = ip[16..20].try_into().expect("4");
-        let len = u64::from(u16::from_be_bytes([ip[2], ip[3]]));
-        (ip[9], src.into(), dst.into(), len, &ip[20..])
-    } else {
-        let src: [u8; 16] = ip[8..24].try_into().expect("16");
-        let dst: [u8; 16] = ip[24..40].try_into().expect("16");
-        let len = u64::from(u16::from_be_bytes([ip[4], ip[5]])) + 40;
-        (ip[6], src.into(), dst.into(), len, &ip[40..])
-    };
-    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
-    let (sport, dport) = match protocol {
-        TCP | UDP => (port(0), port(2)),
-        _ => (0, port(0)),
-    };
-    ((protocol, src, sport, dst, dport), len)
-}
+/// 10.92.0.0/24 and fd00:92::/64.
+const NET: Subnet = Subnet { v4: 92, v6: 0x92 };
 
 /// Runs `command`, panicking with its stderr when it fails; its stdout.
 fn output(command: &mut Command) -> String {
@@ -193,21 +155,24 @@ fn ipfix_to_nfcapd_and_tshark_gives_exact_flows() {
 
     // Flows that end by FIN (v4 40000 -> 80) and RST (v6 40003 -> 80), the others by idle.
     let mix: Vec<(Vec<u8>, usize)> = vec![
-        (v4(TCP, &tcp(40000, 80, 0x02, b"")), 1),
-        (v4(TCP, &tcp(40000, 80, 0x10, b"")), 1),
-        (v4(TCP, &tcp(40000, 80, 0x18, b"GET / HTTP/1.1\r\n")), 12),
-        (v4(TCP, &tcp(40000, 80, 0x11, b"")), 1),
-        (v4(TCP, &tcp(40001, 80, 0x18, &[7; 300])), 5),
-        (v4(UDP, &udp(5353, 53, b"query")), 30),
-        (v4(UDP, &udp(5353, 123, &[0; 48])), 10),
-        (v4(ICMP, &icmp_echo(false, &[0; 56])), 15),
-        (v6f(TCP, &tcp(40003, 80, 0x04, b"")), 2),
-        (v6f(UDP, &udp(6000, 7000, &[2; 512])), 8),
-        (v6f(ICMPV6, &icmp_echo(true, &[0; 56])), 12),
+        (NET.v4(TCP, &tcp(40000, 80, 0x02, b"")), 1),
+        (NET.v4(TCP, &tcp(40000, 80, 0x10, b"")), 1),
+        (
+            NET.v4(TCP, &tcp(40000, 80, 0x18, b"GET / HTTP/1.1\r\n")),
+            12,
+        ),
+        (NET.v4(TCP, &tcp(40000, 80, 0x11, b"")), 1),
+        (NET.v4(TCP, &tcp(40001, 80, 0x18, &[7; 300])), 5),
+        (NET.v4(UDP, &udp(5353, 53, b"query")), 30),
+        (NET.v4(UDP, &udp(5353, 123, &[0; 48])), 10),
+        (NET.v4(ICMP, &icmp_echo(false, &[0; 56])), 15),
+        (NET.v6(TCP, &tcp(40003, 80, 0x04, b"")), 2),
+        (NET.v6(UDP, &udp(6000, 7000, &[2; 512])), 8),
+        (NET.v6(ICMPV6, &icmp_echo(true, &[0; 56])), 12),
     ];
     lab::send_frames(&lab, &mix);
     // A long flow: a packet every 250 ms for 3 s, past the 1 s active timeout twice or more.
-    let long = v4(UDP, &udp(7777, 9999, &[1; 100]));
+    let long = NET.v4(UDP, &udp(7777, 9999, &[1; 100]));
     for _ in 0..12 {
         lab::send_frames(&lab, &[(long.clone(), 1)]);
         std::thread::sleep(Duration::from_millis(250));
@@ -223,10 +188,10 @@ fn ipfix_to_nfcapd_and_tshark_gives_exact_flows() {
 
     let mut want: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
     for (frame, count) in mix.iter().chain([(long.clone(), 12)].iter()) {
-        let (key, len) = describe(frame);
-        let e = want.entry(key).or_default();
+        let frame = describe(frame);
+        let e = want.entry(frame.key).or_default();
         e.0 += *count as u64;
-        e.1 += len * *count as u64;
+        e.1 += frame.ip_len * *count as u64;
     }
 
     // What nfcapd stored, summed per flow (the long flow comes in several records).
@@ -255,20 +220,20 @@ fn ipfix_to_nfcapd_and_tshark_gives_exact_flows() {
             }
             None => f[4].parse().expect("port"),
         };
-        let key = (
+        let key = Key {
             protocol,
-            f[1].parse().expect("src"),
-            f[2].parse().expect("sport"),
-            f[3].parse().expect("dst"),
-            dport,
-        );
+            src: f[1].parse().expect("src"),
+            src_port: f[2].parse().expect("sport"),
+            dst: f[3].parse().expect("dst"),
+            dst_port: dport,
+        };
         let e = got.entry(key).or_default();
         e.0 += f[5].parse::<u64>().expect("packets");
         e.1 += f[6].parse::<u64>().expect("bytes");
         *records.entry(key).or_default() += 1;
     }
     assert_eq!(got, want, "nfdump:\n{dump}\nagent:\n{agent_log}");
-    let long_key = describe(&long).0;
+    let long_key = describe(&long).key;
     assert!(
         records[&long_key] >= 2,
         "the active timeout cut the long flow: {dump}"
@@ -362,14 +327,7 @@ fn central_has_the_flows(lab: &Lab, central: &lab::Central, want: &BTreeMap<Key,
         assert_eq!(named.len(), want.len().min(10), "{ranking}: {flows:#}");
         let mut rest = want.clone();
         for flow in named {
-            let port = |f: &str| u16::try_from(flow[f].as_u64().expect("port")).expect("u16");
-            let key: Key = (
-                u8::try_from(flow["protocol"].as_u64().expect("protocol")).expect("u8"),
-                flow["src"].as_str().expect("src").parse().expect("src"),
-                port("src_port"),
-                flow["dst"].as_str().expect("dst").parse().expect("dst"),
-                port("dst_port"),
-            );
+            let key = Key::of_json(flow);
             let count = rest
                 .remove(&key)
                 .unwrap_or_else(|| panic!("central names {key:?}, not sent: {flows:#}"));
@@ -383,7 +341,10 @@ fn central_has_the_flows(lab: &Lab, central: &lab::Central, want: &BTreeMap<Key,
             .values()
             .fold((0, 0), |(p, b), (wp, wb)| (p + wp, b + wb));
         assert_eq!(
-            (flows[other]["packets"].as_u64(), flows[other]["bytes"].as_u64()),
+            (
+                flows[other]["packets"].as_u64(),
+                flows[other]["bytes"].as_u64()
+            ),
             (Some(p), Some(b)),
             "{other}: the flows not named ({rest:?})"
         );

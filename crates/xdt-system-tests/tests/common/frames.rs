@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use serde_json::Value;
 use xdt_testkit::frames::{ETH_P_IP, ETH_P_IPV6, TCP, UDP, ethernet, ipv4, ipv6, v6};
 
 /// A test's own subnet, 10.`v4`.0.0/24 and fd00:`v6`::/64, so that tests in parallel
@@ -44,13 +45,28 @@ impl Subnet {
 
 /// A flow's key as `xdt flows --json`, softflowd and nfdump name it: ICMP and ICMPv6 have
 /// `type << 8 | code` in the destination port, as NetFlow exporters key them.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
     pub protocol: u8,
     pub src: IpAddr,
     pub src_port: u16,
     pub dst: IpAddr,
     pub dst_port: u16,
+}
+
+impl Key {
+    /// The key of a flow in JSON, as `xdt flows --json` and central's `/metrics.json` write it.
+    pub fn of_json(flow: &Value) -> Self {
+        let ip = |name: &str| flow[name].as_str().expect("address").parse().expect("ip");
+        let num = |name: &str| u16::try_from(flow[name].as_u64().expect("number")).expect("u16");
+        Self {
+            protocol: u8::try_from(num("protocol")).expect("u8"),
+            src: ip("src"),
+            src_port: num("src_port"),
+            dst: ip("dst"),
+            dst_port: num("dst_port"),
+        }
+    }
 }
 
 /// What one frame built by [`Subnet`] counts for in its flow.
