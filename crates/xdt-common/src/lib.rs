@@ -17,22 +17,12 @@ pub mod flows;
 pub mod labels;
 pub mod packet;
 pub mod pkt_stats;
+mod pod;
 pub mod rules;
 pub mod steer;
 pub mod trie;
 
-/// Implements `aya::Pod` for a layout (user space only: the probe has no aya).
-macro_rules! user_pod {
-    ($($t:ty),* $(,)?) => {
-        $(
-            #[cfg(feature = "user")]
-            // SAFETY: the type is #[repr(C)], `Copy`, made only of integers and integer arrays,
-            // with explicit padding fields, so every bit pattern is a valid value.
-            unsafe impl aya::Pod for $t {}
-        )*
-    };
-}
-pub(crate) use user_pod;
+pub(crate) use pod::user_pod;
 
 /// Version of this ABI; recorded by `xdt attach` so user space refuses maps of another layout.
 /// 2: AF_XDP steering (`steer` action, `XDT_XSKS`, `XDT_STEER`, two counters).
