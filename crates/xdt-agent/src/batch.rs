@@ -125,7 +125,7 @@ fn make_batches(
 }
 
 /// Flow figures with the widest encoding any batch's can have (varints grow with the value).
-fn widest_flow_stats() -> xdt_wire::FlowStats {
+pub(crate) fn widest_flow_stats() -> xdt_wire::FlowStats {
     xdt_wire::FlowStats {
         active: u64::MAX,
         records: u64::MAX,

@@ -244,18 +244,6 @@ mod tests {
         }
     }
 
-    fn widest_stats() -> FlowStats {
-        FlowStats {
-            active: u64::MAX,
-            records: u64::MAX,
-            state_full: u64::MAX,
-            dropped_records: u64::MAX,
-            ipfix_messages: u64::MAX,
-            ipfix_records: u64::MAX,
-            ipfix_send_failures: u64::MAX,
-        }
-    }
-
     /// An interval's events and 20,000 flow records with long labels: every message is a
     /// `FlowBatch` within the frame maximum and the flow limit, events go first and share a
     /// message with the first flows, and together they carry everything once, in order.
@@ -263,7 +251,7 @@ mod tests {
     fn events_and_flows_are_cut_into_messages_that_fit() {
         let events: Vec<Event> = (0..100).map(|i| dns_event(i, 100)).collect();
         let flows: Vec<Flow> = (0..20_000).map(|i| flow(i, 60)).collect();
-        let stats = widest_stats();
+        let stats = crate::batch::widest_flow_stats();
         let groups = split(
             &template(),
             Some(&stats),
@@ -307,7 +295,7 @@ mod tests {
         let flows: Vec<Flow> = (0..(MAX_FLOWS as u32 * 2 + 5))
             .map(|i| flow(i, 0))
             .collect();
-        let stats = widest_stats();
+        let stats = crate::batch::widest_flow_stats();
         let groups =
             split(&template(), Some(&stats), Vec::new(), flows, usize::MAX / 2).expect("split");
         let sizes: Vec<usize> = groups.pieces.iter().map(|p| p.flows.len()).collect();

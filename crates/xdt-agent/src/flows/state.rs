@@ -2,7 +2,10 @@
 //! per flow key, and the end of flows (idle, active timeout, FIN or RST, the agent stopping, or
 //! no room left) as deltas to export. Pure: no kernel, no clock of its own, unit-tested.
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::collections::hash_map::Entry;
+
+use foldhash::HashMap;
+use foldhash::HashMapExt as _;
 
 use xdt_common::flows::{FlowKey, FlowRecord};
 /// Why a delta was exported: the wire's end reasons are IPFIX's flowEndReason values.
