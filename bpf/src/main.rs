@@ -18,7 +18,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_adjust_meta},
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
@@ -87,6 +87,13 @@ static XDT_FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// rules and flows (see `xdt`); the probe's alone, never pinned.
 #[map]
 static XDT_ZERO: Array<u64> = Array::with_max_entries(1, 0);
+
+/// 1 where the kernel has `bpf_ktime_get_coarse_ns` (Linux 5.11): flows then read the coarse
+/// clock for their last-seen time (see `last_seen_clock`), which costs about half as much per
+/// packet. Set by the loader; read-only to the program, so the verifier knows the value and
+/// never looks at the other branch (an older kernel would refuse the helper it does not have).
+#[unsafe(no_mangle)]
+static XDT_COARSE_CLOCK: u8 = 0;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -650,12 +657,12 @@ fn record_in(
         tcp_flags,
         label,
     } = *flow;
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(record) = table.get_ptr_mut(key) {
-        update_flow(record, bytes, now, tcp_flags);
+        update_flow(record, bytes, tcp_flags);
         return;
     }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let flags = tcp_flags.unwrap_or(0);
     let (syn_ns, handshake_ns) = match flags & TCP_HANDSHAKE_FLAGS {
         TCP_SYN => (now, 0),
@@ -686,7 +693,7 @@ fn record_in(
         Ok(()) => {}
         // Another CPU created the record between the lookup and the insert: add to it.
         Err(e) if e == -EEXIST => match table.get_ptr_mut(key) {
-            Some(record) => update_flow(record, bytes, now, tcp_flags),
+            Some(record) => update_flow(record, bytes, tcp_flags),
             // ... and user space deleted it again at once.
             None => bump(counters, Counter::Errors),
         },
@@ -699,7 +706,7 @@ fn record_in(
 /// time: the counters take atomic adds, the times plain stores, the TCP flags idempotent byte
 /// stores.
 #[inline(always)]
-fn update_flow(record: *mut FlowRecord, bytes: u64, now: u64, tcp_flags: Option<u8>) {
+fn update_flow(record: *mut FlowRecord, bytes: u64, tcp_flags: Option<u8>) {
     use core::{
         intrinsics::{AtomicOrdering::Relaxed, atomic_xadd},
         ptr::addr_of_mut,
@@ -711,7 +718,9 @@ fn update_flow(record: *mut FlowRecord, bytes: u64, now: u64, tcp_flags: Option<
     unsafe {
         atomic_xadd::<u64, u64, { Relaxed }>(addr_of_mut!((*record).packets), 1);
         atomic_xadd::<u64, u64, { Relaxed }>(addr_of_mut!((*record).bytes), bytes);
-        addr_of_mut!((*record).last_seen_ns).write_volatile(now);
+        // The coarse clock lags the other by up to a tick: never before the first packet.
+        let first = addr_of_mut!((*record).first_seen_ns).read_volatile();
+        addr_of_mut!((*record).last_seen_ns).write_volatile(last_seen_clock().max(first));
         let Some(flags) = tcp_flags else {
             return;
         };
@@ -728,6 +737,7 @@ fn update_flow(record: *mut FlowRecord, bytes: u64, now: u64, tcp_flags: Option<
         match flags & TCP_HANDSHAKE_FLAGS {
             // A client opens (or retries) a connection: time its handshake from here.
             TCP_SYN => {
+                let now = bpf_ktime_get_ns();
                 addr_of_mut!((*record).syn_ns).write_volatile(now);
                 addr_of_mut!((*record).handshake_ns).write_volatile(0);
             }
@@ -736,10 +746,27 @@ fn update_flow(record: *mut FlowRecord, bytes: u64, now: u64, tcp_flags: Option<
                 let syn = addr_of_mut!((*record).syn_ns).read_volatile();
                 let handshake = addr_of_mut!((*record).handshake_ns);
                 if syn != 0 && handshake.read_volatile() == 0 {
+                    let now = bpf_ktime_get_ns();
                     handshake.write_volatile(now.saturating_sub(syn).max(1));
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// The time for a flow's last-seen: CLOCK_MONOTONIC at the last timer tick where the loader
+/// set [`XDT_COARSE_CLOCK`], else to the nanosecond. Packets that time a handshake, and a
+/// flow's first packet, read the precise clock.
+#[inline(always)]
+fn last_seen_clock() -> u64 {
+    // SAFETY: a read-only global of the object, read volatile so the compiler does not fold
+    // in its initial value; the helpers have no preconditions.
+    unsafe {
+        if core::ptr::read_volatile(&raw const XDT_COARSE_CLOCK) != 0 {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
         }
     }
 }

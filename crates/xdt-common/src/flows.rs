@@ -66,8 +66,10 @@ pub struct FlowRecord {
     pub bytes: u64,
     /// CLOCK_MONOTONIC ns of the first packet (the record's creation).
     pub first_seen_ns: u64,
-    /// CLOCK_MONOTONIC ns of the latest packet. Stored, not added: two CPUs updating one flow
-    /// at once may leave the earlier of their two times.
+    /// CLOCK_MONOTONIC ns of the latest packet, to the last timer tick (1-10 ms, the kernel's
+    /// `CONFIG_HZ`) on Linux 5.11 and later, where the probe reads the coarse clock for it; to
+    /// the nanosecond before. Never before `first_seen_ns`. Stored, not added: two CPUs
+    /// updating one flow at once may leave the earlier of their two times.
     pub last_seen_ns: u64,
     /// CLOCK_MONOTONIC ns of the latest SYN without ACK (a client opening a connection to this
     /// host); 0 when none was seen.

@@ -15,6 +15,11 @@
 //! runs of packets of `SPREAD_RUNS` flows picked at random among the N, whose records the
 //! caches mostly do not hold at 100k (the kernel's time of each run is averaged; the syscall
 //! between runs is outside it but leaves the caches colder, for both probes alike).
+//!
+//! `XDT_BENCH_BASELINE=FILE`: the rules table also measures another build of the probe (its
+//! object, e.g. bpf/target/bpfel-unknown-none/release/xdt of an earlier commit, with the same
+//! map layouts), loaded, filled and run interleaved with this one; each rule count then has a
+//! row per build.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
@@ -25,7 +30,7 @@ use aya::{
 };
 use xdt_common::flows::TABLE_MAPS;
 use xdt_datapath::{
-    probe::{BENCH_LPM_OBJECT, BENCH_PASS_OBJECT, Capacity, LoadedProbe, test_run},
+    probe::{BENCH_LPM_OBJECT, BENCH_PASS_OBJECT, Capacity, LoadedProbe, PROBE_OBJECT, test_run},
     rules::{Cidr, Rule, check},
 };
 use xdt_testkit::frames::{ETH_P_IP, ETH_P_IPV6, TCP, ethernet, ipv4, ipv6, tcp, v6};
@@ -158,11 +163,18 @@ fn main() {
         flows_table();
         return;
     }
+    let baseline: Option<Vec<u8>> = std::env::var_os("XDT_BENCH_BASELINE").map(|path| {
+        let path = std::path::PathBuf::from(path);
+        std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("XDT_BENCH_BASELINE {}: {e}", path.display()))
+    });
+    let build = if baseline.is_some() { " build |" } else { "" };
     println!(
-        "| rules | trie nodes | empty v4 | xdt v4 | lpm v4 | xdt net v4 [min-max] | lpm net v4 | lpm/xdt v4 \
-         | empty v6 | xdt v6 | lpm v6 | xdt net v6 [min-max] | lpm net v6 | lpm/xdt v6 |"
+        "| rules |{build} trie nodes | empty v4 | xdt v4 | lpm v4 | xdt net v4 [min-max] | lpm net v4 \
+         | lpm/xdt v4 | empty v6 | xdt v6 | lpm v6 | xdt net v6 [min-max] | lpm net v6 | lpm/xdt v6 |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let build = if baseline.is_some() { "---|" } else { "" };
+    println!("|---:|{build}---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // XDT_BENCH_SIZES=100,10000 measures other rule counts.
     let sizes: Vec<usize> = std::env::var("XDT_BENCH_SIZES").map_or_else(
         |_| SIZES.to_vec(),
@@ -175,10 +187,17 @@ fn main() {
     for n in sizes {
         let rules = rule_set(n);
         let checked = check(&rules, n.max(1) as u32, u32::MAX).expect("rules compile");
-        // Per load: [empty, xdt, lpm] x [v4, v6], each the median of ROUNDS interleaved runs.
-        let mut loads: Vec<[f64; 6]> = Vec::new();
+        // Per load: [empty, xdt, lpm] x [v4, v6] and the baseline's [v4, v6], each the median
+        // of ROUNDS interleaved runs.
+        let mut loads: Vec<[f64; 8]> = Vec::new();
         for _ in 0..LOADS {
-            loads.push(measure_one_load(&rules, checked.trie_nodes, &v4, &v6f));
+            loads.push(measure_one_load(
+                &rules,
+                checked.trie_nodes,
+                &v4,
+                &v6f,
+                baseline.as_deref(),
+            ));
         }
         let column = |i: usize| median(loads.iter().map(|l| l[i]).collect());
         let net = |x: usize, e: usize| -> Vec<f64> { loads.iter().map(|l| l[x] - l[e]).collect() };
@@ -188,23 +207,33 @@ fn main() {
                 .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
             format!("{:.0} [{lo:.0}-{hi:.0}]", median(v.to_vec()))
         };
-        let (x4, l4, x6, l6) = (net(1, 0), net(2, 0), net(4, 3), net(5, 3));
-        println!(
-            "| {n} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2}x |",
-            checked.trie_nodes,
-            column(0),
-            column(1),
-            column(2),
-            range(&x4),
-            median(l4.clone()),
-            median(l4) / median(x4),
-            column(3),
-            column(4),
-            column(5),
-            range(&x6),
-            median(l6.clone()),
-            median(l6) / median(x6),
-        );
+        let (l4, l6) = (net(2, 0), net(5, 3));
+        // The row of the probe whose v4 and v6 figures are at `x4` and `x6`.
+        let row = |build: &str, x4: usize, x6: usize| {
+            let (n4, n6) = (net(x4, 0), net(x6, 3));
+            println!(
+                "| {n} |{build} {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2}x |",
+                checked.trie_nodes,
+                column(0),
+                column(x4),
+                column(2),
+                range(&n4),
+                median(l4.clone()),
+                median(l4.clone()) / median(n4),
+                column(3),
+                column(x6),
+                column(5),
+                range(&n6),
+                median(l6.clone()),
+                median(l6.clone()) / median(n6),
+            );
+        };
+        if baseline.is_some() {
+            row(" baseline |", 6, 7);
+            row(" this |", 1, 4);
+        } else {
+            row("", 1, 4);
+        }
     }
     flows_table();
 }
@@ -345,20 +374,33 @@ fn measure_flows_load(rules: &[Rule], frames: &[Vec<u8>]) -> ([f64; 4], u64) {
     (samples.map(median), full)
 }
 
-/// Loads the three programs afresh (new JIT images, new maps) and measures them.
-fn measure_one_load(rules: &[Rule], trie_nodes: u32, v4: &[u8], v6f: &[u8]) -> [f64; 6] {
+/// Loads the three programs, and the baseline build of the probe if given, afresh (new JIT
+/// images, new maps) and measures them: [empty, xdt, lpm] x [v4, v6], then the baseline's v4
+/// and v6 (0 without one).
+fn measure_one_load(
+    rules: &[Rule],
+    trie_nodes: u32,
+    v4: &[u8],
+    v6f: &[u8],
+    baseline: Option<&[u8]>,
+) -> [f64; 8] {
     let n = rules.len();
     let mut pass = Ebpf::load(BENCH_PASS_OBJECT).expect("load pass");
     xdp(&mut pass, "bench_pass")
         .load()
         .expect("load pass program");
-    let mut probe = LoadedProbe::load(Capacity {
+    let capacity = Capacity {
         max_rules: n.max(1) as u32,
         trie_nodes: trie_nodes.max(1),
         ..Capacity::default()
-    })
-    .expect("load probe");
-    probe.maps().expect("maps").install(rules).expect("install");
+    };
+    let load_probe = |object: &[u8]| {
+        let mut probe = LoadedProbe::load_object(object, capacity).expect("load probe");
+        probe.maps().expect("maps").install(rules).expect("install");
+        probe
+    };
+    let mut probe = load_probe(PROBE_OBJECT);
+    let mut base = baseline.map(load_probe);
 
     let mut lpm = EbpfLoader::new().load(BENCH_LPM_OBJECT).expect("load lpm");
     xdp(&mut lpm, "bench_lpm").load().expect("load lpm program");
@@ -412,7 +454,7 @@ fn measure_one_load(rules: &[Rule], trie_nodes: u32, v4: &[u8], v6f: &[u8]) -> [
         }
     }
 
-    let mut samples: [Vec<f64>; 6] = Default::default();
+    let mut samples: [Vec<f64>; 8] = Default::default();
     for _ in 0..ROUNDS {
         let programs = [
             xdp(&mut pass, "bench_pass") as &Xdp,
@@ -423,16 +465,23 @@ fn measure_one_load(rules: &[Rule], trie_nodes: u32, v4: &[u8], v6f: &[u8]) -> [
             samples[i].push(ns(program, v4));
             samples[3 + i].push(ns(program, v6f));
         }
+        if let Some(base) = &base {
+            let program = base.program().expect("baseline probe");
+            samples[6].push(ns(program, v4));
+            samples[7].push(ns(program, v6f));
+        }
     }
-    // The probe must have labelled every packet it ran on.
+    // Each probe must have labelled every packet it ran on.
     if n > 0 {
-        let counts = probe.maps().expect("maps").label_counts().expect("labels");
-        let labelled: u64 = counts.iter().map(|l| l.packets).sum();
-        assert_eq!(
-            labelled,
-            u64::from(REPEAT) * 2 * ROUNDS as u64,
-            "every benchmark packet matches a rule"
-        );
+        for probe in std::iter::once(&mut probe).chain(base.as_mut()) {
+            let counts = probe.maps().expect("maps").label_counts().expect("labels");
+            let labelled: u64 = counts.iter().map(|l| l.packets).sum();
+            assert_eq!(
+                labelled,
+                u64::from(REPEAT) * 2 * ROUNDS as u64,
+                "every benchmark packet matches a rule"
+            );
+        }
     }
-    samples.map(median)
+    samples.map(|s| if s.is_empty() { 0.0 } else { median(s) })
 }

@@ -38,6 +38,16 @@ pub static DEMO_COUNTER_OBJECT: &[u8] =
 
 /// The program's name in the object.
 pub const PROGRAM: &str = "xdt";
+/// The probe's read-only global that makes flows read the coarse clock for their last-seen
+/// time (1) or the precise one (0), as named in bpf/src/main.rs.
+const COARSE_CLOCK: &str = "XDT_COARSE_CLOCK";
+
+/// Whether the kernel has `bpf_ktime_get_coarse_ns` (Linux 5.11). A kernel whose version
+/// cannot be read gets the precise clock, which every kernel has.
+fn has_coarse_clock() -> bool {
+    aya::util::KernelVersion::current()
+        .is_ok_and(|version| version >= aya::util::KernelVersion::new(5, 11, 0))
+}
 
 /// How many rules and trie nodes the maps hold per generation, and how many flows each flow
 /// table holds (0: flows off); fixed when the probe is loaded.
@@ -74,6 +84,13 @@ pub struct LoadedProbe {
 impl LoadedProbe {
     /// Creates the maps with `capacity` and loads the program through the verifier.
     pub fn load(capacity: Capacity) -> Result<Self> {
+        Self::load_object(PROBE_OBJECT, capacity)
+    }
+
+    /// [`Self::load`] with another build of the probe (its object file's bytes, aligned as
+    /// aya's `include_bytes_aligned!` or a `Vec<u8>` leaves them), for benchmarks that compare
+    /// builds side by side. Its maps must have the layouts of this build's `xdt-common`.
+    pub fn load_object(object: &[u8], capacity: Capacity) -> Result<Self> {
         if capacity.max_rules == 0 || capacity.max_rules > 1 << 24 {
             return Err(Error::Compile(crate::rules::CompileError::TooManyRules {
                 count: capacity.max_rules as usize,
@@ -87,7 +104,10 @@ impl LoadedProbe {
             });
         }
         let flow_entries = capacity.flows.max(flows::OFF_ENTRIES);
+        let coarse_clock = u8::from(has_coarse_clock());
         let mut ebpf = EbpfLoader::new()
+            // Not `must_exist`: the benchmark's baseline may be a build from before the switch.
+            .override_global(COARSE_CLOCK, &coarse_clock, false)
             .map_max_entries(flows::TABLE_MAPS[0], flow_entries)
             .map_max_entries(flows::TABLE_MAPS[1], flow_entries)
             .map_max_entries(raw::RULES_MAP, 2 * capacity.max_rules)
@@ -97,7 +117,7 @@ impl LoadedProbe {
                 trie::MAP,
                 2 * trie::nodes_per_generation(capacity.trie_nodes),
             )
-            .load(PROBE_OBJECT)
+            .load(object)
             .map_err(load_error)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
