@@ -16,10 +16,10 @@
 //! caches mostly do not hold at 100k (the kernel's time of each run is averaged; the syscall
 //! between runs is outside it but leaves the caches colder, for both probes alike).
 //!
-//! `XDT_BENCH_BASELINE=FILE`: the rules table also measures another build of the probe (its
-//! object, e.g. bpf/target/bpfel-unknown-none/release/xdt of an earlier commit, with the same
-//! map layouts), loaded, filled and run interleaved with this one; each rule count then has a
-//! row per build.
+//! `XDT_BENCH_BASELINE=FILE`: both tables also measure another build of the probe (its object,
+//! e.g. bpf/target/bpfel-unknown-none/release/xdt of an earlier commit, with the same map
+//! layouts): in the rules table loaded, filled and run interleaved with this one, in the flows
+//! table loaded right after it; each row is then given per build.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
@@ -158,16 +158,16 @@ fn main() {
         ),
     );
 
-    // XDT_BENCH_ONLY=flows measures the flows table alone.
-    if std::env::var("XDT_BENCH_ONLY").is_ok_and(|v| v == "flows") {
-        flows_table();
-        return;
-    }
     let baseline: Option<Vec<u8>> = std::env::var_os("XDT_BENCH_BASELINE").map(|path| {
         let path = std::path::PathBuf::from(path);
         std::fs::read(&path)
             .unwrap_or_else(|e| panic!("XDT_BENCH_BASELINE {}: {e}", path.display()))
     });
+    // XDT_BENCH_ONLY=flows measures the flows table alone.
+    if std::env::var("XDT_BENCH_ONLY").is_ok_and(|v| v == "flows") {
+        flows_table(baseline.as_deref());
+        return;
+    }
     let build = if baseline.is_some() { " build |" } else { "" };
     println!(
         "| rules |{build} trie nodes | empty v4 | xdt v4 | lpm v4 | xdt net v4 [min-max] | lpm net v4 \
@@ -235,17 +235,23 @@ fn main() {
             row("", 1, 4);
         }
     }
-    flows_table();
+    flows_table(baseline.as_deref());
 }
 
-/// The flows table: the probe with flows off and on, side by side.
-fn flows_table() {
+/// The flows table: the probe with flows off and on, side by side (and the baseline build's
+/// off and on, if given, each load right after this build's).
+fn flows_table(baseline: Option<&[u8]>) {
+    let builds: Vec<(&str, &[u8])> = std::iter::once(("this", PROBE_OBJECT))
+        .chain(baseline.map(|object| ("baseline", object)))
+        .collect();
+    let build = if baseline.is_some() { " build |" } else { "" };
     println!();
     println!(
-        "| active flows | off hot | on hot | on - off hot [min-max] | off spread | on spread \
+        "| active flows |{build} off hot | on hot | on - off hot [min-max] | off spread | on spread \
          | on - off spread [min-max] | flow_table_full |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let build = if baseline.is_some() { "---|" } else { "" };
+    println!("|---:|{build}---:|---:|---:|---:|---:|---:|---:|");
     let rules = rule_set(100);
     let active: Vec<u32> = std::env::var("XDT_BENCH_FLOWS").map_or_else(
         |_| ACTIVE_FLOWS.to_vec(),
@@ -267,30 +273,39 @@ fn flows_table() {
                 )
             })
             .collect();
-        let mut loads: Vec<[f64; 4]> = Vec::new();
-        let mut full = 0;
+        // Per build: its loads' figures and the packets its tables refused.
+        let mut loads: Vec<(Vec<[f64; 4]>, u64)> = vec![(Vec::new(), 0); builds.len()];
         for _ in 0..LOADS {
-            let (figures, refused) = measure_flows_load(&rules, &frames);
-            loads.push(figures);
-            full += refused;
+            for ((_, object), (figures, full)) in builds.iter().zip(&mut loads) {
+                let (load, refused) = measure_flows_load(object, &rules, &frames);
+                figures.push(load);
+                *full += refused;
+            }
         }
-        let column = |i: usize| median(loads.iter().map(|l| l[i]).collect());
-        let net = |on: usize, off: usize| -> String {
-            let v: Vec<f64> = loads.iter().map(|l| l[on] - l[off]).collect();
-            let (lo, hi) = v
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-            format!("{:.1} [{lo:.1}-{hi:.1}]", median(v.clone()))
-        };
-        println!(
-            "| {n} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {full} |",
-            column(0),
-            column(1),
-            net(1, 0),
-            column(2),
-            column(3),
-            net(3, 2),
-        );
+        for ((name, _), (loads, full)) in builds.iter().zip(&loads) {
+            let column = |i: usize| median(loads.iter().map(|l| l[i]).collect());
+            let net = |on: usize, off: usize| -> String {
+                let v: Vec<f64> = loads.iter().map(|l| l[on] - l[off]).collect();
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                format!("{:.1} [{lo:.1}-{hi:.1}]", median(v.clone()))
+            };
+            let build = if baseline.is_some() {
+                format!(" {name} |")
+            } else {
+                String::new()
+            };
+            println!(
+                "| {n} |{build} {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {full} |",
+                column(0),
+                column(1),
+                net(1, 0),
+                column(2),
+                column(3),
+                net(3, 2),
+            );
+        }
     }
     // What a table costs in kernel memory, as the kernel accounts it (fdinfo's memlock).
     for entries in [1_000, FLOW_TABLE] {
@@ -318,15 +333,18 @@ fn flows_table() {
     }
 }
 
-/// One load of a probe with flows off and one with them on, the second filled with a record
-/// per frame: [off hot, on hot, off spread, on spread] and the packets refused for a full table.
-fn measure_flows_load(rules: &[Rule], frames: &[Vec<u8>]) -> ([f64; 4], u64) {
+/// One load of the probe build `object` with flows off and one with them on, the second filled
+/// with a record per frame: [off hot, on hot, off spread, on spread] and the packets refused for a full table.
+fn measure_flows_load(object: &[u8], rules: &[Rule], frames: &[Vec<u8>]) -> ([f64; 4], u64) {
     let load = |flows: u32| {
-        let mut probe = LoadedProbe::load(Capacity {
-            max_rules: 100,
-            flows,
-            ..Capacity::default()
-        })
+        let mut probe = LoadedProbe::load_object(
+            object,
+            Capacity {
+                max_rules: 100,
+                flows,
+                ..Capacity::default()
+            },
+        )
         .expect("load probe");
         probe.maps().expect("maps").install(rules).expect("install");
         probe
