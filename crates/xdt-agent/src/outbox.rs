@@ -296,12 +296,14 @@ mod tests {
 
     fn with_flows(sequence: u64, events: usize, flows: u64) -> Entry {
         let flow = |i: u64| xdt_wire::Flow {
-            src: "10.0.0.1".parse().expect("ip"),
-            dst: "10.0.0.2".parse().expect("ip"),
-            src_port: 1,
-            dst_port: 2,
-            protocol: 17,
-            vlans: [0, 0],
+            key: xdt_wire::FlowKey {
+                src: "10.0.0.1".parse().expect("ip"),
+                dst: "10.0.0.2".parse().expect("ip"),
+                src_port: 1,
+                dst_port: 2,
+                protocol: 17,
+                vlans: [0, 0],
+            },
             packets: sequence * 100 + i,
             bytes: 100,
             first_seen_unix_ns: 1,

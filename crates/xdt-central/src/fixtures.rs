@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use xdt_wire::{
-    AgentStats, Batch, DnsQuery, Event, Flow, FlowEnd, FlowStats, Headers, Hello, HttpRequest,
-    Inspection, LabelCount, SteeringStats,
+    AgentStats, Batch, DnsQuery, Event, Flow, FlowEnd, FlowKey, FlowStats, Headers, Hello,
+    HttpRequest, Inspection, LabelCount, SteeringStats,
 };
 
 /// A label that every export has to escape (quotes, a newline, markup).
@@ -201,12 +201,14 @@ pub fn steered_batch(
 pub fn flow(i: u32, packets: u64, bytes: u64) -> Flow {
     let [_, _, a, b] = i.to_be_bytes();
     Flow {
-        src: IpAddr::from([10, 0, a, b]),
-        dst: Ipv4Addr::new(192, 0, 2, 1).into(),
-        src_port: 40_000,
-        dst_port: 443,
-        protocol: 6,
-        vlans: [0, 0],
+        key: FlowKey {
+            src: IpAddr::from([10, 0, a, b]),
+            dst: Ipv4Addr::new(192, 0, 2, 1).into(),
+            src_port: 40_000,
+            dst_port: 443,
+            protocol: 6,
+            vlans: [0, 0],
+        },
         packets,
         bytes,
         first_seen_unix_ns: 1_700_000_000_000_000_000,

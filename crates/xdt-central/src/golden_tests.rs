@@ -6,7 +6,7 @@
 use std::{path::PathBuf, sync::atomic::Ordering};
 
 use xdt_common::pkt_stats;
-use xdt_wire::{Batch, Event, Flow, FlowEnd, FlowStats, SteeringStats};
+use xdt_wire::{Batch, Event, Flow, FlowEnd, FlowKey, FlowStats, SteeringStats};
 
 use crate::{
     fixtures::{self, ESCAPED_LABEL},
@@ -81,12 +81,14 @@ const NOW: f64 = 1_700_000_000.0;
 /// needs escaping; the IPv6 one has a handshake.
 fn flows() -> Vec<Flow> {
     let flow = |src: &str, dst: &str, dst_port: u16, packets: u64, bytes: u64| Flow {
-        src: src.parse().expect("ip"),
-        dst: dst.parse().expect("ip"),
-        src_port: 40_000,
-        dst_port,
-        protocol: 6,
-        vlans: [0, 0],
+        key: FlowKey {
+            src: src.parse().expect("ip"),
+            dst: dst.parse().expect("ip"),
+            src_port: 40_000,
+            dst_port,
+            protocol: 6,
+            vlans: [0, 0],
+        },
         packets,
         bytes,
         first_seen_unix_ns: 1_699_999_990_000_000_000,
@@ -102,13 +104,16 @@ fn flows() -> Vec<Flow> {
             ..flow("2001:db8::2", "2001:db8::1", 443, 10, 9_000)
         },
         flow("192.0.2.7", "192.0.2.1", 80, 50, 4_000),
-        Flow {
-            protocol: 17,
-            tcp_flags: 0,
-            label: None,
-            end: FlowEnd::Idle,
-            vlans: [100, 0],
-            ..flow("192.0.2.8", "192.0.2.1", 53, 2, 150)
+        {
+            let mut dns = flow("192.0.2.8", "192.0.2.1", 53, 2, 150);
+            dns.key.protocol = 17;
+            dns.key.vlans = [100, 0];
+            Flow {
+                tcp_flags: 0,
+                label: None,
+                end: FlowEnd::Idle,
+                ..dns
+            }
         },
         Flow {
             end: FlowEnd::Active,

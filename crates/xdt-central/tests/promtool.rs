@@ -122,7 +122,7 @@ async fn promtool_accepts_metrics() {
         .map(|i| flow(i, u64::from(i), 100 * u64::from(i)))
         .collect();
     flows[11].label = Some("web \"q\"\\\n".into());
-    flows[10].vlans = [100, 200];
+    flows[10].key.vlans = [100, 200];
     assert_eq!(
         agent
             .flow_batch(batch(1, 10, 100, vec![]), flows, flow_stats(12))

@@ -199,12 +199,14 @@ pub(crate) mod tests {
 
     pub(crate) fn flow() -> Flow {
         Flow {
-            src: "2001:db8::2".parse().expect("ip"),
-            dst: "2001:db8::1".parse().expect("ip"),
-            src_port: 40000,
-            dst_port: 443,
-            protocol: 6,
-            vlans: [100, 0],
+            key: crate::FlowKey {
+                src: "2001:db8::2".parse().expect("ip"),
+                dst: "2001:db8::1".parse().expect("ip"),
+                src_port: 40000,
+                dst_port: 443,
+                protocol: 6,
+                vlans: [100, 0],
+            },
             packets: 12,
             bytes: 4_000,
             first_seen_unix_ns: 1_700_000_000_000_000_000,
@@ -282,11 +284,14 @@ pub(crate) mod tests {
                 flows: vec![
                     flow(),
                     Flow {
-                        src: "10.0.0.2".parse().expect("ip"),
-                        dst: "10.0.0.1".parse().expect("ip"),
-                        protocol: 1,
-                        src_port: 0,
-                        dst_port: 8 << 8,
+                        key: crate::FlowKey {
+                            src: "10.0.0.2".parse().expect("ip"),
+                            dst: "10.0.0.1".parse().expect("ip"),
+                            protocol: 1,
+                            src_port: 0,
+                            dst_port: 8 << 8,
+                            vlans: [0, 0],
+                        },
                         tcp_flags: 0,
                         label: None,
                         handshake_ns: None,

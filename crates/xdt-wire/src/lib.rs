@@ -13,7 +13,8 @@ pub use connection::{Connection, WireError};
 pub use frame::{FrameError, MAX_FLOWS, MAX_FRAME, MAX_NAME, MAX_TEXT, Preamble, negotiate};
 pub use message::{
     Ack, AgentStats, Batch, DnsQuery, ErrorCode, ErrorMessage, Event, Flow, FlowBatch, FlowEnd,
-    FlowStats, Flows, Hello, HttpRequest, Inspection, LabelCount, Message, SteeringStats, Welcome,
+    FlowKey, FlowStats, Flows, Hello, HttpRequest, Inspection, LabelCount, Message, SteeringStats,
+    Welcome,
 };
 pub use xdt_common::packet::Headers;
 

@@ -240,10 +240,11 @@ pub struct FlowBatch {
     pub stats: FlowStats,
 }
 
-/// One flow's delta: what the probe counted for it since the agent's previous record of the
-/// flow. A flow is one direction of traffic arriving at the interface (docs/flows.md).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Flow {
+/// What identifies a flow: one direction, the 5-tuple and the VLAN ids (docs/flows.md). The
+/// probe keeps it in its own layout (`xdt_common::flows::FlowKey`); this is the one everything
+/// after the agent uses: the wire, central's top talkers and their JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FlowKey {
     pub src: IpAddr,
     pub dst: IpAddr,
     /// TCP and UDP ports; for ICMP and ICMPv6 `src_port` is 0 and `dst_port` is
@@ -254,6 +255,15 @@ pub struct Flow {
     pub protocol: u8,
     /// VLAN ids of the outer and the inner tag, 0 where there is none.
     pub vlans: [u16; 2],
+}
+
+/// One flow's delta: what the probe counted for it since the agent's previous record of the
+/// flow. A flow is one direction of traffic arriving at the interface (docs/flows.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// Its fields go on the wire in its place, as when they were the record's own: postcard
+    /// writes a nested struct as its fields (tests/flow_layout.rs).
+    pub key: FlowKey,
     /// Packets and IP octets (header included) of this delta.
     pub packets: u64,
     pub bytes: u64,

@@ -227,12 +227,14 @@ mod tests {
 
     fn flow(i: u32, label_len: usize) -> Flow {
         Flow {
-            src: std::net::Ipv6Addr::from(u128::from(i)).into(),
-            dst: "2001:db8::1".parse().expect("ip"),
-            src_port: 40000,
-            dst_port: 443,
-            protocol: 6,
-            vlans: [0, 0],
+            key: xdt_wire::FlowKey {
+                src: std::net::Ipv6Addr::from(u128::from(i)).into(),
+                dst: "2001:db8::1".parse().expect("ip"),
+                src_port: 40000,
+                dst_port: 443,
+                protocol: 6,
+                vlans: [0, 0],
+            },
             packets: u64::from(i),
             bytes: u64::from(i) * 1500,
             first_seen_unix_ns: 1_700_000_000_000_000_000,

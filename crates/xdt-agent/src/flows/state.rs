@@ -45,12 +45,14 @@ impl FlowDelta {
     ) -> xdt_wire::Flow {
         let key = &self.key;
         xdt_wire::Flow {
-            src: key.src_addr(),
-            dst: key.dst_addr(),
-            src_port: key.src_port,
-            dst_port: key.dst_port,
-            protocol: key.protocol,
-            vlans: key.vlans,
+            key: xdt_wire::FlowKey {
+                src: key.src_addr(),
+                dst: key.dst_addr(),
+                src_port: key.src_port,
+                dst_port: key.dst_port,
+                protocol: key.protocol,
+                vlans: key.vlans,
+            },
             packets: self.packets,
             bytes: self.bytes,
             first_seen_unix_ns: self.start_ns.saturating_add(unix_offset_ns),

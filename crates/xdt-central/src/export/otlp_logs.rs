@@ -272,13 +272,13 @@ fn fill_flow(record: &mut SdkLogRecord, origin: &Origin, flow: &Flow, observed: 
     record.set_severity_number(Severity::Info);
     record.set_severity_text("INFO");
     record.set_event_name("xdt.flow");
-    let transport = transport(flow.protocol);
+    let transport = transport(flow.key.protocol);
     let mut body = format!(
         "flow {transport} {}:{} -> {}:{} {} packets {} bytes ({})",
-        flow.src,
-        flow.src_port,
-        flow.dst,
-        flow.dst_port,
+        flow.key.src,
+        flow.key.src_port,
+        flow.key.dst,
+        flow.key.dst_port,
         flow.packets,
         flow.bytes,
         flow.end.name()
@@ -289,16 +289,21 @@ fn fill_flow(record: &mut SdkLogRecord, origin: &Origin, flow: &Flow, observed: 
         ("network.interface.name", origin.interface.clone().into()),
         (
             "network.type",
-            if flow.src.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+            if flow.key.src.is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            }
+            .into(),
         ),
         ("network.transport", transport.into()),
-        ("xdt.ip.protocol", i64::from(flow.protocol).into()),
-        ("source.address", flow.src.to_string().into()),
-        ("source.port", i64::from(flow.src_port).into()),
-        ("destination.address", flow.dst.to_string().into()),
-        ("destination.port", i64::from(flow.dst_port).into()),
-        ("xdt.vlan.outer", i64::from(flow.vlans[0]).into()),
-        ("xdt.vlan.inner", i64::from(flow.vlans[1]).into()),
+        ("xdt.ip.protocol", i64::from(flow.key.protocol).into()),
+        ("source.address", flow.key.src.to_string().into()),
+        ("source.port", i64::from(flow.key.src_port).into()),
+        ("destination.address", flow.key.dst.to_string().into()),
+        ("destination.port", i64::from(flow.key.dst_port).into()),
+        ("xdt.vlan.outer", i64::from(flow.key.vlans[0]).into()),
+        ("xdt.vlan.inner", i64::from(flow.key.vlans[1]).into()),
         ("xdt.flow.packets", int(flow.packets)),
         ("xdt.flow.bytes", int(flow.bytes)),
         ("xdt.flow.start_unix_ns", int(flow.first_seen_unix_ns)),

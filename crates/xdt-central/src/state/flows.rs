@@ -10,9 +10,10 @@
 //! named can be wrong once more than [`MAX_FLOWS_KEPT`] flows are active in a minute, and the
 //! flows not kept and pushed out are counted (`untracked_records`, `evicted_flows`).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::collections::HashMap;
 
 use serde::Serialize;
+pub use xdt_wire::FlowKey;
 use xdt_wire::{Flow, FlowEnd};
 
 use super::{MAX_SHORT, clip::clipped, time::to_f64};
@@ -27,30 +28,6 @@ pub const FLOW_WINDOW_SECONDS: u64 = 60;
 const SLOT_SECONDS: u64 = 10;
 const SLOTS: usize = 6;
 const _: () = assert!(SLOT_SECONDS * SLOTS as u64 == FLOW_WINDOW_SECONDS);
-
-/// What identifies a flow (docs/flows.md: one direction, the 5-tuple and the VLAN ids).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct FlowKey {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub protocol: u8,
-    pub vlans: [u16; 2],
-}
-
-impl FlowKey {
-    fn of(flow: &Flow) -> Self {
-        Self {
-            src: flow.src,
-            dst: flow.dst,
-            src_port: flow.src_port,
-            dst_port: flow.dst_port,
-            protocol: flow.protocol,
-            vlans: flow.vlans,
-        }
-    }
-}
 
 /// Packets and bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -224,7 +201,7 @@ impl FlowWindow {
             self.received_records += 1;
             self.totals[index].add(flow.packets, flow.bytes);
             self.records[index] += 1;
-            let key = FlowKey::of(&flow);
+            let key = flow.key;
             if !self.flows.contains_key(&key) && !self.make_room(flow.bytes) {
                 self.untracked_records += 1;
                 continue;
@@ -348,27 +325,9 @@ impl FlowWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::flow;
 
     const T0: f64 = 1_700_000_000.0;
-
-    fn flow(i: u32, packets: u64, bytes: u64) -> Flow {
-        Flow {
-            src: IpAddr::from(i.to_be_bytes()),
-            dst: "192.0.2.1".parse().expect("ip"),
-            src_port: 1000,
-            dst_port: 80,
-            protocol: 6,
-            vlans: [0, 0],
-            packets,
-            bytes,
-            first_seen_unix_ns: 1,
-            last_seen_unix_ns: 2,
-            tcp_flags: 0x10,
-            label: None,
-            handshake_ns: None,
-            end: FlowEnd::Idle,
-        }
-    }
 
     #[test]
     fn top_and_other_are_exact() {
