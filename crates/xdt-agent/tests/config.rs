@@ -120,6 +120,25 @@ fn flow_options_out_of_range_are_refused() {
     );
 }
 
+/// Steering options out of range are refused with the flag and what it takes.
+#[test]
+fn steering_options_out_of_range_are_refused() {
+    let dir = Dir::new();
+    for (args, message) in [
+        (
+            &["--steer-spin", "10001"][..],
+            "--steer-spin must be between 0 and 10000 microseconds, not 10001",
+        ),
+        (
+            &["--steer-cpu", "4096"][..],
+            "--steer-cpu 4096 is not a CPU the agent may run on (0",
+        ),
+    ] {
+        let stderr = refused(&agent(args, &dir.path("token")));
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
+
 /// A token or config file that is a FIFO (nobody writes to it) is refused at once instead of
 /// hanging the agent; `/dev/zero` instead of exhausting memory; a file over the bound is
 /// refused too.

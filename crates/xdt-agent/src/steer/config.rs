@@ -15,17 +15,27 @@ pub enum Reinject {
     Egress(String),
 }
 
+/// The default of [`SteerConfig::spin`], in microseconds.
+pub const DEFAULT_SPIN_MICROS: u64 = 50;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct SteerConfig {
     pub reinject: Reinject,
     pub mode: BindMode,
-    /// UMEM frames per socket (a power of two; half fill the fill ring, half the RX/TX ring).
+    /// UMEM frames per socket (a power of two): the RX socket's fill and RX rings hold as many,
+    /// the TX socket's TX and completion rings half as many.
     pub frames: u32,
     /// How long the probe keeps steering without hearing from the agent.
     pub lease: Duration,
     /// Drop every capability of the sockets' thread once they are open (the agent's default;
     /// the re-entry pair is then left for `xdt-agent --cleanup` at a stop).
     pub drop_capabilities: bool,
+    /// How long the sockets' thread keeps checking the rings after the last frame before it
+    /// sleeps in poll(): a frame that comes within it finds the thread running, without a
+    /// wake-up (tens of microseconds in a VM when it is on another CPU). Zero: always sleep.
+    pub spin: Duration,
+    /// The CPU the sockets' thread runs on; `None` leaves it to the scheduler.
+    pub cpu: Option<usize>,
 }
 
 impl Default for SteerConfig {
@@ -36,6 +46,8 @@ impl Default for SteerConfig {
             frames: 2048,
             lease: Duration::from_secs(1),
             drop_capabilities: false,
+            spin: Duration::from_micros(DEFAULT_SPIN_MICROS),
+            cpu: None,
         }
     }
 }
@@ -62,6 +74,12 @@ pub enum SteerError {
     },
     #[error("starting the steering thread failed")]
     Thread(#[source] std::io::Error),
+    #[error("pinning the steering thread to CPU {cpu} failed")]
+    Pin {
+        cpu: usize,
+        #[source]
+        source: nix::Error,
+    },
     #[error("dropping the steering thread's capabilities failed")]
     DropCapabilities(#[source] crate::privileges::Error),
 }

@@ -31,7 +31,7 @@ use xdt_datapath::attached::AttachedProbe;
 use xdt_wire::SteeringStats;
 
 pub use self::{
-    config::{EventSink, Reinject, SteerConfig, SteerError},
+    config::{DEFAULT_SPIN_MICROS, EventSink, Reinject, SteerConfig, SteerError},
     xsk::BindMode,
 };
 use self::{
@@ -111,6 +111,12 @@ impl Steering {
         let thread = std::thread::Builder::new()
             .name("xdt-steer".into())
             .spawn(move || {
+                if let Some(cpu) = setup.config.cpu
+                    && let Err(e) = pin_to_cpu(cpu)
+                {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
                 let (rx, tx) = match setup.open(&mut maps) {
                     Ok(v) => v,
                     Err(e) => {
@@ -136,6 +142,7 @@ impl Steering {
                     maps,
                     dst_mac,
                     lease: setup.config.lease,
+                    spin: setup.config.spin,
                     stop: worker_stop,
                     counters: worker_counters,
                     sink,
@@ -170,10 +177,13 @@ impl Steering {
             Reinject::Host => format!("host via {tx_iface}"),
             Reinject::Egress(dev) => format!("egress {dev}"),
         };
+        let cpu = config
+            .cpu
+            .map_or_else(|| "any CPU".to_owned(), |cpu| format!("CPU {cpu}"));
         info!(
             "steering on {iface}: {queues} AF_XDP socket(s) in {mode} mode, re-injecting {reinject} \
-             ({tx_mode}), lease {:?}",
-            config.lease
+             ({tx_mode}), lease {:?}, thread on {cpu}, spinning {:?} after a frame",
+            config.lease, config.spin
         );
         Ok(Self {
             stop,
@@ -235,4 +245,12 @@ impl Steering {
             .saturating_sub(beat);
         u128::from(age) <= max_age.as_nanos()
     }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> Result<(), SteerError> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
+        .map_err(|source| SteerError::Pin { cpu, source })
 }

@@ -215,11 +215,21 @@ fn open_once<R: PacketRing>(
             }
         }
     };
-    let ring = NonZeroU32::new(frames / 2);
+    // An RX socket's frames are all either free or on its rings, and a free one waits on the
+    // fill ring: both rings hold every frame, so a burst can fill the whole UMEM before the
+    // kernel drops (with half the frames on each ring, the kernel dropped for an empty fill
+    // ring while the other half waited on the agent's free list). A TX socket's frames wait in
+    // the agent until it has one to send: half on the TX ring, half completing.
+    let (ring, fill, complete) = if R::RX {
+        (frames, frames, 1)
+    } else {
+        (frames / 2, 1, frames / 2)
+    };
+    let ring = NonZeroU32::new(ring);
     let region = Region::new(frames as usize * FRAME_SIZE as usize)?;
     let config = UmemConfig {
-        fill_size: frames / 2,
-        complete_size: frames / 2,
+        fill_size: fill,
+        complete_size: complete,
         frame_size: FRAME_SIZE,
         headroom: 0,
         flags: 0,
