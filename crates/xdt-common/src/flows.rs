@@ -112,6 +112,31 @@ impl FlowKey {
 }
 
 impl FlowRecord {
+    /// A record of `packets` packets and `bytes` IP octets between the two times, with these
+    /// TCP flags seen and this label, and no handshake: as the probe leaves one, for the code
+    /// that makes records outside it (tests, benchmarks).
+    #[must_use]
+    pub const fn of_packets(
+        packets: u64,
+        bytes: u64,
+        first_seen_ns: u64,
+        last_seen_ns: u64,
+        tcp_flags: u8,
+        label: u32,
+    ) -> Self {
+        Self {
+            packets,
+            bytes,
+            first_seen_ns,
+            last_seen_ns,
+            syn_ns: 0,
+            handshake_ns: 0,
+            tcp_flag_seen: spread_tcp_flags(tcp_flags).to_le_bytes(),
+            label,
+            padding: 0,
+        }
+    }
+
     /// The OR of the TCP flags of every packet of the flow.
     #[must_use]
     pub const fn tcp_flags(&self) -> u8 {

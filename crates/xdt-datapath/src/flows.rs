@@ -403,18 +403,9 @@ fn batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xdt_common::flows::spread_tcp_flags;
 
     fn record(packets: u64, first: u64, last: u64, flags: u8, label: u32) -> FlowRecord {
-        FlowRecord {
-            packets,
-            bytes: packets * 100,
-            first_seen_ns: first,
-            last_seen_ns: last,
-            tcp_flag_seen: spread_tcp_flags(flags).to_le_bytes(),
-            label,
-            ..FlowRecord::default()
-        }
+        FlowRecord::of_packets(packets, packets * 100, first, last, flags, label)
     }
 
     #[test]

@@ -253,7 +253,6 @@ fn delta_of(key: &FlowKey, record: &FlowRecord, flags: u8, reason: FlowEnd) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xdt_common::flows::spread_tcp_flags;
 
     const S: u64 = 1_000_000_000;
 
@@ -270,15 +269,7 @@ mod tests {
     }
 
     fn record(packets: u64, first: u64, last: u64, flags: u8) -> FlowRecord {
-        FlowRecord {
-            packets,
-            bytes: packets * 100,
-            first_seen_ns: first,
-            last_seen_ns: last,
-            tcp_flag_seen: spread_tcp_flags(flags).to_le_bytes(),
-            label: 3,
-            ..FlowRecord::default()
-        }
+        FlowRecord::of_packets(packets, packets * 100, first, last, flags, 3)
     }
 
     fn state(max_flows: usize) -> FlowState {
