@@ -374,8 +374,8 @@ fn flows_off_touch_nothing() {
 
 /// The verifier checks the rules and the flow code once for all of the parser's paths, not
 /// once per path: per path that was about 700k instructions on Linux 6.18 and over its limit
-/// of a million on 6.1, where older verifiers count more for the same program. The bound leaves
-/// them that room.
+/// of a million on 6.1. Older verifiers count more for the same program (202k on 6.18, 432k on
+/// 6.1): the bound is half the limit.
 #[test]
 fn the_verifier_checks_rules_and_flows_once() {
     if !root_or_skip("the_verifier_checks_rules_and_flows_once") {
@@ -398,7 +398,7 @@ fn the_verifier_checks_rules_and_flows_once() {
     };
     eprintln!("the verifier processed {verified} instructions");
     assert!(
-        verified < 400_000,
+        verified < 500_000,
         "the verifier processed {verified} instructions (limit 1,000,000)"
     );
 }
