@@ -84,13 +84,20 @@ pub struct LoadedProbe {
 impl LoadedProbe {
     /// Creates the maps with `capacity` and loads the program through the verifier.
     pub fn load(capacity: Capacity) -> Result<Self> {
-        Self::load_object(PROBE_OBJECT, capacity)
+        Self::load_build(PROBE_OBJECT, capacity, true)
     }
 
     /// [`Self::load`] with another build of the probe (its object file's bytes, aligned as
     /// aya's `include_bytes_aligned!` or a `Vec<u8>` leaves them), for benchmarks that compare
     /// builds side by side. Its maps must have the layouts of this build's `xdt-common`.
+    /// A build from before the coarse-clock switch (`XDT_COARSE_CLOCK`) loads without it.
     pub fn load_object(object: &[u8], capacity: Capacity) -> Result<Self> {
+        Self::load_build(object, capacity, false)
+    }
+
+    /// `own`: the object is this build's, which must have the coarse-clock switch (a load that
+    /// misses it fails instead of running the probe with the dearer clock unnoticed).
+    fn load_build(object: &[u8], capacity: Capacity, own: bool) -> Result<Self> {
         if capacity.max_rules == 0 || capacity.max_rules > 1 << 24 {
             return Err(Error::Compile(crate::rules::CompileError::TooManyRules {
                 count: capacity.max_rules as usize,
@@ -106,8 +113,7 @@ impl LoadedProbe {
         let flow_entries = capacity.flows.max(flows::OFF_ENTRIES);
         let coarse_clock = u8::from(has_coarse_clock());
         let mut ebpf = EbpfLoader::new()
-            // Not `must_exist`: the benchmark's baseline may be a build from before the switch.
-            .override_global(COARSE_CLOCK, &coarse_clock, false)
+            .override_global(COARSE_CLOCK, &coarse_clock, own)
             .map_max_entries(flows::TABLE_MAPS[0], flow_entries)
             .map_max_entries(flows::TABLE_MAPS[1], flow_entries)
             .map_max_entries(raw::RULES_MAP, 2 * capacity.max_rules)
