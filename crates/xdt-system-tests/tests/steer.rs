@@ -401,6 +401,59 @@ fn every_queue_of_a_multi_queue_veth_is_steered() {
     assert_eq!(counter(&lab.stats(), "steer_fallback_packets"), 0);
 }
 
+/// `--steer-cpu` pins the steering thread and nothing else of the agent; with it and without a
+/// spin (`--steer-spin 0`, the thread sleeps as soon as the rings are empty) every request is
+/// steered and answered.
+#[test]
+fn a_pinned_steering_thread_runs_on_its_cpu() {
+    if !root_or_skip("a_pinned_steering_thread_runs_on_its_cpu") {
+        return;
+    }
+    let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
+    let lab = SteerLab::new(1);
+    let agent = lab.agent_with(&["--steer-cpu", &cpu.to_string(), "--steer-spin", "0"]);
+    lab.steering_up(1);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.id())).expect("tasks");
+    let allowed: Vec<(String, String)> = tasks
+        .filter_map(Result::ok)
+        .map(|t| {
+            let read =
+                |file: &str| std::fs::read_to_string(t.path().join(file)).unwrap_or_default();
+            let status = read("status");
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            (read("comm").trim().to_owned(), cpus)
+        })
+        .collect();
+    let steer: Vec<&String> = allowed
+        .iter()
+        .filter(|(name, _)| name == "xdt-steer")
+        .map(|(_, cpus)| cpus)
+        .collect();
+    assert_eq!(steer, [&cpu.to_string()], "threads: {allowed:?}");
+    assert!(
+        cpu == 0
+            || allowed
+                .iter()
+                .any(|(name, cpus)| name != "xdt-steer" && *cpus != cpu.to_string()),
+        "the agent's other threads were pinned too: {allowed:?}"
+    );
+    let mut expected = HashSet::new();
+    for i in 0..20 {
+        lab.echo(NODE4, 8081, &format!("pinned-{i}"));
+        expected.insert(format!("/echo/pinned-{i}"));
+    }
+    lab.node_when("every request in telemetry", |n| {
+        let seen = http_paths(n);
+        expected.iter().all(|p| seen.contains(p))
+    });
+    assert_eq!(counter(&lab.stats(), "steer_fallback_packets"), 0);
+}
+
 #[test]
 fn the_agent_names_what_blocks_steering() {
     if !root_or_skip("the_agent_names_what_blocks_steering") {
