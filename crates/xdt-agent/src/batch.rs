@@ -9,7 +9,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use anyhow::Result;
 use log::warn;
 use xdt_datapath::attached::AttachedProbe;
-use xdt_wire::{AgentStats, Batch, Event, Flow};
+use xdt_wire::{AgentStats, Batch};
 
 use crate::{
     flows::FlowStats,
@@ -64,9 +64,9 @@ fn make_batches(
     flows: Option<&FlowStats>,
 ) -> Result<Snapshot> {
     let snapshot = source.snapshot()?;
-    let events: Vec<Event> = std::mem::take(&mut *shared.pending()).into();
+    let events = std::mem::take(&mut *shared.pending());
     let moved = events.len();
-    let records: Vec<Flow> = std::mem::take(&mut *shared.pending_flows()).into();
+    let records = std::mem::take(&mut *shared.pending_flows());
     let probe_ns_per_packet = source.probe().and_then(|p| runtime.sample(p));
     let taken_at_unix_ns = crate::clock::unix_ns();
     let agent = |dropped_events, unacked_batches| AgentStats {
@@ -112,10 +112,10 @@ fn make_batches(
             outbox.push(Entry {
                 batch: Batch {
                     sequence: *sequence,
-                    events: piece.events,
                     agent: agent(dropped_events, unacked_batches),
                     ..template.clone()
                 },
+                events: piece.events,
                 flows: flow_stats.clone().map(|stats| (piece.flows, stats)),
             });
         }

@@ -1,22 +1,28 @@
 //! Batches waiting for central's acknowledgement, bounded in batches, in events and in flow
-//! records.
+//! records. Events and flow records wait encoded ([`Encoded`]), and a batch's frame is made
+//! from them when it is sent, by the connection's protocol version.
 //!
 //! Counters and label counts in a batch are cumulative, so a newer batch supersedes an older
 //! one's; only events and flow records are deltas. When a bound is hit, the oldest events or
 //! flow records go first (counted in `dropped_events`, `dropped_flows`), then the oldest
 //! batches, whose counters the newer ones carry anyway.
 
+mod encoded;
+
 use std::collections::VecDeque;
 
-use xdt_wire::{Batch, Flows};
+pub use encoded::Encoded;
+use xdt_wire::{Batch, Event, Flow, FlowStats, FrameError, frame::encode_batch};
 
-/// A batch waiting for its acknowledgement, with the flow records it carries.
-#[derive(Clone, Debug, PartialEq)]
+/// A batch waiting for its acknowledgement, with the events and flow records it carries.
+#[derive(Debug)]
 pub struct Entry {
+    /// The counters, labels and agent figures; its own `events` stay empty.
     pub batch: Batch,
+    pub events: Encoded<Event>,
     /// Flow records and the agent's flow figures (protocol version 3); `None` for an agent
     /// without flows.
-    pub flows: Option<Flows>,
+    pub flows: Option<(Encoded<Flow>, FlowStats)>,
 }
 
 impl Entry {
@@ -24,20 +30,26 @@ impl Entry {
         self.flows.as_ref().map_or(0, |(flows, _)| flows.len())
     }
 
-    /// Drops this entry's flow records (not its figures); how many went.
+    /// Drops this entry's oldest flow records (not its figures); how many went.
     fn drop_flows(&mut self, at_most: usize) -> usize {
-        let Some((flows, _)) = self.flows.as_mut() else {
-            return 0;
-        };
-        let n = at_most.min(flows.len());
-        flows.drain(..n);
-        n
+        self.flows
+            .as_mut()
+            .map_or(0, |(flows, _)| flows.drop_oldest(at_most))
     }
-}
 
-impl From<Batch> for Entry {
-    fn from(batch: Batch) -> Self {
-        Self { batch, flows: None }
+    /// Appends this batch's frame for a connection of protocol `version` to `out`
+    /// ([`Message::batch`](xdt_wire::Message::batch) picks the message; a version-2 one has no
+    /// flow records).
+    pub fn encode(&self, version: u16, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        encode_batch(
+            &self.batch,
+            self.events.items(),
+            self.flows
+                .as_ref()
+                .map(|(flows, stats)| (flows.items(), stats)),
+            version,
+            out,
+        )
     }
 }
 
@@ -78,9 +90,8 @@ impl Outbox {
     }
 
     /// Adds a batch, making room first.
-    pub fn push(&mut self, entry: impl Into<Entry>) {
-        let entry = entry.into();
-        self.events += entry.batch.events.len();
+    pub fn push(&mut self, entry: Entry) {
+        self.events += entry.events.len();
         self.flows += entry.flow_count();
         self.batches.push_back(entry);
         while self.batches.len() > self.max_batches {
@@ -93,9 +104,9 @@ impl Outbox {
             if self.events <= self.max_events && self.flows <= self.max_flows {
                 break;
             }
-            let excess = self.events.saturating_sub(self.max_events);
-            let excess = excess.min(entry.batch.events.len());
-            entry.batch.events.drain(..excess);
+            let excess = entry
+                .events
+                .drop_oldest(self.events.saturating_sub(self.max_events));
             self.events -= excess;
             self.dropped_events += excess as u64;
             let excess = entry.drop_flows(self.flows.saturating_sub(self.max_flows));
@@ -107,7 +118,7 @@ impl Outbox {
     /// Takes `entry`'s events and flow records off the totals, counting them as dropped when
     /// `lost`.
     fn forget(&mut self, entry: &Entry, lost: bool) {
-        let (events, flows) = (entry.batch.events.len(), entry.flow_count());
+        let (events, flows) = (entry.events.len(), entry.flow_count());
         self.events -= events;
         self.flows -= flows;
         if lost {
@@ -136,15 +147,13 @@ impl Outbox {
         let Some(at) = self.position(sequence) else {
             return 0;
         };
-        let (events, flows) = (
-            self.batches[at].batch.events.len(),
-            self.batches[at].flow_count(),
-        );
+        let entry = &mut self.batches[at];
+        let (events, flows) = (entry.events.len(), entry.flow_count());
         if events + flows == 0 {
             self.batches.remove(at);
         } else {
-            self.batches[at].batch.events = Vec::new();
-            self.batches[at].drop_flows(flows);
+            entry.events = Encoded::default();
+            entry.drop_flows(flows);
         }
         self.events -= events;
         self.flows -= flows;
@@ -206,9 +215,9 @@ mod tests {
     use super::*;
     use xdt_wire::{AgentStats, Event, Headers};
 
-    fn batch(sequence: u64, events: usize) -> Batch {
-        let event = Event {
-            timestamp_unix_ns: sequence,
+    pub(crate) fn event(timestamp_unix_ns: u64) -> Event {
+        Event {
+            timestamp_unix_ns,
             label: "l".into(),
             rule: 1,
             action: "sample".into(),
@@ -224,15 +233,48 @@ mod tests {
                 tcp_flags: 0,
             },
             inspection: None,
-        };
-        Batch {
-            sequence,
-            taken_at_unix_ns: sequence,
-            counters: vec![("total_packets".into(), sequence)],
-            labels: Vec::new(),
-            events: vec![event; events],
-            agent: AgentStats::default(),
         }
+    }
+
+    fn batch(sequence: u64, events: usize) -> Entry {
+        let mut encoded = Encoded::default();
+        for n in 0..events {
+            encoded
+                .push(&event(sequence * 100 + n as u64))
+                .expect("encode");
+        }
+        Entry {
+            batch: Batch {
+                sequence,
+                taken_at_unix_ns: sequence,
+                counters: vec![("total_packets".into(), sequence)],
+                labels: Vec::new(),
+                events: Vec::new(),
+                agent: AgentStats::default(),
+            },
+            events: encoded,
+            flows: None,
+        }
+    }
+
+    /// The message `entry` sends on a connection of `version`, read back as central reads it.
+    fn sent(entry: &Entry, version: u16) -> (Batch, Option<Vec<Flow>>) {
+        let mut frame = Vec::new();
+        entry.encode(version, &mut frame).expect("encode");
+        match xdt_wire::frame::decode(&frame[xdt_wire::frame::HEADER_LEN..]).expect("decode") {
+            xdt_wire::Message::Batch(batch) => (batch, None),
+            xdt_wire::Message::FlowBatch(b) => (b.batch, Some(b.flows)),
+            other => panic!("sent {other:?}"),
+        }
+    }
+
+    fn timestamps(entry: &Entry) -> Vec<u64> {
+        sent(entry, 3)
+            .0
+            .events
+            .iter()
+            .map(|e| e.timestamp_unix_ns)
+            .collect()
     }
 
     #[test]
@@ -258,8 +300,12 @@ mod tests {
         o.push(batch(2, 3));
         assert_eq!(o.events(), 5);
         assert_eq!(o.dropped_events, 1);
-        let first: Vec<_> = o.after(0).map(|e| e.batch.events.len()).collect();
-        assert_eq!(first, [2, 3], "the oldest batch lost its oldest event");
+        let first: Vec<_> = o.after(0).map(timestamps).collect();
+        assert_eq!(
+            first,
+            [vec![101, 102], vec![200, 201, 202]],
+            "the oldest batch lost its oldest event"
+        );
         o.push(batch(3, 7));
         assert_eq!(o.events(), 5);
         assert_eq!(o.dropped_events, 1 + 2 + 3 + 2);
@@ -313,21 +359,22 @@ mod tests {
             handshake_ns: None,
             end: xdt_wire::FlowEnd::Idle,
         };
+        let mut records = Encoded::default();
+        for i in 0..flows {
+            records.push(&flow(i)).expect("encode");
+        }
         Entry {
-            batch: batch(sequence, events),
-            flows: Some((
-                (0..flows).map(flow).collect(),
-                xdt_wire::FlowStats::default(),
-            )),
+            flows: Some((records, xdt_wire::FlowStats::default())),
+            ..batch(sequence, events)
         }
     }
 
     fn packets(o: &Outbox) -> Vec<Vec<u64>> {
         o.after(0)
             .map(|e| {
-                e.flows
-                    .as_ref()
-                    .map_or(Vec::new(), |(f, _)| f.iter().map(|f| f.packets).collect())
+                sent(e, 3)
+                    .1
+                    .map_or(Vec::new(), |f| f.iter().map(|f| f.packets).collect())
             })
             .collect()
     }

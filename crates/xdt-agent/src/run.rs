@@ -14,7 +14,7 @@ use crate::{
     config::{Config, Control},
     flows, heartbeat, host, labels, privileges,
     ring::{open_events, read_events},
-    shared::{Shared, push_pending, take_over_ledger},
+    shared::{Shared, push_events, take_over_ledger},
     source::Source,
     status::StatusLine,
     steer, uplink,
@@ -67,7 +67,7 @@ pub async fn run(
             let sink_shared = shared.clone();
             let max_pending = config.max_events;
             let sink: steer::EventSink =
-                Arc::new(move |events| push_pending(&sink_shared, events, max_pending));
+                Arc::new(move |events| push_events(&sink_shared, events, max_pending));
             Some(
                 steer::Steering::start(probe, steer_config, sink)
                     .await

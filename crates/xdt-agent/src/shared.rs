@@ -2,12 +2,9 @@
 //! of the status line and of each batch, and the probe's ledger of events held (which a
 //! successor counts as lost if this process dies).
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+use std::sync::{
+    Mutex, PoisonError,
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use log::warn;
@@ -15,19 +12,18 @@ use tokio::sync::Notify;
 use xdt_datapath::attached::AttachedProbe;
 use xdt_wire::{Event, Flow};
 
-use crate::outbox::Outbox;
+use crate::outbox::{Encoded, Outbox};
 
 /// State the tasks share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     outbox: Mutex<Outbox>,
-    /// Events read from the ring and not batched yet.
-    /// A deque: dropping the oldest of a full buffer is O(dropped), not a shift of the rest.
-    pending: Mutex<VecDeque<Event>>,
+    /// Events read from the ring (or steered) and not batched yet, encoded.
+    pending: Mutex<Encoded<Event>>,
     /// Events dropped from `pending` because it was full (or lost by a killed predecessor).
     pub(crate) pending_dropped: AtomicU64,
     /// Flow records from the flow thread, not batched yet, and their bound.
-    pending_flows: Mutex<VecDeque<Flow>>,
+    pending_flows: Mutex<Encoded<Flow>>,
     max_flows: usize,
     /// Flow records dropped from `pending_flows` because it was full.
     pending_flows_dropped: AtomicU64,
@@ -48,9 +44,9 @@ impl Shared {
     pub(crate) fn new(max_batches: usize, max_events: usize, max_flows: usize) -> Self {
         Self {
             outbox: Mutex::new(Outbox::new(max_batches, max_events, max_flows)),
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Encoded::default()),
             pending_dropped: AtomicU64::new(0),
-            pending_flows: Mutex::new(VecDeque::new()),
+            pending_flows: Mutex::new(Encoded::default()),
             max_flows,
             pending_flows_dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -65,7 +61,7 @@ impl Shared {
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
+    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, Encoded<Event>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -75,17 +71,18 @@ impl Shared {
 
     /// Flow records for the next batch, dropping (and counting) the oldest beyond the bound.
     pub(crate) fn push_flows(&self, fresh: impl IntoIterator<Item = Flow>) {
+        let mut encoded = Encoded::default();
+        let unfit = encode_all(fresh, &mut encoded, "flow record");
         let mut pending = self.pending_flows();
-        pending.extend(fresh);
-        if pending.len() > self.max_flows {
-            let excess = pending.len() - self.max_flows;
-            pending.drain(..excess);
-            self.pending_flows_dropped
-                .fetch_add(excess as u64, Ordering::Relaxed);
-        }
+        pending.append(&mut encoded);
+        let excess = pending.len().saturating_sub(self.max_flows);
+        pending.drop_oldest(excess);
+        drop(pending);
+        self.pending_flows_dropped
+            .fetch_add((excess + unfit) as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn pending_flows(&self) -> std::sync::MutexGuard<'_, VecDeque<Flow>> {
+    pub(crate) fn pending_flows(&self) -> std::sync::MutexGuard<'_, Encoded<Flow>> {
         self.pending_flows
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -176,19 +173,52 @@ pub(crate) fn take_over_ledger(probe: &AttachedProbe, shared: &Shared) {
     }
 }
 
-/// Adds events to the next batch, dropping (and counting) the oldest beyond `max_pending`.
-pub(crate) fn push_pending(shared: &Shared, fresh: Vec<Event>, max_pending: usize) {
+/// Moves `fresh` events to the next batch, dropping (and counting) the oldest beyond
+/// `max_pending`; `fresh` is left empty.
+pub(crate) fn push_pending(shared: &Shared, fresh: &mut Encoded<Event>, max_pending: usize) {
     let mut pending = shared.pending();
     let before = pending.len();
-    pending.extend(fresh);
-    if pending.len() > max_pending {
-        let excess = pending.len() - max_pending;
-        pending.drain(..excess);
+    pending.append(fresh);
+    let excess = pending.len().saturating_sub(max_pending);
+    pending.drop_oldest(excess);
+    let after = pending.len();
+    drop(pending);
+    if excess > 0 {
         shared
             .pending_dropped
             .fetch_add(excess as u64, Ordering::Relaxed);
     }
-    let after = pending.len();
-    drop(pending);
     shared.held_changed(after, before);
+}
+
+/// [`push_pending`] for events as values (steering's): encoded first; one that cannot be is
+/// dropped and counted.
+pub(crate) fn push_events(shared: &Shared, fresh: Vec<Event>, max_pending: usize) {
+    let mut encoded = Encoded::default();
+    let unfit = encode_all(fresh, &mut encoded, "event");
+    if unfit > 0 {
+        shared
+            .pending_dropped
+            .fetch_add(unfit as u64, Ordering::Relaxed);
+    }
+    push_pending(shared, &mut encoded, max_pending);
+}
+
+/// Encodes `items` into `into`; returns how many could not be (each more than a frame holds),
+/// with a warning.
+pub(crate) fn encode_all<T: serde::Serialize>(
+    items: impl IntoIterator<Item = T>,
+    into: &mut Encoded<T>,
+    what: &str,
+) -> usize {
+    let mut unfit = 0;
+    for item in items {
+        if let Err(e) = into.push(&item) {
+            if unfit == 0 {
+                warn!("a {what} cannot be sent, dropped (counted): {e}");
+            }
+            unfit += 1;
+        }
+    }
+    unfit
 }

@@ -172,12 +172,19 @@ async fn session(
     // every Ack that leaves something outstanding. Acks come in order, one per batch, so the
     // gap between two is at most the time one batch takes to reach central.
     let mut ack_due_since: Option<Instant> = None;
+    // The frame being sent, made from the outbox's encoded events and records.
+    let mut frame = Vec::new();
     loop {
         loop {
-            let next = shared.outbox().after(sent).next().cloned();
-            let Some(entry) = next else { break };
-            let sequence = entry.batch.sequence;
-            if entry.flows.is_some() && conn.version() < 3 {
+            let next = shared
+                .outbox()
+                .after(sent)
+                .next()
+                .map(|entry| (entry.batch.sequence, entry.flows.is_some()));
+            let Some((sequence, with_flows)) = next else {
+                break;
+            };
+            if with_flows && conn.version() < 3 {
                 // Sent once per batch: a batch taken back for a resend has no flows left.
                 let dropped = shared.change_outbox(|o| o.drop_flows(sequence));
                 if dropped > 0 {
@@ -188,10 +195,22 @@ async fn session(
                     );
                 }
             }
-            let message = Message::batch(entry.batch, entry.flows, conn.version());
-            let written = tokio::select! {
-                written = conn.write_message(&message) => written,
-                _ = stop.changed() => return Ok(()),
+            frame.clear();
+            // Under the lock: the frame is made from the batch as it is now (a bound may have
+            // dropped it, or some of its events, since it was looked at).
+            let encoded = shared
+                .outbox()
+                .after(sent)
+                .next()
+                .filter(|entry| entry.batch.sequence == sequence)
+                .map(|entry| entry.encode(conn.version(), &mut frame));
+            let written = match encoded {
+                None => continue,
+                Some(Ok(())) => tokio::select! {
+                    written = conn.write_frame(&frame) => written,
+                    _ = stop.changed() => return Ok(()),
+                },
+                Some(Err(e)) => Err(e.into()),
             };
             match written {
                 Ok(()) => {}

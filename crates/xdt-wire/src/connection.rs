@@ -148,6 +148,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.stream.flush().await?;
         Ok(())
     }
+
+    /// Sends a frame the caller encoded for this connection's [`Connection::version`] (with
+    /// [`frame::encode_batch`], which picks the message by version).
+    pub async fn write_frame(&mut self, frame: &[u8]) -> Result<(), WireError> {
+        self.stream.write_all(frame).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Frames without I/O: the connection preamble, and `length (u32 BE) | postcard payload`.
 //! [`check`] is cheap and allocates nothing; [`decode`] parses a complete frame.
 
-use crate::{MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION};
+use crate::{Batch, FlowStats, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION};
 
 /// Largest frame payload accepted or sent (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
@@ -174,12 +174,16 @@ pub fn encoded_len<T: serde::Serialize + ?Sized>(value: &T) -> Result<usize, Fra
 pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    let mut out_vec = std::mem::take(out);
-    out_vec = match postcard::to_extend(message, out_vec) {
-        Ok(v) => v,
-        Err(reason) => return Err(FrameError::Malformed { reason }),
-    };
-    *out = out_vec;
+    if let Err(e) = encode_item(message, out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    finish(out, start)
+}
+
+/// Writes the length of the frame that starts at `start` and ends `out` into its header, or
+/// takes the frame back out of `out` if it is over the maximum.
+fn finish(out: &mut Vec<u8>, start: usize) -> Result<(), FrameError> {
     let len = out.len() - start - HEADER_LEN;
     if len > MAX_FRAME {
         out.truncate(start);
@@ -187,6 +191,93 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
     }
     out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
+}
+
+/// Appends `value`'s postcard encoding to `out` and returns its length: an item of a list that
+/// a sender keeps encoded until it sends it ([`encode_batch`]). On an error `out` is unchanged.
+pub fn encode_item<T: serde::Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<usize, FrameError> {
+    let before = out.len();
+    match postcard::to_io(value, &mut *out) {
+        Ok(_) => Ok(out.len() - before),
+        Err(reason) => {
+            out.truncate(before);
+            Err(FrameError::Malformed { reason })
+        }
+    }
+}
+
+/// The items of a list that a sender keeps encoded: how many, and their encodings
+/// ([`encode_item`]) one after the other.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EncodedItems<'a> {
+    pub count: usize,
+    pub bytes: &'a [u8],
+}
+
+/// Appends the frame of [`Message::batch`]`(batch, flows, version)` whose events are `events`
+/// and whose flow records (in a `FlowBatch`) are the items of `flows`; `batch`'s own events are
+/// not sent. For a sender that keeps events and records encoded from the moment it has them:
+/// nothing is decoded or encoded again. Postcard is concatenative, so this is the frame of the
+/// message holding those items: the message is encoded with empty lists, whose counts (one
+/// zero byte each, right before the batch's `agent` and the `FlowBatch`'s `stats`, the fields
+/// that end each struct) are then replaced by the lists.
+pub fn encode_batch(
+    batch: &Batch,
+    events: EncodedItems<'_>,
+    flows: Option<(EncodedItems<'_>, &FlowStats)>,
+    version: u16,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let shell = Batch {
+        sequence: batch.sequence,
+        taken_at_unix_ns: batch.taken_at_unix_ns,
+        counters: batch.counters.clone(),
+        labels: batch.labels.clone(),
+        events: Vec::new(),
+        agent: batch.agent.clone(),
+    };
+    let agent_len = encoded_len(&batch.agent)?;
+    let message = Message::batch(
+        shell,
+        flows.map(|(_, stats)| (Vec::new(), stats.clone())),
+        version,
+    );
+    // The flow list and the length of what follows it, when the message carries one.
+    let flows = match (&message, flows) {
+        (Message::FlowBatch(_), Some((items, stats))) => Some((items, encoded_len(stats)?)),
+        _ => None,
+    };
+    let start = out.len();
+    encode(&message, out)?;
+    let end = out.len();
+    let flows_at = flows.map(|(_, stats_len)| end - stats_len - 1);
+    let events_at = flows_at.unwrap_or(end) - agent_len - 1;
+    let tail = out.split_off(events_at);
+    debug_assert_eq!(tail[0], 0, "the empty event list's count");
+    let spliced = (|| -> Result<(), FrameError> {
+        encode_item(&events.count, out)?;
+        out.extend_from_slice(events.bytes);
+        match (flows, flows_at) {
+            (Some((items, _)), Some(at)) => {
+                let at = at - events_at;
+                debug_assert_eq!(tail[at], 0, "the empty flow list's count");
+                out.extend_from_slice(&tail[1..at]);
+                encode_item(&items.count, out)?;
+                out.extend_from_slice(items.bytes);
+                out.extend_from_slice(&tail[at + 1..]);
+            }
+            _ => out.extend_from_slice(&tail[1..]),
+        }
+        Ok(())
+    })();
+    if let Err(e) = spliced {
+        out.truncate(start);
+        return Err(e);
+    }
+    finish(out, start)
 }
 
 #[cfg(test)]
@@ -310,6 +401,97 @@ pub(crate) mod tests {
                 },
             }),
         ]
+    }
+
+    /// A batch whose events and flow records were kept encoded makes the frame of the message
+    /// holding them, byte for byte, on either version (version 2 without the records), with
+    /// lists of 0, 1 and 300 items (a count over one varint byte); the batch's own events are
+    /// not sent, and a frame over the maximum is refused with `out` unchanged.
+    #[test]
+    fn a_batch_with_encoded_lists_is_the_frame_of_the_message_holding_them() {
+        let Message::Batch(batch) = samples().remove(2) else {
+            panic!("sample 2 is a Batch");
+        };
+        let Message::FlowBatch(flow_batch) = samples().remove(5) else {
+            panic!("sample 5 is a FlowBatch");
+        };
+        let event = batch.events[0].clone();
+        for (n_events, n_flows) in [(0, 0), (1, 0), (0, 2), (300, 1), (2, 300)] {
+            let events = vec![event.clone(); n_events];
+            let flows: Vec<Flow> = flow_batch
+                .flows
+                .iter()
+                .cycle()
+                .take(n_flows)
+                .cloned()
+                .collect();
+            let (mut event_bytes, mut flow_bytes) = (Vec::new(), Vec::new());
+            for e in &events {
+                encode_item(e, &mut event_bytes).expect("event");
+            }
+            for f in &flows {
+                encode_item(f, &mut flow_bytes).expect("flow");
+            }
+            let event_items = EncodedItems {
+                count: n_events,
+                bytes: &event_bytes,
+            };
+            let flow_items = EncodedItems {
+                count: n_flows,
+                bytes: &flow_bytes,
+            };
+            for version in [2, 3] {
+                for with_flows in [false, true] {
+                    let stats = with_flows.then_some(&flow_batch.stats);
+                    let mut spliced = vec![9, 9];
+                    encode_batch(
+                        &batch,
+                        event_items,
+                        stats.map(|s| (flow_items, s)),
+                        version,
+                        &mut spliced,
+                    )
+                    .expect("spliced");
+                    let whole = Message::batch(
+                        Batch {
+                            events: events.clone(),
+                            ..batch.clone()
+                        },
+                        stats.map(|s| (flows.clone(), s.clone())),
+                        version,
+                    );
+                    let mut expected = vec![9, 9];
+                    encode(&whole, &mut expected).expect("whole");
+                    assert_eq!(
+                        spliced, expected,
+                        "{n_events} events, {n_flows} flows, version {version}, flows {with_flows}"
+                    );
+                    let frame_len = check(&spliced[2..]).expect("check").expect("complete");
+                    assert_eq!(
+                        decode(&spliced[2 + HEADER_LEN..2 + frame_len]).expect("decode"),
+                        whole
+                    );
+                }
+            }
+        }
+
+        let big = vec![0; MAX_FRAME];
+        let mut out = vec![1, 2, 3];
+        let refused = encode_batch(
+            &batch,
+            EncodedItems {
+                count: 1,
+                bytes: &big,
+            },
+            None,
+            3,
+            &mut out,
+        );
+        assert!(
+            matches!(refused, Err(FrameError::TooLarge { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(out, [1, 2, 3]);
     }
 
     /// Version 3 only appended a message: every message of version 2 has the bytes it had

@@ -6,20 +6,29 @@
 //! and are also bounded in count per message ([`xdt_wire::MAX_FLOWS`]).
 //!
 //! Sizes are exact, not estimated: postcard is concatenative, so a message is its fields without
-//! the events and flows, the varint of each list's count, then each item's own encoding.
+//! the events and flows, the varint of each list's count, then each item's own encoding (which
+//! the agent holds: [`Encoded`]).
 
 use xdt_wire::{
     Batch, Event, Flow, FlowBatch, FlowStats, FrameError, MAX_FLOWS, Message, frame::encoded_len,
 };
 
+use crate::outbox::Encoded;
+
 /// Room for the varint of a list's count (a u64 varint takes at most 10 bytes).
 const COUNT_ROOM: usize = 10;
 
 /// The events and flow records of one batch.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub(crate) struct Piece {
-    pub events: Vec<Event>,
-    pub flows: Vec<Flow>,
+    pub events: Encoded<Event>,
+    pub flows: Encoded<Flow>,
+}
+
+impl Piece {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.flows.is_empty()
+    }
 }
 
 /// One interval's events and flow records cut into batches, in order.
@@ -42,8 +51,8 @@ pub(crate) struct Groups {
 pub(crate) fn split(
     template: &Batch,
     flow_stats: Option<&FlowStats>,
-    events: Vec<Event>,
-    flows: Vec<Flow>,
+    mut events: Encoded<Event>,
+    mut flows: Encoded<Flow>,
     max_payload: usize,
 ) -> Result<Groups, FrameError> {
     let batch = Batch {
@@ -65,7 +74,9 @@ pub(crate) fn split(
     if lists == 1 {
         out.unfit_flows = flows.len();
     }
-    let flows = if lists == 1 { Vec::new() } else { flows };
+    if lists == 1 {
+        flows.clear();
+    }
     // Each empty list encodes as one byte, its count; COUNT_ROOM stands in for it.
     let fixed = encoded_len(&empty)? - lists + lists * COUNT_ROOM;
     let Some(budget) = max_payload.checked_sub(fixed) else {
@@ -76,25 +87,31 @@ pub(crate) fn split(
         out.pieces.push(Piece::default());
         return Ok(out);
     };
+    // Everything in one piece (below 24,000 sampled events a frame): the lists as they are.
+    if events.byte_len() + flows.byte_len() <= budget && flows.len() <= MAX_FLOWS {
+        out.pieces.push(Piece { events, flows });
+        return Ok(out);
+    }
     let mut current = Piece::default();
     let mut used = 0;
-    for event in events {
-        let len = encoded_len(&event)?;
+    let room = |left: usize| left.min(budget);
+    current.events.reserve(room(events.byte_len()));
+    while let Some(len) = events.first_len() {
         if len > budget {
-            out.unfit_events += 1;
+            out.unfit_events += events.drop_oldest(1);
             continue;
         }
         if used + len > budget {
             out.pieces.push(std::mem::take(&mut current));
+            current.events.reserve(room(events.byte_len()));
             used = 0;
         }
         used += len;
-        current.events.push(event);
+        events.move_first(&mut current.events);
     }
-    for flow in flows {
-        let len = encoded_len(&flow)?;
+    while let Some(len) = flows.first_len() {
         if len > budget {
-            out.unfit_flows += 1;
+            out.unfit_flows += flows.drop_oldest(1);
             continue;
         }
         if used + len > budget || current.flows.len() == MAX_FLOWS {
@@ -102,9 +119,9 @@ pub(crate) fn split(
             used = 0;
         }
         used += len;
-        current.flows.push(flow);
+        flows.move_first(&mut current.flows);
     }
-    if current != Piece::default() || out.pieces.is_empty() {
+    if !current.is_empty() || out.pieces.is_empty() {
         out.pieces.push(current);
     }
     Ok(out)
@@ -115,6 +132,34 @@ mod tests {
     use xdt_wire::{AgentStats, DnsQuery, FlowEnd, Headers, Inspection, MAX_FRAME, frame};
 
     use super::*;
+
+    fn encoded<T: serde::Serialize>(items: &[T]) -> Encoded<T> {
+        let mut list = Encoded::default();
+        for item in items {
+            list.push(item).expect("encode");
+        }
+        list
+    }
+
+    /// The frame of batch `n` carrying `piece` (a `FlowBatch` when given flow figures), as the
+    /// uplink makes it, and its events and flow records as central reads them; panics if it is
+    /// over the maximum.
+    fn sent(n: usize, piece: &Piece, stats: Option<&FlowStats>) -> (usize, Vec<Event>, Vec<Flow>) {
+        let mut out = Vec::new();
+        frame::encode_batch(
+            &template(),
+            piece.events.items(),
+            stats.map(|s| (piece.flows.items(), s)),
+            xdt_wire::PROTOCOL_VERSION,
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("batch {n} of {} events: {e}", piece.events.len()));
+        match frame::decode(&out[frame::HEADER_LEN..]).expect("decode") {
+            Message::Batch(b) => (out.len(), b.events, Vec::new()),
+            Message::FlowBatch(f) => (out.len(), f.batch.events, f.flows),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn dns_event(i: u64, name_len: usize) -> Event {
         Event {
@@ -171,37 +216,40 @@ mod tests {
         let events: Vec<Event> = (0..8000).map(|i| dns_event(i, 250)).collect();
         let total: usize = events.iter().map(|e| encoded_len(e).expect("len")).sum();
         assert!(total > 2 * MAX_FRAME - MAX_FRAME / 10, "{total} bytes");
-        let groups =
-            split(&template(), None, events.clone(), Vec::new(), MAX_FRAME).expect("split");
+        let groups = split(
+            &template(),
+            None,
+            encoded(&events),
+            Encoded::default(),
+            MAX_FRAME,
+        )
+        .expect("split");
         assert_eq!(groups.unfit_events, 0);
         assert!(groups.pieces.len() >= 2, "{} batches", groups.pieces.len());
+        let mut joined = Vec::new();
         for (n, piece) in groups.pieces.iter().enumerate() {
-            let batch = Batch {
-                events: piece.events.clone(),
-                sequence: n as u64 + 1,
-                ..template()
-            };
-            let mut out = Vec::new();
-            frame::encode(&Message::Batch(batch), &mut out)
-                .unwrap_or_else(|e| panic!("batch {n} of {} events: {e}", piece.events.len()));
+            let (len, events, _) = sent(n, piece, None);
             // Filled, not merely under the limit: within one event of the maximum.
             if n + 1 < groups.pieces.len() {
-                assert!(
-                    out.len() > MAX_FRAME - 400,
-                    "batch {n}: {} bytes",
-                    out.len()
-                );
+                assert!(len > MAX_FRAME - 400, "batch {n}: {len} bytes");
             }
+            joined.extend(events);
         }
-        let joined: Vec<Event> = groups.pieces.into_iter().flat_map(|p| p.events).collect();
         assert_eq!(joined, events);
     }
 
     #[test]
     fn no_events_still_makes_one_batch_and_unfit_events_are_counted() {
-        let groups = split(&template(), None, Vec::new(), Vec::new(), MAX_FRAME).expect("split");
+        let groups = split(
+            &template(),
+            None,
+            Encoded::default(),
+            Encoded::default(),
+            MAX_FRAME,
+        )
+        .expect("split");
         assert_eq!((groups.pieces.len(), groups.unfit_events), (1, 0));
-        assert_eq!(groups.pieces[0], Piece::default());
+        assert!(groups.pieces[0].is_empty());
 
         // A frame limit that holds the counters and one short event, not a long one.
         let fixed = encoded_len(&Message::Batch(template())).expect("len") - 1 + COUNT_ROOM;
@@ -210,18 +258,29 @@ mod tests {
         let groups = split(
             &template(),
             None,
-            vec![short.clone(), dns_event(2, 200), short.clone()],
-            Vec::new(),
+            encoded(&[short.clone(), dns_event(2, 200), short.clone()]),
+            Encoded::default(),
             limit,
         )
         .expect("split");
         assert_eq!(groups.unfit_events, 1);
-        let events: Vec<_> = groups.pieces.into_iter().map(|p| p.events).collect();
+        let events: Vec<_> = groups
+            .pieces
+            .iter()
+            .enumerate()
+            .map(|(n, p)| sent(n, p, None).1)
+            .collect();
         assert_eq!(events, vec![vec![short.clone()], vec![short]]);
 
         // Counters that do not fit at all: every event is unfit, the batch still goes.
-        let groups =
-            split(&template(), None, vec![dns_event(3, 1)], Vec::new(), 10).expect("split");
+        let groups = split(
+            &template(),
+            None,
+            encoded(&[dns_event(3, 1)]),
+            Encoded::default(),
+            10,
+        )
+        .expect("split");
         assert_eq!((groups.pieces.len(), groups.unfit_events), (1, 1));
     }
 
@@ -257,8 +316,8 @@ mod tests {
         let groups = split(
             &template(),
             Some(&stats),
-            events.clone(),
-            flows.clone(),
+            encoded(&events),
+            encoded(&flows),
             MAX_FRAME,
         )
         .expect("split");
@@ -268,27 +327,15 @@ mod tests {
             !groups.pieces[0].flows.is_empty(),
             "events and flows share a message"
         );
+        let (mut got_events, mut got_flows) = (Vec::new(), Vec::new());
         for (n, piece) in groups.pieces.iter().enumerate() {
             assert!(piece.flows.len() <= MAX_FLOWS);
-            let message = Message::FlowBatch(FlowBatch {
-                batch: Batch {
-                    events: piece.events.clone(),
-                    sequence: n as u64 + 1,
-                    ..template()
-                },
-                flows: piece.flows.clone(),
-                stats: FlowStats::default(),
-            });
-            let mut out = Vec::new();
-            frame::encode(&message, &mut out).unwrap_or_else(|e| panic!("batch {n}: {e}"));
+            let (_, events, flows) = sent(n, piece, Some(&stats));
+            got_events.extend(events);
+            got_flows.extend(flows);
         }
-        let (got_events, got_flows): (Vec<Vec<Event>>, Vec<Vec<Flow>>) = groups
-            .pieces
-            .into_iter()
-            .map(|p| (p.events, p.flows))
-            .unzip();
-        assert_eq!(got_events.concat(), events);
-        assert_eq!(got_flows.concat(), flows);
+        assert_eq!(got_events, events);
+        assert_eq!(got_flows, flows);
     }
 
     /// More short flow records than one message may hold: cut at the flow limit, not the size.
@@ -298,8 +345,14 @@ mod tests {
             .map(|i| flow(i, 0))
             .collect();
         let stats = crate::batch::widest_flow_stats();
-        let groups =
-            split(&template(), Some(&stats), Vec::new(), flows, usize::MAX / 2).expect("split");
+        let groups = split(
+            &template(),
+            Some(&stats),
+            Encoded::default(),
+            encoded(&flows),
+            usize::MAX / 2,
+        )
+        .expect("split");
         let sizes: Vec<usize> = groups.pieces.iter().map(|p| p.flows.len()).collect();
         assert_eq!(sizes, [MAX_FLOWS, MAX_FLOWS, 5]);
     }
@@ -307,8 +360,14 @@ mod tests {
     /// Without flow figures the message is a `Batch`, which has no place for flow records.
     #[test]
     fn flows_without_flow_figures_are_unfit() {
-        let groups =
-            split(&template(), None, Vec::new(), vec![flow(1, 0)], MAX_FRAME).expect("split");
+        let groups = split(
+            &template(),
+            None,
+            Encoded::default(),
+            encoded(&[flow(1, 0)]),
+            MAX_FRAME,
+        )
+        .expect("split");
         assert_eq!((groups.pieces.len(), groups.unfit_flows), (1, 1));
     }
 }
