@@ -833,6 +833,51 @@ fn every_steered_frame_is_reinjected_or_counted() {
     );
 }
 
+/// An RX socket's fill and RX rings hold its whole UMEM: while the agent's thread does not run
+/// (SIGSTOP, well within its lease), the kernel keeps 1,500 frames of a 2,048-frame UMEM for
+/// it and drops none. With half the frames on each ring the kernel dropped every frame beyond
+/// 1,024 for an empty fill ring, while the other half waited on the agent's free list.
+#[test]
+fn a_stalled_agent_finds_its_whole_umem_on_the_ring() {
+    const SENT: u64 = 1500;
+    if !root_or_skip("a_stalled_agent_finds_its_whole_umem_on_the_ring") {
+        return;
+    }
+    let lab = SteerLab::new(1);
+    let agent = lab.agent_with(&["--steer-lease", "30", "--xsk-frames", "2048"]);
+    let node = lab.steering_up(1);
+    let before = |name: &str| steering(&node, name);
+    let (received, dropped, full) = (
+        before("received_packets"),
+        before("rx_dropped"),
+        before("rx_ring_full"),
+    );
+    kill(&agent, nix::sys::signal::Signal::SIGSTOP);
+    send_udp(&lab, SENT as usize, 50, Duration::from_millis(1), |i| {
+        dns_query(i as u16, "example.com")
+    });
+    kill(&agent, nix::sys::signal::Signal::SIGCONT);
+    let node = lab.node_when("every frame read or dropped", |n| {
+        let get = |name: &str| n["agent"]["steering"][name].as_u64().unwrap_or(0);
+        get("received_packets") + get("rx_dropped") + get("rx_ring_full")
+            >= received + dropped + full + SENT
+    });
+    let steering_now = &node["agent"]["steering"];
+    assert_eq!(
+        (
+            steering(&node, "rx_dropped") - dropped,
+            steering(&node, "rx_ring_full") - full
+        ),
+        (0, 0),
+        "{steering_now}"
+    );
+    assert_eq!(
+        steering(&node, "received_packets") - received,
+        SENT,
+        "{steering_now}"
+    );
+}
+
 /// A real Prometheus (Debian's) scraping this lab's central: every panel query of the Grafana
 /// dashboards and every alert rule of docs/observability/ is evaluated through Prometheus's
 /// HTTP API and returns data, the counters equal what was sent, and killing the agent makes
