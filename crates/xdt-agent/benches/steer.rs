@@ -641,6 +641,9 @@ struct Latency {
     rtt_ns: Vec<u64>,
     lost: u32,
     steered: u64,
+    /// The agent's CPU time over the ping-pong, in % of one core: what a spinning steering
+    /// thread costs at one round trip at a time.
+    agent_cpu: f64,
 }
 
 impl Latency {
@@ -654,6 +657,8 @@ impl Latency {
 
 fn latency(lab: &BenchLab, placement: &'static str, port: u16) -> Latency {
     let before = number(&lab.probe()["steered_packets"]);
+    let agent_stat = format!("/proc/{}/stat", lab.agent);
+    let started = (Instant::now(), ticks(&agent_stat));
     let (rtt_ns, lost) = lab
         .client
         .enter(|| {
@@ -701,6 +706,10 @@ fn latency(lab: &BenchLab, placement: &'static str, port: u16) -> Latency {
         placement,
         rtt_ns,
         lost,
+        agent_cpu: ticks(&agent_stat).saturating_sub(started.1) as f64
+            / TICKS_PER_SECOND
+            / started.0.elapsed().as_secs_f64()
+            * 100.0,
         steered: number(&lab.probe()["steered_packets"]) - before,
     }
 }
@@ -846,18 +855,19 @@ fn main() {
 
     println!(
         "\nUDP ping-pong from CPU 0, {ROUND_TRIPS} round trips after {ROUND_TRIPS_WARM_UP}, one outstanding (us):\n\n\
-         | echo server on | path | answered | lost | steered packets | p50 | p90 | p99 | p99.9 | max |"
+         | echo server on | path | answered | lost | steered packets | agent CPU % | p50 | p90 | p99 | p99.9 | max |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (k, s) in kernel_rtt.iter().zip(&steer_rtt) {
         for l in [k, s] {
             println!(
-                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 l.placement,
                 l.path.name(),
                 l.rtt_ns.len(),
                 l.lost,
                 l.steered,
+                l.agent_cpu,
                 l.us(500),
                 l.us(900),
                 l.us(990),
@@ -866,7 +876,7 @@ fn main() {
             );
         }
         println!(
-            "| {} | added (steer - kernel) | | | | {:.1} | {:.1} | {:.1} | {:.1} | |",
+            "| {} | added (steer - kernel) | | | | | {:.1} | {:.1} | {:.1} | {:.1} | |",
             k.placement,
             added(k, s, 500),
             added(k, s, 900),
