@@ -110,18 +110,18 @@ impl IpfixExporter {
         self.domain
     }
 
-    /// Sends `deltas` to every collector; `label` names a label id. Templates go first when
-    /// the refresh interval has passed (or never were sent), also with no delta to send.
+    /// Sends `deltas` to every collector, `labels` their label names in the same order (empty
+    /// for none). Templates go first when the refresh interval has passed (or never were sent),
+    /// also with no delta to send.
     pub fn export(
         &mut self,
         deltas: &[FlowDelta],
-        label: &mut dyn FnMut(u32) -> String,
+        labels: &[String],
         context: &Context,
         stats: &IpfixStats,
     ) {
         let now = Instant::now();
         let export_time = u32::try_from(crate::clock::unix_ns() / 1_000_000_000).unwrap_or(0);
-        let labels: Vec<String> = deltas.iter().map(|d| label(d.label)).collect();
         for collector in &mut self.collectors {
             let max = path_payload(&collector.socket, collector.v6).min(MAX_MESSAGE);
             self.writer = MessageWriter::new(max, self.domain);

@@ -268,26 +268,29 @@ impl Opened {
             return;
         }
         let unix_offset_ns = crate::clock::monotonic_to_unix_offset();
-        let labels = &mut self.labels;
-        let mut name = |id: u32| {
-            if id == 0 {
-                String::new()
-            } else {
-                labels.covering(id).name(id)
-            }
-        };
+        // Each delta's label name, once for both exports: IPFIX reads them, central's records
+        // take them.
+        let names: Vec<String> = self
+            .deltas
+            .iter()
+            .map(|d| match d.label {
+                0 => String::new(),
+                id => self.labels.covering(id).name(id),
+            })
+            .collect();
         if let Some(ipfix) = &mut self.ipfix {
             let context = ipfix::Context {
                 unix_offset_ns,
                 ingress_interface: self.ifindex,
             };
-            ipfix.export(&self.deltas, &mut name, &context, &stats.ipfix);
+            ipfix.export(&self.deltas, &names, &context, &stats.ipfix);
         }
         if let Some(sink) = &mut self.sink {
             sink(
                 self.deltas
                     .iter()
-                    .map(|d| d.to_wire(&mut name, unix_offset_ns))
+                    .zip(names)
+                    .map(|(d, name)| d.to_wire(name, unix_offset_ns))
                     .collect(),
             );
         }

@@ -37,12 +37,10 @@ pub struct FlowDelta {
 
 impl FlowDelta {
     /// The record as central gets it: times moved to the wall clock by `unix_offset_ns` (Unix
-    /// time minus the probe's CLOCK_MONOTONIC), the label named by `label` (no rule: id 0).
-    pub fn to_wire(
-        &self,
-        label: &mut dyn FnMut(u32) -> String,
-        unix_offset_ns: u64,
-    ) -> xdt_wire::Flow {
+    /// time minus the probe's CLOCK_MONOTONIC), `label` the name of its label id (none for id
+    /// 0, no rule).
+    #[must_use]
+    pub fn to_wire(&self, label: String, unix_offset_ns: u64) -> xdt_wire::Flow {
         let key = &self.key;
         xdt_wire::Flow {
             key: xdt_wire::FlowKey {
@@ -58,7 +56,7 @@ impl FlowDelta {
             first_seen_unix_ns: self.start_ns.saturating_add(unix_offset_ns),
             last_seen_unix_ns: self.end_ns.saturating_add(unix_offset_ns),
             tcp_flags: self.tcp_flags,
-            label: (self.label != 0).then(|| label(self.label)),
+            label: (self.label != 0).then_some(label),
             handshake_ns: (self.handshake_ns != 0).then_some(self.handshake_ns),
             end: self.reason,
         }
