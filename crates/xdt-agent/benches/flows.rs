@@ -12,8 +12,8 @@
 //! for central. The figure is the CPU time of the thread running the round
 //! (CLOCK_THREAD_CPUTIME_ID: user and system), against the budget of one round per second: a
 //! round of N ms is N/10 % of a core. What the agent's main loop then does with the records for
-//! central is timed apart ("to central"): each record's encoded size (the batcher cuts frames
-//! by it) and the encoding of the `FlowBatch` frames (the uplink), on the main thread. Every flow must be drained once per round and every
+//! central is timed apart ("to central"): each record encoded once as the agent keeps it, and
+//! the `FlowBatch` frames spliced around them (the uplink). Every flow must be drained once per round and every
 //! record sent without a failed send; the report says how many messages the collector's
 //! socket took (loopback drops what the reading thread does not take in time, silently for
 //! the sender: that is the collector's loss, not the agent's).
@@ -33,7 +33,10 @@ use std::sync::Mutex;
 use xdt_agent::flows::{FlowConfig, FlowStats, Opened};
 use xdt_datapath::probe::{Capacity, LoadedProbe, test_run};
 use xdt_testkit::frames::{ETH_P_IP, TCP, ethernet, ipv4, tcp};
-use xdt_wire::{Batch, Flow, FlowBatch, MAX_FLOWS, Message, frame};
+use xdt_wire::{
+    Batch, Flow, MAX_FLOWS, PROTOCOL_VERSION,
+    frame::{self, EncodedItems},
+};
 
 const FLOWS: u32 = 100_000;
 const TABLE: u32 = 131_072;
@@ -201,33 +204,46 @@ fn main() {
     }
 }
 
-/// What the main loop does with a round's records for central: the encoded size of each (the
-/// batcher cuts frames by it), then the `FlowBatch` frames of at most `MAX_FLOWS` records
-/// encoded (the uplink). Returns how many frames.
+/// What the agent does with a round's records for central, as it does it: each record encoded
+/// once as it is handed over (`Shared::push_flows`), then the `FlowBatch` frames of at most
+/// `MAX_FLOWS` records spliced around them (`frame::encode_batch`, the uplink). Returns how many
+/// frames.
 fn frames_to_central(records: &[Flow]) -> usize {
-    let mut size = 0;
+    let mut bytes = Vec::new();
+    let mut ends = Vec::with_capacity(records.len());
     for record in records {
-        size += frame::encoded_len(record).expect("size");
+        frame::encode_item(record, &mut bytes).expect("encode");
+        ends.push(bytes.len());
     }
-    assert!(size > 0 || records.is_empty());
+    let batch = Batch {
+        sequence: 1,
+        taken_at_unix_ns: 1,
+        counters: Vec::new(),
+        labels: Vec::new(),
+        events: Vec::new(),
+        agent: xdt_wire::AgentStats::default(),
+    };
+    let stats = xdt_wire::FlowStats::default();
     let mut out = Vec::new();
-    let mut frames = 0;
-    for chunk in records.chunks(MAX_FLOWS) {
+    let (mut frames, mut first, mut start) = (0, 0, 0);
+    while first < records.len() {
+        let last = (first + MAX_FLOWS).min(records.len());
+        let end = ends[last - 1];
+        let flows = EncodedItems {
+            count: last - first,
+            bytes: &bytes[start..end],
+        };
         out.clear();
-        let message = Message::FlowBatch(FlowBatch {
-            batch: Batch {
-                sequence: 1,
-                taken_at_unix_ns: 1,
-                counters: Vec::new(),
-                labels: Vec::new(),
-                events: Vec::new(),
-                agent: xdt_wire::AgentStats::default(),
-            },
-            flows: chunk.to_vec(),
-            stats: xdt_wire::FlowStats::default(),
-        });
-        frame::encode(&message, &mut out).expect("frame within the maximum");
+        frame::encode_batch(
+            &batch,
+            EncodedItems::default(),
+            Some((flows, &stats)),
+            PROTOCOL_VERSION,
+            &mut out,
+        )
+        .expect("frame within the maximum");
         frames += 1;
+        (first, start) = (last, end);
     }
     frames
 }
