@@ -306,9 +306,12 @@ fn ipfix_to_nfcapd_and_tshark_gives_exact_flows() {
 /// by bytes and by packets) has exactly its packets and bytes, and what it does not name adds
 /// up to `other`.
 fn central_has_the_flows(lab: &Lab, central: &lab::Central, want: &BTreeMap<Key, (u64, u64)>) {
-    let (packets, bytes) = want
-        .values()
-        .fold((0, 0), |(p, b), (wp, wb)| (p + wp, b + wb));
+    let sum = |flows: &BTreeMap<Key, (u64, u64)>| {
+        flows
+            .values()
+            .fold((0, 0), |(p, b), (wp, wb)| (p + wp, b + wb))
+    };
+    let (packets, bytes) = sum(want);
     let node = central.node_when(lab, AGENT, "every flow record", |node| {
         node["flows"]["total"]["packets"] == packets
     });
@@ -337,9 +340,7 @@ fn central_has_the_flows(lab: &Lab, central: &lab::Central, want: &BTreeMap<Key,
                 "{key:?} in {ranking}"
             );
         }
-        let (p, b) = rest
-            .values()
-            .fold((0, 0), |(p, b), (wp, wb)| (p + wp, b + wb));
+        let (p, b) = sum(&rest);
         assert_eq!(
             (
                 flows[other]["packets"].as_u64(),
