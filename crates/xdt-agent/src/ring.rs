@@ -60,7 +60,6 @@ pub(crate) async fn read_events(
     mut ring: AsyncFd<EventReader>,
     mut names: labels::LabelNames,
     shared: Arc<Shared>,
-    max_pending: usize,
 ) {
     let offset = crate::clock::monotonic_to_unix_offset();
     let mut fresh = Encoded::default();
@@ -105,7 +104,7 @@ pub(crate) async fn read_events(
                 .fetch_add(unfit, std::sync::atomic::Ordering::Relaxed);
         }
         if !fresh.is_empty() {
-            push_pending(&shared, &mut fresh, max_pending);
+            push_pending(&shared, &mut fresh);
         }
         if read > 0 && read < RING_EVENTS / 2 {
             tokio::time::sleep(PAUSE).await;

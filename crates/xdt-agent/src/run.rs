@@ -22,6 +22,9 @@ use crate::{
 
 /// How long a stop waits for central to acknowledge what is left.
 const FLUSH: Duration = Duration::from_secs(5);
+/// The least time between a batch and one made early because pending events or flow records
+/// reached half their bound.
+const MIN_BATCH_GAP: Duration = Duration::from_millis(20);
 
 /// Runs until [`Control::Stop`] (or the sender is dropped), then flushes unacknowledged
 /// batches for up to 5 s.
@@ -65,9 +68,7 @@ pub async fn run(
                 ..steer_config.clone()
             };
             let sink_shared = shared.clone();
-            let max_pending = config.max_events;
-            let sink: steer::EventSink =
-                Arc::new(move |events| push_events(&sink_shared, events, max_pending));
+            let sink: steer::EventSink = Arc::new(move |events| push_events(&sink_shared, events));
             Some(
                 steer::Steering::start(probe, steer_config, sink)
                     .await
@@ -102,9 +103,9 @@ pub async fn run(
             flows::Flows::start(opened.with_sink(sink), config.interval)
         })
         .transpose()?;
-    let events = ring.flatten().map(|(ring, names)| {
-        tokio::spawn(read_events(ring, names, shared.clone(), config.max_events))
-    });
+    let events = ring
+        .flatten()
+        .map(|(ring, names)| tokio::spawn(read_events(ring, names, shared.clone())));
     let (stop_uplink, uplink_stop) = tokio::sync::watch::channel(false);
     let mut uplink = tokio::spawn(uplink::run(
         config.central.clone(),
@@ -126,9 +127,15 @@ pub async fn run(
     let mut batcher = Batcher::default();
     let mut status = StatusLine::new(&config, steering.as_ref(), flow_thread.as_ref());
     notifier.ready(&status.line(None, &shared));
+    let mut last_batch = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            () = shared.half_full.notified() => {
+                // A burst: batch now, but not more often than MIN_BATCH_GAP, which bounds the
+                // batches a flood makes with a small `--buffer-events`.
+                tokio::time::sleep_until(last_batch + MIN_BATCH_GAP).await;
+            }
             _ = watchdog.tick() => {
                 // The loop is alive if it got here; steering's and the flows' threads must be
                 // too.
@@ -168,6 +175,7 @@ pub async fn run(
         let steer_stats = steering.as_ref().map(steer::Steering::stats);
         let flow_stats = flow_thread.as_ref().map(flows::Flows::stats);
         let snapshot = batcher.batch(&source, &shared, steer_stats.as_ref(), flow_stats)?;
+        last_batch = tokio::time::Instant::now();
         notifier.status(&status.line(Some(&snapshot), &shared));
     }
     notifier.stopping("flushing unacknowledged batches");
@@ -247,6 +255,7 @@ fn reload(config: &mut Config, new: &Config, shared: &Shared, ticker: &mut tokio
     config.max_batches = new.max_batches;
     config.max_events = new.max_events;
     shared.change_outbox(|o| o.set_limits(config.max_batches, config.max_events));
+    shared.set_max_pending(config.max_events);
     labels::reread_all();
     if restart.is_empty() {
         info!(

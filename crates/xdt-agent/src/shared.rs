@@ -4,7 +4,7 @@
 
 use std::sync::{
     Mutex, PoisonError,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
 use log::warn;
@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     outbox: Mutex<Outbox>,
     /// Events read from the ring (or steered) and not batched yet, encoded.
     pending: Mutex<Encoded<Event>>,
+    /// The bound of `pending` (`--buffer-events`; a reload changes it).
+    max_pending: AtomicUsize,
     /// Events dropped from `pending` because it was full (or lost by a killed predecessor).
     pub(crate) pending_dropped: AtomicU64,
     /// Flow records from the flow thread, not batched yet, and their bound.
@@ -32,6 +34,10 @@ pub(crate) struct Shared {
     pub(crate) connected: AtomicBool,
     /// Woken when a batch is in the outbox.
     pub(crate) new_batch: Notify,
+    /// Woken when pending events or flow records reach half their bound: the main loop batches
+    /// them then instead of at the next tick, so a burst of more than a bound per interval
+    /// reaches the outbox (and central) instead of being dropped.
+    pub(crate) half_full: Notify,
     /// Events held (pending or in the outbox), as recorded in the probe's ledger.
     held: AtomicU64,
     /// The probe's `XDT_AGENT` (absent for a foreign map, or a probe attached without it).
@@ -45,6 +51,7 @@ impl Shared {
         Self {
             outbox: Mutex::new(Outbox::new(max_batches, max_events, max_flows)),
             pending: Mutex::new(Encoded::default()),
+            max_pending: AtomicUsize::new(max_events),
             pending_dropped: AtomicU64::new(0),
             pending_flows: Mutex::new(Encoded::default()),
             max_flows,
@@ -52,6 +59,7 @@ impl Shared {
             reconnects: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             new_batch: Notify::new(),
+            half_full: Notify::new(),
             held: AtomicU64::new(0),
             ledger: Mutex::new(None),
         }
@@ -65,6 +73,11 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A new bound of pending events (a reload); the outbox's is set apart.
+    pub(crate) fn set_max_pending(&self, max_events: usize) {
+        self.max_pending.store(max_events, Ordering::Relaxed);
+    }
+
     pub(crate) fn dropped_events(&self) -> u64 {
         self.outbox().dropped_events + self.pending_dropped.load(Ordering::Relaxed)
     }
@@ -74,12 +87,24 @@ impl Shared {
         let mut encoded = Encoded::default();
         let unfit = encode_all(fresh, &mut encoded, "flow record");
         let mut pending = self.pending_flows();
+        let before = pending.len();
         pending.append(&mut encoded);
         let excess = pending.len().saturating_sub(self.max_flows);
         pending.drop_oldest(excess);
+        let after = pending.len();
         drop(pending);
         self.pending_flows_dropped
             .fetch_add((excess + unfit) as u64, Ordering::Relaxed);
+        self.wake_if_half_full(before, after, self.max_flows);
+    }
+
+    /// Wakes the main loop to batch when a push took pending items from below half of `bound`
+    /// to half or more (once per crossing: the batch empties them).
+    fn wake_if_half_full(&self, before: usize, after: usize, bound: usize) {
+        let half = bound.div_ceil(2).max(1);
+        if before < half && after >= half {
+            self.half_full.notify_one();
+        }
     }
 
     pub(crate) fn pending_flows(&self) -> std::sync::MutexGuard<'_, Encoded<Flow>> {
@@ -174,8 +199,9 @@ pub(crate) fn take_over_ledger(probe: &AttachedProbe, shared: &Shared) {
 }
 
 /// Moves `fresh` events to the next batch, dropping (and counting) the oldest beyond
-/// `max_pending`; `fresh` is left empty.
-pub(crate) fn push_pending(shared: &Shared, fresh: &mut Encoded<Event>, max_pending: usize) {
+/// `--buffer-events`; `fresh` is left empty.
+pub(crate) fn push_pending(shared: &Shared, fresh: &mut Encoded<Event>) {
+    let max_pending = shared.max_pending.load(Ordering::Relaxed);
     let mut pending = shared.pending();
     let before = pending.len();
     pending.append(fresh);
@@ -189,11 +215,12 @@ pub(crate) fn push_pending(shared: &Shared, fresh: &mut Encoded<Event>, max_pend
             .fetch_add(excess as u64, Ordering::Relaxed);
     }
     shared.held_changed(after, before);
+    shared.wake_if_half_full(before, after, max_pending);
 }
 
 /// [`push_pending`] for events as values (steering's): encoded first; one that cannot be is
 /// dropped and counted.
-pub(crate) fn push_events(shared: &Shared, fresh: Vec<Event>, max_pending: usize) {
+pub(crate) fn push_events(shared: &Shared, fresh: Vec<Event>) {
     let mut encoded = Encoded::default();
     let unfit = encode_all(fresh, &mut encoded, "event");
     if unfit > 0 {
@@ -201,7 +228,7 @@ pub(crate) fn push_events(shared: &Shared, fresh: Vec<Event>, max_pending: usize
             .pending_dropped
             .fetch_add(unfit as u64, Ordering::Relaxed);
     }
-    push_pending(shared, &mut encoded, max_pending);
+    push_pending(shared, &mut encoded);
 }
 
 /// Encodes `items` into `into`; returns how many could not be (each more than a frame holds),

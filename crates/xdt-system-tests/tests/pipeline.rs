@@ -62,6 +62,10 @@ impl Central {
 }
 
 fn agent(lab: &Lab, central: &Central) -> Process {
+    agent_with(lab, central, &["--interval", "0.2"])
+}
+
+fn agent_with(lab: &Lab, central: &Central, args: &[&str]) -> Process {
     Process::start(
         lab.node
             .command(sibling("xdt-agent"))
@@ -70,15 +74,27 @@ fn agent(lab: &Lab, central: &Central) -> Process {
                 &lab.node_if,
                 "--agent-id",
                 "pipe-node",
-                "--interval",
-                "0.2",
-                // This test is about sampled events (tests/steer.rs covers steering).
+                // These tests are about sampled events (tests/steer.rs covers steering).
                 "--no-steer",
             ])
+            .args(args)
             .args(["--central", &format!("127.0.0.1:{}", central.telemetry)])
             .arg("--token-file")
             .arg(&central.token),
     )
+}
+
+/// Central with a fresh token and state directory in `lab`.
+fn central(lab: &Lab) -> Central {
+    let token = PathBuf::from(lab.file("token", "pipeline-token\n"));
+    let state = lab.dir.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    Central {
+        http: free_port(),
+        telemetry: free_port(),
+        token,
+        state,
+    }
 }
 
 const RULES: &str =
@@ -91,15 +107,7 @@ fn pipeline_counts_exactly_across_restarts() {
     }
     let lab = Lab::new();
     let _attached = lab.attach("native", RULES);
-    let token = PathBuf::from(lab.file("token", "pipeline-token\n"));
-    let state = lab.dir.join("state");
-    std::fs::create_dir_all(&state).expect("state dir");
-    let central = Central {
-        http: free_port(),
-        telemetry: free_port(),
-        token,
-        state,
-    };
+    let central = central(&lab);
     let web = ethernet(
         ETH_P_IP,
         &ipv4(CLIENT4, NODE4, TCP, &tcp(40000, 80, 0x02, b"")),
@@ -170,4 +178,59 @@ fn pipeline_counts_exactly_across_restarts() {
     assert_eq!(sampled(), 17);
     assert_eq!(node["connected"], true);
     drop(the_agent);
+}
+
+/// A burst of four times `--buffer-events` sampled events within one interval arrives whole:
+/// the agent batches as soon as half the buffer is pending instead of waiting for the tick and
+/// dropping what does not fit.
+#[test]
+fn a_burst_larger_than_the_event_buffer_arrives_whole() {
+    const BUFFER: usize = 1000;
+    const ROUNDS: usize = 10;
+    const PER_ROUND: usize = 400;
+    if !root_or_skip("a_burst_larger_than_the_event_buffer_arrives_whole") {
+        return;
+    }
+    let lab = Lab::new();
+    let _attached = lab.attach(
+        "native",
+        "web dst 10.88.0.0/24 proto tcp dport 80 action sample 1\n",
+    );
+    let central = central(&lab);
+    let _server = central.start(&lab);
+    let _agent = agent_with(
+        &lab,
+        &central,
+        &["--interval", "5", "--buffer-events", &BUFFER.to_string()],
+    );
+    central.node_when(&lab, "pipe-node", |n| n["connected"] == true);
+    let web = ethernet(
+        ETH_P_IP,
+        &ipv4(CLIENT4, NODE4, TCP, &tcp(40000, 80, 0x02, b"")),
+    );
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        lab.send(&[(web.clone(), PER_ROUND)]);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let sent = ROUNDS * PER_ROUND;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the burst took {:?}, not within one interval",
+        started.elapsed()
+    );
+    assert_eq!(lab.stats()["sampled_events"].as_u64(), Some(sent as u64));
+    let node = central.node_when(&lab, "pipe-node", |n| {
+        n["total_events"].as_u64() >= Some(sent as u64)
+            || n["agent"]["dropped_events"].as_u64() > Some(0)
+    });
+    let agent = &node["agent"];
+    assert_eq!(
+        agent["dropped_events"], 0,
+        "agent figures at central: {agent}"
+    );
+    assert_eq!(
+        node["total_events"], sent,
+        "agent figures at central: {agent}"
+    );
 }
