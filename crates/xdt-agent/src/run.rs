@@ -68,7 +68,8 @@ pub async fn run(
                 ..steer_config.clone()
             };
             let sink_shared = shared.clone();
-            let sink: steer::EventSink = Arc::new(move |events| push_events(&sink_shared, events));
+            let sink: steer::EventSink =
+                Arc::new(move |events, unfit| push_events(&sink_shared, events, unfit));
             Some(
                 steer::Steering::start(probe, steer_config, sink)
                     .await

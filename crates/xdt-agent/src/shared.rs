@@ -218,17 +218,14 @@ pub(crate) fn push_pending(shared: &Shared, fresh: &mut Encoded<Event>) {
     shared.wake_if_half_full(before, after, max_pending);
 }
 
-/// [`push_pending`] for events as values (steering's): encoded first; one that cannot be is
-/// dropped and counted.
-pub(crate) fn push_events(shared: &Shared, fresh: Vec<Event>) {
-    let mut encoded = Encoded::default();
-    let unfit = encode_all(fresh, &mut encoded, "event");
+/// [`push_pending`] for steering's events, with `unfit` more that did not encode: dropped, and
+/// counted.
+pub(crate) fn push_events(shared: &Shared, fresh: &mut Encoded<Event>, unfit: u64) {
     if unfit > 0 {
-        shared
-            .pending_dropped
-            .fetch_add(unfit as u64, Ordering::Relaxed);
+        warn!("{unfit} steered events did not encode: dropped (counted)");
+        shared.pending_dropped.fetch_add(unfit, Ordering::Relaxed);
     }
-    push_pending(shared, &mut encoded);
+    push_pending(shared, fresh);
 }
 
 /// Encodes `items` into `into`; returns how many could not be (each more than a frame holds),

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use xdt_wire::Event;
 
 use super::{reentry, xsk, xsk::BindMode};
+use crate::outbox::Encoded;
 
 /// Where steered frames go after inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,5 +85,7 @@ pub enum SteerError {
     DropCapabilities(#[source] crate::privileges::Error),
 }
 
-/// Receives the events of steered packets (the agent's pending batch).
-pub type EventSink = Arc<dyn Fn(Vec<Event>) + Send + Sync>;
+/// Receives the events of steered packets, encoded (the agent's pending batch takes them and
+/// leaves the list empty, its room kept), and how many more did not encode (dropped, to be
+/// counted with the events dropped).
+pub type EventSink = Arc<dyn Fn(&mut Encoded<Event>, u64) + Send + Sync>;

@@ -18,6 +18,8 @@ use xdt_datapath::{
 };
 use xdt_wire::{Event, Inspection};
 
+use crate::outbox::Encoded;
+
 use super::{
     config::{EventSink, Reinject, SteerConfig, SteerError},
     inspect,
@@ -108,7 +110,19 @@ impl Worker {
                 revents: 0,
             })
             .collect();
-        let mut events = Vec::new();
+        // The events wait encoded, and one event value is filled in place for each frame: no
+        // allocation per frame on this thread (its strings and boxed inspection are reused).
+        let mut events = Encoded::default();
+        let mut unfit = 0;
+        let mut event = Event {
+            timestamp_unix_ns: 0,
+            label: String::new(),
+            rule: 0,
+            action: "steer".to_owned(),
+            rx_queue: 0,
+            headers: xdt_common::packet::Headers::default(),
+            inspection: None,
+        };
         let mut last_frame = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             self.counters.heartbeat_ns.store(
@@ -150,20 +164,20 @@ impl Worker {
                     self.counters
                         .received_bytes
                         .fetch_add(rx.frame.len() as u64, Ordering::Relaxed);
-                    let empty = LabelTable::default();
-                    let known = match &meta {
-                        Some(m) => self.names.covering(m.label),
-                        None => &empty,
-                    };
-                    events.push(event(
+                    let names = meta.as_ref().map(|m| self.names.covering(m.label));
+                    fill_event(
+                        &mut event,
                         rx.frame,
                         meta.as_ref(),
                         q.queue,
-                        known,
+                        names,
                         now,
                         offset,
                         ok,
-                    ));
+                    );
+                    if events.push(&event).is_err() {
+                        unfit += 1;
+                    }
                 }
                 q.release();
             }
@@ -173,8 +187,9 @@ impl Worker {
                     .fetch_add(received as u64, Ordering::Relaxed);
             }
             self.flush_tx();
-            if !events.is_empty() {
-                (self.sink)(std::mem::take(&mut events));
+            if !events.is_empty() || unfit > 0 {
+                (self.sink)(&mut events, unfit);
+                unfit = 0;
             }
             if received > 0 {
                 last_frame = Instant::now();
@@ -257,33 +272,159 @@ impl Worker {
     }
 }
 
-fn event(
+/// Makes `event` the event of a steered frame, in place: its label string is rewritten only
+/// when the name changes, and its inspection's box, once made, is reused.
+#[expect(clippy::too_many_arguments, reason = "the parts of one event")]
+fn fill_event(
+    event: &mut Event,
     frame: &[u8],
     meta: Option<&SteerMeta>,
     queue: u32,
-    names: &LabelTable,
+    names: Option<&LabelTable>,
     now_ns: u64,
     offset: u64,
     reinjected: bool,
-) -> Event {
+) {
     let seen = inspect::inspect(frame);
-    let (timestamp_ns, label, rule) = match meta {
-        Some(m) => (m.timestamp_ns, names.name(m.label), m.rule),
-        None => (now_ns, String::new(), 0),
+    let (timestamp_ns, rule) = if let (Some(m), Some(names)) = (meta, names) {
+        match names.get(m.label) {
+            Some(name) => {
+                if event.label != name {
+                    event.label.clear();
+                    event.label.push_str(name);
+                }
+            }
+            // An id the table does not name: its fallback name, made each time (rare).
+            None => event.label = names.name(m.label),
+        }
+        (m.timestamp_ns, m.rule)
+    } else {
+        event.label.clear();
+        (now_ns, 0)
     };
-    Event {
-        timestamp_unix_ns: timestamp_ns.wrapping_add(offset),
-        label,
-        rule,
-        action: "steer".to_owned(),
-        rx_queue: queue,
-        headers: seen.headers,
-        inspection: Some(Box::new(Inspection {
-            frame_len: frame.len() as u32,
-            agent_latency_ns: now_ns.saturating_sub(timestamp_ns),
-            reinjected,
-            http: seen.http,
-            dns: seen.dns,
-        })),
+    event.timestamp_unix_ns = timestamp_ns.wrapping_add(offset);
+    event.rule = rule;
+    event.rx_queue = queue;
+    event.headers = seen.headers;
+    let inspection = Inspection {
+        frame_len: frame.len() as u32,
+        agent_latency_ns: now_ns.saturating_sub(timestamp_ns),
+        reinjected,
+        http: seen.http,
+        dns: seen.dns,
+    };
+    match event.inspection.as_deref_mut() {
+        Some(reused) => *reused = inspection,
+        None => event.inspection = Some(Box::new(inspection)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+    use xdt_common::steer::META_MAGIC;
+    use xdt_wire::frame::encode_item;
+
+    use super::*;
+
+    fn udp4(dport: u16, payload: &[u8]) -> Vec<u8> {
+        let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(40000, dport);
+        let mut frame = Vec::new();
+        builder.write(&mut frame, payload).expect("build");
+        frame
+    }
+
+    fn meta(label: u32, rule: u32) -> SteerMeta {
+        SteerMeta {
+            timestamp_ns: 1_000 + u64::from(rule),
+            label,
+            rule,
+            rx_queue: 0,
+            magic: META_MAGIC,
+        }
+    }
+
+    /// The event of a frame as a fresh value, the way it was built before events were filled in
+    /// place.
+    fn fresh(frame: &[u8], meta: Option<&SteerMeta>, names: &LabelTable, ok: bool) -> Event {
+        let seen = inspect::inspect(frame);
+        let (ts, label, rule) = meta.map_or((5_000, String::new(), 0), |m| {
+            (m.timestamp_ns, names.name(m.label), m.rule)
+        });
+        Event {
+            timestamp_unix_ns: ts + 7,
+            label,
+            rule,
+            action: "steer".to_owned(),
+            rx_queue: 3,
+            headers: seen.headers,
+            inspection: Some(Box::new(Inspection {
+                frame_len: frame.len() as u32,
+                agent_latency_ns: 5_000 - ts,
+                reinjected: ok,
+                http: seen.http,
+                dns: seen.dns,
+            })),
+        }
+    }
+
+    #[test]
+    fn an_event_filled_in_place_encodes_as_a_fresh_one() {
+        let names: LabelTable = [
+            None,
+            Some("web".to_owned()),
+            Some("a-longer-name".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let http = {
+            let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(40000, 80, 1, 1000)
+                .ack(1);
+            let mut frame = Vec::new();
+            builder
+                .write(&mut frame, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+                .expect("build");
+            frame
+        };
+        let plain = udp4(9000, &[0; 64]);
+        // Each one after the other into the same value: nothing of the one before may stay (the
+        // HTTP request, a longer label, the label of a frame with metadata).
+        let frames: [(&[u8], Option<SteerMeta>, bool); 6] = [
+            (&http, Some(meta(2, 4)), true),
+            (&plain, Some(meta(1, 5)), false),
+            (&plain, Some(meta(9, 6)), true),
+            (&http, Some(meta(2, 4)), true),
+            (&plain, None, true),
+            (&plain, Some(meta(1, 5)), true),
+        ];
+        let mut event = Event {
+            timestamp_unix_ns: 0,
+            label: String::new(),
+            rule: 0,
+            action: "steer".to_owned(),
+            rx_queue: 0,
+            headers: xdt_common::packet::Headers::default(),
+            inspection: None,
+        };
+        for (frame, meta, ok) in frames {
+            let names = meta.as_ref().map(|_| &names);
+            fill_event(&mut event, frame, meta.as_ref(), 3, names, 5_000, 7, ok);
+            let expected = fresh(
+                frame,
+                meta.as_ref(),
+                names.unwrap_or(&LabelTable::default()),
+                ok,
+            );
+            assert_eq!(event, expected);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            encode_item(&event, &mut a).expect("encode");
+            encode_item(&expected, &mut b).expect("encode");
+            assert_eq!(a, b);
+        }
+        assert_eq!(event.label, "web");
     }
 }
