@@ -78,6 +78,8 @@ impl Setup {
 
 /// Frames taken off one RX ring per turn.
 const RX_BATCH: u32 = 64;
+/// How many frames ahead of the one being read the next is prefetched.
+const PREFETCH_AHEAD: usize = 4;
 
 pub(super) struct Worker {
     pub(super) names: crate::labels::LabelNames,
@@ -146,7 +148,11 @@ impl Worker {
             for q in &mut self.rx {
                 let n = q.receive(RX_BATCH);
                 received += n;
+                for i in 0..PREFETCH_AHEAD {
+                    q.prefetch(i, size_of::<SteerMeta>());
+                }
                 for i in 0..n {
+                    q.prefetch(i + PREFETCH_AHEAD, size_of::<SteerMeta>());
                     let Some(rx) = q.frame(i, size_of::<SteerMeta>()) else {
                         // A descriptor outside the UMEM: nothing to re-inject, and received.
                         self.counters

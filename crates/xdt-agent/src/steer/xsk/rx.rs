@@ -114,6 +114,26 @@ impl RxQueue {
         Some(RxFrame { headroom, frame })
     }
 
+    /// Starts loading frame `i` of the last `receive` into this CPU's cache: its `meta` bytes
+    /// before it and its first bytes, what is read of every frame. The kernel wrote them on the
+    /// CPU that received the frame, so without this each frame's first read waits for them to
+    /// come from that CPU's cache (most of the thread's own time in a profile).
+    pub fn prefetch(&self, i: usize, meta: usize) {
+        let Some(desc) = self.batch.get(i) else {
+            return;
+        };
+        let start = desc.addr.saturating_sub(meta as u64);
+        let Some(bytes) = self
+            .region
+            .bytes(start, meta + PREFETCHED.min(desc.len as usize))
+        else {
+            return;
+        };
+        for line in bytes.chunks(64) {
+            prefetch(line.as_ptr());
+        }
+    }
+
     /// Gives the frames of the last `receive` back to the fill ring.
     pub fn release(&mut self) {
         self.free
@@ -126,3 +146,17 @@ impl RxQueue {
         self.device.statistics_v2().ok()
     }
 }
+
+/// The bytes of a frame [`RxQueue::prefetch`] loads: its headers and the start of its payload.
+const PREFETCHED: usize = 128;
+
+#[cfg(target_arch = "x86_64")]
+fn prefetch(at: *const u8) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    // SAFETY: SSE is part of the x86_64 baseline; a prefetch is a hint that never faults,
+    // whatever the address (here always one inside the UMEM).
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch(_at: *const u8) {}
