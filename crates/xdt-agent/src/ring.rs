@@ -15,7 +15,7 @@ use xdt_wire::{Event, Headers};
 use crate::{
     labels,
     outbox::Encoded,
-    shared::{Shared, push_pending},
+    shared::{Shared, push_events},
 };
 
 /// Opens the probe's ring buffer and label names (before capabilities go); `None`, with a
@@ -96,16 +96,7 @@ pub(crate) async fn read_events(
                 unfit += 1;
             }
         });
-        if unfit > 0 {
-            // Not seen: a sampled event is some 50 bytes.
-            warn!("{unfit} sampled events did not encode: dropped (counted)");
-            shared
-                .pending_dropped
-                .fetch_add(unfit, std::sync::atomic::Ordering::Relaxed);
-        }
-        if !fresh.is_empty() {
-            push_pending(&shared, &mut fresh);
-        }
+        push_events(&shared, &mut fresh, unfit, "sampled");
         if read > 0 && read < RING_EVENTS / 2 {
             tokio::time::sleep(PAUSE).await;
         }

@@ -69,7 +69,7 @@ pub async fn run(
             };
             let sink_shared = shared.clone();
             let sink: steer::EventSink =
-                Arc::new(move |events, unfit| push_events(&sink_shared, events, unfit));
+                Arc::new(move |events, unfit| push_events(&sink_shared, events, unfit, "steered"));
             Some(
                 steer::Steering::start(probe, steer_config, sink)
                     .await

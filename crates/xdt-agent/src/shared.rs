@@ -218,14 +218,16 @@ pub(crate) fn push_pending(shared: &Shared, fresh: &mut Encoded<Event>) {
     shared.wake_if_half_full(before, after, max_pending);
 }
 
-/// [`push_pending`] for steering's events, with `unfit` more that did not encode: dropped, and
-/// counted.
-pub(crate) fn push_events(shared: &Shared, fresh: &mut Encoded<Event>, unfit: u64) {
+/// [`push_pending`], with `unfit` more `what` events that did not encode: dropped, and counted
+/// (none are seen: an event is some 50 to 500 bytes, a frame holds a MiB).
+pub(crate) fn push_events(shared: &Shared, fresh: &mut Encoded<Event>, unfit: u64, what: &str) {
     if unfit > 0 {
-        warn!("{unfit} steered events did not encode: dropped (counted)");
+        warn!("{unfit} {what} events did not encode: dropped (counted)");
         shared.pending_dropped.fetch_add(unfit, Ordering::Relaxed);
     }
-    push_pending(shared, fresh);
+    if !fresh.is_empty() {
+        push_pending(shared, fresh);
+    }
 }
 
 /// Encodes `items` into `into`; returns how many could not be (each more than a frame holds),
