@@ -74,7 +74,7 @@
           '';
           installPhase = ''
             runHook preInstall
-            for object in xdt bench-pass bench-lpm demo-counter; do
+            for object in xdt bench-pass bench-lpm demo-counter unverifiable; do
               install -Dm444 "bpf/target/bpfel-unknown-none/release/$object" "$out/$object"
             done
             runHook postInstall

@@ -6,8 +6,8 @@
 //! `cargo xtask setup` installs the second kind (Debian's rustc-web/rust-web-src 1.96) and
 //! bpf-linker 0.10.4; docs/building.md has the details. Environment overrides:
 //! - `XDT_PROBE_DIR`: a directory with the prebuilt `xdt` object, and the `bench-pass`,
-//!   `bench-lpm` and `demo-counter` objects too when the `test-objects` feature is on (packagers,
-//!   Nix): nothing is compiled.
+//!   `bench-lpm`, `demo-counter` and `unverifiable` objects too when the `test-objects` feature
+//!   is on (packagers, Nix): nothing is compiled.
 //!
 //! Without `test-objects` only the probe itself is built and embedded.
 //! - `XDT_BPF_RUSTC`, `XDT_BPF_CARGO`: the compiler and cargo to use (default /usr/bin/rustc,
@@ -21,7 +21,7 @@ use std::{
 const TARGET: &str = "bpfel-unknown-none";
 const PROBE: &str = "xdt";
 /// Objects of the `test-objects` feature.
-const TEST_OBJECTS: [&str; 3] = ["bench-pass", "bench-lpm", "demo-counter"];
+const TEST_OBJECTS: [&str; 4] = ["bench-pass", "bench-lpm", "demo-counter", "unverifiable"];
 const SETUP: &str = "run `cargo xtask setup` (Debian 12) or see docs/building.md";
 
 fn fail(what: &str) -> ! {

@@ -35,6 +35,10 @@ pub static BENCH_LPM_OBJECT: &[u8] =
 #[cfg(feature = "test-objects")]
 pub static DEMO_COUNTER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/demo-counter.bpf.o"));
+/// For tests of how a refused load is reported: an `xdt` program the verifier rejects.
+#[cfg(feature = "test-objects")]
+pub static UNVERIFIABLE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/unverifiable.bpf.o"));
 
 /// The program's name in the object.
 pub const PROGRAM: &str = "xdt";
@@ -131,7 +135,11 @@ impl LoadedProbe {
             .try_into()
             .map_err(|e| Error::Load(Box::new(e)))?;
         program.load().map_err(|e| match e {
-            aya::programs::ProgramError::LoadError { io_error, .. } if is_permission(&io_error) => {
+            // EPERM only: BPF_PROG_LOAD's EACCES is the verifier refusing the program, which
+            // its log (kept in the error) explains; privileges have nothing to do with it.
+            aya::programs::ProgramError::LoadError { io_error, .. }
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
                 Error::NotPermitted {
                     call: "BPF_PROG_LOAD",
                     source: io_error,

@@ -1,0 +1,23 @@
+//! For tests of how a load the verifier refuses is reported: an XDP program named like the probe
+//! that reads the packet without checking its length, which every verifier rejects (EACCES,
+//! "invalid access to packet").
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+#[xdp]
+pub fn xdt(ctx: XdpContext) -> u32 {
+    // SAFETY: none; the verifier refuses this read, which is what the program is for.
+    u32::from(unsafe { core::ptr::read_volatile(ctx.data() as *const u8) })
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
