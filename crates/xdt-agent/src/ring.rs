@@ -10,7 +10,7 @@ use xdt_datapath::{
     attached::AttachedProbe,
     events::{Event as ProbeEvent, EventReader},
 };
-use xdt_wire::{Event, Headers};
+use xdt_wire::Event;
 
 use crate::{
     labels,
@@ -64,15 +64,7 @@ pub(crate) async fn read_events(
     let offset = crate::clock::monotonic_to_unix_offset();
     let mut fresh = Encoded::default();
     // One event value, its strings reused: the events are kept encoded, not as values.
-    let mut event = Event {
-        timestamp_unix_ns: 0,
-        label: String::new(),
-        rule: 0,
-        action: String::new(),
-        rx_queue: 0,
-        headers: Headers::default(),
-        inspection: None,
-    };
+    let mut event = Event::blank("");
     loop {
         // A wake-up lost between draining and re-arming costs at most 200 ms.
         if let Ok(Ok(mut guard)) =

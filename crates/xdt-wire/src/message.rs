@@ -155,6 +155,23 @@ pub struct Event {
     pub inspection: Option<Box<Inspection>>,
 }
 
+impl Event {
+    /// An event of `action` with nothing else yet: the agent's readers fill one in place for
+    /// each packet, its strings reused, and encode it.
+    #[must_use]
+    pub fn blank(action: &str) -> Self {
+        Self {
+            timestamp_unix_ns: 0,
+            label: String::new(),
+            rule: 0,
+            action: action.to_owned(),
+            rx_queue: 0,
+            headers: Headers::default(),
+            inspection: None,
+        }
+    }
+}
+
 /// The agent's inspection of one steered packet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inspection {
