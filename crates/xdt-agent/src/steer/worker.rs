@@ -116,15 +116,7 @@ impl Worker {
         // allocation per frame on this thread (its strings and boxed inspection are reused).
         let mut events = Encoded::default();
         let mut unfit = 0;
-        let mut event = Event {
-            timestamp_unix_ns: 0,
-            label: String::new(),
-            rule: 0,
-            action: "steer".to_owned(),
-            rx_queue: 0,
-            headers: xdt_common::packet::Headers::default(),
-            inspection: None,
-        };
+        let mut event = Event::blank("steer");
         let mut last_frame = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             self.counters.heartbeat_ns.store(
@@ -407,15 +399,7 @@ mod tests {
             (&plain, None, true),
             (&plain, Some(meta(1, 5)), true),
         ];
-        let mut event = Event {
-            timestamp_unix_ns: 0,
-            label: String::new(),
-            rule: 0,
-            action: "steer".to_owned(),
-            rx_queue: 0,
-            headers: xdt_common::packet::Headers::default(),
-            inspection: None,
-        };
+        let mut event = Event::blank("steer");
         for (frame, meta, ok) in frames {
             let names = meta.as_ref().map(|_| &names);
             fill_event(&mut event, frame, meta.as_ref(), 3, names, 5_000, 7, ok);
