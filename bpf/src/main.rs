@@ -16,6 +16,8 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_xadd: see above")]
 
+mod runtime;
+
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_adjust_meta},
@@ -974,13 +976,3 @@ fn emit(ctx: &XdpContext, counters: &mut Counters, packet: &Packet, rule: &Rule)
     entry.submit(0);
     bump(counters, Counter::SampledEvents);
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

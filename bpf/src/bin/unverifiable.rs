@@ -4,6 +4,9 @@
 #![no_std]
 #![no_main]
 
+#[path = "../runtime.rs"]
+mod runtime;
+
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
@@ -11,13 +14,3 @@ pub fn xdt(ctx: XdpContext) -> u32 {
     // SAFETY: none; the verifier refuses this read, which is what the program is for.
     u32::from(unsafe { core::ptr::read_volatile(ctx.data() as *const u8) })
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
