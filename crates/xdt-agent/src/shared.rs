@@ -86,25 +86,32 @@ impl Shared {
     pub(crate) fn push_flows(&self, fresh: impl IntoIterator<Item = Flow>) {
         let mut encoded = Encoded::default();
         let unfit = encode_all(fresh, &mut encoded, "flow record");
-        let mut pending = self.pending_flows();
-        let before = pending.len();
-        pending.append(&mut encoded);
-        let excess = pending.len().saturating_sub(self.max_flows);
-        pending.drop_oldest(excess);
-        let after = pending.len();
-        drop(pending);
+        let (_, _, excess) =
+            self.append_bounded(&mut self.pending_flows(), &mut encoded, self.max_flows);
         self.pending_flows_dropped
             .fetch_add((excess + unfit) as u64, Ordering::Relaxed);
-        self.wake_if_half_full(before, after, self.max_flows);
     }
 
-    /// Wakes the main loop to batch when a push took pending items from below half of `bound`
-    /// to half or more (once per crossing: the batch empties them).
-    fn wake_if_half_full(&self, before: usize, after: usize, bound: usize) {
+    /// Moves `fresh` to the end of `pending` and drops the oldest beyond `bound`; wakes the main
+    /// loop to batch when that took `pending` from below half of `bound` to half or more (once
+    /// per crossing: the batch empties it). Returns `pending`'s length before and after, and how
+    /// many were dropped.
+    fn append_bounded<T>(
+        &self,
+        pending: &mut Encoded<T>,
+        fresh: &mut Encoded<T>,
+        bound: usize,
+    ) -> (usize, usize, usize) {
+        let before = pending.len();
+        pending.append(fresh);
+        let excess = pending.len().saturating_sub(bound);
+        pending.drop_oldest(excess);
+        let after = pending.len();
         let half = bound.div_ceil(2).max(1);
         if before < half && after >= half {
             self.half_full.notify_one();
         }
+        (before, after, excess)
     }
 
     pub(crate) fn pending_flows(&self) -> std::sync::MutexGuard<'_, Encoded<Flow>> {
@@ -202,20 +209,13 @@ pub(crate) fn take_over_ledger(probe: &AttachedProbe, shared: &Shared) {
 /// `--buffer-events`; `fresh` is left empty.
 pub(crate) fn push_pending(shared: &Shared, fresh: &mut Encoded<Event>) {
     let max_pending = shared.max_pending.load(Ordering::Relaxed);
-    let mut pending = shared.pending();
-    let before = pending.len();
-    pending.append(fresh);
-    let excess = pending.len().saturating_sub(max_pending);
-    pending.drop_oldest(excess);
-    let after = pending.len();
-    drop(pending);
+    let (before, after, excess) = shared.append_bounded(&mut shared.pending(), fresh, max_pending);
     if excess > 0 {
         shared
             .pending_dropped
             .fetch_add(excess as u64, Ordering::Relaxed);
     }
     shared.held_changed(after, before);
-    shared.wake_if_half_full(before, after, max_pending);
 }
 
 /// [`push_pending`], with `unfit` more `what` events that did not encode: dropped, and counted
