@@ -255,8 +255,7 @@ fn reload(config: &mut Config, new: &Config, shared: &Shared, ticker: &mut tokio
     }
     config.max_batches = new.max_batches;
     config.max_events = new.max_events;
-    shared.change_outbox(|o| o.set_limits(config.max_batches, config.max_events));
-    shared.set_max_pending(config.max_events);
+    shared.set_limits(config.max_batches, config.max_events);
     labels::reread_all();
     if restart.is_empty() {
         info!(

@@ -73,8 +73,10 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A new bound of pending events (a reload); the outbox's is set apart.
-    pub(crate) fn set_max_pending(&self, max_events: usize) {
+    /// New bounds (a reload): `max_batches` batches in the outbox, `max_events` events pending
+    /// and `max_events` in the outbox, as [`Shared::new`] sets them.
+    pub(crate) fn set_limits(&self, max_batches: usize, max_events: usize) {
+        self.change_outbox(|o| o.set_limits(max_batches, max_events));
         self.max_pending.store(max_events, Ordering::Relaxed);
     }
 
