@@ -16,13 +16,7 @@ fn a_program_the_verifier_refuses_is_reported_with_its_log() {
     let Err(error) = LoadedProbe::load_object(UNVERIFIABLE_OBJECT, Capacity::default()) else {
         panic!("the verifier loaded a program that reads the packet unchecked");
     };
-    let mut words = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        words.push_str(": ");
-        words.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let words = xdt_systemd::logging::error_chain(&error);
     assert!(matches!(error, Error::Load(_)), "{words}");
     assert!(words.contains("invalid access to packet"), "{words}");
 }
