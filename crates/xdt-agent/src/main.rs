@@ -76,11 +76,13 @@ struct Args {
     #[arg(long, env = "XDT_BUFFER_BATCHES", default_value_t = 3600)]
     buffer_batches: usize,
     /// Sampled events kept while central is unreachable (oldest dropped first, counted); half
-    /// of them pending starts a batch before the interval ends.
+    /// of them pending, or half a frame's bytes (512 KiB), starts a batch before the interval
+    /// ends.
     #[arg(long, env = "XDT_BUFFER_EVENTS", default_value_t = 100_000)]
     buffer_events: usize,
     /// Flow records for central kept while it is unreachable (oldest dropped first, counted);
-    /// half of them pending starts a batch before the interval ends.
+    /// half of them pending, or half a frame's bytes (512 KiB), starts a batch before the
+    /// interval ends.
     #[arg(long, env = "XDT_BUFFER_FLOWS", default_value_t = 100_000)]
     buffer_flows: usize,
     /// Do not open AF_XDP sockets: packets of `steer` rules stay on the kernel path.

@@ -132,9 +132,9 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            () = shared.half_full.notified() => {
+            () = shared.batch_due.notified() => {
                 // A burst: batch now, but not more often than MIN_BATCH_GAP, which bounds the
-                // batches a flood makes with a small `--buffer-events`.
+                // batches a flood makes (with a small `--buffer-events`, or of large events).
                 tokio::time::sleep_until(last_batch + MIN_BATCH_GAP).await;
             }
             _ = watchdog.tick() => {

@@ -14,6 +14,15 @@ use xdt_wire::{Event, Flow};
 
 use crate::outbox::{Encoded, Outbox};
 
+/// Pending events or flow records of this many encoded bytes make a batch before the next tick
+/// (at most every `MIN_BATCH_GAP`, run.rs), as half their bound does: half a frame, so that
+/// each such batch is one frame. Under a flood of events central then takes them a frame at a
+/// time, a few milliseconds of work each, and the agent batches them so too, instead of
+/// several frames at once; and fewer wait in the agent (docs/benchmarks.md: a node that ran
+/// central too lost steered frames while central decoded three frames at once on the steering
+/// thread's CPU).
+pub(crate) const EARLY_BATCH_BYTES: usize = xdt_wire::MAX_FRAME / 2;
+
 /// State the tasks share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -34,10 +43,10 @@ pub(crate) struct Shared {
     pub(crate) connected: AtomicBool,
     /// Woken when a batch is in the outbox.
     pub(crate) new_batch: Notify,
-    /// Woken when pending events or flow records reach half their bound: the main loop batches
-    /// them then instead of at the next tick, so a burst of more than a bound per interval
-    /// reaches the outbox (and central) instead of being dropped.
-    pub(crate) half_full: Notify,
+    /// Woken when a batch is due before the next tick ([`Shared::append_bounded`]): the main
+    /// loop batches then, so a burst of more than a bound per interval reaches the outbox (and
+    /// central) instead of being dropped, in pieces of at most [`EARLY_BATCH_BYTES`].
+    pub(crate) batch_due: Notify,
     /// Events held (pending or in the outbox), as recorded in the probe's ledger.
     held: AtomicU64,
     /// The probe's `XDT_AGENT` (absent for a foreign map, or a probe attached without it).
@@ -59,7 +68,7 @@ impl Shared {
             reconnects: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             new_batch: Notify::new(),
-            half_full: Notify::new(),
+            batch_due: Notify::new(),
             held: AtomicU64::new(0),
             ledger: Mutex::new(None),
         }
@@ -95,23 +104,26 @@ impl Shared {
     }
 
     /// Moves `fresh` to the end of `pending` and drops the oldest beyond `bound`; wakes the main
-    /// loop to batch when that took `pending` from below half of `bound` to half or more (once
-    /// per crossing: the batch empties it). Returns `pending`'s length before and after, and how
-    /// many were dropped.
+    /// loop to batch when that made `pending` due (once per crossing: the batch empties it):
+    /// half of `bound`, or [`EARLY_BATCH_BYTES`]. Returns `pending`'s length before and after,
+    /// and how many were dropped.
     fn append_bounded<T>(
         &self,
         pending: &mut Encoded<T>,
         fresh: &mut Encoded<T>,
         bound: usize,
     ) -> (usize, usize, usize) {
+        let due = |pending: &Encoded<T>| {
+            pending.len() >= bound.div_ceil(2).max(1) || pending.byte_len() >= EARLY_BATCH_BYTES
+        };
         let before = pending.len();
+        let was_due = due(pending);
         pending.append(fresh);
         let excess = pending.len().saturating_sub(bound);
         pending.drop_oldest(excess);
         let after = pending.len();
-        let half = bound.div_ceil(2).max(1);
-        if before < half && after >= half {
-            self.half_full.notify_one();
+        if !was_due && due(pending) {
+            self.batch_due.notify_one();
         }
         (before, after, excess)
     }
@@ -249,4 +261,51 @@ pub(crate) fn encode_all<T: serde::Serialize>(
         }
     }
     unfit
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    /// `n` encoded events with labels of `label_len` bytes.
+    fn events(n: usize, label_len: usize) -> Encoded<Event> {
+        let mut event = Event::blank("sample");
+        event.label = "x".repeat(label_len);
+        let mut encoded = Encoded::default();
+        for _ in 0..n {
+            encoded.push(&event).expect("an event encodes");
+        }
+        encoded
+    }
+
+    /// Whether the main loop was woken to batch (and takes that wake-up).
+    fn woken(shared: &Shared) -> bool {
+        shared.batch_due.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn half_the_bound_pending_wakes_the_main_loop_once() {
+        let shared = Shared::new(10, 1000, 10);
+        push_pending(&shared, &mut events(499, 1));
+        assert!(!woken(&shared));
+        push_pending(&shared, &mut events(1, 1));
+        assert!(woken(&shared));
+        push_pending(&shared, &mut events(100, 1));
+        assert!(!woken(&shared), "woken again before a batch took them");
+    }
+
+    #[test]
+    fn half_a_frame_pending_wakes_the_main_loop_below_half_the_bound() {
+        let shared = Shared::new(10, 100_000, 10);
+        // Events of about a KiB: some 500 of them make half a frame, far below 50,000.
+        let each = events(1, 1000).byte_len();
+        let below = (EARLY_BATCH_BYTES - 1) / each;
+        push_pending(&shared, &mut events(below, 1000));
+        assert!(!woken(&shared));
+        push_pending(&shared, &mut events(1, 1000));
+        assert!(woken(&shared));
+        assert!(shared.pending().len() < 1000, "{}", shared.pending().len());
+    }
 }
