@@ -189,6 +189,7 @@ impl Central {
             frame_timeout: config.frame_timeout,
             journal: journal.clone(),
             event_logs: event_logs.as_ref().map(otlp_logs::EventLogExport::logs),
+            close_log: ingest::close_log::CloseLog::default(),
         });
         let persister = config.state_dir.clone().map(|dir| {
             tokio::spawn(persist::save_loop(

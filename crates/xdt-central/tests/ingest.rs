@@ -429,6 +429,31 @@ async fn garbage_bytes_are_not_an_xdt_peer() {
     serves_and_stops(central, "after-garbage").await;
 }
 
+/// A peer that keeps failing (or a fleet refused at once) closes a connection each time: every
+/// one is closed, but at most 5 of a kind are logged per 10 s, and the next logged says how
+/// many were not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_connections_is_logged_within_a_budget() {
+    let central = TestCentral::start(config()).await;
+    let mut peers = Vec::new();
+    for _ in 0..20 {
+        let (mut stream, local) = raw_peer(&central).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(read_to_close(&mut stream).await.is_empty());
+        peers.push(local);
+    }
+    wait_for_log(&["not an xdt peer", &peers[0]]).await;
+    let logged: Vec<_> = peers
+        .iter()
+        .filter(|peer| !common::log_lines(&["not an xdt peer", peer]).is_empty())
+        .collect();
+    assert_eq!(logged, peers[..5].iter().collect::<Vec<_>>());
+    serves_and_stops(central, "after-flood").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_frame_is_logged_and_closed() {
     let central = TestCentral::start(config()).await;

@@ -22,7 +22,7 @@ use tokio::{
 };
 use xdt_wire::{Ack, ErrorCode, ErrorMessage, Hello, Message, Welcome};
 
-use self::wire::Wire;
+use self::{close_log::CloseLog, wire::Wire};
 use crate::{
     config::Token,
     counters::Counters,
@@ -31,6 +31,7 @@ use crate::{
     state::{Applied, Refused, Shared, now_unix},
 };
 
+pub(crate) mod close_log;
 mod wire;
 
 /// A dead peer is found after about 60 + 3 x 10 s without an answer to keepalive probes.
@@ -49,6 +50,8 @@ pub(crate) struct Context {
     pub journal: Option<Arc<Journal>>,
     /// With `--otlp-logs`: the events of every newly stored batch go out as OTLP logs.
     pub event_logs: Option<crate::export::otlp_logs::EventLogs>,
+    /// How many closed connections are logged one by one.
+    pub close_log: CloseLog,
 }
 
 /// An unauthenticated connection younger than this is never pushed out by a newer one: an
@@ -218,13 +221,13 @@ async fn session(
     };
     let hello = match handshake {
         Ok(Ok(hello)) => hello,
-        Ok(Err(reason)) => return fail(wire, peer, None, reason).await,
+        Ok(Err(reason)) => return fail(wire, peer, None, reason, &context.close_log).await,
         Err(_) => {
             Counters::add(&context.state.counters().handshake_timeouts);
             let reason = CloseReason::HelloTimeout {
                 seconds: context.hello_timeout.as_secs_f64(),
             };
-            return fail(wire, peer, None, reason).await;
+            return fail(wire, peer, None, reason, &context.close_log).await;
         }
     };
     let Ok(_permit) = Arc::clone(&budgets.sessions).try_acquire_owned() else {
@@ -258,7 +261,7 @@ async fn session(
                 Refused::TableFull { max } => CloseReason::AgentTableFull { max },
                 Refused::TooManyNew => CloseReason::TooManyNewAgents,
             };
-            return fail(wire, peer, Some(&agent_id), reason).await;
+            return fail(wire, peer, Some(&agent_id), reason, &context.close_log).await;
         }
     };
     let registered = Registered {
@@ -283,7 +286,7 @@ async fn session(
     drop(registered);
     match result {
         Ok(()) => info!(peer:% = peer, agent_id:? = agent_id; "agent disconnected"),
-        Err(reason) => fail(wire, peer, Some(&agent_id), reason).await,
+        Err(reason) => fail(wire, peer, Some(&agent_id), reason, &context.close_log).await,
     }
 }
 
@@ -391,8 +394,25 @@ async fn stream_batches(
     }
 }
 
-/// Logs the reason, tells the peer when the protocol says so, and closes.
-async fn fail(mut wire: Wire, peer: SocketAddr, agent_id: Option<&str>, reason: CloseReason) {
+/// Logs the reason (within `log`'s budget), tells the peer when the protocol says so, and
+/// closes.
+async fn fail(
+    wire: Wire,
+    peer: SocketAddr,
+    agent_id: Option<&str>,
+    reason: CloseReason,
+    log: &CloseLog,
+) {
+    let Some(unlogged) = log.admit(&reason, std::time::Instant::now()) else {
+        close(wire, &reason).await;
+        return;
+    };
+    if unlogged > 0 {
+        warn!(
+            unlogged = unlogged, like:% = reason;
+            "closed connections not logged one by one since the last line of this reason"
+        );
+    }
     match (&reason, agent_id) {
         (CloseReason::Shutdown, _) => {
             info!(peer:% = peer, agent_id:? = agent_id; "closed: central is shutting down");
@@ -405,6 +425,11 @@ async fn fail(mut wire: Wire, peer: SocketAddr, agent_id: Option<&str>, reason: 
         }
         (_, None) => warn!(peer:% = peer, cause:% = reason; "connection closed"),
     }
+    close(wire, &reason).await;
+}
+
+/// Tells the peer why, when the protocol says so, and closes.
+async fn close(mut wire: Wire, reason: &CloseReason) {
     if let Some(code) = reason.code() {
         wire.close_with(code, reason.to_string()).await;
     }
