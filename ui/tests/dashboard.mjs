@@ -493,7 +493,7 @@ async function scenario({ label, base, agents, synthetic, server, screenshot, dp
       await page.click('#scope-all');
       const xss = inspected.find((r) => r.main === XSS_PATH);
       check(prefix + 'HTTP request of a steered event shown with its XSS path as text', Boolean(xss) && xss.method === 'GET' && xss.text.includes('Host shop.example'), JSON.stringify(xss || inspected.slice(0, 2)));
-      check(prefix + 'steered event shows frame length and agent latency', Boolean(xss) && /frame [\d,]+ B/.test(xss.text) && /agent latency [\d.]+ (µs|ms|ns)/.test(xss.text) && xss.text.includes('re-injected') && xss.prevAction === 'steer', xss ? xss.text : '');
+      check(prefix + 'steered event shows frame length and agent latency', Boolean(xss) && /frame [\d,]+ B/.test(xss.text) && /agent latency [\d.]+ (µs|ms|ns)/.test(xss.text) && xss.text.includes('re-injected') && xss.prevAction === 'steer', JSON.stringify(xss || inspected.slice(0, 2)));
       const dns = inspected.find((r) => r.text.includes('DNS') && r.main === 'svc-3.example.com');
       check(prefix + 'DNS query of a steered event shown with its type', Boolean(dns) && dns.text.includes('AAAA'), JSON.stringify(dns || inspected.slice(0, 2)));
       check(prefix + 'a steered packet that was not re-injected is flagged', Boolean(dns) && dns.text.includes('not re-injected'), dns ? dns.text : '');
