@@ -397,39 +397,32 @@ async fn stream_batches(
 /// Logs the reason (within `log`'s budget), tells the peer when the protocol says so, and
 /// closes.
 async fn fail(
-    wire: Wire,
+    mut wire: Wire,
     peer: SocketAddr,
     agent_id: Option<&str>,
     reason: CloseReason,
     log: &CloseLog,
 ) {
-    let Some(unlogged) = log.admit(&reason, std::time::Instant::now()) else {
-        close(wire, &reason).await;
-        return;
-    };
-    if unlogged > 0 {
-        warn!(
-            unlogged = unlogged, like:% = reason;
-            "closed connections not logged one by one since the last line of this reason"
-        );
+    if let Some(unlogged) = log.admit(&reason, std::time::Instant::now()) {
+        if unlogged > 0 {
+            warn!(
+                unlogged = unlogged, like:% = reason;
+                "closed connections not logged one by one since the last line of this reason"
+            );
+        }
+        match (&reason, agent_id) {
+            (CloseReason::Shutdown, _) => {
+                info!(peer:% = peer, agent_id:? = agent_id; "closed: central is shutting down");
+            }
+            (CloseReason::NotXdt { .. }, _) => {
+                warn!(peer:% = peer, cause:% = reason; "closed: not an xdt peer");
+            }
+            (_, Some(agent_id)) => {
+                warn!(peer:% = peer, agent_id:? = agent_id, cause:% = reason; "agent connection closed");
+            }
+            (_, None) => warn!(peer:% = peer, cause:% = reason; "connection closed"),
+        }
     }
-    match (&reason, agent_id) {
-        (CloseReason::Shutdown, _) => {
-            info!(peer:% = peer, agent_id:? = agent_id; "closed: central is shutting down");
-        }
-        (CloseReason::NotXdt { .. }, _) => {
-            warn!(peer:% = peer, cause:% = reason; "closed: not an xdt peer");
-        }
-        (_, Some(agent_id)) => {
-            warn!(peer:% = peer, agent_id:? = agent_id, cause:% = reason; "agent connection closed");
-        }
-        (_, None) => warn!(peer:% = peer, cause:% = reason; "connection closed"),
-    }
-    close(wire, &reason).await;
-}
-
-/// Tells the peer why, when the protocol says so, and closes.
-async fn close(mut wire: Wire, reason: &CloseReason) {
     if let Some(code) = reason.code() {
         wire.close_with(code, reason.to_string()).await;
     }
